@@ -1,0 +1,51 @@
+"""repo-manager: canary rollouts of YOLOv8 detectors inside one Triton Inference Server.
+
+The package root exports the client side (``Router``) and the error tree only, and imports
+nothing heavy: a gRPC client that routes requests must not pull torch, Ultralytics, onnx or
+the ``export`` package.
+"""
+
+from __future__ import annotations
+
+from repo_manager.errors import (
+    ExportError,
+    IllegalTransitionError,
+    IncompatibleModelError,
+    InvalidInputError,
+    InvalidNameError,
+    InvalidVersionError,
+    InvalidWeightError,
+    RepoManagerError,
+    RoutingError,
+    StorageError,
+    TritonError,
+    TritonUnavailableError,
+    VersionExistsError,
+    VersionNotReadyError,
+    WeightsError,
+)
+from repo_manager.routing import Detections, RoutedResult, Router
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Detections",
+    "ExportError",
+    "IllegalTransitionError",
+    "IncompatibleModelError",
+    "InvalidInputError",
+    "InvalidNameError",
+    "InvalidVersionError",
+    "InvalidWeightError",
+    "RepoManagerError",
+    "RoutedResult",
+    "Router",
+    "RoutingError",
+    "StorageError",
+    "TritonError",
+    "TritonUnavailableError",
+    "VersionExistsError",
+    "VersionNotReadyError",
+    "WeightsError",
+    "__version__",
+]

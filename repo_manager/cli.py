@@ -1,0 +1,352 @@
+"""The ``repo-manager`` command line.
+
+Every RepoManagerError becomes one line on stderr and its exit code (2 bad input,
+1 operational failure); click's usage errors become one line and exit 2. No traceback
+reaches the user unless REPO_MANAGER_DEBUG=1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from repo_manager.errors import InvalidInputError, RepoManagerError
+from repo_manager.repository import ModelRepository, validate_model_name, validate_version
+from repo_manager.rollout import (
+    RolloutManager,
+    RolloutSettings,
+    parse_policy,
+    parse_weight,
+    resolve_weights,
+)
+from repo_manager.storage import open_storage
+from repo_manager.triton import TritonFleet
+
+DEFAULT_REPOSITORY = "./model_repository"
+DEFAULT_URL = "localhost:8001"
+
+
+@dataclass(kw_only=True)
+class Context:
+    repository: str
+    urls: list[str]
+
+    def manager(self, *, drain_seconds: float | None = None) -> RolloutManager:
+        storage = open_storage(self.repository)
+        settings = RolloutSettings() if drain_seconds is None else RolloutSettings(
+            drain_seconds=drain_seconds
+        )
+        return RolloutManager(
+            ModelRepository(storage),
+            TritonFleet(self.urls),
+            settings=settings,
+            progress=lambda line: click.echo(line, err=True),
+        )
+
+
+def _emit(document: Any, as_json: bool, text: str) -> None:
+    click.echo(json.dumps(document, indent=2) if as_json else text)
+
+
+def _require_repository(location: str) -> None:
+    if not location.startswith("s3://") and not Path(location).is_dir():
+        raise InvalidInputError(f"repository {location} does not exist")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--repository",
+    envvar="REPO_MANAGER_REPOSITORY",
+    default=DEFAULT_REPOSITORY,
+    show_default=True,
+    help="Model repository: a folder (or s3://bucket/prefix).",
+)
+@click.option(
+    "--url",
+    "urls",
+    envvar="TRITON_URL",
+    multiple=True,
+    help=f"Triton gRPC HOST:PORT; repeat for a fleet.  [default: {DEFAULT_URL}]",
+)
+@click.version_option(package_name="repo-manager")
+@click.pass_context
+def cli(ctx: click.Context, repository: str, urls: tuple[str, ...]) -> None:
+    """Canary rollouts of YOLOv8 detectors inside NVIDIA Triton."""
+    if len(urls) == 1 and "," in urls[0]:  # TRITON_URL=a:8001,b:8001
+        urls = tuple(u.strip() for u in urls[0].split(",") if u.strip())
+    ctx.obj = Context(repository=repository, urls=list(urls) or [DEFAULT_URL])
+
+
+def export_options(func: Any) -> Any:
+    """Options shared by ``export`` and ``publish``."""
+    for option in reversed(
+        [
+            click.option(
+                "--format",
+                "fmt",
+                type=click.Choice(["python", "onnx", "plan"]),
+                default="python",
+                show_default=True,
+                help="python: onnxruntime in Triton's python backend (CPU); "
+                "onnx: onnxruntime backend; plan: TensorRT (GPU).",
+            ),
+            click.option("--imgsz", type=click.IntRange(32, 4096), default=640, show_default=True),
+            click.option(
+                "--max-batch", type=click.IntRange(1, 1024), default=8, show_default=True
+            ),
+            click.option("--fp16", is_flag=True, help="FP16 engine (plan only)."),
+            click.option("--int8", is_flag=True, help="INT8 engine (plan only)."),
+        ]
+    ):
+        func = option(func)
+    return func
+
+
+def _export_options(fmt: str, imgsz: int, max_batch: int, fp16: bool, int8: bool) -> Any:
+    from export import ExportOptions
+
+    return ExportOptions(format=fmt, imgsz=imgsz, max_batch=max_batch, fp16=fp16, int8=int8)
+
+
+@cli.command()
+@click.option("--http-port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--grpc-port", type=click.IntRange(1, 65535), default=8001, show_default=True)
+@click.option("--metrics-port", type=click.IntRange(1, 65535), default=8002, show_default=True)
+@click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.pass_obj
+def serve(
+    obj: Context, http_port: int, grpc_port: int, metrics_port: int, log_file: Path | None
+) -> None:
+    """Run the embedded tritonserver on the repository (foreground) and reconcile it."""
+    from repo_manager.server import EmbeddedTriton, ServerPorts
+
+    Path(obj.repository).mkdir(parents=True, exist_ok=True)
+    server = EmbeddedTriton(
+        obj.repository,
+        ports=ServerPorts(http=http_port, grpc=grpc_port, metrics=metrics_port),
+        log_path=log_file,
+    )
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    server.start()
+    try:
+        server.wait_ready()
+        click.echo(
+            f"tritonserver ready: grpc {server.grpc_url}, http {server.http_url}, "
+            f"metrics {server.metrics_url}",
+            err=True,
+        )
+        local = Context(repository=obj.repository, urls=[server.grpc_url])
+        for report in local.manager().reconcile():
+            click.echo(f"{report.model}: versions {','.join(report.desired)} loaded", err=True)
+        while not stop.wait(0.5):
+            if not server.is_alive():
+                raise click.ClickException("tritonserver exited")
+    finally:
+        server.stop()
+
+
+@cli.command("export")
+@click.argument("weights", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="Model folder to write (config.pbtxt + VERSION/).")
+@click.option("--name", default=None, help="Model name in the config [default: output's name].")
+@click.option("--version", "version", default="1", show_default=True)
+@export_options
+def export_command(
+    weights: Path, output: Path, name: str | None, version: str,
+    fmt: str, imgsz: int, max_batch: int, fp16: bool, int8: bool,
+) -> None:
+    """Export Ultralytics WEIGHTS into a Triton model folder."""
+    from export import export_model
+
+    model = validate_model_name(name or output.resolve().name)
+    version = validate_version(version)
+    if (output / version).exists():
+        raise InvalidInputError(f"{output / version} already exists")
+    result = export_model(
+        resolve_weights(model, str(weights)), output, model_name=model, version=version,
+        options=_export_options(fmt, imgsz, max_batch, fp16, int8),
+    )
+    click.echo(f"exported {result.version_dir}")
+
+
+@cli.command()
+@click.argument("model")
+@click.argument("version")
+@click.option("--weights", default=None, help="Ultralytics .pt [default: MODEL.pt here].")
+@export_options
+@click.option("--canary-weight", default="10", show_default=True,
+              help="Percent of traffic a new canary starts with.")
+@click.pass_obj
+def publish(
+    obj: Context, model: str, version: str, weights: str | None,
+    fmt: str, imgsz: int, max_batch: int, fp16: bool, int8: bool, canary_weight: str,
+) -> None:
+    """Publish VERSION of MODEL: first becomes stable, later ones the canary."""
+    model = validate_model_name(model)
+    version = validate_version(version)
+    weight = parse_weight(canary_weight)
+    path = resolve_weights(model, weights)
+    _require_repository(obj.repository)
+    state = obj.manager().publish(
+        model, version, weights=path,
+        export_options=_export_options(fmt, imgsz, max_batch, fp16, int8),
+        canary_weight=weight,
+    )
+    role = "stable" if state.stable == version else f"canary at {state.weights[version]}%"
+    click.echo(f"{model} version {version} published as {role}")
+
+
+@cli.command()
+@click.argument("model", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def status(obj: Context, model: str | None, as_json: bool) -> None:
+    """Show stable, canary, weights, phase and per-version state."""
+    _require_repository(obj.repository)
+    manager = obj.manager()
+    if model:
+        document: Any = manager.status(model)
+        _emit(document, as_json, _status_text(document))
+        return
+    documents = [manager.status(name) for name in manager.models()]
+    text = "\n\n".join(_status_text(d) for d in documents) or "no published models"
+    _emit(documents, as_json, text)
+
+
+def _status_text(doc: dict[str, Any]) -> str:
+    weights = ", ".join(f"v{v}: {w}%" for v, w in doc["weights"].items())
+    lines = [
+        f"{doc['model']}  phase {doc['phase']}  stable {doc['stable']}  "
+        f"canary {doc['canary'] or '-'}  weights {weights}",
+    ]
+    lines += [f"  version {v['version']}: {v['state']}" for v in doc["versions"]]
+    lines += [f"  server {s['url']}: {s['error']}" for s in doc["servers"] if s["error"]]
+    if doc["last_transition"]:
+        t = doc["last_transition"]
+        lines.append(f"  last: {t['action']} ({t['from']} -> {t['to']}) at {t['at']}")
+    return "\n".join(lines)
+
+
+@cli.command("set-weight")
+@click.argument("model")
+@click.argument("percent")
+@click.pass_obj
+def set_weight(obj: Context, model: str, percent: str) -> None:
+    """Give the canary PERCENT of the traffic."""
+    weight = parse_weight(percent)
+    _require_repository(obj.repository)
+    state = obj.manager().set_weight(model, weight)
+    click.echo(f"{model}: canary {state.canary} at {weight}%, stable {state.stable} at "
+               f"{100 - weight}%")
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--drain-seconds", type=float, default=None,
+              help="Wait between moving traffic and unloading [default: 1.5].")
+@click.pass_obj
+def promote(obj: Context, model: str, drain_seconds: float | None) -> None:
+    """Make the canary stable at 100% and unload the old stable."""
+    _require_repository(obj.repository)
+    state = obj.manager(drain_seconds=drain_seconds).promote(model)
+    click.echo(f"{model}: version {state.stable} promoted to stable")
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--drain-seconds", type=float, default=None,
+              help="Wait between moving traffic and unloading [default: 1.5].")
+@click.pass_obj
+def rollback(obj: Context, model: str, drain_seconds: float | None) -> None:
+    """Send all traffic to stable and unload the canary."""
+    _require_repository(obj.repository)
+    state = obj.manager(drain_seconds=drain_seconds).rollback(model)
+    click.echo(f"{model}: rolled back to stable version {state.stable}")
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--latest", type=int, default=None, help="Also keep the latest N versions loaded.")
+@click.option("--all", "all_versions", is_flag=True, help="Keep every version loaded.")
+@click.option("--specific", default=None, help="Also keep these versions loaded: V[,V...].")
+@click.pass_obj
+def policy(
+    obj: Context, model: str, latest: int | None, all_versions: bool, specific: str | None
+) -> None:
+    """Set which versions Triton keeps loaded besides stable and canary."""
+    document = parse_policy(latest=latest, all_versions=all_versions, specific=specific)
+    _require_repository(obj.repository)
+    manager = obj.manager()
+    state = manager.set_policy(model, document)
+    click.echo(f"{model}: loaded versions {','.join(manager.desired_versions(state))}")
+
+
+@cli.command()
+@click.argument("model", required=False)
+@click.option("--watch", is_flag=True, help="Keep reconciling every --interval seconds.")
+@click.option("--interval", type=click.FloatRange(0.5, 3600), default=10.0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def reconcile(
+    obj: Context, model: str | None, watch: bool, interval: float, as_json: bool
+) -> None:
+    """Re-apply the desired state (after Triton or the manager restarted)."""
+    _require_repository(obj.repository)
+    manager = obj.manager()
+    stop = threading.Event()
+    if watch:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: stop.set())
+    while True:
+        reports = manager.reconcile(model)
+        documents = [
+            {"model": r.model, "desired": r.desired, "actions": r.actions} for r in reports
+        ]
+        text = "\n".join(
+            f"{r.model}: versions {','.join(r.desired)}; "
+            f"{'; '.join(r.actions) or 'already in desired state'}"
+            for r in reports
+        ) or "no published models"
+        _emit(documents, as_json, text)
+        if not watch or stop.wait(interval):
+            return
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: one line and an exit code for every failure."""
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    try:
+        cli.main(args=argv, prog_name="repo-manager", standalone_mode=False)
+    except RepoManagerError as exc:
+        _fail(str(exc), exc.exit_code)
+    except click.UsageError as exc:
+        _fail(exc.format_message().replace("\n", " "), 2)
+    except click.ClickException as exc:
+        _fail(exc.format_message(), 1)
+    except click.exceptions.Abort:
+        _fail("aborted", 1)
+    except Exception as exc:  # last resort: still one line, never a traceback
+        if os.environ.get("REPO_MANAGER_DEBUG"):
+            raise
+        _fail(f"internal error: {type(exc).__name__}: {exc}", 1)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

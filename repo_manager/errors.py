@@ -1,0 +1,109 @@
+"""The one exception tree of repo-manager.
+
+Every error the library raises on purpose is a ``RepoManagerError``; the CLI turns it into
+one line on stderr and the exit code it carries (2: bad input or usage, 1: an operational
+failure). Errors of the libraries we call (tritonclient, grpc, onnx, ultralytics, OS) are
+translated where they enter and chained with ``from``.
+
+    RepoManagerError
+    ├── InvalidInputError                 exit 2: the request can never succeed as typed
+    │   ├── InvalidNameError              model name not a safe single path segment
+    │   ├── InvalidVersionError           version not a positive integer
+    │   ├── InvalidWeightError            canary weight outside 0..100
+    │   ├── VersionExistsError            version already in the repository
+    │   ├── WeightsError                  weights missing, unreadable, or not a YOLO detector
+    │   └── IncompatibleModelError        new version's inputs/outputs differ from the model's
+    ├── IllegalTransitionError            exit 2: the rollout is not in a phase that allows it
+    ├── ExportError                       exit 1: the export pipeline failed a check
+    ├── StorageError                      exit 1: the repository could not be read or written
+    ├── TritonError                       exit 1: Triton refused or failed an operation
+    │   ├── TritonUnavailableError        Triton could not be reached
+    │   └── VersionNotReadyError          a version did not become READY (or unloaded) in time
+    └── RoutingError                      exit 1: the Router has no version it can send to
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ExportError",
+    "IllegalTransitionError",
+    "IncompatibleModelError",
+    "InvalidInputError",
+    "InvalidNameError",
+    "InvalidVersionError",
+    "InvalidWeightError",
+    "RepoManagerError",
+    "RoutingError",
+    "StorageError",
+    "TritonError",
+    "TritonUnavailableError",
+    "VersionExistsError",
+    "VersionNotReadyError",
+    "WeightsError",
+]
+
+
+class RepoManagerError(Exception):
+    """Base of every error repo-manager raises on purpose."""
+
+    exit_code = 1
+
+
+class InvalidInputError(RepoManagerError):
+    """The input can never succeed as given; nothing was changed."""
+
+    exit_code = 2
+
+
+class InvalidNameError(InvalidInputError):
+    """A model name that is not one safe path segment."""
+
+
+class InvalidVersionError(InvalidInputError):
+    """A version that is not a positive integer."""
+
+
+class InvalidWeightError(InvalidInputError):
+    """A canary weight outside 0..100."""
+
+
+class VersionExistsError(InvalidInputError):
+    """The version is already in the repository; versions are immutable."""
+
+
+class WeightsError(InvalidInputError):
+    """Weights missing, unreadable, truncated, or not a YOLO detector."""
+
+
+class IncompatibleModelError(InvalidInputError):
+    """A new version whose inputs/outputs differ from the model's config."""
+
+
+class IllegalTransitionError(RepoManagerError):
+    """The rollout's phase does not allow the requested move."""
+
+    exit_code = 2
+
+
+class ExportError(RepoManagerError):
+    """The export pipeline produced something that failed its own checks."""
+
+
+class StorageError(RepoManagerError):
+    """The repository could not be read or written."""
+
+
+class TritonError(RepoManagerError):
+    """Triton refused or failed a model-control or inference call."""
+
+
+class TritonUnavailableError(TritonError):
+    """Triton could not be reached at the given address."""
+
+
+class VersionNotReadyError(TritonError):
+    """A version did not reach the expected readiness before the deadline."""
+
+
+class RoutingError(RepoManagerError):
+    """The Router has no version it can send a request to."""

@@ -1,0 +1,257 @@
+"""The embedded tritonserver: the binary that ships inside the nvidia-pytriton wheel.
+
+A small process wrapper (start, wait until ready with a deadline, is_alive, stop with
+SIGINT then kill) used by ``repo-manager serve`` and by the integration tests. The child
+gets ``PR_SET_PDEATHSIG`` so it dies with its parent, the python backend gets a private
+backends folder holding the stub that matches this interpreter, and the stub runs with
+this environment's ``bin`` first on PATH (else its models fail with "No module named
+'numpy'").
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from repo_manager.errors import RepoManagerError, TritonUnavailableError
+
+__all__ = ["EmbeddedTriton", "ServerPorts", "find_tritonserver", "free_port"]
+
+_PR_SET_PDEATHSIG = 1
+
+
+class ServerNotInstalledError(RepoManagerError):
+    """The embedded server needs the `server` extra (nvidia-pytriton)."""
+
+
+@dataclass(kw_only=True, frozen=True)
+class ServerPorts:
+    """Ports of one tritonserver; 8000/8001/8002 are Triton's own defaults."""
+
+    http: int = 8000
+    grpc: int = 8001
+    metrics: int = 8002
+
+    @classmethod
+    def free(cls) -> ServerPorts:
+        return cls(http=free_port(), grpc=free_port(), metrics=free_port())
+
+
+def free_port() -> int:
+    """A TCP port on loopback nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass(kw_only=True, frozen=True)
+class TritonInstallation:
+    binary: Path
+    libs: Path
+    backends: Path
+    stub: Path
+
+
+def find_tritonserver() -> TritonInstallation:
+    """Locate the tritonserver binary, its libraries and the matching python stub."""
+    try:
+        import pytriton
+    except ImportError as exc:
+        raise ServerNotInstalledError(
+            "the embedded Triton needs the server extra: pip install 'repo-manager[server]'"
+        ) from exc
+    package = Path(pytriton.__file__).parent
+    triton = package / "tritonserver"
+    tag = f"{sys.version_info.major}.{sys.version_info.minor}"
+    install = TritonInstallation(
+        binary=triton / "bin" / "tritonserver",
+        libs=package.parent / "nvidia_pytriton.libs",
+        backends=triton / "backends",
+        stub=triton / "python_backend_stubs" / tag / "triton_python_backend_stub",
+    )
+    for path in (install.binary, install.libs, install.backends, install.stub):
+        if not path.exists():
+            raise ServerNotInstalledError(f"incomplete nvidia-pytriton install: {path} is missing")
+    return install
+
+
+def _private_backends(install: TritonInstallation) -> Path:
+    """A backends folder whose python backend carries this interpreter's stub.
+
+    Kept per user in the temp dir and keyed by the install, so it is built once.
+    """
+    key = hashlib.sha256(f"{install.backends}:{install.stub}".encode()).hexdigest()[:12]
+    target = Path(tempfile.gettempdir()) / f"repo-manager-backends-{os.getuid()}-{key}"
+    if (target / "python" / "triton_python_backend_stub").exists():
+        return target
+    staged = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    shutil.copytree(install.backends, staged, dirs_exist_ok=True)
+    shutil.copy2(install.stub, staged / "python" / "triton_python_backend_stub")
+    try:
+        os.rename(staged, target)
+    except OSError:  # another process won the race: use its copy
+        shutil.rmtree(staged, ignore_errors=True)
+    return target
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class EmbeddedTriton:
+    """One tritonserver process in explicit model-control mode over a repository."""
+
+    def __init__(
+        self,
+        repository: str | os.PathLike[str],
+        *,
+        ports: ServerPorts | None = None,
+        log_path: Path | None = None,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        self.repository = str(repository)
+        self.ports = ports or ServerPorts()
+        self.log_path = log_path
+        self.extra_args = extra_args
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log_handle: int | None = None
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.ports.grpc}"
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.ports.http}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.metrics}/metrics"
+
+    def command(self, install: TritonInstallation, backends: Path) -> list[str]:
+        return [
+            str(install.binary),
+            f"--model-repository={self.repository}",
+            "--model-control-mode=explicit",
+            f"--backend-directory={backends}",
+            f"--http-port={self.ports.http}",
+            f"--grpc-port={self.ports.grpc}",
+            f"--metrics-port={self.ports.metrics}",
+            "--exit-on-error=false",
+            "--strict-readiness=false",
+            "--log-verbose=0",
+            *self.extra_args,
+        ]
+
+    def environment(self, install: TritonInstallation) -> dict[str, str]:
+        env = dict(os.environ)
+        libs = str(install.libs)
+        env["LD_LIBRARY_PATH"] = ":".join(p for p in (libs, env.get("LD_LIBRARY_PATH")) if p)
+        interpreter_bin = str(Path(sys.executable).parent)
+        env["PATH"] = ":".join(p for p in (interpreter_bin, env.get("PATH")) if p)
+        return env
+
+    def start(self) -> None:
+        """Start the process (once); use ``wait_ready`` before sending requests."""
+        if self.is_alive():
+            raise RuntimeError(f"tritonserver already running (pid {self.pid})")
+        install = find_tritonserver()
+        backends = _private_backends(install)
+        output: int | None = None
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            output = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            self._log_handle = output
+        self._process = subprocess.Popen(
+            self.command(install, backends),
+            env=self.environment(install),
+            stdout=output,
+            stderr=subprocess.STDOUT if output is not None else None,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
+        )
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def is_alive(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def is_ready(self) -> bool:
+        url = f"http://{self.http_url}/v2/health/ready"
+        try:
+            with urllib.request.urlopen(url, timeout=1.0) as response:
+                return bool(response.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Block until the server answers ready; raise if it dies or the deadline passes."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.is_alive():
+                code = self._process.returncode if self._process else None
+                raise TritonUnavailableError(
+                    f"tritonserver exited with code {code} while starting{self._log_hint()}"
+                )
+            if self.is_ready():
+                return
+            time.sleep(0.1)
+        raise TritonUnavailableError(
+            f"tritonserver not ready after {timeout:.0f}s{self._log_hint()}"
+        )
+
+    def _log_hint(self) -> str:
+        return f" (log: {self.log_path})" if self.log_path else ""
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGINT (Triton drains and unloads), then SIGKILL after ``timeout``."""
+        process = self._process
+        if process is None:
+            return
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=timeout)
+        self._close_log()
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would (for restart tests)."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait(timeout=30)
+        self._close_log()
+
+    def _close_log(self) -> None:
+        if self._log_handle is not None:
+            os.close(self._log_handle)
+            self._log_handle = None
+
+    def __enter__(self) -> EmbeddedTriton:
+        self.start()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

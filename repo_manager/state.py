@@ -1,0 +1,161 @@
+"""A model's persisted rollout state: desired versions, routing table and history.
+
+One JSON document per model, at ``.repo-manager.<model>.json`` in the repository root.
+Triton lists only folders of the root as models, so it neither lists this file nor
+reloads a model when it changes (a dot-folder *would* be listed: checked on Triton 2.51).
+The document is replaced whole (staged write + rename), so every reader sees one
+consistent state; ``generation`` increases with every write.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from repo_manager.errors import StorageError
+from repo_manager.phases import Phase
+from repo_manager.storage import Storage
+
+__all__ = [
+    "RolloutState",
+    "RoutingTable",
+    "Transition",
+    "load_routing_table",
+    "load_state",
+    "state_key",
+]
+
+SCHEMA_VERSION = 1
+
+
+def state_key(model: str) -> str:
+    """The storage key of a model's state document."""
+    return f".repo-manager.{model}.json"
+
+
+def utc_now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass(kw_only=True, frozen=True)
+class Transition:
+    """One recorded decision: what happened, when, and from which phase."""
+
+    at: str
+    action: str
+    from_phase: str | None
+    to_phase: str
+    stable: str | None
+    canary: str | None
+    weights: dict[str, int]
+    reason: str = ""
+
+
+@dataclass(kw_only=True, frozen=True)
+class RoutingTable:
+    """What a Router needs: which versions get which share of requests."""
+
+    model: str
+    stable: str | None
+    canary: str | None
+    weights: dict[str, int]
+    generation: int
+
+    @classmethod
+    def from_document(cls, document: dict[str, Any]) -> RoutingTable:
+        return cls(
+            model=str(document["model"]),
+            stable=document.get("stable"),
+            canary=document.get("canary"),
+            weights={str(k): int(v) for k, v in document.get("weights", {}).items()},
+            generation=int(document.get("generation", 0)),
+        )
+
+
+@dataclass(kw_only=True)
+class RolloutState:
+    """Desired state of one model; the manager's single source of truth."""
+
+    model: str
+    phase: Phase
+    stable: str | None = None
+    canary: str | None = None
+    weights: dict[str, int] = field(default_factory=dict)
+    #: Version being drained and unloaded during promoting / rolling_back.
+    retiring: str | None = None
+    #: Extra versions kept loaded (``policy`` command): None, or a policy document
+    #: ``{"latest": N}``, ``{"all": true}`` or ``{"specific": ["1", "2"]}``.
+    policy: dict[str, Any] | None = None
+    generation: int = 0
+    history: list[Transition] = field(default_factory=list)
+
+    @property
+    def serving_versions(self) -> list[str]:
+        """Versions the rollout itself needs loaded (stable, canary, retiring)."""
+        versions = {v for v in (self.stable, self.canary, self.retiring) if v is not None}
+        return sorted(versions, key=int)
+
+    def routing_table(self) -> RoutingTable:
+        return RoutingTable(
+            model=self.model,
+            stable=self.stable,
+            canary=self.canary,
+            weights=dict(self.weights),
+            generation=self.generation,
+        )
+
+    def to_json(self) -> bytes:
+        document = {
+            "schema": SCHEMA_VERSION,
+            "model": self.model,
+            "phase": self.phase.value,
+            "stable": self.stable,
+            "canary": self.canary,
+            "weights": self.weights,
+            "retiring": self.retiring,
+            "policy": self.policy,
+            "generation": self.generation,
+            "history": [asdict(t) for t in self.history],
+        }
+        return (json.dumps(document, indent=1) + "\n").encode()
+
+    @classmethod
+    def from_json(cls, data: bytes, *, source: str) -> RolloutState:
+        try:
+            document = json.loads(data)
+            return cls(
+                model=str(document["model"]),
+                phase=Phase(document["phase"]),
+                stable=document.get("stable"),
+                canary=document.get("canary"),
+                weights={str(k): int(v) for k, v in document.get("weights", {}).items()},
+                retiring=document.get("retiring"),
+                policy=document.get("policy"),
+                generation=int(document.get("generation", 0)),
+                history=[Transition(**t) for t in document.get("history", [])],
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StorageError(f"corrupt rollout state {source}: {exc}") from exc
+
+
+def load_state(storage: Storage, model: str) -> RolloutState | None:
+    """The model's persisted state, or None when it was never published."""
+    key = state_key(model)
+    data = storage.read_bytes(key)
+    if data is None:
+        return None
+    return RolloutState.from_json(data, source=f"{storage.location}/{key}")
+
+
+def load_routing_table(storage: Storage, model: str) -> RoutingTable | None:
+    """Only the routing part of the state (what Routers poll)."""
+    key = state_key(model)
+    data = storage.read_bytes(key)
+    if data is None:
+        return None
+    try:
+        return RoutingTable.from_document(json.loads(data))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise StorageError(f"corrupt routing table {storage.location}/{key}: {exc}") from exc

@@ -1,0 +1,51 @@
+"""The storage interface every repository backend implements."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Protocol
+
+
+class Storage(Protocol):
+    """A model repository's files: read, write atomically, publish folders whole."""
+
+    @property
+    def location(self) -> str:
+        """The repository as Triton names it (a folder path or an s3:// URL)."""
+        ...
+
+    def read_bytes(self, key: str) -> bytes | None:
+        """The file's content, or None when it does not exist."""
+        ...
+
+    def write_bytes_atomic(self, key: str, data: bytes) -> None:
+        """Write a file so that readers see the old or the new content, never a mix."""
+        ...
+
+    def change_token(self, key: str) -> Hashable | None:
+        """A cheap value that changes whenever the file changes (None: missing)."""
+        ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def list_dir(self, key: str) -> list[str]:
+        """Names of the entries directly under a folder key ('' is the root)."""
+        ...
+
+    def publish_dir(self, source: Path, key: str) -> None:
+        """Copy a local folder to ``key`` so that it appears whole or not at all."""
+        ...
+
+    def remove_tree(self, key: str) -> None:
+        """Remove a folder and all it holds (no error when missing)."""
+        ...
+
+    def lock(self, name: str) -> AbstractContextManager[None]:
+        """An exclusive lock between manager processes working on the same repository."""
+        ...
+
+    def walk_files(self) -> Iterator[str]:
+        """Every file key in the repository (for checks and snapshots)."""
+        ...

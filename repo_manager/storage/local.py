@@ -1,0 +1,118 @@
+"""A model repository in a local folder."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Hashable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from repo_manager.errors import StorageError
+
+_STAGING_PREFIX = ".staging-"
+
+
+class LocalStorage:
+    """A folder on this machine; staged writes live beside their target and are renamed."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).resolve()
+
+    @property
+    def location(self) -> str:
+        return str(self.root)
+
+    def path(self, key: str) -> Path:
+        return self.root / key if key else self.root
+
+    def read_bytes(self, key: str) -> bytes | None:
+        try:
+            return self.path(key).read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StorageError(f"cannot read {self.path(key)}: {exc.strerror}") from exc
+
+    def write_bytes_atomic(self, key: str, data: bytes) -> None:
+        target = self.path(key)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, staged = tempfile.mkstemp(prefix=_STAGING_PREFIX, dir=target.parent)
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(staged, target)
+            except BaseException:
+                Path(staged).unlink(missing_ok=True)
+                raise
+        except OSError as exc:
+            raise StorageError(f"cannot write {target}: {exc.strerror}") from exc
+
+    def change_token(self, key: str) -> Hashable | None:
+        try:
+            st = os.stat(self.path(key))
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def exists(self, key: str) -> bool:
+        return self.path(key).exists()
+
+    def list_dir(self, key: str) -> list[str]:
+        folder = self.path(key)
+        if not folder.is_dir():
+            return []
+        return sorted(p.name for p in folder.iterdir() if not p.name.startswith(_STAGING_PREFIX))
+
+    def publish_dir(self, source: Path, key: str) -> None:
+        target = self.path(key)
+        if target.exists():
+            raise StorageError(f"{target} already exists")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            staged = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=target.parent))
+            try:
+                shutil.copytree(source, staged, dirs_exist_ok=True)
+                os.rename(staged, target)
+            except BaseException:
+                shutil.rmtree(staged, ignore_errors=True)
+                raise
+        except OSError as exc:
+            raise StorageError(f"cannot publish {target}: {exc.strerror}") from exc
+
+    def remove_tree(self, key: str) -> None:
+        target = self.path(key)
+        if not target.exists():
+            return
+        # Rename first so a half-removed folder never looks like a version.
+        doomed = target.with_name(f"{_STAGING_PREFIX}rm-{target.name}-{os.getpid()}")
+        try:
+            os.rename(target, doomed)
+            shutil.rmtree(doomed)
+        except OSError as exc:
+            raise StorageError(f"cannot remove {target}: {exc.strerror}") from exc
+
+    @contextmanager
+    def lock(self, name: str) -> Iterator[None]:
+        # Kept outside the repository, so taking a lock never changes what it holds.
+        digest = hashlib.sha256(str(self.root).encode()).hexdigest()[:16]
+        lock_dir = Path(tempfile.gettempdir()) / "repo-manager-locks"
+        lock_dir.mkdir(exist_ok=True)
+        lock_path = lock_dir / f"{digest}.{name}.lock"
+        with open(lock_path, "a+b") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+    def walk_files(self) -> Iterator[str]:
+        for dirpath, _dirs, files in os.walk(self.root):
+            for name in files:
+                yield str((Path(dirpath) / name).relative_to(self.root))

@@ -1,0 +1,194 @@
+"""Model control on one or many Triton servers, over tritonclient's gRPC client.
+
+tritonclient errors are translated here, where they enter: an unreachable server becomes
+``TritonUnavailableError``, anything Triton refuses becomes ``TritonError``, both chained.
+Loads always pass a config override, because that is how a canary is loaded beside the
+stable (``version_policy: specific [stable, canary]``) without touching the disk.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import tritonclient.grpc as grpcclient
+from tritonclient.grpc import model_config_pb2
+from tritonclient.utils import InferenceServerException
+
+from repo_manager.errors import TritonError, TritonUnavailableError, VersionNotReadyError
+from repo_manager.modelconfig import config_to_json, with_version_policy
+
+__all__ = ["ServerVersions", "TritonControl", "TritonFleet", "VersionState"]
+
+T = TypeVar("T")
+
+_UNREACHABLE_CODES = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED")
+
+
+@dataclass(kw_only=True, frozen=True)
+class VersionState:
+    """One version of a model as a server reports it."""
+
+    version: str
+    state: str
+    reason: str = ""
+
+
+@dataclass(kw_only=True, frozen=True)
+class ServerVersions:
+    """What one server has of a model (``error`` set when it could not be asked)."""
+
+    url: str
+    versions: tuple[VersionState, ...] = ()
+    error: str | None = None
+
+    @property
+    def ready(self) -> frozenset[str]:
+        return frozenset(v.version for v in self.versions if v.state == "READY")
+
+
+class TritonControl:
+    """Model-control calls against one server."""
+
+    def __init__(self, url: str, *, request_timeout: float = 10.0) -> None:
+        self.url = url
+        self.request_timeout = request_timeout
+        self._client = grpcclient.InferenceServerClient(url=url)
+
+    def _call(self, what: str, call: Callable[[], T]) -> T:
+        try:
+            return call()
+        except InferenceServerException as exc:
+            status = str(exc.status() or "")
+            if status in _UNREACHABLE_CODES or "failed to connect" in str(exc).lower():
+                raise TritonUnavailableError(f"Triton unreachable at {self.url}") from exc
+            message = (exc.message() or str(exc)).strip().splitlines()[0]
+            raise TritonError(f"Triton at {self.url} refused to {what}: {message}") from exc
+
+    def check_reachable(self) -> None:
+        """Raise TritonUnavailableError unless the server answers live."""
+        live = self._call(
+            "answer",
+            lambda: self._client.is_server_live(client_timeout=self.request_timeout),
+        )
+        if not live:
+            raise TritonUnavailableError(f"Triton at {self.url} is not live")
+
+    def server_metadata(self) -> dict[str, Any]:
+        metadata: dict[str, Any] = self._call(
+            "report metadata",
+            lambda: self._client.get_server_metadata(
+                as_json=True, client_timeout=self.request_timeout
+            ),
+        )
+        return metadata
+
+    def load(self, model: str, config: model_config_pb2.ModelConfig, versions: Sequence[str]) -> None:
+        """Load exactly ``versions`` of ``model`` (others are unloaded by Triton)."""
+        override = config_to_json(with_version_policy(config, versions))
+        self._call(
+            f"load {model} versions {','.join(versions)}",
+            lambda: self._client.load_model(model, config=override),
+        )
+
+    def unload(self, model: str) -> None:
+        self._call(f"unload {model}", lambda: self._client.unload_model(model))
+
+    def versions(self, model: str) -> tuple[VersionState, ...]:
+        """Versions of ``model`` that the server knows, from its repository index."""
+        index: dict[str, Any] = self._call(
+            "list its repository",
+            lambda: self._client.get_model_repository_index(
+                as_json=True, client_timeout=self.request_timeout
+            ),
+        )
+        found = [
+            VersionState(
+                version=str(entry["version"]),
+                state=str(entry.get("state", "")),
+                reason=str(entry.get("reason", "")),
+            )
+            for entry in index.get("models", [])
+            if entry.get("name") == model and entry.get("version")
+        ]
+        return tuple(sorted(found, key=lambda v: int(v.version)))
+
+    def wait_versions(
+        self, model: str, *, ready: Sequence[str], gone: Sequence[str] = (), timeout: float
+    ) -> None:
+        """Poll until every ``ready`` version is READY and no ``gone`` version is.
+
+        Triton's unload is asynchronous, so the index is polled rather than trusted once.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            states = {v.version: v for v in self.versions(model)}
+            missing = [v for v in ready if states.get(v) is None or states[v].state != "READY"]
+            lingering = [v for v in gone if v in states and states[v].state == "READY"]
+            if not missing and not lingering:
+                return
+            if time.monotonic() >= deadline:
+                details = []
+                for v in missing:
+                    reason = states[v].reason if v in states else "not in index"
+                    details.append(f"{v} not READY ({reason or states[v].state})")
+                details.extend(f"{v} still READY" for v in lingering)
+                raise VersionNotReadyError(
+                    f"{model} on {self.url}: {'; '.join(details)} after {timeout:.0f}s"
+                )
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class TritonFleet:
+    """The same model-control call on every server of a fleet, in order."""
+
+    def __init__(self, urls: Sequence[str], *, request_timeout: float = 10.0) -> None:
+        if not urls:
+            raise ValueError("a fleet needs at least one server")
+        self.servers = [TritonControl(url, request_timeout=request_timeout) for url in urls]
+
+    @property
+    def urls(self) -> list[str]:
+        return [server.url for server in self.servers]
+
+    def check_reachable(self) -> None:
+        for server in self.servers:
+            server.check_reachable()
+
+    def apply(
+        self,
+        model: str,
+        config: model_config_pb2.ModelConfig,
+        versions: Sequence[str],
+        *,
+        gone: Sequence[str] = (),
+        timeout: float,
+    ) -> None:
+        """Load ``versions`` everywhere and wait until they are READY and ``gone`` are not."""
+        for server in self.servers:
+            server.load(model, config, versions)
+        for server in self.servers:
+            server.wait_versions(model, ready=versions, gone=gone, timeout=timeout)
+
+    def unload(self, model: str) -> None:
+        for server in self.servers:
+            server.unload(model)
+
+    def survey(self, model: str) -> list[ServerVersions]:
+        """Each server's view of ``model``; an unreachable server is reported, not raised."""
+        report = []
+        for server in self.servers:
+            try:
+                report.append(ServerVersions(url=server.url, versions=server.versions(model)))
+            except TritonError as exc:
+                report.append(ServerVersions(url=server.url, error=str(exc)))
+        return report
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.close()

@@ -1,0 +1,108 @@
+"""Bad input: one clear line, the right exit code, and the repository byte-identical."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from repo_manager.server import free_port
+from tests.integration.conftest import Stack, snapshot
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+
+MODEL = "yolov8n"
+
+
+@pytest.fixture
+def published(stack: Stack, weights: Path) -> Stack:
+    """A repository with stable version 1 (no canary)."""
+    stack.publish(MODEL, "1", weights)
+    return stack
+
+
+def _bad_weights(tmp: Path, weights: Path) -> dict[str, Path]:
+    truncated = tmp / "truncated.pt"
+    truncated.write_bytes(weights.read_bytes()[: weights.stat().st_size // 3])
+    not_yolo = tmp / "not_yolo.pt"
+    import torch
+
+    torch.save({"weights": torch.zeros(3)}, not_yolo)
+    return {"truncated": truncated, "not_yolo": not_yolo}
+
+
+def assert_refused(stack: Stack, args: list[str], code: int, match: str) -> None:
+    before = snapshot(stack.repository)
+    result = stack.cli(*args, check=False)
+    assert result.code == code, (args, result.code, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert match.lower() in lines[0].lower(), lines[0]
+    assert "Traceback" not in result.stderr
+    assert snapshot(stack.repository) == before
+
+
+def test_bad_weights_are_refused(published: Stack, weights: Path, tmp_path: Path) -> None:
+    bad = _bad_weights(tmp_path, weights)
+    base = ["publish", MODEL, "2", "--imgsz", "160", "--weights"]
+    assert_refused(published, [*base, str(tmp_path / "missing.pt")], 2, "not found")
+    assert_refused(published, [*base, str(bad["truncated"])], 2, "truncated.pt")
+    assert_refused(published, [*base, str(bad["not_yolo"])], 2, "not_yolo.pt")
+
+
+def test_publish_without_weights_offline_says_to_pass_weights(
+    published: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert_refused(published, ["publish", "yolov8s", "1"], 2, "--weights")
+
+
+@pytest.mark.parametrize("name", ["a/b", "..", "../evil", "has space", ""])
+def test_unsafe_model_names_are_refused(published: Stack, weights: Path, name: str) -> None:
+    assert_refused(published, ["publish", name, "1", "--weights", str(weights)], 2, "model name")
+
+
+@pytest.mark.parametrize("version", ["0", "-1", "abc"])
+def test_bad_versions_are_refused(published: Stack, weights: Path, version: str) -> None:
+    args = ["publish", MODEL, version, "--weights", str(weights)]
+    assert_refused(published, args, 2, "version")
+
+
+def test_existing_version_is_refused(published: Stack, weights: Path) -> None:
+    args = ["publish", MODEL, "1", "--weights", str(weights)]
+    assert_refused(published, args, 2, "already exists")
+
+
+@pytest.mark.parametrize("weight", ["101", "-1"])
+def test_weights_outside_0_100_are_refused(published: Stack, weight: str) -> None:
+    assert_refused(published, ["set-weight", MODEL, weight], 2, "weight")
+
+
+@pytest.mark.parametrize("command", ["promote", "rollback"])
+def test_promote_and_rollback_need_a_canary(published: Stack, command: str) -> None:
+    assert_refused(published, [command, MODEL], 2, "no canary")
+
+
+def test_unreachable_triton_is_an_operational_failure(published: Stack, weights: Path) -> None:
+    dead = f"127.0.0.1:{free_port()}"
+    for args in (
+        ["publish", MODEL, "2", "--weights", str(weights)],
+        ["promote", MODEL],
+        ["status", MODEL],
+    ):
+        before = snapshot(published.repository)
+        command = [sys.executable, "-m", "repo_manager.cli", "--repository",
+                   str(published.repository), "--url", dead, *args]
+        import subprocess
+
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        lines = done.stderr.strip().splitlines()
+        if args[0] == "status":
+            # status still answers from the repository and reports the server as down.
+            assert done.returncode == 0 and "unreachable" in done.stdout.lower()
+            continue
+        assert done.returncode in (1, 2) and len(lines) == 1, done.stderr
+        if args[0] == "publish":
+            assert done.returncode == 1 and "unreachable" in lines[0].lower()
+        assert snapshot(published.repository) == before
