@@ -41,8 +41,10 @@ class Context:
 
     def manager(self, *, drain_seconds: float | None = None) -> RolloutManager:
         storage = open_storage(self.repository)
-        settings = RolloutSettings() if drain_seconds is None else RolloutSettings(
-            drain_seconds=drain_seconds
+        settings = (
+            RolloutSettings()
+            if drain_seconds is None
+            else RolloutSettings(drain_seconds=drain_seconds)
         )
         return RolloutManager(
             ModelRepository(storage),
@@ -99,9 +101,7 @@ def export_options(func: Any) -> Any:
                 "onnx: onnxruntime backend; plan: TensorRT (GPU).",
             ),
             click.option("--imgsz", type=click.IntRange(32, 4096), default=640, show_default=True),
-            click.option(
-                "--max-batch", type=click.IntRange(1, 1024), default=8, show_default=True
-            ),
+            click.option("--max-batch", type=click.IntRange(1, 1024), default=8, show_default=True),
             click.option("--fp16", is_flag=True, help="FP16 engine (plan only)."),
             click.option("--int8", is_flag=True, help="INT8 engine (plan only)."),
         ]
@@ -157,14 +157,26 @@ def serve(
 
 @cli.command("export")
 @click.argument("weights", type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
-              help="Model folder to write (config.pbtxt + VERSION/).")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Model folder to write (config.pbtxt + VERSION/).",
+)
 @click.option("--name", default=None, help="Model name in the config [default: output's name].")
 @click.option("--version", "version", default="1", show_default=True)
 @export_options
 def export_command(
-    weights: Path, output: Path, name: str | None, version: str,
-    fmt: str, imgsz: int, max_batch: int, fp16: bool, int8: bool,
+    weights: Path,
+    output: Path,
+    name: str | None,
+    version: str,
+    fmt: str,
+    imgsz: int,
+    max_batch: int,
+    fp16: bool,
+    int8: bool,
 ) -> None:
     """Export Ultralytics WEIGHTS into a Triton model folder."""
     from export import export_model
@@ -174,7 +186,10 @@ def export_command(
     if (output / version).exists():
         raise InvalidInputError(f"{output / version} already exists")
     result = export_model(
-        resolve_weights(model, str(weights)), output, model_name=model, version=version,
+        resolve_weights(model, str(weights)),
+        output,
+        model_name=model,
+        version=version,
         options=_export_options(fmt, imgsz, max_batch, fp16, int8),
     )
     click.echo(f"exported {result.version_dir}")
@@ -185,12 +200,24 @@ def export_command(
 @click.argument("version")
 @click.option("--weights", default=None, help="Ultralytics .pt [default: MODEL.pt here].")
 @export_options
-@click.option("--canary-weight", default="10", show_default=True,
-              help="Percent of traffic a new canary starts with.")
+@click.option(
+    "--canary-weight",
+    default="10",
+    show_default=True,
+    help="Percent of traffic a new canary starts with.",
+)
 @click.pass_obj
 def publish(
-    obj: Context, model: str, version: str, weights: str | None,
-    fmt: str, imgsz: int, max_batch: int, fp16: bool, int8: bool, canary_weight: str,
+    obj: Context,
+    model: str,
+    version: str,
+    weights: str | None,
+    fmt: str,
+    imgsz: int,
+    max_batch: int,
+    fp16: bool,
+    int8: bool,
+    canary_weight: str,
 ) -> None:
     """Publish VERSION of MODEL: first becomes stable, later ones the canary."""
     model = validate_model_name(model)
@@ -199,7 +226,9 @@ def publish(
     path = resolve_weights(model, weights)
     _require_repository(obj.repository)
     state = obj.manager().publish(
-        model, version, weights=path,
+        model,
+        version,
+        weights=path,
         export_options=_export_options(fmt, imgsz, max_batch, fp16, int8),
         canary_weight=weight,
     )
@@ -247,14 +276,19 @@ def set_weight(obj: Context, model: str, percent: str) -> None:
     weight = parse_weight(percent)
     _require_repository(obj.repository)
     state = obj.manager().set_weight(model, weight)
-    click.echo(f"{model}: canary {state.canary} at {weight}%, stable {state.stable} at "
-               f"{100 - weight}%")
+    click.echo(
+        f"{model}: canary {state.canary} at {weight}%, stable {state.stable} at {100 - weight}%"
+    )
 
 
 @cli.command()
 @click.argument("model")
-@click.option("--drain-seconds", type=float, default=None,
-              help="Wait between moving traffic and unloading [default: 1.5].")
+@click.option(
+    "--drain-seconds",
+    type=float,
+    default=None,
+    help="Wait between moving traffic and unloading [default: 1.5].",
+)
 @click.pass_obj
 def promote(obj: Context, model: str, drain_seconds: float | None) -> None:
     """Make the canary stable at 100% and unload the old stable."""
@@ -265,8 +299,12 @@ def promote(obj: Context, model: str, drain_seconds: float | None) -> None:
 
 @cli.command()
 @click.argument("model")
-@click.option("--drain-seconds", type=float, default=None,
-              help="Wait between moving traffic and unloading [default: 1.5].")
+@click.option(
+    "--drain-seconds",
+    type=float,
+    default=None,
+    help="Wait between moving traffic and unloading [default: 1.5].",
+)
 @click.pass_obj
 def rollback(obj: Context, model: str, drain_seconds: float | None) -> None:
     """Send all traffic to stable and unload the canary."""
@@ -298,9 +336,7 @@ def policy(
 @click.option("--interval", type=click.FloatRange(0.5, 3600), default=10.0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
-def reconcile(
-    obj: Context, model: str | None, watch: bool, interval: float, as_json: bool
-) -> None:
+def reconcile(obj: Context, model: str | None, watch: bool, interval: float, as_json: bool) -> None:
     """Re-apply the desired state (after Triton or the manager restarted)."""
     _require_repository(obj.repository)
     manager = obj.manager()
@@ -313,11 +349,14 @@ def reconcile(
         documents = [
             {"model": r.model, "desired": r.desired, "actions": r.actions} for r in reports
         ]
-        text = "\n".join(
-            f"{r.model}: versions {','.join(r.desired)}; "
-            f"{'; '.join(r.actions) or 'already in desired state'}"
-            for r in reports
-        ) or "no published models"
+        text = (
+            "\n".join(
+                f"{r.model}: versions {','.join(r.desired)}; "
+                f"{'; '.join(r.actions) or 'already in desired state'}"
+                for r in reports
+            )
+            or "no published models"
+        )
         _emit(documents, as_json, text)
         if not watch or stop.wait(interval):
             return

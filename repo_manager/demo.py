@@ -39,7 +39,9 @@ def run(repository: Path, url: str, *args: str) -> str:
     print(f"\n$ {' '.join(command)}", flush=True)
     done = subprocess.run(
         [sys.executable, "-m", "repo_manager.cli", *command[1:]],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     sys.stderr.write(done.stderr)
     print(done.stdout, end="", flush=True)
@@ -77,8 +79,9 @@ def main() -> None:
                 counts[detections.version] += 1
                 found += len(detections.scores)
         elapsed = time.perf_counter() - start
-        print(f"\n{args.requests} Router.detect requests in {elapsed:.1f}s, "
-              f"{found} objects detected")
+        print(
+            f"\n{args.requests} Router.detect requests in {elapsed:.1f}s, {found} objects detected"
+        )
         for version, count in sorted(counts.items()):
             print(f"  version {version}: {count:4d} requests ({100 * count / args.requests:.1f}%)")
 

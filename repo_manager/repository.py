@@ -114,9 +114,7 @@ class ModelRepository:
             raise StorageError(f"corrupt manifest of {model} version {version}") from exc
         return manifest
 
-    def check_compatible(
-        self, model: str, candidate: model_config_pb2.ModelConfig
-    ) -> None:
+    def check_compatible(self, model: str, candidate: model_config_pb2.ModelConfig) -> None:
         """A new version must match the model's inputs/outputs: one config serves all."""
         current = self.config(model)
         if current is None:

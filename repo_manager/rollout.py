@@ -178,8 +178,10 @@ class RolloutManager:
         """Make every server hold exactly the desired versions; keep the disk config true."""
         versions = self.desired_versions(state)
         config = self.repository.require_config(state.model)
-        self.progress(f"loading {state.model} versions {','.join(versions)} on "
-                      f"{len(self.fleet.servers)} server(s)")
+        self.progress(
+            f"loading {state.model} versions {','.join(versions)} on "
+            f"{len(self.fleet.servers)} server(s)"
+        )
         self.fleet.apply(
             state.model, config, versions, gone=gone or [], timeout=self.settings.ready_timeout
         )
@@ -239,8 +241,9 @@ class RolloutManager:
             config_path = staged / "config.pbtxt"
             staged_config = parse_config(config_path.read_bytes(), source=str(config_path))
             config_path.write_bytes(render_config(with_version_policy(staged_config, [version])))
-            new = RolloutState(model=model, phase=Phase.INITIALIZED, stable=version,
-                               weights={version: 100})
+            new = RolloutState(
+                model=model, phase=Phase.INITIALIZED, stable=version, weights={version: 100}
+            )
         else:
             assert state.stable is not None
             new = RolloutState(
@@ -357,7 +360,8 @@ class RolloutManager:
             state = self._require_state(model, action="set the policy")
             if "specific" in (policy or {}):
                 missing = [
-                    v for v in (policy or {})["specific"]
+                    v
+                    for v in (policy or {})["specific"]
                     if not self.repository.has_version(model, v)
                 ]
                 if missing:
@@ -382,8 +386,12 @@ class RolloutManager:
             new.history = [
                 *state.history,
                 Transition(
-                    at=utc_now(), action=f"policy {policy}", from_phase=state.phase.value,
-                    to_phase=new.phase.value, stable=new.stable, canary=new.canary,
+                    at=utc_now(),
+                    action=f"policy {policy}",
+                    from_phase=state.phase.value,
+                    to_phase=new.phase.value,
+                    stable=new.stable,
+                    canary=new.canary,
                     weights=dict(new.weights),
                 ),
             ]
@@ -417,8 +425,9 @@ class RolloutManager:
                     stale = [s.url for s in survey if s.error or s.ready != desired]
                     if stale:
                         self._apply(state, gone=[])
-                        report.actions.append(f"loaded {','.join(report.desired)} on "
-                                              f"{', '.join(stale)}")
+                        report.actions.append(
+                            f"loaded {','.join(report.desired)} on {', '.join(stale)}"
+                        )
                 reports.append(report)
         return reports
 
@@ -455,9 +464,13 @@ class RolloutManager:
                 }
                 for s in survey
             ],
-            "last_transition": None if last is None else {
-                "at": last.at, "action": last.action, "from": last.from_phase,
-                "to": last.to_phase, "reason": last.reason,
+            "last_transition": None
+            if last is None
+            else {
+                "at": last.at,
+                "action": last.action,
+                "from": last.from_phase,
+                "to": last.to_phase,
+                "reason": last.reason,
             },
         }
-

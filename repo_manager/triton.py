@@ -85,7 +85,9 @@ class TritonControl:
         )
         return metadata
 
-    def load(self, model: str, config: model_config_pb2.ModelConfig, versions: Sequence[str]) -> None:
+    def load(
+        self, model: str, config: model_config_pb2.ModelConfig, versions: Sequence[str]
+    ) -> None:
         """Load exactly ``versions`` of ``model`` (others are unloaded by Triton)."""
         override = config_to_json(with_version_policy(config, versions))
         self._call(

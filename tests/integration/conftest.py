@@ -56,8 +56,16 @@ class Stack:
 
     def publish(self, model: str, version: str, weights: Path, *extra: str) -> CliResult:
         return self.cli(
-            "publish", model, version, "--weights", str(weights), "--imgsz", IMGSZ,
-            "--max-batch", "4", *extra,
+            "publish",
+            model,
+            version,
+            "--weights",
+            str(weights),
+            "--imgsz",
+            IMGSZ,
+            "--max-batch",
+            "4",
+            *extra,
         )
 
     def restart(self, *, kill: bool = True) -> None:

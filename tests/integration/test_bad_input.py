@@ -92,8 +92,16 @@ def test_unreachable_triton_is_an_operational_failure(published: Stack, weights:
         ["status", MODEL],
     ):
         before = snapshot(published.repository)
-        command = [sys.executable, "-m", "repo_manager.cli", "--repository",
-                   str(published.repository), "--url", dead, *args]
+        command = [
+            sys.executable,
+            "-m",
+            "repo_manager.cli",
+            "--repository",
+            str(published.repository),
+            "--url",
+            dead,
+            *args,
+        ]
         import subprocess
 
         done = subprocess.run(command, capture_output=True, text=True, timeout=120)

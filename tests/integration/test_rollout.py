@@ -131,11 +131,21 @@ def test_zero_failed_requests_through_a_whole_rollout(stack: Stack, weights: Pat
     states = {v["version"]: v["state"] for v in doc["versions"]}
     assert states["2"] == "READY"
     assert states["1"] != "READY" and states["3"] != "READY"
-    actions = [t["action"] for t in json.loads((stack.repository / ".repo-manager.yolov8n.json")
-                                                .read_text())["history"]]
+    actions = [
+        t["action"]
+        for t in json.loads((stack.repository / ".repo-manager.yolov8n.json").read_text())[
+            "history"
+        ]
+    ]
     assert actions == [
-        "publish stable", "publish canary at 10%", "set-weight 50%", "promote", "promoted",
-        "publish canary at 10%", "rollback", "rolled back",
+        "publish stable",
+        "publish canary at 10%",
+        "set-weight 50%",
+        "promote",
+        "promoted",
+        "publish canary at 10%",
+        "rollback",
+        "rolled back",
     ]
 
 

@@ -42,6 +42,4 @@ def test_weights_in_range_are_accepted(weight: str) -> None:
 def test_policy_needs_exactly_one_choice() -> None:
     with pytest.raises(Exception, match="exactly one"):
         parse_policy(latest=2, all_versions=True, specific=None)
-    assert parse_policy(latest=None, all_versions=False, specific="3,1") == {
-        "specific": ["1", "3"]
-    }
+    assert parse_policy(latest=None, all_versions=False, specific="3,1") == {"specific": ["1", "3"]}

@@ -19,8 +19,15 @@ def _state() -> RolloutState:
         weights={"1": 90, "2": 10},
         generation=3,
         history=[
-            Transition(at="t", action="publish", from_phase=None, to_phase="initialized",
-                       stable="1", canary=None, weights={"1": 100})
+            Transition(
+                at="t",
+                action="publish",
+                from_phase=None,
+                to_phase="initialized",
+                stable="1",
+                canary=None,
+                weights={"1": 100},
+            )
         ],
     )
 
@@ -52,8 +59,9 @@ def test_corrupt_state_is_a_storage_error(tmp_path: Path) -> None:
 
 
 def test_serving_versions_include_the_retiring_one() -> None:
-    state = RolloutState(model="m", phase=Phase.PROMOTING, stable="2", retiring="1",
-                         weights={"2": 100})
+    state = RolloutState(
+        model="m", phase=Phase.PROMOTING, stable="2", retiring="1", weights={"2": 100}
+    )
     assert state.serving_versions == ["1", "2"]
 
 
