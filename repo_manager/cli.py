@@ -120,10 +120,18 @@ def _export_options(fmt: str, imgsz: int, max_batch: int, fp16: bool, int8: bool
 @click.option("--http-port", type=click.IntRange(1, 65535), default=8000, show_default=True)
 @click.option("--grpc-port", type=click.IntRange(1, 65535), default=8001, show_default=True)
 @click.option("--metrics-port", type=click.IntRange(1, 65535), default=8002, show_default=True)
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0: all)."
+)
 @click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.pass_obj
 def serve(
-    obj: Context, http_port: int, grpc_port: int, metrics_port: int, log_file: Path | None
+    obj: Context,
+    http_port: int,
+    grpc_port: int,
+    metrics_port: int,
+    host: str,
+    log_file: Path | None,
 ) -> None:
     """Run the embedded tritonserver on the repository (foreground) and reconcile it."""
     from repo_manager.server import EmbeddedTriton, ServerPorts
@@ -133,6 +141,7 @@ def serve(
         obj.repository,
         ports=ServerPorts(http=http_port, grpc=grpc_port, metrics=metrics_port),
         log_path=log_file,
+        host=host,
     )
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -139,11 +139,18 @@ class RolloutManager:
         return state
 
     def _record(
-        self, state: RolloutState | None, new: RolloutState, *, action: str, reason: str = ""
+        self,
+        state: RolloutState | None,
+        new: RolloutState,
+        *,
+        action: str,
+        reason: str = "",
+        check: bool = True,
     ) -> RolloutState:
         """Check the move against the phase table, append history, persist atomically."""
         source = state.phase if state else None
-        check_transition(source, new.phase, action=action)
+        if check:
+            check_transition(source, new.phase, action=action)
         new.generation = (state.generation if state else 0) + 1
         new.history = [
             *(state.history if state else []),
@@ -381,22 +388,8 @@ class RolloutManager:
             before = set(self.desired_versions(state))
             after = set(self.desired_versions(new))
             self._apply(new, gone=sorted(before - after, key=int))
-            # Same phase: recorded as a self-move without checking the table.
-            new.generation = state.generation + 1
-            new.history = [
-                *state.history,
-                Transition(
-                    at=utc_now(),
-                    action=f"policy {policy}",
-                    from_phase=state.phase.value,
-                    to_phase=new.phase.value,
-                    stable=new.stable,
-                    canary=new.canary,
-                    weights=dict(new.weights),
-                ),
-            ]
-            self.repository.storage.write_bytes_atomic(state_key(model), new.to_json())
-            return new
+            # The policy changes no phase: recorded without consulting the phase table.
+            return self._record(state, new, action=f"policy {policy}", check=False)
 
     # -- reconcile --------------------------------------------------------------------------
 

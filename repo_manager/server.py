@@ -120,9 +120,11 @@ class EmbeddedTriton:
         *,
         ports: ServerPorts | None = None,
         log_path: Path | None = None,
+        host: str = "127.0.0.1",
         extra_args: tuple[str, ...] = (),
     ) -> None:
         self.repository = str(repository)
+        self.host = host
         self.ports = ports or ServerPorts()
         self.log_path = log_path
         self.extra_args = extra_args
@@ -147,6 +149,9 @@ class EmbeddedTriton:
             f"--model-repository={self.repository}",
             "--model-control-mode=explicit",
             f"--backend-directory={backends}",
+            f"--http-address={self.host}",
+            f"--grpc-address={self.host}",
+            f"--metrics-address={self.host}",
             f"--http-port={self.ports.http}",
             f"--grpc-port={self.ports.grpc}",
             f"--metrics-port={self.ports.metrics}",

@@ -1,0 +1,190 @@
+"""Client-side Prometheus metrics of every Router in the process, labelled ``{model, version}``.
+
+Module-level, so several Routers (one per model, or several per model) add to the same
+series. Triton's own per-version metrics count what reached the server; these count what
+the clients saw, including fallbacks that Triton cannot know about:
+
+- ``repo_manager_router_requests_total{model, version, outcome}``: one per ``Router.infer``;
+  ``version`` served it (or was chosen, when it failed); ``outcome`` is ``ok``,
+  ``fallback`` (served by the other version after the chosen one failed) or ``error``.
+- ``repo_manager_router_errors_total{model, version}``: every failed attempt on a version,
+  including those a fallback rescued (the canary's health as clients see it).
+- ``repo_manager_router_fallbacks_total{model, version}``: requests moved away from it.
+- ``repo_manager_router_latency_seconds{model, version}``: histogram of successful attempts.
+
+Why not prometheus-client's ``Counter``/``Histogram`` children: measured right after a
+gRPC call on this project's 2-core machines, ``Histogram.observe`` + ``Counter.inc`` took
+about 5 µs (several Python frames, two to three locks, a bucket loop), more than the rest
+of the Router's overhead together. Each (model, version) here is one object updated under
+one lock (about 2 µs in the same spot) and exposed through a prometheus-client
+``Collector``, so scrapes, ``REGISTRY.get_sample_value`` and ``start_metrics_server``
+work as with stock metrics.
+"""
+
+from __future__ import annotations
+
+import threading
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from prometheus_client import REGISTRY, start_http_server
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+__all__ = [
+    "LATENCY_BUCKETS",
+    "VersionMetrics",
+    "start_metrics_server",
+    "version_metrics",
+]
+
+#: Seconds; inference through Triton is ms-scale (python backend ~0.4 ms, YOLO ~5-50 ms).
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+_BUCKET_LABELS = [floatToGoString(b) for b in LATENCY_BUCKETS] + ["+Inf"]
+
+_REQUESTS = "repo_manager_router_requests"
+_ERRORS = "repo_manager_router_errors"
+_FALLBACKS = "repo_manager_router_fallbacks"
+_LATENCY = "repo_manager_router_latency_seconds"
+_DOCS = {
+    _REQUESTS: "Requests sent through a Router, by the version that served them and outcome.",
+    _ERRORS: "Failed inference attempts on a version (Triton error or unreachable server).",
+    _FALLBACKS: "Requests retried on the other version after this version failed.",
+    _LATENCY: "Latency of successful inference attempts through a Router, per served version.",
+}
+
+
+class VersionMetrics:
+    """The counters of one (model, version); created once, then updated on the hot path."""
+
+    __slots__ = (
+        "_buckets",
+        "_lock",
+        "_sum",
+        "error",
+        "errors",
+        "fallback",
+        "fallbacks",
+        "model",
+        "ok",
+        "version",
+    )
+
+    def __init__(self, model: str, version: str) -> None:
+        self.model = model
+        self.version = version
+        self._lock = threading.Lock()
+        self.ok = 0
+        self.fallback = 0
+        self.error = 0
+        self.errors = 0
+        self.fallbacks = 0
+        self._buckets = [0] * (len(LATENCY_BUCKETS) + 1)
+        self._sum = 0.0
+
+    def served(self, seconds: float, *, fallback: bool = False) -> None:
+        """A request this version answered (after ``seconds``)."""
+        i = bisect_left(LATENCY_BUCKETS, seconds)  # buckets are "less than or equal"
+        with self._lock:
+            if fallback:
+                self.fallback += 1
+            else:
+                self.ok += 1
+            self._buckets[i] += 1
+            self._sum += seconds
+
+    def attempt_failed(self) -> None:
+        """An attempt on this version failed (whether or not a fallback rescued it)."""
+        with self._lock:
+            self.errors += 1
+
+    def fell_back(self) -> None:
+        """A request chosen for this version was retried on the other one."""
+        with self._lock:
+            self.fallbacks += 1
+
+    def request_failed(self) -> None:
+        """A request chosen for this version ended in an exception for the caller."""
+        with self._lock:
+            self.error += 1
+
+    def _snapshot(self) -> tuple[int, int, int, int, int, list[int], float]:
+        with self._lock:
+            return (
+                self.ok,
+                self.fallback,
+                self.error,
+                self.errors,
+                self.fallbacks,
+                list(self._buckets),
+                self._sum,
+            )
+
+
+_series: dict[tuple[str, str], VersionMetrics] = {}
+_series_lock = threading.Lock()
+
+
+def version_metrics(model: str, version: str) -> VersionMetrics:
+    """The shared counters of one model version (created on first use)."""
+    key = (model, version)
+    found = _series.get(key)
+    if found is not None:
+        return found
+    with _series_lock:
+        return _series.setdefault(key, VersionMetrics(model, version))
+
+
+_Families = tuple[
+    CounterMetricFamily, CounterMetricFamily, CounterMetricFamily, HistogramMetricFamily
+]
+
+
+def _families() -> _Families:
+    return (
+        CounterMetricFamily(_REQUESTS, _DOCS[_REQUESTS], labels=["model", "version", "outcome"]),
+        CounterMetricFamily(_ERRORS, _DOCS[_ERRORS], labels=["model", "version"]),
+        CounterMetricFamily(_FALLBACKS, _DOCS[_FALLBACKS], labels=["model", "version"]),
+        HistogramMetricFamily(_LATENCY, _DOCS[_LATENCY], labels=["model", "version"]),
+    )
+
+
+class _RouterCollector(Collector):
+    """Turns every VersionMetrics into Prometheus samples at scrape time."""
+
+    def describe(self) -> Iterable[Metric]:
+        return _families()
+
+    def collect(self) -> Iterator[Metric]:
+        requests, errors, fallbacks, latency = _families()
+        with _series_lock:
+            series = list(_series.values())
+        for s in series:
+            ok, fallback, error, n_errors, n_fallbacks, buckets, total = s._snapshot()
+            labels = [s.model, s.version]
+            requests.add_metric([*labels, "ok"], ok)
+            requests.add_metric([*labels, "fallback"], fallback)
+            requests.add_metric([*labels, "error"], error)
+            errors.add_metric(labels, n_errors)
+            fallbacks.add_metric(labels, n_fallbacks)
+            cumulative, running = [], 0
+            for bound, count in zip(_BUCKET_LABELS, buckets, strict=True):
+                running += count
+                cumulative.append((bound, float(running)))
+            latency.add_metric(labels, cumulative, total)
+        yield from (requests, errors, fallbacks, latency)
+
+
+REGISTRY.register(_RouterCollector())
+
+
+def start_metrics_server(port: int, addr: str = "0.0.0.0") -> Any:
+    """Serve this process's metrics (Router ones included) at ``http://addr:port/metrics``.
+
+    Returns prometheus-client's server object; call its ``shutdown()`` to stop it.
+    """
+    started = start_http_server(port, addr=addr)
+    # prometheus-client >= 0.16 returns (server, thread); older ones return None.
+    return started[0] if isinstance(started, tuple) else started

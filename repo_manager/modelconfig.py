@@ -1,0 +1,198 @@
+"""Triton ``config.pbtxt`` read and written through the ``ModelConfig`` protobuf.
+
+Configs are never assembled from string templates: building the message that tritonclient
+ships means Triton's own schema rejects a misspelt field here, not in a server log, and
+the same message renders as ``config.pbtxt`` on disk and as the JSON override that
+``load_model(name, config=...)`` takes.
+
+``build_detector_config`` is the one writer for every serving format: a format changes
+only the backend or platform, the instance kind and optional extra parameters.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf import json_format, text_format
+from tritonclient.grpc import model_config_pb2
+from tritonclient.grpc.model_config_pb2 import ModelConfig
+
+from repo_manager.errors import InvalidVersionError, StorageError
+
+__all__ = [
+    "PLATFORMS",
+    "ModelConfig",
+    "TensorSpec",
+    "build_detector_config",
+    "config_to_json",
+    "io_signature",
+    "parse_config",
+    "render_config",
+    "with_version_policy",
+]
+
+# Values of ``backend_or_platform`` that Triton knows as a *platform*; anything else is a
+# backend name ("python", "onnxruntime", ...).
+PLATFORMS = frozenset(
+    {
+        "onnxruntime_onnx",
+        "tensorrt_plan",
+        "pytorch_libtorch",
+        "tensorflow_graphdef",
+        "tensorflow_savedmodel",
+    }
+)
+
+TensorSignature = tuple[str, str, tuple[int, ...]]  # (name, data_type, dims)
+
+# A short wait lets concurrent requests share one run without adding visible latency.
+DEFAULT_MAX_QUEUE_DELAY_US = 500
+
+
+@dataclass(kw_only=True, frozen=True)
+class TensorSpec:
+    """One model input or output as Triton sees it: dims exclude the batch dimension."""
+
+    name: str
+    data_type: str  # a DataType enum name, e.g. "TYPE_FP32"
+    dims: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        # Fail where the spec is made, not when Triton loads the config.
+        model_config_pb2.DataType.Value(self.data_type)
+        object.__setattr__(self, "dims", tuple(int(d) for d in self.dims))
+
+
+def parse_config(text: str | bytes, *, source: str) -> ModelConfig:
+    """Parse config.pbtxt text; ``source`` names the file in the one-line error."""
+    try:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
+        return text_format.Parse(text, ModelConfig())
+    except (text_format.ParseError, UnicodeDecodeError) as exc:
+        detail = " ".join(str(exc).split())
+        raise StorageError(f"{source}: invalid Triton model config: {detail}") from exc
+
+
+def render_config(config: ModelConfig) -> bytes:
+    """The config as config.pbtxt text (protobuf text format)."""
+    text: str = text_format.MessageToString(config)
+    return text.encode("utf-8")
+
+
+def config_to_json(config: ModelConfig) -> str:
+    """The config as the JSON that Triton's ``load_model(name, config=...)`` accepts."""
+    text: str = json_format.MessageToJson(config, preserving_proto_field_name=True)
+    return text
+
+
+def with_version_policy(config: ModelConfig, versions: Sequence[str]) -> ModelConfig:
+    """A copy that serves exactly ``versions`` (e.g. stable and canary side by side)."""
+    numbers: set[int] = set()
+    for version in versions:
+        if not str(version).isdigit() or int(version) < 1:
+            raise InvalidVersionError(f"version {version!r} is not a positive integer")
+        numbers.add(int(version))
+    if not numbers:
+        raise InvalidVersionError("a version policy needs at least one version")
+    copy = ModelConfig()
+    copy.CopyFrom(config)
+    copy.ClearField("version_policy")
+    copy.version_policy.specific.versions.extend(sorted(numbers))
+    return copy
+
+
+def io_signature(
+    config: ModelConfig,
+) -> tuple[int, tuple[TensorSignature, ...], tuple[TensorSignature, ...]]:
+    """``(max_batch_size, inputs, outputs)``, each tensor ``(name, data_type, dims)``.
+
+    Two versions served under one config must have equal signatures; tensors are sorted
+    by name because their order in the config carries no meaning.
+    """
+
+    def tensors(items: Iterable[Any]) -> tuple[TensorSignature, ...]:
+        return tuple(
+            sorted(
+                (
+                    str(item.name),
+                    str(model_config_pb2.DataType.Name(item.data_type)),
+                    tuple(int(d) for d in item.dims),
+                )
+                for item in items
+            )
+        )
+
+    return int(config.max_batch_size), tensors(config.input), tensors(config.output)
+
+
+def build_detector_config(
+    *,
+    name: str,
+    backend_or_platform: str,
+    max_batch_size: int,
+    inputs: Sequence[TensorSpec],
+    outputs: Sequence[TensorSpec],
+    instance_kind: str,
+    instance_count: int,
+    class_names: Sequence[str],
+    imgsz: int,
+    parameters: Mapping[str, str] | None = None,
+    dynamic_batching: bool = True,
+) -> ModelConfig:
+    """The config of a YOLO detector in any serving format.
+
+    It carries what every format needs: inputs/outputs, an instance group, dynamic
+    batching, a warm-up request per input built from the real input specs (a fresh
+    session's first inference is slow, so a version counts as ready only after it), and
+    ``class_names`` (JSON list) and ``imgsz`` parameters for clients and the manager.
+    ``instance_kind`` is "KIND_CPU"/"KIND_GPU" (or "cpu"/"gpu"); ``parameters`` adds
+    format-specific string parameters.
+    """
+    if max_batch_size < 0:
+        raise ValueError(f"max_batch_size must be >= 0, got {max_batch_size}")
+    if instance_count < 1:
+        raise ValueError(f"instance_count must be >= 1, got {instance_count}")
+    if not inputs or not outputs:
+        raise ValueError("a model config needs at least one input and one output")
+    kind = instance_kind.upper()
+    if not kind.startswith("KIND_"):
+        kind = f"KIND_{kind}"
+
+    config = ModelConfig(name=name, max_batch_size=max_batch_size)
+    if backend_or_platform in PLATFORMS:
+        config.platform = backend_or_platform
+    else:
+        config.backend = backend_or_platform
+    for spec in inputs:
+        config.input.add(
+            name=spec.name,
+            data_type=model_config_pb2.DataType.Value(spec.data_type),
+            dims=list(spec.dims),
+        )
+    for spec in outputs:
+        config.output.add(
+            name=spec.name,
+            data_type=model_config_pb2.DataType.Value(spec.data_type),
+            dims=list(spec.dims),
+        )
+    config.instance_group.add(
+        kind=model_config_pb2.ModelInstanceGroup.Kind.Value(kind), count=instance_count
+    )
+    if dynamic_batching and max_batch_size > 0:
+        config.dynamic_batching.max_queue_delay_microseconds = DEFAULT_MAX_QUEUE_DELAY_US
+
+    warmup = config.model_warmup.add(name="random_batch1", batch_size=1)
+    for spec in inputs:
+        warmup.inputs[spec.name].data_type = model_config_pb2.DataType.Value(spec.data_type)
+        warmup.inputs[spec.name].dims.extend(spec.dims)
+        warmup.inputs[spec.name].random_data = True
+
+    merged = {"class_names": json.dumps(list(class_names)), "imgsz": str(int(imgsz))}
+    merged.update(parameters or {})
+    for key, value in sorted(merged.items()):
+        config.parameters[key].string_value = str(value)
+    return config

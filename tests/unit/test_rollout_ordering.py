@@ -1,0 +1,112 @@
+"""Order of a rollout's moves, proved with a recording fake fleet (pure logic only:
+everything that claims Triton behaviour is tested against the real server)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from repo_manager.errors import IllegalTransitionError, TritonError
+from repo_manager.modelconfig import ModelConfig, render_config
+from repo_manager.phases import Phase
+from repo_manager.repository import ModelRepository
+from repo_manager.rollout import RolloutManager, RolloutSettings
+from repo_manager.state import RolloutState, load_state, state_key
+from repo_manager.storage import LocalStorage
+
+
+class RecordingFleet:
+    """Records each apply with the routing weights persisted at that moment."""
+
+    def __init__(self, storage: LocalStorage, model: str) -> None:
+        self.storage = storage
+        self.model = model
+        self.calls: list[tuple[list[str], list[str], dict[str, int]]] = []
+        self.servers = [object()]
+        self.fail_next = False
+
+    def check_reachable(self) -> None:
+        return None
+
+    def apply(
+        self,
+        model: str,
+        config: ModelConfig,
+        versions: Sequence[str],
+        *,
+        gone: Sequence[str] = (),
+        timeout: float,
+    ) -> None:
+        if self.fail_next:
+            self.fail_next = False
+            raise TritonError("load refused")
+        state = load_state(self.storage, model)
+        self.calls.append((list(versions), list(gone), dict(state.weights) if state else {}))
+
+    def survey(self, model: str) -> list[object]:
+        return []
+
+
+Harness = tuple[RolloutManager, RecordingFleet, LocalStorage]
+
+
+@pytest.fixture
+def manager(tmp_path: Path) -> Harness:
+    storage = LocalStorage(tmp_path)
+    for version in ("1", "2"):
+        (tmp_path / "m" / version).mkdir(parents=True)
+    (tmp_path / "m" / "config.pbtxt").write_bytes(render_config(ModelConfig(name="m")))
+    state = RolloutState(
+        model="m", phase=Phase.PROGRESSING, stable="1", canary="2", weights={"1": 90, "2": 10}
+    )
+    storage.write_bytes_atomic(state_key("m"), state.to_json())
+    fleet = RecordingFleet(storage, "m")
+    rollout = RolloutManager(
+        ModelRepository(storage),
+        fleet,  # type: ignore[arg-type]
+        settings=RolloutSettings(drain_seconds=0.0),
+    )
+    return rollout, fleet, storage
+
+
+def test_promote_moves_all_traffic_before_unloading_old_stable(manager: Harness) -> None:
+    rollout, fleet, storage = manager
+    final = rollout.promote("m")
+    # The only Triton call happens when the table already sends 100% to the new stable.
+    assert fleet.calls == [(["2"], ["1"], {"2": 100})]
+    assert final.phase is Phase.SUCCEEDED and final.stable == "2" and final.canary is None
+    assert [t.to_phase for t in final.history][-2:] == ["promoting", "succeeded"]
+
+
+def test_rollback_moves_all_traffic_before_unloading_canary(manager: Harness) -> None:
+    rollout, fleet, _ = manager
+    final = rollout.rollback("m")
+    assert fleet.calls == [(["1"], ["2"], {"1": 100})]
+    assert final.phase is Phase.ROLLED_BACK and final.stable == "1"
+
+
+def test_set_weight_changes_only_the_table(manager: Harness) -> None:
+    rollout, fleet, _ = manager
+    state = rollout.set_weight("m", 35)
+    assert state.weights == {"1": 65, "2": 35} and fleet.calls == []
+
+
+def test_a_failed_unload_leaves_a_transient_phase_that_reconcile_finishes(manager: Harness) -> None:
+    rollout, fleet, storage = manager
+    fleet.fail_next = True
+    with pytest.raises(TritonError):
+        rollout.promote("m")
+    stuck = load_state(storage, "m")
+    assert stuck is not None and stuck.phase is Phase.PROMOTING and stuck.weights == {"2": 100}
+    rollout.reconcile("m")
+    done = load_state(storage, "m")
+    assert done is not None and done.phase is Phase.SUCCEEDED and done.retiring is None
+
+
+def test_promote_twice_is_refused_after_the_first(manager: Harness) -> None:
+    rollout, _, _ = manager
+    rollout.promote("m")
+    with pytest.raises(IllegalTransitionError, match="no canary"):
+        rollout.promote("m")
