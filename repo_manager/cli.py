@@ -38,6 +38,11 @@ DEFAULT_URL = "localhost:8001"
 class Context:
     repository: str
     urls: list[str]
+    verbose: bool = False
+
+    def _progress(self, line: str) -> None:
+        if self.verbose:
+            click.echo(line, err=True)
 
     def manager(self, *, drain_seconds: float | None = None) -> RolloutManager:
         storage = open_storage(self.repository)
@@ -50,8 +55,35 @@ class Context:
             ModelRepository(storage),
             TritonFleet(self.urls),
             settings=settings,
-            progress=lambda line: click.echo(line, err=True),
+            progress=self._progress,
         )
+
+
+def _set_verbose(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.ensure_object(Context).verbose = True
+
+
+def verbose_option(func: Any) -> Any:
+    """``-v/--verbose``: progress lines on stderr (errors stay one line without it)."""
+    return click.option(
+        "-v",
+        "--verbose",
+        is_flag=True,
+        expose_value=False,
+        callback=_set_verbose,
+        help="Print each step on stderr.",
+    )(func)
+
+
+def drain_option(func: Any) -> Any:
+    """``--drain-seconds``: time for live Routers to follow the table before an unload."""
+    return click.option(
+        "--drain-seconds",
+        type=click.FloatRange(0, 600),
+        default=None,
+        help="Wait between moving traffic and unloading [default: 1.5].",
+    )(func)
 
 
 def _emit(document: Any, as_json: bool, text: str) -> None:
@@ -204,9 +236,10 @@ def export_command(
     click.echo(f"exported {result.version_dir}")
 
 
-@cli.command()
+@cli.command(context_settings={"ignore_unknown_options": True})
 @click.argument("model")
 @click.argument("version")
+@verbose_option
 @click.option("--weights", default=None, help="Ultralytics .pt [default: MODEL.pt here].")
 @export_options
 @click.option(
@@ -276,7 +309,8 @@ def _status_text(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-@cli.command("set-weight")
+@cli.command("set-weight", context_settings={"ignore_unknown_options": True})
+@verbose_option
 @click.argument("model")
 @click.argument("percent")
 @click.pass_obj
@@ -292,12 +326,8 @@ def set_weight(obj: Context, model: str, percent: str) -> None:
 
 @cli.command()
 @click.argument("model")
-@click.option(
-    "--drain-seconds",
-    type=float,
-    default=None,
-    help="Wait between moving traffic and unloading [default: 1.5].",
-)
+@drain_option
+@verbose_option
 @click.pass_obj
 def promote(obj: Context, model: str, drain_seconds: float | None) -> None:
     """Make the canary stable at 100% and unload the old stable."""
@@ -308,12 +338,8 @@ def promote(obj: Context, model: str, drain_seconds: float | None) -> None:
 
 @cli.command()
 @click.argument("model")
-@click.option(
-    "--drain-seconds",
-    type=float,
-    default=None,
-    help="Wait between moving traffic and unloading [default: 1.5].",
-)
+@drain_option
+@verbose_option
 @click.pass_obj
 def rollback(obj: Context, model: str, drain_seconds: float | None) -> None:
     """Send all traffic to stable and unload the canary."""
@@ -324,6 +350,7 @@ def rollback(obj: Context, model: str, drain_seconds: float | None) -> None:
 
 @cli.command()
 @click.argument("model")
+@verbose_option
 @click.option("--latest", type=int, default=None, help="Also keep the latest N versions loaded.")
 @click.option("--all", "all_versions", is_flag=True, help="Keep every version loaded.")
 @click.option("--specific", default=None, help="Also keep these versions loaded: V[,V...].")
@@ -341,6 +368,7 @@ def policy(
 
 @cli.command()
 @click.argument("model", required=False)
+@verbose_option
 @click.option("--watch", is_flag=True, help="Keep reconciling every --interval seconds.")
 @click.option("--interval", type=click.FloatRange(0.5, 3600), default=10.0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")

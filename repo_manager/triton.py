@@ -62,9 +62,11 @@ class TritonControl:
             return call()
         except InferenceServerException as exc:
             status = str(exc.status() or "")
-            if status in _UNREACHABLE_CODES or "failed to connect" in str(exc).lower():
-                raise TritonUnavailableError(f"Triton unreachable at {self.url}") from exc
             message = (exc.message() or str(exc)).strip().splitlines()[0]
+            # Triton also answers UNAVAILABLE for a version that is not ready: only a
+            # message that names no model means the server itself is out of reach.
+            if status in _UNREACHABLE_CODES and "model" not in message.lower():
+                raise TritonUnavailableError(f"Triton unreachable at {self.url}") from exc
             raise TritonError(f"Triton at {self.url} refused to {what}: {message}") from exc
 
     def check_reachable(self) -> None:

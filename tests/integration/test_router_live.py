@@ -29,9 +29,9 @@ from prometheus_client import REGISTRY
 from repo_manager import RoutedResult, Router, RoutingError, TritonUnavailableError
 from repo_manager.metrics import start_metrics_server
 from repo_manager.phases import Phase
+from repo_manager.server import EmbeddedTriton, ServerPorts, free_port
 from repo_manager.state import RolloutState, state_key
 from repo_manager.storage import LocalStorage
-from repo_manager.server import EmbeddedTriton, ServerPorts, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 

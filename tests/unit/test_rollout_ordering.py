@@ -72,7 +72,7 @@ def manager(tmp_path: Path) -> Harness:
 
 
 def test_promote_moves_all_traffic_before_unloading_old_stable(manager: Harness) -> None:
-    rollout, fleet, storage = manager
+    rollout, fleet, _ = manager
     final = rollout.promote("m")
     # The only Triton call happens when the table already sends 100% to the new stable.
     assert fleet.calls == [(["2"], ["1"], {"2": 100})]
