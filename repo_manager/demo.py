@@ -1,8 +1,8 @@
 """``make demo``: the whole rollout on the embedded Triton, offline, on a CPU.
 
 Starts an embedded tritonserver on free ports over a fresh demo repository, then runs the
-real CLI: publish v1 (stable), publish v2 (10% canary), a few hundred Router requests
-(split per version printed), promote, status.
+real CLI: publish v1 (stable), publish v2 (10% canary), a few hundred ``Router.detect``
+requests on generated shapes images (split per version printed), promote, status.
 """
 
 from __future__ import annotations
@@ -17,21 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from export.shapes import generate_shapes_image
 from repo_manager.routing import Router
 from repo_manager.server import EmbeddedTriton, ServerPorts
-
-
-def shapes_image(rng: np.random.Generator, size: int = 320) -> np.ndarray:
-    """A noisy BGR image with one filled rectangle and one filled circle."""
-    image = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
-    x0, y0 = rng.integers(10, size // 2, 2)
-    w, h = rng.integers(size // 8, size // 3, 2)
-    image[y0 : y0 + h, x0 : x0 + w] = rng.integers(120, 255, 3, dtype=np.uint8)
-    cy, cx = rng.integers(size // 2, size - size // 8, 2)
-    r = int(rng.integers(size // 16, size // 8))
-    yy, xx = np.ogrid[:size, :size]
-    image[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = rng.integers(120, 255, 3, dtype=np.uint8)
-    return image
 
 
 def run(repository: Path, url: str, *args: str) -> str:
@@ -71,16 +59,19 @@ def main() -> None:
 
         rng = np.random.default_rng(0)
         counts: Counter[str] = Counter()
-        found = 0
+        found = drawn = 0
         start = time.perf_counter()
         with Router("yolov8n", url=url, repository=str(args.repository)) as router:
             for _ in range(args.requests):
-                detections = router.detect(shapes_image(rng))
+                sample = generate_shapes_image(imgsz=int(args.imgsz), rng=rng)
+                detections = router.detect(sample.image)
                 counts[detections.version] += 1
                 found += len(detections.scores)
+                drawn += len(sample.classes)
         elapsed = time.perf_counter() - start
         print(
-            f"\n{args.requests} Router.detect requests in {elapsed:.1f}s, {found} objects detected"
+            f"\n{args.requests} Router.detect requests in {elapsed:.1f}s: "
+            f"{found} objects detected, {drawn} drawn"
         )
         for version, count in sorted(counts.items()):
             print(f"  version {version}: {count:4d} requests ({100 * count / args.requests:.1f}%)")

@@ -130,7 +130,8 @@ class TritonControl:
         while True:
             states = {v.version: v for v in self.versions(model)}
             missing = [v for v in ready if states.get(v) is None or states[v].state != "READY"]
-            lingering = [v for v in gone if v in states and states[v].state == "READY"]
+            # Gone means unloaded for good (memory freed), not merely no longer READY.
+            lingering = [v for v in gone if v in states and states[v].state != "UNAVAILABLE"]
             if not missing and not lingering:
                 return
             if time.monotonic() >= deadline:
@@ -138,7 +139,7 @@ class TritonControl:
                 for v in missing:
                     reason = states[v].reason if v in states else "not in index"
                     details.append(f"{v} not READY ({reason or states[v].state})")
-                details.extend(f"{v} still READY" for v in lingering)
+                details.extend(f"{v} still {states[v].state}" for v in lingering)
                 raise VersionNotReadyError(
                     f"{model} on {self.url}: {'; '.join(details)} after {timeout:.0f}s"
                 )

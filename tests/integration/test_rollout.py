@@ -187,3 +187,21 @@ def test_reconcile_restores_a_restarted_triton_mid_rollout(stack: Stack, weights
         # Reconciling again changes nothing.
         again = json.loads(stack.cli("reconcile", "--json").stdout)
         assert again[0]["actions"] == []
+
+
+def test_policy_keeps_extra_versions_loaded_and_releases_them(stack: Stack, weights: Path) -> None:
+    stack.publish(MODEL, "1", weights)
+    stack.publish(MODEL, "2", weights)
+    stack.cli("promote", MODEL, "--drain-seconds", "0.5")
+
+    stack.cli("policy", MODEL, "--specific", "1")  # keep the old stable warm for a fast rollback
+    states = {v["version"]: v["state"] for v in status(stack)["versions"]}
+    assert states == {"1": "READY", "2": "READY"}
+    assert status(stack)["weights"] == {"2": 100}  # loaded is not routed
+
+    stack.cli("policy", MODEL, "--latest", "1")
+    states = {v["version"]: v["state"] for v in status(stack)["versions"]}
+    assert states["2"] == "READY" and states["1"] != "READY"
+
+    refused = stack.cli("policy", MODEL, "--specific", "7", check=False)
+    assert refused.code == 2 and "no version 7" in refused.stderr
