@@ -43,6 +43,7 @@ class LocalStorage:
             target.parent.mkdir(parents=True, exist_ok=True)
             fd, staged = tempfile.mkstemp(prefix=_STAGING_PREFIX, dir=target.parent)
             try:
+                os.fchmod(fd, 0o644)  # Routers of other users read the state file
                 with os.fdopen(fd, "wb") as handle:
                     handle.write(data)
                     handle.flush()
@@ -78,6 +79,7 @@ class LocalStorage:
             target.parent.mkdir(parents=True, exist_ok=True)
             staged = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=target.parent))
             try:
+                staged.chmod(0o755)  # mkdtemp's 0700 would hide it from a Triton of another user
                 shutil.copytree(source, staged, dirs_exist_ok=True)
                 os.rename(staged, target)
             except BaseException:

@@ -153,9 +153,7 @@ def test_model_py_is_the_backend_file(exported: ExportResult) -> None:
     assert (exported.version_dir / "model.py").read_bytes() == BACKEND_FILE.read_bytes()
 
 
-def test_manifest_records_hashes_interface_and_tools(
-    exported: ExportResult, weights: Path
-) -> None:
+def test_manifest_records_hashes_interface_and_tools(exported: ExportResult, weights: Path) -> None:
     manifest = json.loads((exported.version_dir / MANIFEST_FILE).read_text())
     assert manifest == exported.manifest
     assert set(manifest["files"]) == {"model.onnx", "model.py"}
@@ -204,8 +202,9 @@ def test_nothing_is_written_beside_the_weights_or_in_the_cwd(
 # -- numerical and structural checks -------------------------------------------------------
 
 
-def test_numerical_check_agrees_with_pytorch(exported: ExportResult, weights: Path,
-                                             tmp_path: Path) -> None:
+def test_numerical_check_agrees_with_pytorch(
+    exported: ExportResult, weights: Path, tmp_path: Path
+) -> None:
     from export.onnx_export import pytorch_reference
 
     detector = load_detector(weights, tmp_path)
@@ -308,7 +307,7 @@ def test_a_second_version_joins_an_existing_model_and_keeps_its_config(
     out = tmp_path / "m"
     export_model(weights, out, model_name="m", version="1", options=options(format="onnx"))
     config = out / "config.pbtxt"
-    config.write_bytes(config.read_bytes() + b'version_policy { specific { versions: 1 } }\n')
+    config.write_bytes(config.read_bytes() + b"version_policy { specific { versions: 1 } }\n")
     before = config.read_bytes()
     result = export_model(weights, out, model_name="m", version="2", options=options(format="onnx"))
     assert result.version_dir == out / "2"
@@ -325,7 +324,9 @@ def test_a_version_with_other_outputs_is_refused_by_an_existing_model(
     export_model(weights, out, model_name="m", version="1", options=options(format="onnx"))
     three_classes = make_untrained_detector(tmp_path / "w3" / "three.pt", nc=3)
     with pytest.raises(IncompatibleModelError):
-        export_model(three_classes, out, model_name="m", version="2", options=options(format="onnx"))
+        export_model(
+            three_classes, out, model_name="m", version="2", options=options(format="onnx")
+        )
     assert sorted(p.name for p in out.iterdir()) == ["1", "config.pbtxt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "w3"]
 
@@ -337,8 +338,9 @@ def test_plan_without_gpu_fails_at_once_with_one_line(tmp_path: Path) -> None:
         pytest.skip("this machine has a GPU: the no-GPU refusal cannot be observed")
     # The weights do not even exist: the refusal must come before any work.
     with pytest.raises(ExportError) as info:
-        export_model(tmp_path / "missing.pt", tmp_path / "m", model_name="m",
-                     options=options(format="plan"))
+        export_model(
+            tmp_path / "missing.pt", tmp_path / "m", model_name="m", options=options(format="plan")
+        )
     assert "--format plan" in str(info.value) and "\n" not in str(info.value)
     assert list(tmp_path.iterdir()) == []
 
@@ -443,8 +445,9 @@ class _FakeTensor:
 
 
 class _FakeResponse:
-    def __init__(self, output_tensors: list[_FakeTensor] | None = None,
-                 error: Exception | None = None) -> None:
+    def __init__(
+        self, output_tensors: list[_FakeTensor] | None = None, error: Exception | None = None
+    ) -> None:
         self.output_tensors, self.error = output_tensors or [], error
 
 
@@ -471,11 +474,13 @@ def backend_model(exported: ExportResult, monkeypatch: pytest.MonkeyPatch) -> An
     model = module.TritonPythonModel()
     config = json.loads(config_to_json(exported.config))
     config["parameters"]["onnxruntime_intra_op_threads"] = {"string_value": "1"}
-    model.initialize({
-        "model_config": json.dumps(config),
-        "model_repository": str(exported.model_dir),
-        "model_version": "1",
-    })
+    model.initialize(
+        {
+            "model_config": json.dumps(config),
+            "model_repository": str(exported.model_dir),
+            "model_version": "1",
+        }
+    )
     return model
 
 
@@ -505,12 +510,15 @@ def test_backend_runs_a_dynamic_batch_as_one_onnxruntime_call(backend_model: Any
 def test_backend_refuses_a_bad_request_without_failing_its_batch_mates(backend_model: Any) -> None:
     good = np.zeros((1, 3, IMGSZ, IMGSZ), dtype=np.float32)
     wrong = np.zeros((1, 3, 32, 32), dtype=np.float32)
-    responses = backend_model.execute([
-        {"images": _FakeTensor("images", good)},
-        {"images": _FakeTensor("images", wrong)},
-        {},
-    ])
-    assert responses[0].error is None and responses[0].output_tensors[0].array.shape == (1, 6, ANCHORS)
+    responses = backend_model.execute(
+        [
+            {"images": _FakeTensor("images", good)},
+            {"images": _FakeTensor("images", wrong)},
+            {},
+        ]
+    )
+    assert responses[0].error is None
+    assert responses[0].output_tensors[0].array.shape == (1, 6, ANCHORS)
     assert "shape" in str(responses[1].error)
     assert "missing input" in str(responses[2].error)
 
@@ -519,7 +527,7 @@ def test_backend_takes_thread_counts_from_the_config(backend_model: Any) -> None
     assert backend_model.session.get_session_options().intra_op_num_threads == 1
 
 
-# -- generated data and the package's import cost ---------------------------------------------------
+# -- generated data and the package's import cost -------------------------------------------
 
 
 def test_shapes_image_is_deterministic_and_boxes_lie_inside(tmp_path: Path) -> None:

@@ -1,0 +1,12 @@
+"""The export pipeline: Ultralytics ``.pt`` weights -> versioned Triton model folders.
+
+Importing this package is cheap: torch, Ultralytics and onnx load only when an export
+runs. It never talks to a server and knows nothing of rollouts.
+"""
+
+from __future__ import annotations
+
+from export.formats import FORMATS
+from export.pipeline import ExportOptions, ExportResult, export_model
+
+__all__ = ["FORMATS", "ExportOptions", "ExportResult", "export_model"]

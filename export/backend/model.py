@@ -1,0 +1,152 @@
+"""Triton python-backend model: runs the version folder's ``model.onnx`` with onnxruntime.
+
+Copied unchanged into every ``--format python`` version folder. Input and output names
+and types come from the model config Triton hands over, never from this file, so one file
+serves every detector. All requests of a dynamic batch are concatenated into a single
+onnxruntime run and the results split back per request: one large run is much cheaper
+than many small ones.
+
+Config parameters (strings) it reads:
+    onnxruntime_intra_op_threads   threads inside an operator (default: CPUs, at most 4)
+    onnxruntime_inter_op_threads   threads across operators (default: 1)
+Small defaults keep a 2-core machine responsive: Triton's own threads need CPU too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+MODEL_FILE = "model.onnx"
+MAX_DEFAULT_INTRA_OP_THREADS = 4
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # respects container/cgroup pinning
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _int_parameter(config: dict[str, Any], key: str, default: int) -> int:
+    raw = config.get("parameters", {}).get(key, {}).get("string_value", "")
+    if raw.strip() == "":
+        return default
+    value = int(raw)
+    if value < 0:
+        raise ValueError(f"parameter {key} must be >= 0, got {raw!r}")
+    return value
+
+
+def _shape_fits(shape: tuple[int, ...], dims: tuple[int, ...]) -> bool:
+    """A batched shape matches config dims (-1 in the config accepts any size)."""
+    return len(shape) == len(dims) + 1 and all(
+        want in (-1, got) for got, want in zip(shape[1:], dims, strict=True)
+    )
+
+
+class TritonPythonModel:
+    """One model instance: an onnxruntime session over the version's ONNX file."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        config = json.loads(args["model_config"])
+        self.input_names = [item["name"] for item in config["input"]]
+        self.input_dtypes = [
+            pb_utils.triton_string_to_numpy(item["data_type"]) for item in config["input"]
+        ]
+        self.input_dims = [tuple(int(d) for d in item["dims"]) for item in config["input"]]
+        self.output_names = [item["name"] for item in config["output"]]
+        self.output_dtypes = [
+            pb_utils.triton_string_to_numpy(item["data_type"]) for item in config["output"]
+        ]
+
+        path = Path(args["model_repository"]) / args["model_version"] / MODEL_FILE
+        if not path.is_file():  # e.g. a repository copied elsewhere: fall back to our folder
+            path = Path(__file__).resolve().with_name(MODEL_FILE)
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = _int_parameter(
+            config,
+            "onnxruntime_intra_op_threads",
+            min(_cpu_count(), MAX_DEFAULT_INTRA_OP_THREADS),
+        )
+        options.inter_op_num_threads = _int_parameter(config, "onnxruntime_inter_op_threads", 1)
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        self.session = ort.InferenceSession(
+            str(path), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        graph_inputs = {i.name for i in self.session.get_inputs()}
+        graph_outputs = {o.name for o in self.session.get_outputs()}
+        missing = [n for n in self.input_names if n not in graph_inputs] + [
+            n for n in self.output_names if n not in graph_outputs
+        ]
+        if missing:
+            raise pb_utils.TritonModelException(
+                f"{path}: config names tensors the ONNX graph lacks: {missing}"
+            )
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        responses: list[Any] = [None] * len(requests)
+        batches: list[list[np.ndarray]] = []  # per request, arrays in input order
+        members: list[int] = []  # indices of the requests taking part in the run
+        for index, request in enumerate(requests):
+            arrays = []
+            for name, dtype, dims in zip(
+                self.input_names, self.input_dtypes, self.input_dims, strict=True
+            ):
+                tensor = pb_utils.get_input_tensor_by_name(request, name)
+                problem = None
+                if tensor is None:
+                    problem = f"missing input {name!r}"
+                else:
+                    array = np.asarray(tensor.as_numpy(), dtype=dtype)
+                    if not _shape_fits(array.shape, dims):
+                        problem = f"input {name!r} has shape {array.shape}, expected [B, *{dims}]"
+                if problem is not None:
+                    # Refuse this request alone: a bad one must not fail its batch-mates.
+                    responses[index] = pb_utils.InferenceResponse(
+                        error=pb_utils.TritonError(problem)
+                    )
+                    break
+                arrays.append(array)
+            else:
+                batches.append(arrays)
+                members.append(index)
+
+        if members:
+            sizes = [arrays[0].shape[0] for arrays in batches]
+            feed = {
+                name: (
+                    batches[0][position]
+                    if len(batches) == 1
+                    else np.concatenate([arrays[position] for arrays in batches], axis=0)
+                )
+                for position, name in enumerate(self.input_names)
+            }
+            try:
+                results = self.session.run(self.output_names, feed)
+            except Exception as exc:  # nothing left to blame on one request: fail the run
+                error = pb_utils.TritonError(f"onnxruntime: {exc}")
+                for index in members:
+                    responses[index] = pb_utils.InferenceResponse(error=error)
+                return responses
+            bounds = np.cumsum(sizes)[:-1]
+            per_output = [np.split(result, bounds, axis=0) for result in results]
+            for slot, index in enumerate(members):
+                tensors = [
+                    pb_utils.Tensor(name, np.ascontiguousarray(parts[slot], dtype=dtype))
+                    for name, dtype, parts in zip(
+                        self.output_names, self.output_dtypes, per_output, strict=True
+                    )
+                ]
+                responses[index] = pb_utils.InferenceResponse(output_tensors=tensors)
+        return responses
+
+    def finalize(self) -> None:
+        self.session = None

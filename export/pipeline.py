@@ -1,0 +1,226 @@
+"""``export_model``: Ultralytics weights -> one checked Triton model folder.
+
+    weights ─copy─▶ work dir ─load+validate─▶ ONNX ─check─▶ staging/<version>/ ─rename─▶ out_dir
+
+Everything is built in a staging folder beside ``out_dir`` (same filesystem) and renamed
+into place only after every check passed, so ``out_dir`` never holds a half-made or
+unchecked version. Nothing is written beside the source weights and nothing needs the
+network.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from export.formats import FormatSpec, get_format
+from export.manifest import build_manifest, write_manifest
+from repo_manager.errors import (
+    ExportError,
+    IncompatibleModelError,
+    InvalidInputError,
+    InvalidNameError,
+    InvalidVersionError,
+    VersionExistsError,
+)
+from repo_manager.modelconfig import (
+    ModelConfig,
+    build_detector_config,
+    io_signature,
+    parse_config,
+    render_config,
+)
+
+__all__ = ["CONFIG_FILE", "ExportOptions", "ExportResult", "export_model"]
+
+CONFIG_FILE = "config.pbtxt"
+BACKEND_MODEL = "backend/model.py"  # inside the export package
+
+
+@dataclass(kw_only=True)
+class ExportOptions:
+    """How to export: serving format, input size, batching, precision (plan only)."""
+
+    format: str = "python"
+    imgsz: int = 640
+    max_batch: int = 8
+    opset: int | None = None
+    fp16: bool = False
+    int8: bool = False
+
+
+@dataclass(kw_only=True)
+class ExportResult:
+    """Where the export landed and what it wrote."""
+
+    model_dir: Path
+    version_dir: Path
+    config: ModelConfig
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+def _validate(model_name: str, version: str, options: ExportOptions) -> FormatSpec:
+    """Refuse bad input before any work (and a plan export before the ONNX work)."""
+    if not model_name or model_name in {".", ".."} or any(c in model_name for c in "/\\\0"):
+        raise InvalidNameError(f"model name {model_name!r} is not a single safe path segment")
+    if not version.isdigit() or int(version) < 1 or version != str(int(version)):
+        raise InvalidVersionError(f"version {version!r} is not a positive integer")
+    spec = get_format(options.format)
+    if options.imgsz < 32 or options.imgsz % 32:
+        raise InvalidInputError(f"--imgsz {options.imgsz} must be a positive multiple of 32")
+    if options.max_batch < 1:
+        raise InvalidInputError(f"--max-batch {options.max_batch} must be at least 1")
+    if (options.fp16 or options.int8) and not spec.needs_gpu:
+        raise InvalidInputError(
+            f"--fp16/--int8 apply to --format plan only, not --format {spec.name}"
+        )
+    if spec.needs_gpu:
+        from export.tensorrt import require_tensorrt
+
+        require_tensorrt()
+    return spec
+
+
+def _existing_config(out_dir: Path, version: str) -> ModelConfig | None:
+    """The config of a model folder we add a version to (None for a new folder)."""
+    if (out_dir / version).exists():
+        raise VersionExistsError(f"{out_dir / version} already exists; versions are immutable")
+    path = out_dir / CONFIG_FILE
+    if not path.is_file():
+        return None
+    return parse_config(path.read_bytes(), source=str(path))
+
+
+def export_model(
+    weights: Path, out_dir: Path, *, model_name: str, version: str = "1", options: ExportOptions
+) -> ExportResult:
+    """Export ``weights`` as ``out_dir/config.pbtxt`` + ``out_dir/<version>/``.
+
+    The version folder holds ``model.onnx`` (dynamic batch, spatial dims = imgsz), the
+    format's files (``model.py`` for python) and ``manifest.json``. If ``out_dir``
+    already holds a model, the new version must match its inputs/outputs and its
+    config.pbtxt is kept (the manager owns it). Raises ``WeightsError`` for unusable
+    weights and ``ExportError`` when a check fails; ``out_dir`` is then unchanged.
+    """
+    weights, out_dir = Path(weights), Path(out_dir)
+    spec = _validate(model_name, version, options)
+    current = _existing_config(out_dir, version)
+    # Absolute: Ultralytics may resolve relative paths against its own directories.
+    weights = weights.expanduser().absolute()
+
+    from export.onnx_export import DetectorIO, check_onnx, export_onnx, pytorch_reference, read_io
+    from export.weights import load_detector
+
+    with tempfile.TemporaryDirectory(prefix="repo-manager-export-") as work:
+        detector = load_detector(weights, Path(work))
+        try:  # only now: bad weights must leave no trace either
+            out_dir.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ExportError(f"cannot create {out_dir.parent}: {exc.strerror or exc}") from exc
+        # Beside out_dir, so the final move is a rename; mkdir (unlike mkdtemp's 0700)
+        # honours the umask, so a Triton running as another user can read the result.
+        staging = out_dir.parent / f".{out_dir.name}.staging-{uuid.uuid4().hex[:12]}"
+        try:
+            staging.mkdir()
+        except OSError as exc:
+            raise ExportError(f"cannot write into {out_dir.parent}: {exc.strerror or exc}") from exc
+        try:
+            version_dir = staging / version
+            version_dir.mkdir()
+            onnx_path = version_dir / "model.onnx"
+            export_onnx(detector, onnx_path, imgsz=options.imgsz, opset=options.opset)
+            expected = DetectorIO(
+                imgsz=options.imgsz,
+                num_classes=detector.num_classes,
+                num_anchors=detector.num_anchors(options.imgsz),
+            )
+            check = check_onnx(
+                onnx_path, expected=expected, reference=pytorch_reference(detector.model)
+            )
+            inputs, outputs = read_io(onnx_path)
+            extra: dict[str, Any] = {"numerical_check": asdict(check) if check else None}
+
+            if spec.name == "python":
+                source = resources.files("export").joinpath(BACKEND_MODEL)
+                (version_dir / "model.py").write_bytes(source.read_bytes())
+            elif spec.name == "plan":
+                from export.tensorrt import build_plan
+
+                extra.update(
+                    build_plan(
+                        onnx_path,
+                        version_dir / "model.plan",
+                        imgsz=options.imgsz,
+                        max_batch=options.max_batch,
+                        fp16=options.fp16,
+                        int8=options.int8,
+                    )
+                )
+            for name in {p.name for p in version_dir.iterdir()} - set(spec.files):
+                (version_dir / name).unlink()  # e.g. the intermediate ONNX of a plan
+
+            config = build_detector_config(
+                name=model_name,
+                backend_or_platform=spec.backend_or_platform,
+                max_batch_size=options.max_batch,
+                inputs=inputs,
+                outputs=outputs,
+                instance_kind=spec.instance_kind,
+                instance_count=1,
+                class_names=detector.class_names,
+                imgsz=options.imgsz,
+            )
+            if current is not None and io_signature(current) != io_signature(config):
+                raise IncompatibleModelError(
+                    f"{weights} does not fit {out_dir}: inputs/outputs "
+                    f"{io_signature(config)} differ from {io_signature(current)}"
+                )
+            (staging / CONFIG_FILE).write_bytes(render_config(config))
+            manifest = build_manifest(
+                version_dir=version_dir,
+                model_name=model_name,
+                version=version,
+                format=spec.name,
+                source_weights=weights,
+                weights_sha256=detector.sha256,
+                imgsz=options.imgsz,
+                class_names=detector.class_names,
+                max_batch_size=options.max_batch,
+                inputs=inputs,
+                outputs=outputs,
+                extra=extra,
+            )
+            write_manifest(version_dir, manifest)
+            _commit(staging, out_dir, version, new_model=current is None)
+        except OSError as exc:
+            raise ExportError(f"cannot write the export to {out_dir}: {exc}") from exc
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    return ExportResult(
+        model_dir=out_dir,
+        version_dir=out_dir / version,
+        config=config,
+        manifest=manifest,
+    )
+
+
+def _commit(staging: Path, out_dir: Path, version: str, *, new_model: bool) -> None:
+    """Move the checked result into place with renames (atomic on one filesystem)."""
+    try:
+        if not out_dir.exists():
+            os.rename(staging, out_dir)
+            return
+        os.rename(staging / version, out_dir / version)
+    except OSError as exc:
+        if (out_dir / version).exists():
+            raise VersionExistsError(f"{out_dir / version} already exists") from exc
+        raise
+    if new_model:  # an existing, empty folder: give it its config
+        os.replace(staging / CONFIG_FILE, out_dir / CONFIG_FILE)
