@@ -123,7 +123,9 @@ class EmbeddedTriton:
         host: str = "127.0.0.1",
         extra_args: tuple[str, ...] = (),
     ) -> None:
-        self.repository = str(repository)
+        location = str(repository)
+        # Triton resolves a relative path against its own cwd: hand it an absolute one.
+        self.repository = location if "://" in location else str(Path(location).resolve())
         self.host = host
         self.ports = ports or ServerPorts()
         self.log_path = log_path
