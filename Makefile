@@ -6,7 +6,7 @@ DETECTOR := .cache/detector/detector.pt
 export YOLO_OFFLINE := 1
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup detector demo test unit integration lint clean
+.PHONY: setup detector demo test unit integration lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -37,6 +37,9 @@ integration: setup $(DETECTOR)
 
 test: setup $(DETECTOR) lint
 	REPO_MANAGER_DETECTOR=$(abspath $(DETECTOR)) $(PY) -m pytest -q -rs
+
+bench: setup
+	$(PY) bench/router_overhead.py
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache
