@@ -53,6 +53,12 @@ class ExportOptions:
     opset: int | None = None
     fp16: bool = False
     int8: bool = False
+    #: Folder of images for INT8 calibration (plan + int8 only).
+    calibration_images: Path | None = None
+    #: TensorRT timing/calibration cache folder. Default: ~/.cache/repo-manager/tensorrt
+    cache_dir: Path | None = None
+    #: TensorRT builder workspace limit in GiB. Default 4.
+    workspace_gib: float = 4.0
 
 
 @dataclass(kw_only=True)
@@ -150,18 +156,18 @@ def export_model(
                 source = resources.files("export").joinpath(BACKEND_MODEL)
                 (version_dir / "model.py").write_bytes(source.read_bytes())
             elif spec.name == "plan":
-                from export.tensorrt import build_plan
+                from export.tensorrt import PlanBuild, build_plan
 
-                extra.update(
-                    build_plan(
-                        onnx_path,
-                        version_dir / "model.plan",
-                        imgsz=options.imgsz,
-                        max_batch=options.max_batch,
-                        fp16=options.fp16,
-                        int8=options.int8,
-                    )
+                plan_build = PlanBuild(
+                    imgsz=options.imgsz,
+                    max_batch=options.max_batch,
+                    fp16=options.fp16,
+                    int8=options.int8,
+                    calibration_images=options.calibration_images,
+                    cache_dir=options.cache_dir,
+                    workspace_gib=options.workspace_gib,
                 )
+                extra.update(build_plan(onnx_path, version_dir / "model.plan", plan_build))
             for name in {p.name for p in version_dir.iterdir()} - set(spec.files):
                 (version_dir / name).unlink()  # e.g. the intermediate ONNX of a plan
 
@@ -175,6 +181,9 @@ def export_model(
                 instance_count=1,
                 class_names=detector.class_names,
                 imgsz=options.imgsz,
+                cc_model_filenames=(
+                    {extra["compute_capability"]: "model.plan"} if spec.name == "plan" else None
+                ),
             )
             if current is not None and io_signature(current) != io_signature(config):
                 raise IncompatibleModelError(

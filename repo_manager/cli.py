@@ -7,6 +7,7 @@ reaches the user unless REPO_MANAGER_DEBUG=1.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -119,8 +120,30 @@ def cli(ctx: click.Context, repository: str, urls: tuple[str, ...]) -> None:
     ctx.obj = Context(repository=repository, urls=list(urls) or [DEFAULT_URL])
 
 
+_EXPORT_PARAMETERS = (
+    "fmt",
+    "imgsz",
+    "max_batch",
+    "fp16",
+    "int8",
+    "calibration_images",
+    "cache_dir",
+    "workspace_gib",
+)
+
+
 def export_options(func: Any) -> Any:
-    """Options shared by ``export`` and ``publish``."""
+    """Options shared by ``export`` and ``publish``, handed over as one ``export_options``."""
+
+    @functools.wraps(func)
+    def with_export_options(*args: Any, **kwargs: Any) -> Any:
+        values = {name: kwargs.pop(name) for name in _EXPORT_PARAMETERS}
+        from export import ExportOptions
+
+        kwargs["export_options"] = ExportOptions(format=values.pop("fmt"), **values)
+        return func(*args, **kwargs)
+
+    wrapped: Any = with_export_options
     for option in reversed(
         [
             click.option(
@@ -136,16 +159,29 @@ def export_options(func: Any) -> Any:
             click.option("--max-batch", type=click.IntRange(1, 1024), default=8, show_default=True),
             click.option("--fp16", is_flag=True, help="FP16 engine (plan only)."),
             click.option("--int8", is_flag=True, help="INT8 engine (plan only)."),
+            click.option(
+                "--calibration-images",
+                type=click.Path(exists=True, file_okay=False, path_type=Path),
+                default=None,
+                help="Images for INT8 calibration (plan only).",
+            ),
+            click.option(
+                "--cache-dir",
+                type=click.Path(file_okay=False, path_type=Path),
+                default=None,
+                help="TensorRT caches [default: ~/.cache/repo-manager/tensorrt].",
+            ),
+            click.option(
+                "--workspace-gib",
+                type=click.FloatRange(0.25, 1024),
+                default=4.0,
+                show_default=True,
+                help="TensorRT builder workspace limit (plan only).",
+            ),
         ]
     ):
-        func = option(func)
-    return func
-
-
-def _export_options(fmt: str, imgsz: int, max_batch: int, fp16: bool, int8: bool) -> Any:
-    from export import ExportOptions
-
-    return ExportOptions(format=fmt, imgsz=imgsz, max_batch=max_batch, fp16=fp16, int8=int8)
+        wrapped = option(wrapped)
+    return wrapped
 
 
 @cli.command()
@@ -213,11 +249,7 @@ def export_command(
     output: Path,
     name: str | None,
     version: str,
-    fmt: str,
-    imgsz: int,
-    max_batch: int,
-    fp16: bool,
-    int8: bool,
+    export_options: Any,
 ) -> None:
     """Export Ultralytics WEIGHTS into a Triton model folder."""
     from export import export_model
@@ -231,7 +263,7 @@ def export_command(
         output,
         model_name=model,
         version=version,
-        options=_export_options(fmt, imgsz, max_batch, fp16, int8),
+        options=export_options,
     )
     click.echo(f"exported {result.version_dir}")
 
@@ -248,18 +280,16 @@ def export_command(
     show_default=True,
     help="Percent of traffic a new canary starts with.",
 )
+@click.option("--force", is_flag=True, help="Publish a plan even if the servers' TensorRT differs.")
 @click.pass_obj
 def publish(
     obj: Context,
     model: str,
     version: str,
     weights: str | None,
-    fmt: str,
-    imgsz: int,
-    max_batch: int,
-    fp16: bool,
-    int8: bool,
+    export_options: Any,
     canary_weight: str,
+    force: bool,
 ) -> None:
     """Publish VERSION of MODEL: first becomes stable, later ones the canary."""
     model = validate_model_name(model)
@@ -271,8 +301,9 @@ def publish(
         model,
         version,
         weights=path,
-        export_options=_export_options(fmt, imgsz, max_batch, fp16, int8),
+        export_options=export_options,
         canary_weight=weight,
+        force=force,
     )
     role = "stable" if state.stable == version else f"canary at {state.weights[version]}%"
     click.echo(f"{model} version {version} published as {role}")

@@ -142,6 +142,7 @@ def build_detector_config(
     imgsz: int,
     parameters: Mapping[str, str] | None = None,
     dynamic_batching: bool = True,
+    cc_model_filenames: Mapping[str, str] | None = None,
 ) -> ModelConfig:
     """The config of a YOLO detector in any serving format.
 
@@ -190,6 +191,10 @@ def build_detector_config(
         warmup.inputs[spec.name].data_type = model_config_pb2.DataType.Value(spec.data_type)
         warmup.inputs[spec.name].dims.extend(spec.dims)
         warmup.inputs[spec.name].random_data = True
+
+    # Plans built for several GPU kinds: Triton picks the file of the GPU's compute capability.
+    for capability, filename in sorted((cc_model_filenames or {}).items()):
+        config.cc_model_filenames[capability] = filename
 
     merged = {"class_names": json.dumps(list(class_names)), "imgsz": str(int(imgsz))}
     merged.update(parameters or {})

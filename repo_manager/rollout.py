@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from repo_manager.compat import check_plan_compatible
 from repo_manager.errors import (
     IllegalTransitionError,
     InvalidInputError,
@@ -211,8 +212,12 @@ class RolloutManager:
         weights: Path,
         export_options: Any,
         canary_weight: int | None = None,
+        force: bool = False,
     ) -> RolloutState:
-        """Export, stage and add a version; first becomes stable, later ones the canary."""
+        """Export, stage and add a version; first becomes stable, later ones the canary.
+
+        ``force`` publishes a TensorRT plan even when the servers' release does not match.
+        """
         model = validate_model_name(model)
         version = validate_version(version)
         weight = parse_weight(
@@ -233,6 +238,7 @@ class RolloutManager:
                 weights, staged, model_name=model, version=version, options=export_options
             )
             self.repository.check_compatible(model, result.config)
+            check_plan_compatible(result.manifest, self.fleet.server_versions(), force=force)
             with self._locked(model):
                 return self._add_and_load(model, version, staged, state, weight)
 

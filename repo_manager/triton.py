@@ -165,6 +165,10 @@ class TritonFleet:
         for server in self.servers:
             server.check_reachable()
 
+    def server_versions(self) -> dict[str, str]:
+        """Each server's Triton version (from its metadata), by url."""
+        return {s.url: str(s.server_metadata().get("version", "")) for s in self.servers}
+
     def apply(
         self,
         model: str,
