@@ -31,6 +31,7 @@ from repo_manager.errors import (
 )
 from repo_manager.modelconfig import (
     ModelConfig,
+    add_tensorrt_accelerator,
     build_detector_config,
     io_signature,
     parse_config,
@@ -59,6 +60,9 @@ class ExportOptions:
     cache_dir: Path | None = None
     #: TensorRT builder workspace limit in GiB. Default 4.
     workspace_gib: float = 4.0
+    #: ``onnx`` format only: let Triton's onnxruntime run the model through its TensorRT
+    #: execution accelerator on GPU instances (FP16 with ``fp16``). Default False.
+    ort_tensorrt: bool = False
 
 
 @dataclass(kw_only=True)
@@ -82,9 +86,13 @@ def _validate(model_name: str, version: str, options: ExportOptions) -> FormatSp
         raise InvalidInputError(f"--imgsz {options.imgsz} must be a positive multiple of 32")
     if options.max_batch < 1:
         raise InvalidInputError(f"--max-batch {options.max_batch} must be at least 1")
-    if (options.fp16 or options.int8) and not spec.needs_gpu:
+    if options.ort_tensorrt and spec.name != "onnx":
+        raise InvalidInputError(f"--ort-tensorrt applies to --format onnx, not {spec.name}")
+    if options.int8 and not spec.needs_gpu:
+        raise InvalidInputError(f"--int8 applies to --format plan only, not {spec.name}")
+    if options.fp16 and not (spec.needs_gpu or options.ort_tensorrt):
         raise InvalidInputError(
-            f"--fp16/--int8 apply to --format plan only, not --format {spec.name}"
+            f"--fp16 applies to --format plan or onnx --ort-tensorrt, not {spec.name}"
         )
     if spec.needs_gpu:
         from export.tensorrt import require_tensorrt
@@ -177,7 +185,7 @@ def export_model(
                 max_batch_size=options.max_batch,
                 inputs=inputs,
                 outputs=outputs,
-                instance_kind=spec.instance_kind,
+                instance_kind="KIND_GPU" if options.ort_tensorrt else spec.instance_kind,
                 instance_count=1,
                 class_names=detector.class_names,
                 imgsz=options.imgsz,
@@ -185,6 +193,10 @@ def export_model(
                     {extra["compute_capability"]: "model.plan"} if spec.name == "plan" else None
                 ),
             )
+            if options.ort_tensorrt:
+                add_tensorrt_accelerator(
+                    config, fp16=options.fp16, workspace_gib=options.workspace_gib
+                )
             if current is not None and io_signature(current) != io_signature(config):
                 raise IncompatibleModelError(
                     f"{weights} does not fit {out_dir}: inputs/outputs "

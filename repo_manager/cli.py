@@ -129,6 +129,7 @@ _EXPORT_PARAMETERS = (
     "calibration_images",
     "cache_dir",
     "workspace_gib",
+    "ort_tensorrt",
 )
 
 
@@ -177,6 +178,11 @@ def export_options(func: Any) -> Any:
                 default=4.0,
                 show_default=True,
                 help="TensorRT builder workspace limit (plan only).",
+            ),
+            click.option(
+                "--ort-tensorrt",
+                is_flag=True,
+                help="onnx format: run through onnxruntime's TensorRT accelerator on GPU.",
             ),
         ]
     ):

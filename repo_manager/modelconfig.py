@@ -26,6 +26,7 @@ __all__ = [
     "PLATFORMS",
     "ModelConfig",
     "TensorSpec",
+    "add_tensorrt_accelerator",
     "build_detector_config",
     "config_to_json",
     "io_signature",
@@ -201,3 +202,16 @@ def build_detector_config(
     for key, value in sorted(merged.items()):
         config.parameters[key].string_value = str(value)
     return config
+
+
+def add_tensorrt_accelerator(config: ModelConfig, *, fp16: bool, workspace_gib: float) -> None:
+    """Run an ``onnxruntime_onnx`` model through onnxruntime's TensorRT accelerator.
+
+    The engine is then built by Triton when the model loads (the warm-up pays for it), on
+    the serving GPU, so it always matches that server's TensorRT.
+    """
+    accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator.add(
+        name="tensorrt"
+    )
+    accelerator.parameters["precision_mode"] = "FP16" if fp16 else "FP32"
+    accelerator.parameters["max_workspace_size_bytes"] = str(int(workspace_gib * (1 << 30)))

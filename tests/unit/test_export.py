@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from tritonclient.grpc import model_config_pb2
 
 from export import ExportOptions, ExportResult, export_model
 from export.manifest import MANIFEST_FILE, manifest_mismatches
@@ -301,6 +302,22 @@ def test_onnx_format_writes_an_onnxruntime_config_and_only_the_onnx(
     assert sorted(p.name for p in result.version_dir.iterdir()) == ["manifest.json", "model.onnx"]
 
 
+def test_onnx_with_tensorrt_accelerator_runs_on_gpu_instances_in_fp16(
+    weights: Path, tmp_path: Path
+) -> None:
+    result = export_model(
+        weights,
+        tmp_path / "m",
+        model_name="m",
+        options=options(format="onnx", ort_tensorrt=True, fp16=True),
+    )
+    accelerators = result.config.optimization.execution_accelerators.gpu_execution_accelerator
+    assert [a.name for a in accelerators] == ["tensorrt"]
+    assert accelerators[0].parameters["precision_mode"] == "FP16"
+    assert result.config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
+    assert parse_config((tmp_path / "m" / "config.pbtxt").read_bytes(), source="t") == result.config
+
+
 def test_a_second_version_joins_an_existing_model_and_keeps_its_config(
     weights: Path, tmp_path: Path
 ) -> None:
@@ -353,6 +370,8 @@ def test_plan_without_gpu_fails_at_once_with_one_line(tmp_path: Path) -> None:
         {"max_batch": 0},
         {"fp16": True},
         {"int8": True},
+        {"ort_tensorrt": True},
+        {"format": "onnx", "int8": True},
     ],
 )
 def test_bad_options_are_invalid_input(weights: Path, tmp_path: Path, bad: dict[str, Any]) -> None:
