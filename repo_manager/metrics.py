@@ -28,7 +28,7 @@ from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from prometheus_client import REGISTRY, start_http_server
+from prometheus_client import REGISTRY, Gauge, start_http_server
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
@@ -36,6 +36,7 @@ from prometheus_client.utils import floatToGoString
 __all__ = [
     "LATENCY_BUCKETS",
     "VersionMetrics",
+    "publish_rollout_state",
     "start_metrics_server",
     "version_metrics",
 ]
@@ -178,6 +179,49 @@ class _RouterCollector(Collector):
 
 
 REGISTRY.register(_RouterCollector())
+
+
+# -- rollout state (manager side, not the hot path: stock Gauges) -------------------------
+
+CANARY_WEIGHT = Gauge(
+    "repo_manager_canary_weight", "Percent of traffic the canary gets.", ["model"]
+)
+ROLLOUT_PHASE = Gauge(
+    "repo_manager_rollout_phase", "1 for the model's current rollout phase.", ["model", "phase"]
+)
+FAILED_CHECKS = Gauge(
+    "repo_manager_analysis_failed_checks", "Failed analysis checks of the canary.", ["model"]
+)
+METRICS_ERRORS = Gauge(
+    "repo_manager_analysis_metrics_errors",
+    "Consecutive analysis steps whose metrics source could not be read.",
+    ["model"],
+)
+GATE_VALUE = Gauge(
+    "repo_manager_gate_value", "Last measured value of each gate (NaN: skipped).", ["model", "gate"]
+)
+GATE_PASSED = Gauge("repo_manager_gate_passed", "1 if the gate last passed.", ["model", "gate"])
+
+
+def publish_rollout_state(
+    model: str,
+    *,
+    phase: str,
+    phases: Iterable[str],
+    canary_weight: int,
+    failed_checks: int = 0,
+    metrics_errors: int = 0,
+    gates: Iterable[tuple[str, float | None, bool]] = (),
+) -> None:
+    """Expose a model's rollout state: weight, phase, failed checks, each gate's last value."""
+    CANARY_WEIGHT.labels(model).set(canary_weight)
+    for name in phases:
+        ROLLOUT_PHASE.labels(model, name).set(1 if name == phase else 0)
+    FAILED_CHECKS.labels(model).set(failed_checks)
+    METRICS_ERRORS.labels(model).set(metrics_errors)
+    for gate, value, passed in gates:
+        GATE_VALUE.labels(model, gate).set(float("nan") if value is None else value)
+        GATE_PASSED.labels(model, gate).set(1 if passed else 0)
 
 
 def start_metrics_server(port: int, addr: str = "0.0.0.0") -> Any:
