@@ -94,9 +94,10 @@ class ScrapeProvider:
         return "scrape " + ", ".join(self.urls)
 
     def snapshot(self, model: str) -> Snapshot:
+        # prometheus-client's parser appends ``_total`` to counters that lack it (Triton's).
         wanted: dict[str, list[tuple[str, dict[str, str]]]] = {}
         for key, (sample, labels) in QUERIES.items():
-            wanted.setdefault(sample, []).append((key, labels))
+            wanted.setdefault(sample.removesuffix("_total"), []).append((key, labels))
         result: Snapshot = {key: {} for key in QUERIES}
         for url in self.urls:
             text = _get(url, self.timeout).decode("utf-8", "replace")
@@ -106,10 +107,11 @@ class ScrapeProvider:
                 raise MetricsUnavailableError(f"metrics source {url}: unparsable: {exc}") from exc
             for family in families:
                 for s in family.samples:
-                    if s.name not in wanted or s.labels.get("model") != model:
+                    name = s.name.removesuffix("_total")
+                    if name not in wanted or s.labels.get("model") != model:
                         continue
                     version = s.labels.get("version", "")
-                    for key, labels in wanted[s.name]:
+                    for key, labels in wanted[name]:
                         if all(s.labels.get(k) == v for k, v in labels.items()):
                             per = result[key]
                             per[version] = per.get(version, 0.0) + float(s.value)
