@@ -48,12 +48,12 @@ class GoldenImage:
     labels: Path | None
 
 
-def _label_path(image: Path, root: Path) -> Path | None:
-    """YOLO convention (``images/`` -> ``labels/``), else a ``.txt`` beside the image."""
-    parts = list(image.relative_to(root).parts)
-    if "images" in parts:
-        i = len(parts) - 1 - parts[::-1].index("images")
-        candidate = root.joinpath(*parts[:i], "labels", *parts[i + 1 :]).with_suffix(".txt")
+def _label_path(image: Path) -> Path | None:
+    """YOLO convention (last ``images/`` -> ``labels/``), else a ``.txt`` beside the image."""
+    parts = list(image.parts)
+    if "images" in parts[:-1]:
+        i = len(parts) - 2 - parts[-2::-1].index("images")
+        candidate = Path(*parts[:i], "labels", *parts[i + 1 :]).with_suffix(".txt")
         if candidate.is_file():
             return candidate
     beside = image.with_suffix(".txt")
@@ -68,7 +68,7 @@ def load_golden_set(directory: str | Path) -> list[GoldenImage]:
     images = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not images:
         raise GoldenSetError(f"golden set {root} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-    return [GoldenImage(path=p, labels=_label_path(p, root)) for p in images]
+    return [GoldenImage(path=p, labels=_label_path(p.absolute())) for p in images]
 
 
 def read_labels(path: Path | None, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
