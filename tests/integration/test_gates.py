@@ -57,6 +57,9 @@ _execute = TritonPythonModel.execute
 
 def _failing_execute(self, requests):  # test canary: refuses inputs whose crc32 % 3 == 0
     answers = _execute(self, requests)
+    self._calls = getattr(self, "_calls", 0) + 1
+    if self._calls <= 5:  # let the config's warm-up samples pass, or it never loads
+        return answers
     for i, request in enumerate(requests):
         data = pb_utils.get_input_tensor_by_name(request, self.input_names[0]).as_numpy()
         if _zlib.crc32(data.tobytes()) % 3 == 0:
