@@ -171,12 +171,22 @@ def test_map50_matches_ultralytics_val_of_the_same_weights_and_data(
     # another input than the served model's fixed 160x160; square letterbox is the same.
     # Left: val keeps a second class per box (multi-label NMS); measured 0.004 apart.
     metrics = YOLO(str(trained_detector)).val(
-        data=str(data), imgsz=160, batch=8, device="cpu", plots=False, verbose=False,
-        project=str(tmp_path), name="val", workers=0, rect=False,
+        data=str(data),
+        imgsz=160,
+        batch=8,
+        device="cpu",
+        plots=False,
+        verbose=False,
+        project=str(tmp_path),
+        name="val",
+        workers=0,
+        rect=False,
     )
     theirs50, theirs50_95 = float(metrics.box.map50), float(metrics.box.map)
-    print(f"mAP50 ours {report.stable.map50:.4f} ultralytics {theirs50:.4f}; "
-          f"mAP50-95 ours {report.stable.map50_95:.4f} ultralytics {theirs50_95:.4f}")
+    print(
+        f"mAP50 ours {report.stable.map50:.4f} ultralytics {theirs50:.4f}; "
+        f"mAP50-95 ours {report.stable.map50_95:.4f} ultralytics {theirs50_95:.4f}"
+    )
     assert report.stable.map50 == pytest.approx(theirs50, abs=0.01)
     assert report.stable.map50_95 == pytest.approx(theirs50_95, abs=0.02)
     assert report.labelled == report.images == 40
@@ -251,8 +261,13 @@ def test_a_good_canary_is_promoted_by_rollout(
     ):
         stack.publish(MODEL, "2", trained_detector)
         done = stack.cli(
-            "rollout", MODEL, *ROLLOUT,
-            "--metrics-url", stack.server.metrics_url, "--metrics-url", router_metrics,
+            "rollout",
+            MODEL,
+            *ROLLOUT,
+            "--metrics-url",
+            stack.server.metrics_url,
+            "--metrics-url",
+            router_metrics,
         )
     assert "promoted by the analysis" in done.stdout
     assert record.failures == []
@@ -283,8 +298,13 @@ def test_a_slow_or_failing_canary_is_rolled_back_by_the_live_analysis(
         detect_traffic(router, golden_images(golden_set)) as record,
     ):
         done = stack.cli(
-            "rollout", MODEL, *ROLLOUT,
-            "--metrics-url", stack.server.metrics_url, "--metrics-url", router_metrics,
+            "rollout",
+            MODEL,
+            *ROLLOUT,
+            "--metrics-url",
+            stack.server.metrics_url,
+            "--metrics-url",
+            router_metrics,
             check=False,
         )
         time.sleep(0.5)
@@ -328,11 +348,13 @@ class Prometheus:
         )
         self.process = subprocess.Popen(
             [
-                self.binary, f"--config.file={config}",
+                self.binary,
+                f"--config.file={config}",
                 f"--storage.tsdb.path={self.workdir / 'data'}",
                 f"--web.listen-address=127.0.0.1:{self.port}",
             ],
-            stdout=subprocess.DEVNULL, stderr=(self.workdir / "prometheus.log").open("ab"),
+            stdout=subprocess.DEVNULL,
+            stderr=(self.workdir / "prometheus.log").open("ab"),
         )
         import urllib.request
 
@@ -373,43 +395,66 @@ def test_prometheus_going_away_mid_analysis_does_not_roll_back_a_healthy_canary(
     tmp_path: Path,
 ) -> None:
     prom = Prometheus(
-        binary=prometheus_binary, workdir=tmp_path,
+        binary=prometheus_binary,
+        workdir=tmp_path,
         targets=[stack.server.metrics_url, router_metrics],
     )
     stack.publish(MODEL, "1", trained_detector)
     stack.publish(MODEL, "2", trained_detector)
     prom.start()
     command = [
-        *CLI, "--repository", str(stack.repository), "--url", stack.url, "rollout", MODEL,
-        "--steps", "25,50,100", "--interval", "3s", "--threshold", "1",
-        "--max-metrics-errors", "10", "--prometheus", prom.url, "--drain-seconds", "1",
+        *CLI,
+        "--repository",
+        str(stack.repository),
+        "--url",
+        stack.url,
+        "rollout",
+        MODEL,
+        "--steps",
+        "25,50,100",
+        "--interval",
+        "3s",
+        "--threshold",
+        "1",
+        "--max-metrics-errors",
+        "10",
+        "--prometheus",
+        prom.url,
+        "--drain-seconds",
+        "1",
     ]
+    rollout: subprocess.Popen[str] | None = None
     try:
         with (
             Router(MODEL, url=stack.url, repository=str(stack.repository)) as router,
             detect_traffic(router, golden_images(golden_set)) as record,
         ):
             rollout = subprocess.Popen(
-                command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                command,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
                 env={**os.environ, "YOLO_OFFLINE": "1"},
             )
             deadline = time.monotonic() + 120
-            while not any(
-                t["action"].startswith("analysis: passed") for t in history(stack)
-            ):
+            while not any(t["action"].startswith("analysis: passed") for t in history(stack)):
                 assert time.monotonic() < deadline and rollout.poll() is None
                 time.sleep(0.2)
             prom.stop()  # the metrics source goes away mid-analysis
-            while sum(
-                t["action"].startswith("analysis: metrics unavailable") for t in history(stack)
-            ) < 2:
+            while (
+                sum(t["action"].startswith("analysis: metrics unavailable") for t in history(stack))
+                < 2
+            ):
                 assert time.monotonic() < deadline and rollout.poll() is None
                 time.sleep(0.2)
             assert status(stack)["phase"] == "analyzing"
             prom.start()  # back: the analysis carries on
-            out, err = rollout.communicate(timeout=120)
+            _out, err = rollout.communicate(timeout=120)
     finally:
         prom.stop()
+        if rollout is not None and rollout.poll() is None:
+            rollout.kill()
+            rollout.wait(timeout=10)
     assert rollout.returncode == 0, err
     assert record.failures == []
     doc = status(stack)
