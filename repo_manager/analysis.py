@@ -6,7 +6,9 @@ cumulative counters of every version of a model, for two sources of figures:
 - ``triton``: Triton's per-version metrics on its metrics port (requests that reached
   the server: ``nv_inference_request_success/failure``, ``nv_inference_request_duration_us``);
 - ``router``: the Routers' metrics (what clients saw: attempts that failed, fallbacks,
-  latency histogram), exposed by ``repo_manager.metrics.start_metrics_server``.
+  latency histogram), exposed by ``repo_manager.metrics.start_metrics_server``;
+- ``shadow``: requests the Routers mirrored to the canary (outcomes, latency, and how
+  many of its detections matched stable's), which judge a canary even at weight 0.
 
 ``ScrapeProvider`` reads Prometheus text endpoints directly (Triton's, a Router's);
 ``PromQLProvider`` asks a Prometheus server (``/api/v1/query``) the same sums in PromQL.
@@ -53,6 +55,13 @@ QUERIES: dict[str, tuple[str, dict[str, str]]] = {
     "router_fallbacks": ("repo_manager_router_fallbacks_total", {}),
     "router_latency_sum": ("repo_manager_router_latency_seconds_sum", {}),
     "router_latency_count": ("repo_manager_router_latency_seconds_count", {}),
+    "shadow_ok": ("repo_manager_router_shadow_requests_total", {"outcome": "ok"}),
+    "shadow_error": ("repo_manager_router_shadow_requests_total", {"outcome": "error"}),
+    "shadow_latency_sum": ("repo_manager_router_shadow_latency_seconds_sum", {}),
+    "shadow_latency_count": ("repo_manager_router_shadow_latency_seconds_count", {}),
+    "shadow_boxes_reference": ("repo_manager_router_shadow_boxes_total", {"side": "reference"}),
+    "shadow_boxes_shadow": ("repo_manager_router_shadow_boxes_total", {"side": "shadow"}),
+    "shadow_boxes_matched": ("repo_manager_router_shadow_boxes_total", {"side": "matched"}),
 }
 
 #: key -> version -> cumulative value.
@@ -172,6 +181,15 @@ class Window:
     latency_sum: float
     latency_count: float
     fallbacks: float = 0.0
+    #: Shadow only: detections of the reference, of the canary, and matched pairs.
+    boxes_reference: float = 0.0
+    boxes_shadow: float = 0.0
+    boxes_matched: float = 0.0
+
+    @property
+    def agreement(self) -> float | None:
+        boxes = self.boxes_reference + self.boxes_shadow
+        return 2.0 * self.boxes_matched / boxes if boxes else None
 
     @property
     def error_rate(self) -> float | None:
@@ -211,6 +229,15 @@ def windows(now: Snapshot, before: Snapshot, version: str) -> dict[str, Window]:
             latency_count=d("router_latency_count"),
             fallbacks=d("router_fallbacks"),
         ),
+        "shadow": Window(
+            requests=d("shadow_ok") + d("shadow_error"),
+            failures=d("shadow_error"),
+            latency_sum=d("shadow_latency_sum"),
+            latency_count=d("shadow_latency_count"),
+            boxes_reference=d("shadow_boxes_reference"),
+            boxes_shadow=d("shadow_boxes_shadow"),
+            boxes_matched=d("shadow_boxes_matched"),
+        ),
     }
 
 
@@ -237,8 +264,9 @@ def judge(
     canary_w, stable_w = windows(now, before, canary), windows(now, before, stable)
     results: list[GateResult] = []
     judged = []
-    for source in ("triton", "router"):
-        c, s = canary_w[source], stable_w[source]
+    for source in ("triton", "router", "shadow"):
+        # Mirrored requests are compared with what stable's users got through the Router.
+        c, s = canary_w[source], stable_w["router" if source == "shadow" else source]
         if c.requests < gates.min_requests:
             continue
         judged.append(f"{source}: canary {c.requests:.0f} requests")
@@ -263,6 +291,16 @@ def judge(
         results.append(
             GateResult.at_most(f"latency_ratio[{source}]", ratio, gates.max_latency_ratio, detail)
         )
+        if source == "shadow" and c.agreement is not None:
+            results.append(
+                GateResult.at_least(
+                    "agreement[shadow]",
+                    c.agreement,
+                    gates.min_agreement,
+                    f"{c.boxes_matched:.0f} matched of {c.boxes_reference:.0f} stable / "
+                    f"{c.boxes_shadow:.0f} canary detections",
+                )
+            )
     if not judged:
         return Verdict(
             outcome="no-data",

@@ -52,6 +52,10 @@ class LiveGates:
     #: Fewest canary requests an interval needs to be judged; fewer means "no verdict"
     #: (neither an advance nor a failed check). Default 10.
     min_requests: int = 10
+    #: Lowest agreement of mirrored (shadow) canary detections with stable's, when the
+    #: Routers mirror traffic (F1 of one-to-one matches, same class, IoU >= 0.5).
+    #: Default 0.8.
+    min_agreement: float = 0.8
 
 
 _RANGES: dict[str, tuple[float, float]] = {

@@ -83,13 +83,17 @@ def parse_weight(value: str | int) -> int:
 
 
 def parse_steps(text: str) -> tuple[int, ...]:
-    """``"10,25,50,100"`` -> increasing canary weights, each 1..100."""
+    """``"10,25,50,100"`` -> increasing canary weights, 0..100.
+
+    A first step of 0 judges the canary on shadow traffic only (Routers mirroring stable's
+    requests) before any user request reaches it.
+    """
     try:
         steps = tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
         raise InvalidGateError(f"invalid --steps {text!r}: integers like 10,25,50,100") from None
-    if not steps or any(not 1 <= s <= 100 for s in steps):
-        raise InvalidGateError(f"invalid --steps {text!r}: each step must be 1..100")
+    if not steps or any(not 0 <= s <= 100 for s in steps):
+        raise InvalidGateError(f"invalid --steps {text!r}: each step must be 0..100")
     if any(b <= a for a, b in itertools.pairwise(steps)):
         raise InvalidGateError(f"invalid --steps {text!r}: steps must increase")
     return steps

@@ -462,3 +462,68 @@ def test_prometheus_going_away_mid_analysis_does_not_roll_back_a_healthy_canary(
     actions = [t["action"] for t in history(stack)]
     assert not any(a.startswith("analysis: check failed") for a in actions)
     assert "rollback" not in actions
+
+
+# -- shadow traffic ------------------------------------------------------------------------
+
+
+def test_shadow_traffic_compares_a_canary_no_user_sees(
+    stack: Stack, trained_detector: Path, golden_set: Path
+) -> None:
+    from prometheus_client import REGISTRY
+
+    def sample(name: str, **labels: str) -> float:
+        value = REGISTRY.get_sample_value(name, {"model": MODEL, "version": "2", **labels})
+        return value or 0.0
+
+    stack.publish(MODEL, "1", trained_detector)
+    stack.publish(MODEL, "2", trained_detector, "--canary-weight", "0")
+    before = {
+        s: sample("repo_manager_router_shadow_boxes_total", side=s)
+        for s in ("reference", "shadow", "matched")
+    }
+    ok_before = sample("repo_manager_router_shadow_requests_total", outcome="ok")
+    with (
+        Router(MODEL, url=stack.url, repository=str(stack.repository), shadow=1.0) as router,
+        detect_traffic(router, golden_images(golden_set), threads=2) as record,
+    ):
+        time.sleep(4)
+    assert record.failures == [] and record.served > 0
+    assert set(record.versions) == {"1"}  # no user request reached the canary
+    assert sample("repo_manager_router_shadow_requests_total", outcome="ok") > ok_before
+    boxes = {
+        s: sample("repo_manager_router_shadow_boxes_total", side=s) - before[s] for s in before
+    }
+    assert boxes["reference"] > 0
+    # The same weights: every mirrored detection matches stable's.
+    assert 2 * boxes["matched"] / (boxes["reference"] + boxes["shadow"]) > 0.95
+
+
+def test_a_failing_canary_is_rolled_back_on_shadow_traffic_before_any_user_sees_it(
+    stack: Stack, trained_detector: Path, golden_set: Path, router_metrics: str
+) -> None:
+    stack.publish(MODEL, "1", trained_detector)
+    stack.publish(MODEL, "2", trained_detector, "--canary-weight", "0")
+    wrap_version(stack, "2", FAILING)
+    with (
+        Router(MODEL, url=stack.url, repository=str(stack.repository), shadow=1.0) as router,
+        detect_traffic(router, golden_images(golden_set), threads=2) as record,
+    ):
+        done = stack.cli(
+            "rollout",
+            MODEL,
+            "--steps",
+            "0,50,100",
+            "--interval",
+            "2s",
+            "--threshold",
+            "2",
+            "--drain-seconds",
+            "1",
+            "--metrics-url",
+            router_metrics,
+            check=False,
+        )
+    assert done.code == 1 and "error_rate[shadow]" in done.stderr, done.stderr
+    assert record.failures == [] and set(record.versions) == {"1"}
+    assert status(stack)["phase"] == "rolled_back"

@@ -50,7 +50,7 @@ def test_a_gate_without_a_value_is_skipped_not_failed() -> None:
     assert "FAILED" in GateResult.at_least("agreement", 0.5, 0.8).describe()
 
 
-@pytest.mark.parametrize("text", ["", "0,50", "50,25", "10,x", "10,200"])
+@pytest.mark.parametrize("text", ["", "0,0,50", "50,25", "10,x", "10,200", "-5,10"])
 def test_bad_steps_are_bad_input(text: str) -> None:
     with pytest.raises(InvalidGateError):
         parse_steps(text)
