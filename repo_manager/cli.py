@@ -395,10 +395,7 @@ def publish(
         return
     if gated:
         assert golden is not None
-        try:
-            report = manager.gate_canary(model, golden, golden_gates, weight=weight)
-        except GateFailedError:
-            raise
+        report = manager.gate_canary(model, golden, golden_gates, weight=weight)
         click.echo(_report_text(report.to_dict()))
     click.echo(f"{model} version {version} published as canary at {weight}%")
     if plan is not None and provider is not None:

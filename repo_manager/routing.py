@@ -653,9 +653,7 @@ class Router:
         def compare(result: Any, sm: ShadowMetrics) -> None:
             (ref_boxes, _, ref_cls), shadow = found[0], decode(result)
             matched = yolo.match_count((ref_boxes, ref_cls), shadow)
-            sm.add(
-                boxes_reference=len(ref_cls), boxes_shadow=len(shadow[2]), boxes_matched=matched
-            )
+            sm.add(boxes_reference=len(ref_cls), boxes_shadow=len(shadow[2]), boxes_matched=matched)
 
         routed = self._infer([request], wanted, key, version, mirror=False)
         found.append(decode(routed.result))
