@@ -560,7 +560,8 @@ def _status_text(doc: dict[str, Any]) -> str:
     if analysis:
         plan = analysis["plan"]
         lines.append(
-            f"  analysis: step {analysis['step'] + 1}/{len(plan['steps'])} "
+            f"  analysis: step {min(analysis['step'] + 1, len(plan['steps']))}"
+            f"/{len(plan['steps'])} "
             f"failed checks {analysis['failed_checks']}/{plan['threshold']} "
             f"metrics errors {analysis['metrics_errors']}/{plan['max_metrics_errors']}"
         )
