@@ -484,7 +484,11 @@ class Router:
     # ---- shadow traffic ------------------------------------------------------------------
 
     def set_shadow(self, share: float) -> None:
-        """Mirror ``share`` (0..1) of stable's requests to the canary from now on."""
+        """Mirror ``share`` (0..1) of stable's requests to the canary from now on.
+
+        ``infer`` mirrors the caller's own ``InferInput`` objects after answering: do not
+        modify them afterwards while shadowing (``detect`` builds its own).
+        """
         if not 0.0 <= share <= 1.0:
             raise InvalidInputError(f"shadow share must be between 0 and 1, got {share}")
         self._shadow = float(share)
