@@ -19,15 +19,25 @@ from typing import Any, NoReturn
 
 import click
 
-from repo_manager.errors import InvalidInputError, RepoManagerError
+from repo_manager.errors import (
+    GateFailedError,
+    InvalidGateError,
+    InvalidInputError,
+    RepoManagerError,
+)
+from repo_manager.gates import GoldenGates, LiveGates, parse_gate_overrides
+from repo_manager.phases import Phase
 from repo_manager.repository import ModelRepository, validate_model_name, validate_version
 from repo_manager.rollout import (
+    AnalysisPlan,
     RolloutManager,
     RolloutSettings,
     parse_policy,
+    parse_steps,
     parse_weight,
     resolve_weights,
 )
+from repo_manager.state import RolloutState
 from repo_manager.storage import open_storage
 from repo_manager.triton import TritonFleet
 
@@ -131,6 +141,84 @@ _EXPORT_PARAMETERS = (
     "workspace_gib",
     "ort_tensorrt",
 )
+
+
+def parse_interval(text: str) -> float:
+    """``30s``, ``2m``, ``500ms`` or plain seconds -> seconds (0.1 .. 86400)."""
+    raw = text.strip().lower()
+    scale = 1.0
+    for suffix, factor in (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0)):
+        if raw.endswith(suffix):
+            raw, scale = raw[: -len(suffix)], factor
+            break
+    try:
+        seconds = float(raw) * scale
+    except ValueError:
+        raise InvalidGateError(f"invalid --interval {text!r}: e.g. 30s, 2m, 500ms") from None
+    if not 0.1 <= seconds <= 86400:
+        raise InvalidGateError(f"invalid --interval {text!r}: must be 100ms .. 24h")
+    return seconds
+
+
+def analysis_options(func: Any) -> Any:
+    """Options of the progressive analysis (``rollout`` and ``publish --auto``)."""
+    for option in reversed(
+        [
+            click.option(
+                "--steps",
+                default="10,25,50,100",
+                show_default=True,
+                help="Canary weights, one per passed interval; the last promotes.",
+            ),
+            click.option(
+                "--interval",
+                default="30s",
+                show_default=True,
+                help="Time between analysis steps (30s, 2m, 500ms).",
+            ),
+            click.option(
+                "--threshold",
+                type=int,
+                default=2,
+                show_default=True,
+                help="Failed checks at which the canary is rolled back.",
+            ),
+            click.option(
+                "--max-metrics-errors",
+                type=int,
+                default=5,
+                show_default=True,
+                help="Unreadable metrics steps in a row before stopping "
+                "(the canary keeps its weight; never a rollback).",
+            ),
+            click.option(
+                "--metrics-url",
+                "metrics_urls",
+                multiple=True,
+                help="Prometheus text endpoint to scrape (repeatable): Triton's "
+                "metrics port, Routers' metrics ports.  [default: localhost:8002]",
+            ),
+            click.option(
+                "--prometheus",
+                default=None,
+                help="Prometheus server URL: read figures with PromQL instead.",
+            ),
+            click.option(
+                "--live-gate",
+                "live_gates",
+                multiple=True,
+                help="Live gate bound NAME=VALUE (repeatable), e.g. max_latency_ratio=1.3.",
+            ),
+            click.option(
+                "--metrics-port",
+                type=click.IntRange(1, 65535),
+                default=None,
+                help="Expose weight, phase, failed checks and gates on this port.",
+            ),
+        ]
+    ):
+        func = option(func)
+    return func
 
 
 def export_options(func: Any) -> Any:
@@ -287,6 +375,21 @@ def export_command(
     help="Percent of traffic a new canary starts with.",
 )
 @click.option("--force", is_flag=True, help="Publish a plan even if the servers' TensorRT differs.")
+@click.option(
+    "--golden",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Golden-set folder: the canary must pass its gates before any traffic.",
+)
+@click.option(
+    "--gate",
+    "gates",
+    multiple=True,
+    help="Golden gate bound NAME=VALUE (repeatable), e.g. max_map50_drop=0.02.",
+)
+@click.option("--auto", is_flag=True, help="Then run the progressive analysis (as `rollout`).")
+@analysis_options
+@drain_option
 @click.pass_obj
 def publish(
     obj: Context,
@@ -296,23 +399,173 @@ def publish(
     export_options: Any,
     canary_weight: str,
     force: bool,
+    golden: Path | None,
+    gates: tuple[str, ...],
+    auto: bool,
+    drain_seconds: float | None,
+    **analysis: Any,
 ) -> None:
     """Publish VERSION of MODEL: first becomes stable, later ones the canary."""
     model = validate_model_name(model)
     version = validate_version(version)
     weight = parse_weight(canary_weight)
+    golden_gates = parse_gate_overrides(GoldenGates(), gates)
+    plan, provider = _analysis_setup(analysis) if auto else (None, None)
+    if golden is not None:
+        from repo_manager.validation import load_golden_set
+
+        load_golden_set(golden)
     path = resolve_weights(model, weights)
     _require_repository(obj.repository)
-    state = obj.manager().publish(
+    manager = obj.manager(drain_seconds=drain_seconds)
+    gated = golden is not None and manager.state(model) is not None
+    state = manager.publish(
         model,
         version,
         weights=path,
         export_options=export_options,
-        canary_weight=weight,
+        canary_weight=0 if gated else weight,
         force=force,
     )
-    role = "stable" if state.stable == version else f"canary at {state.weights[version]}%"
-    click.echo(f"{model} version {version} published as {role}")
+    if state.stable == version:
+        click.echo(f"{model} version {version} published as stable")
+        return
+    if gated:
+        assert golden is not None
+        report = manager.gate_canary(model, golden, golden_gates, weight=weight)
+        click.echo(_report_text(report.to_dict()))
+    click.echo(f"{model} version {version} published as canary at {weight}%")
+    if plan is not None and provider is not None:
+        _run_analysis(obj, manager, model, plan, provider, analysis)
+
+
+def _analysis_setup(options: dict[str, Any]) -> tuple[AnalysisPlan, Any]:
+    """Validate every analysis option before anything moves (bad input: exit 2)."""
+    from repo_manager.analysis import PromQLProvider, ScrapeProvider
+
+    parse_interval(options["interval"])
+    plan = AnalysisPlan(
+        steps=parse_steps(options["steps"]),
+        threshold=options["threshold"],
+        max_metrics_errors=options["max_metrics_errors"],
+        gates=parse_gate_overrides(LiveGates(), options["live_gates"]),
+    )
+    if options["prometheus"] and options["metrics_urls"]:
+        raise InvalidGateError("give --prometheus or --metrics-url, not both")
+    provider: Any = (
+        PromQLProvider(options["prometheus"])
+        if options["prometheus"]
+        else ScrapeProvider(list(options["metrics_urls"]) or ["localhost:8002"])
+    )
+    return plan, provider
+
+
+def _run_analysis(
+    obj: Context,
+    manager: RolloutManager,
+    model: str,
+    plan: AnalysisPlan,
+    provider: Any,
+    options: dict[str, Any],
+) -> None:
+    """Advance once per interval until the canary is promoted or rolled back."""
+    interval = parse_interval(options["interval"])
+    if options["metrics_port"]:
+        from repo_manager.metrics import start_metrics_server
+
+        start_metrics_server(options["metrics_port"], addr="127.0.0.1")
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    state = manager.start_analysis(model, plan)
+    click.echo(_decision(state))
+    while state.phase is Phase.ANALYZING:
+        if stop.wait(interval):
+            raise click.ClickException(f"stopped; {model} stays in analysis: run rollout to resume")
+        before = state.generation
+        state = manager.advance(model, provider)
+        for transition in state.history[len(state.history) - (state.generation - before) :]:
+            click.echo(_transition_text(transition))
+    if state.phase is Phase.SUCCEEDED:
+        click.echo(f"{model}: version {state.stable} promoted by the analysis")
+        return
+    reason = next((t.reason for t in reversed(state.history) if t.action == "rollback"), "")
+    raise GateFailedError(
+        f"{model}: canary rolled back by the analysis ({reason}); stable {state.stable} serves 100%"
+    )
+
+
+def _transition_text(transition: Any) -> str:
+    reason = f": {transition.reason}" if transition.reason else ""
+    return f"{transition.at} {transition.action}{reason}"
+
+
+def _decision(state: RolloutState) -> str:
+    return _transition_text(state.history[-1]) if state.history else ""
+
+
+def _report_text(doc: dict[str, Any]) -> str:
+    def fmt(value: Any, spec: str = ".3f") -> str:
+        return "-" if value is None else format(value, spec)
+
+    lines = [f"golden set {doc['golden']}: {doc['images']} images, {doc['labelled']} labelled"]
+    for role in ("stable", "candidate"):
+        r = doc[role]
+        lines.append(
+            f"  {role} v{r['version']}: mAP50 {fmt(r['map50'])} mAP50-95 {fmt(r['map50_95'])} "
+            f"p50 {fmt(r['latency_p50_ms'], '.1f')} ms p95 {fmt(r['latency_p95_ms'], '.1f')} ms "
+            f"errors {r['errors']}/{r['images']}"
+            + ("" if r["agreement"] is None else f" agreement {r['agreement']:.3f}")
+        )
+    for g in doc["gates"]:
+        shown = "-" if g["value"] is None else f"{g['value']:.4g}"
+        verdict = "ok" if g["passed"] else "FAILED"
+        lines.append(f"  gate {g['name']}: {shown} (bound {g['bound']:g}) {verdict}")
+    return "\n".join(lines)
+
+
+@cli.command()
+@click.argument("model")
+@click.argument("version")
+@click.option(
+    "--golden",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Folder of images, with optional YOLO labels.",
+)
+@click.option("--gate", "gates", multiple=True, help="Gate bound NAME=VALUE (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@verbose_option
+@click.pass_obj
+def validate(
+    obj: Context, model: str, version: str, golden: Path, gates: tuple[str, ...], as_json: bool
+) -> None:
+    """Run the golden set through stable and VERSION (pinned) and judge it; changes nothing."""
+    model = validate_model_name(model)
+    version = validate_version(version)
+    bounds = parse_gate_overrides(GoldenGates(), gates)
+    _require_repository(obj.repository)
+    report = obj.manager().validate(model, version, golden, bounds)
+    document = report.to_dict()
+    _emit(document, as_json, _report_text(document))
+    if not report.passed:
+        failures = "; ".join(g.describe() for g in report.failures())
+        raise GateFailedError(f"{model} version {version} failed the golden gate: {failures}")
+
+
+@cli.command("rollout")
+@click.argument("model")
+@analysis_options
+@drain_option
+@verbose_option
+@click.pass_obj
+def rollout_command(obj: Context, model: str, drain_seconds: float | None, **analysis: Any) -> None:
+    """Progressive analysis: one step per interval; advance, roll back or promote."""
+    model = validate_model_name(model)
+    plan, provider = _analysis_setup(analysis)
+    _require_repository(obj.repository)
+    manager = obj.manager(drain_seconds=drain_seconds)
+    _run_analysis(obj, manager, model, plan, provider, analysis)
 
 
 @cli.command()
@@ -340,6 +593,18 @@ def _status_text(doc: dict[str, Any]) -> str:
     ]
     lines += [f"  version {v['version']}: {v['state']}" for v in doc["versions"]]
     lines += [f"  server {s['url']}: {s['error']}" for s in doc["servers"] if s["error"]]
+    analysis = doc.get("analysis")
+    if analysis:
+        plan = analysis["plan"]
+        lines.append(
+            f"  analysis: step {min(analysis['step'] + 1, len(plan['steps']))}"
+            f"/{len(plan['steps'])} "
+            f"failed checks {analysis['failed_checks']}/{plan['threshold']} "
+            f"metrics errors {analysis['metrics_errors']}/{plan['max_metrics_errors']}"
+        )
+        last = analysis.get("last")
+        if last:
+            lines.append(f"  last analysis: {last['outcome']} {last['reason']}")
     if doc["last_transition"]:
         t = doc["last_transition"]
         lines.append(f"  last: {t['action']} ({t['from']} -> {t['to']}) at {t['at']}")

@@ -12,26 +12,34 @@ translated where they enter and chained with ``from``.
     │   ├── InvalidWeightError            canary weight outside 0..100
     │   ├── VersionExistsError            version already in the repository
     │   ├── WeightsError                  weights missing, unreadable, or not a YOLO detector
-    │   └── IncompatibleModelError        new version's inputs/outputs differ from the model's
+    │   ├── IncompatibleModelError        new version's inputs/outputs differ from the model's
+    │   ├── InvalidGateError              a gate or analysis setting out of range or unknown
+    │   └── GoldenSetError                golden-set folder missing, empty or badly labelled
     ├── IllegalTransitionError            exit 2: the rollout is not in a phase that allows it
     ├── ExportError                       exit 1: the export pipeline failed a check
     ├── StorageError                      exit 1: the repository could not be read or written
     ├── TritonError                       exit 1: Triton refused or failed an operation
     │   ├── TritonUnavailableError        Triton could not be reached
     │   └── VersionNotReadyError          a version did not become READY (or unloaded) in time
-    └── RoutingError                      exit 1: the Router has no version it can send to
+    ├── RoutingError                      exit 1: the Router has no version it can send to
+    ├── GateFailedError                   exit 1: a canary failed a validation gate
+    └── MetricsUnavailableError           exit 1: a metrics source could not be read
 """
 
 from __future__ import annotations
 
 __all__ = [
     "ExportError",
+    "GateFailedError",
+    "GoldenSetError",
     "IllegalTransitionError",
     "IncompatibleModelError",
+    "InvalidGateError",
     "InvalidInputError",
     "InvalidNameError",
     "InvalidVersionError",
     "InvalidWeightError",
+    "MetricsUnavailableError",
     "RepoManagerError",
     "RoutingError",
     "StorageError",
@@ -107,3 +115,19 @@ class VersionNotReadyError(TritonError):
 
 class RoutingError(RepoManagerError):
     """The Router has no version it can send a request to."""
+
+
+class InvalidGateError(InvalidInputError):
+    """A gate bound or analysis setting that is unknown or out of its range."""
+
+
+class GoldenSetError(InvalidInputError):
+    """A golden-set folder that is missing, holds no images, or has unreadable labels."""
+
+
+class GateFailedError(RepoManagerError):
+    """A canary failed a validation gate; it was unloaded and stable serves 100%."""
+
+
+class MetricsUnavailableError(RepoManagerError):
+    """A metrics source could not be read: never a verdict on the canary."""

@@ -28,14 +28,22 @@ from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from prometheus_client import REGISTRY, start_http_server
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client import REGISTRY, Gauge, start_http_server
+from prometheus_client.core import (
+    CounterMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 __all__ = [
     "LATENCY_BUCKETS",
+    "ShadowMetrics",
     "VersionMetrics",
+    "publish_rollout_state",
+    "shadow_metrics",
     "start_metrics_server",
     "version_metrics",
 ]
@@ -48,7 +56,13 @@ _REQUESTS = "repo_manager_router_requests"
 _ERRORS = "repo_manager_router_errors"
 _FALLBACKS = "repo_manager_router_fallbacks"
 _LATENCY = "repo_manager_router_latency_seconds"
+_SHADOW_REQUESTS = "repo_manager_router_shadow_requests"
+_SHADOW_LATENCY = "repo_manager_router_shadow_latency_seconds"
+_SHADOW_BOXES = "repo_manager_router_shadow_boxes"
 _DOCS = {
+    _SHADOW_REQUESTS: "Requests mirrored to a canary (responses discarded), by outcome.",
+    _SHADOW_LATENCY: "Latency of successful mirrored requests, per canary version.",
+    _SHADOW_BOXES: "Detections compared on mirrored requests: reference, shadow, matched.",
     _REQUESTS: "Requests sent through a Router, by the version that served them and outcome.",
     _ERRORS: "Failed inference attempts on a version (Triton error or unreachable server).",
     _FALLBACKS: "Requests retried on the other version after this version failed.",
@@ -123,6 +137,47 @@ class VersionMetrics:
             )
 
 
+class ShadowMetrics:
+    """Mirrored (shadow) requests to one canary version: outcomes, latency, agreement.
+
+    ``boxes_reference`` / ``boxes_shadow`` / ``boxes_matched`` count detections of the
+    version that served the user, of the canary, and those that match one to one.
+    """
+
+    def __init__(self, model: str, version: str) -> None:
+        self.model = model
+        self.version = version
+        self._lock = threading.Lock()
+        self.values = {
+            "ok": 0.0,
+            "error": 0.0,
+            "dropped": 0.0,
+            "latency_sum": 0.0,
+            "latency_count": 0.0,
+            "boxes_reference": 0.0,
+            "boxes_shadow": 0.0,
+            "boxes_matched": 0.0,
+        }
+
+    def add(self, **amounts: float) -> None:
+        with self._lock:
+            for name, amount in amounts.items():
+                self.values[name] += amount
+
+    def snapshot(self) -> dict[str, float]:
+        with self._lock:
+            return dict(self.values)
+
+
+_shadow: dict[tuple[str, str], ShadowMetrics] = {}
+
+
+def shadow_metrics(model: str, version: str) -> ShadowMetrics:
+    """The shared shadow counters of one canary version (created on first use)."""
+    with _series_lock:
+        return _shadow.setdefault((model, version), ShadowMetrics(model, version))
+
+
 _series: dict[tuple[str, str], VersionMetrics] = {}
 _series_lock = threading.Lock()
 
@@ -155,7 +210,12 @@ class _RouterCollector(Collector):
     """Turns every VersionMetrics into Prometheus samples at scrape time."""
 
     def describe(self) -> Iterable[Metric]:
-        return _families()
+        return (
+            *_families(),
+            CounterMetricFamily(_SHADOW_REQUESTS, _DOCS[_SHADOW_REQUESTS]),
+            SummaryMetricFamily(_SHADOW_LATENCY, _DOCS[_SHADOW_LATENCY]),
+            CounterMetricFamily(_SHADOW_BOXES, _DOCS[_SHADOW_BOXES]),
+        )
 
     def collect(self) -> Iterator[Metric]:
         requests, errors, fallbacks, latency = _families()
@@ -175,9 +235,72 @@ class _RouterCollector(Collector):
                 cumulative.append((bound, float(running)))
             latency.add_metric(labels, cumulative, total)
         yield from (requests, errors, fallbacks, latency)
+        shadow_requests = CounterMetricFamily(
+            _SHADOW_REQUESTS, _DOCS[_SHADOW_REQUESTS], labels=["model", "version", "outcome"]
+        )
+        shadow_latency = SummaryMetricFamily(
+            _SHADOW_LATENCY, _DOCS[_SHADOW_LATENCY], labels=["model", "version"]
+        )
+        shadow_boxes = CounterMetricFamily(
+            _SHADOW_BOXES, _DOCS[_SHADOW_BOXES], labels=["model", "version", "side"]
+        )
+        with _series_lock:
+            shadows = list(_shadow.values())
+        for sh in shadows:
+            v = sh.snapshot()
+            labels = [sh.model, sh.version]
+            for outcome in ("ok", "error", "dropped"):
+                shadow_requests.add_metric([*labels, outcome], v[outcome])
+            shadow_latency.add_metric(labels, int(v["latency_count"]), v["latency_sum"])
+            for side in ("reference", "shadow", "matched"):
+                shadow_boxes.add_metric([*labels, side], v[f"boxes_{side}"])
+        yield from (shadow_requests, shadow_latency, shadow_boxes)
 
 
 REGISTRY.register(_RouterCollector())
+
+
+# -- rollout state (manager side, not the hot path: stock Gauges) -------------------------
+
+CANARY_WEIGHT = Gauge(
+    "repo_manager_canary_weight", "Percent of traffic the canary gets.", ["model"]
+)
+ROLLOUT_PHASE = Gauge(
+    "repo_manager_rollout_phase", "1 for the model's current rollout phase.", ["model", "phase"]
+)
+FAILED_CHECKS = Gauge(
+    "repo_manager_analysis_failed_checks", "Failed analysis checks of the canary.", ["model"]
+)
+METRICS_ERRORS = Gauge(
+    "repo_manager_analysis_metrics_errors",
+    "Consecutive analysis steps whose metrics source could not be read.",
+    ["model"],
+)
+GATE_VALUE = Gauge(
+    "repo_manager_gate_value", "Last measured value of each gate (NaN: skipped).", ["model", "gate"]
+)
+GATE_PASSED = Gauge("repo_manager_gate_passed", "1 if the gate last passed.", ["model", "gate"])
+
+
+def publish_rollout_state(
+    model: str,
+    *,
+    phase: str,
+    phases: Iterable[str],
+    canary_weight: int,
+    failed_checks: int = 0,
+    metrics_errors: int = 0,
+    gates: Iterable[tuple[str, float | None, bool]] = (),
+) -> None:
+    """Expose a model's rollout state: weight, phase, failed checks, each gate's last value."""
+    CANARY_WEIGHT.labels(model).set(canary_weight)
+    for name in phases:
+        ROLLOUT_PHASE.labels(model, name).set(1 if name == phase else 0)
+    FAILED_CHECKS.labels(model).set(failed_checks)
+    METRICS_ERRORS.labels(model).set(metrics_errors)
+    for gate, value, passed in gates:
+        GATE_VALUE.labels(model, gate).set(float("nan") if value is None else value)
+        GATE_PASSED.labels(model, gate).set(1 if passed else 0)
 
 
 def start_metrics_server(port: int, addr: str = "0.0.0.0") -> Any:

@@ -8,6 +8,11 @@ on Triton, so a manager that dies mid-move leaves a phase that ``reconcile`` com
                  succeeded ◀── promoting ◀──promote──────┘   └──rollback──▶ rolling_back
                      │                                                          │
                      └──────publish──▶ progressing      rolled_back ◀───────────┘
+
+    progressing ──rollout──▶ analyzing ──advance (weight step)──▶ analyzing
+    analyzing ──advance past the last step──▶ promoting
+    analyzing ──advance at the failed-check threshold──▶ rolling_back
+    analyzing ──set-weight (a person takes over)──▶ progressing
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ class Phase(enum.StrEnum):
 
     INITIALIZED = "initialized"  # one version, stable at 100%, never rolled out
     PROGRESSING = "progressing"  # a canary is loaded beside stable and gets its weight
+    ANALYZING = "analyzing"  # progressive analysis moves the canary's weight step by step
     PROMOTING = "promoting"  # canary being made stable; old stable being drained/unloaded
     SUCCEEDED = "succeeded"  # last canary was promoted; stable alone at 100%
     ROLLING_BACK = "rolling_back"  # canary being drained and unloaded
@@ -34,7 +40,12 @@ class Phase(enum.StrEnum):
 ALLOWED_TRANSITIONS: dict[Phase | None, frozenset[Phase]] = {
     None: frozenset({Phase.INITIALIZED}),
     Phase.INITIALIZED: frozenset({Phase.PROGRESSING}),
-    Phase.PROGRESSING: frozenset({Phase.PROGRESSING, Phase.PROMOTING, Phase.ROLLING_BACK}),
+    Phase.PROGRESSING: frozenset(
+        {Phase.PROGRESSING, Phase.ANALYZING, Phase.PROMOTING, Phase.ROLLING_BACK}
+    ),
+    Phase.ANALYZING: frozenset(
+        {Phase.ANALYZING, Phase.PROGRESSING, Phase.PROMOTING, Phase.ROLLING_BACK}
+    ),
     Phase.PROMOTING: frozenset({Phase.SUCCEEDED}),
     Phase.SUCCEEDED: frozenset({Phase.PROGRESSING}),
     Phase.ROLLING_BACK: frozenset({Phase.ROLLED_BACK}),

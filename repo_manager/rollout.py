@@ -10,30 +10,47 @@ Ordering is what keeps requests from failing:
 
 from __future__ import annotations
 
+import itertools
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from repo_manager.compat import check_plan_compatible
 from repo_manager.errors import (
+    GateFailedError,
     IllegalTransitionError,
+    InvalidGateError,
     InvalidInputError,
     InvalidWeightError,
+    MetricsUnavailableError,
     RepoManagerError,
     TritonError,
     WeightsError,
 )
+from repo_manager.gates import GoldenGates, LiveGates
+from repo_manager.metrics import publish_rollout_state
 from repo_manager.modelconfig import parse_config, render_config, with_version_policy
 from repo_manager.phases import Phase, check_transition
 from repo_manager.repository import ModelRepository, validate_model_name, validate_version
 from repo_manager.state import RolloutState, Transition, load_state, state_key, utc_now
 from repo_manager.triton import TritonFleet
 
-__all__ = ["RolloutManager", "RolloutSettings", "parse_weight", "resolve_weights"]
+if TYPE_CHECKING:
+    from repo_manager.analysis import MetricsProvider
+    from repo_manager.validation import ValidationReport
+
+__all__ = [
+    "AnalysisPlan",
+    "RolloutManager",
+    "RolloutSettings",
+    "parse_steps",
+    "parse_weight",
+    "resolve_weights",
+]
 
 Progress = Callable[[str], None]
 
@@ -64,6 +81,65 @@ def parse_weight(value: str | int) -> int:
     if not 0 <= weight <= 100:
         raise InvalidWeightError(f"invalid weight {weight}: must be between 0 and 100")
     return weight
+
+
+def parse_steps(text: str) -> tuple[int, ...]:
+    """``"10,25,50,100"`` -> increasing canary weights, 0..100.
+
+    A first step of 0 judges the canary on shadow traffic only (Routers mirroring stable's
+    requests) before any user request reaches it.
+    """
+    try:
+        steps = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise InvalidGateError(f"invalid --steps {text!r}: integers like 10,25,50,100") from None
+    if not steps or any(not 0 <= s <= 100 for s in steps):
+        raise InvalidGateError(f"invalid --steps {text!r}: each step must be 0..100")
+    if any(b <= a for a, b in itertools.pairwise(steps)):
+        raise InvalidGateError(f"invalid --steps {text!r}: steps must increase")
+    return steps
+
+
+@dataclass(kw_only=True, frozen=True)
+class AnalysisPlan:
+    """How the progressive analysis moves a canary (persisted in the rollout state)."""
+
+    #: Canary weights, one per passed interval; passing the last one promotes.
+    #: Default 10, 25, 50, 100.
+    steps: tuple[int, ...] = (10, 25, 50, 100)
+    #: Failed checks at which the canary is rolled back. Default 2.
+    threshold: int = 2
+    #: Consecutive steps whose metrics source could not be read before the analysis
+    #: stops with an error (the canary keeps its weight; never a rollback). Default 5.
+    max_metrics_errors: int = 5
+    gates: LiveGates = field(default_factory=LiveGates)
+
+    def __post_init__(self) -> None:
+        if self.threshold < 1:
+            raise InvalidGateError(f"invalid threshold {self.threshold}: must be at least 1")
+        if self.max_metrics_errors < 1:
+            raise InvalidGateError(
+                f"invalid max metrics errors {self.max_metrics_errors}: must be at least 1"
+            )
+        if not self.steps:
+            raise InvalidGateError("the analysis needs at least one step")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "steps": list(self.steps),
+            "threshold": self.threshold,
+            "max_metrics_errors": self.max_metrics_errors,
+            "gates": asdict(self.gates),
+        }
+
+    @classmethod
+    def from_dict(cls, document: dict[str, Any]) -> AnalysisPlan:
+        return cls(
+            steps=tuple(int(s) for s in document["steps"]),
+            threshold=int(document["threshold"]),
+            max_metrics_errors=int(document["max_metrics_errors"]),
+            gates=LiveGates(**document.get("gates", {})),
+        )
 
 
 def resolve_weights(model: str, weights: str | None) -> Path:
@@ -105,6 +181,21 @@ class ReconcileReport:
     model: str
     desired: list[str]
     actions: list[str] = field(default_factory=list)
+
+
+def _expose(state: RolloutState) -> None:
+    """The state as Prometheus gauges (weight, phase, failed checks, last gate values)."""
+    analysis = state.analysis or {}
+    last = analysis.get("last") or {}
+    publish_rollout_state(
+        state.model,
+        phase=state.phase.value,
+        phases=[p.value for p in Phase],
+        canary_weight=state.weights.get(state.canary, 0) if state.canary else 0,
+        failed_checks=int(analysis.get("failed_checks", 0)),
+        metrics_errors=int(analysis.get("metrics_errors", 0)),
+        gates=[(g["name"], g["value"], g["passed"]) for g in last.get("gates", [])],
+    )
 
 
 class RolloutManager:
@@ -167,6 +258,7 @@ class RolloutManager:
             ),
         ]
         self.repository.storage.write_bytes_atomic(state_key(new.model), new.to_json())
+        _expose(new)
         return new
 
     def desired_versions(self, state: RolloutState) -> list[str]:
@@ -293,7 +385,8 @@ class RolloutManager:
 
     # -- traffic ----------------------------------------------------------------------------
 
-    def set_weight(self, model: str, percent: str | int) -> RolloutState:
+    def set_weight(self, model: str, percent: str | int, *, reason: str = "") -> RolloutState:
+        """Give the canary ``percent``; during an analysis a person takes over from it."""
         weight = parse_weight(percent)
         model = validate_model_name(model)
         with self._locked(model):
@@ -309,45 +402,53 @@ class RolloutManager:
                 weights={state.stable: 100 - weight, state.canary: weight},
                 policy=state.policy,
             )
-            return self._record(state, new, action=f"set-weight {weight}%")
+            return self._record(state, new, action=f"set-weight {weight}%", reason=reason)
 
-    def promote(self, model: str) -> RolloutState:
+    def promote(self, model: str, *, reason: str = "") -> RolloutState:
         """Canary becomes stable at 100%; the old stable is drained, then unloaded."""
         model = validate_model_name(model)
         with self._locked(model):
             state = self._require_state(model, action="promote")
-            check_transition(state.phase, Phase.PROMOTING, action="promote")
-            assert state.canary is not None
-            self.fleet.check_reachable()
-            promoting = RolloutState(
-                model=model,
-                phase=Phase.PROMOTING,
-                stable=state.canary,
-                retiring=state.stable,
-                weights={state.canary: 100},
-                policy=state.policy,
-            )
-            promoting = self._record(state, promoting, action="promote")
-            return self._finish_retirement(promoting, Phase.SUCCEEDED, action="promoted")
+            return self._promote(state, reason=reason)
 
-    def rollback(self, model: str) -> RolloutState:
+    def _promote(self, state: RolloutState, *, reason: str = "") -> RolloutState:
+        check_transition(state.phase, Phase.PROMOTING, action="promote")
+        assert state.canary is not None
+        self.fleet.check_reachable()
+        promoting = RolloutState(
+            model=state.model,
+            phase=Phase.PROMOTING,
+            stable=state.canary,
+            retiring=state.stable,
+            weights={state.canary: 100},
+            policy=state.policy,
+            analysis=state.analysis,
+        )
+        promoting = self._record(state, promoting, action="promote", reason=reason)
+        return self._finish_retirement(promoting, Phase.SUCCEEDED, action="promoted")
+
+    def rollback(self, model: str, *, reason: str = "") -> RolloutState:
         """Stable back to 100%; the canary is drained, then unloaded."""
         model = validate_model_name(model)
         with self._locked(model):
             state = self._require_state(model, action="roll back")
-            check_transition(state.phase, Phase.ROLLING_BACK, action="roll back")
-            assert state.canary is not None and state.stable is not None
-            self.fleet.check_reachable()
-            rolling = RolloutState(
-                model=model,
-                phase=Phase.ROLLING_BACK,
-                stable=state.stable,
-                retiring=state.canary,
-                weights={state.stable: 100},
-                policy=state.policy,
-            )
-            rolling = self._record(state, rolling, action="rollback")
-            return self._finish_retirement(rolling, Phase.ROLLED_BACK, action="rolled back")
+            return self._rollback(state, reason=reason)
+
+    def _rollback(self, state: RolloutState, *, reason: str = "") -> RolloutState:
+        check_transition(state.phase, Phase.ROLLING_BACK, action="roll back")
+        assert state.canary is not None and state.stable is not None
+        self.fleet.check_reachable()
+        rolling = RolloutState(
+            model=state.model,
+            phase=Phase.ROLLING_BACK,
+            stable=state.stable,
+            retiring=state.canary,
+            weights={state.stable: 100},
+            policy=state.policy,
+            analysis=state.analysis,
+        )
+        rolling = self._record(state, rolling, action="rollback", reason=reason)
+        return self._finish_retirement(rolling, Phase.ROLLED_BACK, action="rolled back")
 
     def _finish_retirement(self, state: RolloutState, final: Phase, *, action: str) -> RolloutState:
         retiring = state.retiring
@@ -359,10 +460,203 @@ class RolloutManager:
             stable=state.stable,
             weights=dict(state.weights),
             policy=state.policy,
+            analysis=state.analysis,  # kept: status shows the analysis that decided
         )
         gone = [] if retiring in self.desired_versions(done) else [retiring]
         self._apply(done, gone=gone)
         return self._record(state, done, action=action, reason=f"unloaded {retiring}")
+
+    # -- golden-set gate (before any traffic) ------------------------------------------------
+
+    def validate(
+        self, model: str, version: str, golden: str | Path, gates: GoldenGates | None = None
+    ) -> ValidationReport:
+        """Run the golden set through stable and ``version`` (both must be loaded)."""
+        from repo_manager.routing import Router
+        from repo_manager.validation import load_golden_set, run_golden_set
+
+        model = validate_model_name(model)
+        version = validate_version(version)
+        load_golden_set(golden)  # bad input before touching anything
+        state = self._require_state(model, action="validate")
+        if version not in state.serving_versions:
+            raise InvalidInputError(
+                f"{model} version {version} is not loaded (serving: "
+                f"{', '.join(state.serving_versions) or 'none'})"
+            )
+        assert state.stable is not None
+        self.progress(f"running golden set {golden} through versions {state.stable}, {version}")
+        with Router(model, url=self.fleet.urls, repository=self.repository.location) as router:
+            return run_golden_set(
+                router, stable=state.stable, candidate=version, golden=golden, gates=gates
+            )
+
+    def gate_canary(
+        self, model: str, golden: str | Path, gates: GoldenGates, *, weight: int
+    ) -> ValidationReport:
+        """Judge a canary that has no traffic yet; pass: give it ``weight``; fail: roll back.
+
+        Raises GateFailedError (after the rollback: stable serves 100%) when a gate fails.
+        """
+        state = self._require_state(model, action="validate")
+        if state.canary is None:
+            raise IllegalTransitionError(f"cannot validate: {model} has no canary")
+        report = self.validate(model, state.canary, golden, gates)
+        summary = "; ".join(g.describe() for g in report.gates)
+        if report.passed:
+            self.set_weight(model, weight, reason=f"golden gates passed: {summary}")
+            return report
+        failures = "; ".join(g.describe() for g in report.failures())
+        self.rollback(model, reason=f"golden gate failed: {failures}")
+        raise GateFailedError(
+            f"{model} version {report.candidate.version} failed the golden gate ({failures}); "
+            f"rolled back, stable {report.stable.version} serves 100%"
+        )
+
+    # -- progressive analysis ----------------------------------------------------------------
+
+    def start_analysis(self, model: str, plan: AnalysisPlan) -> RolloutState:
+        """Put the analysis in charge of the canary at its first step (or resume it)."""
+        model = validate_model_name(model)
+        with self._locked(model):
+            state = self._require_state(model, action="start the analysis")
+            if state.phase is Phase.ANALYZING:
+                return state  # already in charge: resume where it stands
+            check_transition(state.phase, Phase.ANALYZING, action="start the analysis")
+            assert state.stable is not None and state.canary is not None
+            weight = plan.steps[0]
+            new = RolloutState(
+                model=model,
+                phase=Phase.ANALYZING,
+                stable=state.stable,
+                canary=state.canary,
+                weights={state.stable: 100 - weight, state.canary: weight},
+                policy=state.policy,
+                analysis={
+                    "plan": plan.to_dict(),
+                    "step": 0,
+                    "failed_checks": 0,
+                    "metrics_errors": 0,
+                    "snapshot": None,
+                    "last": None,
+                },
+            )
+            return self._record(
+                state,
+                new,
+                action=f"analysis started at {weight}%",
+                reason=f"steps {','.join(map(str, plan.steps))}, threshold {plan.threshold}",
+            )
+
+    def advance(self, model: str, provider: MetricsProvider) -> RolloutState:
+        """One analysis step: read live figures, judge the interval since the last step.
+
+        Pass: next weight, or promote past the last step. Fail: one more failed check,
+        rollback at the threshold. No data: nothing moves. Unreadable metrics: one more
+        metrics error (never a failed check); at its own limit MetricsUnavailableError is
+        raised and the canary keeps its weight. Every call records its decision and why.
+        Outside the analyzing phase it changes nothing, so calling it again is safe.
+        """
+        from repo_manager.analysis import judge, snapshot_from_json, snapshot_to_json
+
+        model = validate_model_name(model)
+        with self._locked(model):
+            state = self._require_state(model, action="advance")
+            if state.phase is not Phase.ANALYZING or state.analysis is None:
+                return state
+            assert state.stable is not None and state.canary is not None
+            analysis = dict(state.analysis)
+            plan = AnalysisPlan.from_dict(analysis["plan"])
+            weight = state.weights.get(state.canary, 0)
+            try:
+                now = provider.snapshot(model)
+            except MetricsUnavailableError as exc:
+                analysis["metrics_errors"] = int(analysis.get("metrics_errors", 0)) + 1
+                limit = plan.max_metrics_errors
+                errors = analysis["metrics_errors"]
+                new = self._analysis_state(state, analysis, weight)
+                self._record(
+                    state,
+                    new,
+                    action=f"analysis: metrics unavailable ({errors}/{limit})",
+                    reason=str(exc),
+                )
+                if errors >= limit:
+                    raise MetricsUnavailableError(
+                        f"{exc} ({errors} times in a row, limit {limit}); the canary keeps "
+                        f"{weight}%: run rollout again once metrics are back"
+                    ) from exc
+                return new
+            analysis["metrics_errors"] = 0
+            before = analysis.get("snapshot")
+            analysis["snapshot"] = snapshot_to_json(now)
+            if before is None:
+                new = self._analysis_state(state, analysis, weight)
+                return self._record(
+                    state, new, action="analysis: baseline", reason="first reading of metrics"
+                )
+            verdict = judge(
+                now,
+                snapshot_from_json(before),
+                stable=state.stable,
+                canary=state.canary,
+                gates=plan.gates,
+            )
+            analysis["last"] = verdict.to_dict()
+            if verdict.outcome == "no-data":
+                new = self._analysis_state(state, analysis, weight)
+                return self._record(
+                    state, new, action=f"analysis: no verdict at {weight}%", reason=verdict.reason
+                )
+            if verdict.outcome == "fail":
+                failed = int(analysis.get("failed_checks", 0)) + 1
+                analysis["failed_checks"] = failed
+                new = self._analysis_state(state, analysis, weight)
+                new = self._record(
+                    state,
+                    new,
+                    action=f"analysis: check failed at {weight}% ({failed}/{plan.threshold})",
+                    reason=verdict.reason,
+                )
+                if failed >= plan.threshold:
+                    return self._rollback(
+                        new,
+                        reason=f"{failed} failed checks (threshold {plan.threshold}): "
+                        f"{verdict.reason}",
+                    )
+                return new
+            step = int(analysis.get("step", 0)) + 1
+            if step >= len(plan.steps):
+                analysis["step"] = step
+                new = self._analysis_state(state, analysis, weight)
+                new = self._record(
+                    state,
+                    new,
+                    action=f"analysis: passed the last step at {weight}%",
+                    reason=verdict.reason,
+                )
+                return self._promote(new, reason="analysis passed every step")
+            analysis["step"] = step
+            new = self._analysis_state(state, analysis, plan.steps[step])
+            return self._record(
+                state,
+                new,
+                action=f"analysis: passed at {weight}%, now {plan.steps[step]}%",
+                reason=verdict.reason,
+            )
+
+    @staticmethod
+    def _analysis_state(state: RolloutState, analysis: dict[str, Any], weight: int) -> RolloutState:
+        assert state.stable is not None and state.canary is not None
+        return RolloutState(
+            model=state.model,
+            phase=Phase.ANALYZING,
+            stable=state.stable,
+            canary=state.canary,
+            weights={state.stable: 100 - weight, state.canary: weight},
+            policy=state.policy,
+            analysis=analysis,
+        )
 
     # -- policy -----------------------------------------------------------------------------
 
@@ -390,6 +684,7 @@ class RolloutManager:
                 retiring=state.retiring,
                 weights=dict(state.weights),
                 policy=policy,
+                analysis=state.analysis,
             )
             before = set(self.desired_versions(state))
             after = set(self.desired_versions(new))
@@ -463,6 +758,8 @@ class RolloutManager:
                 }
                 for s in survey
             ],
+            "analysis": state.analysis
+            and {k: v for k, v in state.analysis.items() if k != "snapshot"},
             "last_transition": None
             if last is None
             else {

@@ -19,6 +19,7 @@ import itertools
 import json
 import logging
 import os
+import queue
 import random
 import threading
 import time
@@ -41,7 +42,7 @@ from repo_manager.errors import (
     TritonError,
     TritonUnavailableError,
 )
-from repo_manager.metrics import VersionMetrics, version_metrics
+from repo_manager.metrics import ShadowMetrics, VersionMetrics, shadow_metrics, version_metrics
 from repo_manager.state import RoutingTable, load_routing_table, state_key
 from repo_manager.storage import Storage, open_storage
 
@@ -50,6 +51,8 @@ __all__ = ["Detections", "RoutePlan", "RoutedResult", "Router", "key_point"]
 logger = logging.getLogger(__name__)
 
 Key = str | bytes | int
+#: Compares a mirrored (shadow) answer with the one the user got; records into metrics.
+Compare = Callable[[Any, ShadowMetrics], None]
 #: 53 mixed bits -> a float in [0, 100) with every value exactly representable.
 _KEY_SCALE = 100.0 / float(1 << 53)
 _GOLDEN = 0x9E3779B97F4A7C15
@@ -296,6 +299,8 @@ class Router:
         timeout: float | None = None,
         server_retry_after: float = 1.0,
         client_factory: ClientFactory | None = None,
+        shadow: float = 0.0,
+        shadow_queue: int = 32,
     ) -> None:
         """
         Args:
@@ -307,6 +312,12 @@ class Router:
             timeout: client-side deadline per attempt, in seconds (None: none).
             server_retry_after: seconds an unreachable server is skipped before a retry.
             client_factory: makes the per-server client (tests pass fakes).
+            shadow: share (0..1) of requests served by stable that are also sent to the
+                canary in the background, its answer discarded (``detect`` compares its
+                detections with stable's); judges a canary before any user sees it, even
+                at weight 0. See ``set_shadow``.
+            shadow_queue: mirrored requests waiting at most; more are dropped (counted),
+                so a slow canary never slows the users' requests.
         """
         urls = [url] if isinstance(url, str) else list(url)
         if not urls:
@@ -332,6 +343,10 @@ class Router:
         self._closed = False
         self._stop = threading.Event()
         self._poll_interval = poll_interval
+        self._shadow = 0.0
+        self._shadow_queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, shadow_queue))
+        self._shadow_worker: threading.Thread | None = None
+        self.set_shadow(shadow)
         self.refresh()
         self._poller = threading.Thread(
             target=self._poll_loop, name=f"repo-manager-router-{model}", daemon=True
@@ -413,6 +428,17 @@ class Router:
         key: Key | None = None,
         version: str | int | None = None,
     ) -> RoutedResult:
+        return self._infer(inputs, outputs, key, version, mirror=True)
+
+    def _infer(
+        self,
+        inputs: Sequence[grpcclient.InferInput],
+        outputs: Sequence[grpcclient.InferRequestedOutput] | None,
+        key: Key | None,
+        version: str | int | None,
+        *,
+        mirror: bool,
+    ) -> RoutedResult:
         """Run one request on the routed version; on failure retry once on the other one.
 
         ``key`` makes the choice sticky; ``version`` pins it (no fallback then: a caller
@@ -451,7 +477,65 @@ class Router:
             m.request_failed()
             raise
         m.served(time.perf_counter() - started)
+        if mirror and self._shadow and version is None:
+            self._maybe_mirror(plan, chosen, inputs, outputs, None)
         return RoutedResult(result=result, version=chosen)
+
+    # ---- shadow traffic ------------------------------------------------------------------
+
+    def set_shadow(self, share: float) -> None:
+        """Mirror ``share`` (0..1) of stable's requests to the canary from now on.
+
+        ``infer`` mirrors the caller's own ``InferInput`` objects after answering: do not
+        modify them afterwards while shadowing (``detect`` builds its own).
+        """
+        if not 0.0 <= share <= 1.0:
+            raise InvalidInputError(f"shadow share must be between 0 and 1, got {share}")
+        self._shadow = float(share)
+        if share and self._shadow_worker is None:
+            self._shadow_worker = threading.Thread(
+                target=self._shadow_loop, name=f"repo-manager-shadow-{self.model}", daemon=True
+            )
+            self._shadow_worker.start()
+
+    def _maybe_mirror(
+        self,
+        plan: RoutePlan,
+        served: str,
+        inputs: Sequence[grpcclient.InferInput],
+        outputs: Sequence[grpcclient.InferRequestedOutput] | None,
+        compare: Compare | None,
+    ) -> None:
+        table = plan.table
+        if table is None or table.canary is None or served != table.stable:
+            return
+        if table.canary == served or _random() >= self._shadow:
+            return
+        try:
+            self._shadow_queue.put_nowait((table.canary, inputs, outputs, compare))
+        except queue.Full:
+            shadow_metrics(self.model, table.canary).add(dropped=1)
+
+    def _shadow_loop(self) -> None:
+        while True:
+            item = self._shadow_queue.get()
+            if item is None:
+                return
+            version, inputs, outputs, compare = item
+            sm = shadow_metrics(self.model, version)
+            started = time.perf_counter()
+            try:
+                result = self._send(version, inputs, outputs)
+            except (InferenceServerException, TritonUnavailableError) as exc:
+                logger.debug("shadow request to %s version %s failed: %s", self.model, version, exc)
+                sm.add(error=1)
+                continue
+            sm.add(ok=1, latency_sum=time.perf_counter() - started, latency_count=1)
+            if compare is not None:
+                try:
+                    compare(result, sm)
+                except Exception as exc:  # a comparison must never kill the worker
+                    logger.warning("shadow comparison for %s failed: %s", self.model, exc)
 
     def _fall_back(
         self,
@@ -561,13 +645,28 @@ class Router:
         request = grpcclient.InferInput(spec.input_name, list(tensor.shape), spec.datatype)
         request.set_data_from_numpy(tensor)
         wanted = [grpcclient.InferRequestedOutput(spec.output_name)]
-        routed = self.infer([request], wanted, key=key, version=version)
-        raw = routed.result.as_numpy(spec.output_name)
-        if raw is None:
-            raise TritonError(f"model {self.model} returned no output {spec.output_name!r}")
-        boxes, scores, class_ids = yolo.decode(raw, conf=conf, iou=iou, max_det=max_det)[0]
+        found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+        def decode(result: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            raw = result.as_numpy(spec.output_name)
+            if raw is None:
+                raise TritonError(f"model {self.model} returned no output {spec.output_name!r}")
+            boxes, scores, class_ids = yolo.decode(raw, conf=conf, iou=iou, max_det=max_det)[0]
+            return yolo.scale_boxes(boxes, info), scores, class_ids
+
+        def compare(result: Any, sm: ShadowMetrics) -> None:
+            (ref_boxes, _, ref_cls), shadow = found[0], decode(result)
+            matched = yolo.match_count((ref_boxes, ref_cls), shadow)
+            sm.add(boxes_reference=len(ref_cls), boxes_shadow=len(shadow[2]), boxes_matched=matched)
+
+        routed = self._infer([request], wanted, key, version, mirror=False)
+        found.append(decode(routed.result))
+        if self._shadow and version is None and not routed.fallback:
+            # Queued only now: the comparison reads ``found`` in the worker thread.
+            self._maybe_mirror(self._plan, routed.version, [request], wanted, compare)
+        boxes, scores, class_ids = found[0]
         return Detections(
-            boxes=yolo.scale_boxes(boxes, info),
+            boxes=boxes,
             scores=scores,
             class_ids=class_ids,
             version=routed.version,
@@ -606,6 +705,13 @@ class Router:
             return
         self._closed = True
         self._stop.set()
+        if self._shadow_worker is not None:
+            try:
+                self._shadow_queue.put(None, timeout=5)
+            except queue.Full:
+                logger.debug("shadow queue full at close; worker left to exit with the process")
+            else:
+                self._shadow_worker.join(timeout=10)
         if self._poller.is_alive() and self._poller is not threading.current_thread():
             self._poller.join(timeout=5)
         for server in self._servers:

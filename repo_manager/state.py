@@ -90,6 +90,10 @@ class RolloutState:
     policy: dict[str, Any] | None = None
     generation: int = 0
     history: list[Transition] = field(default_factory=list)
+    #: Progressive analysis in charge of the canary (None when none): its plan, the step
+    #: it is at, failed checks, metrics-source errors, last snapshot and last verdict.
+    #: Persisted so that ``advance()`` continues in any process.
+    analysis: dict[str, Any] | None = None
 
     @property
     def serving_versions(self) -> list[str]:
@@ -118,6 +122,7 @@ class RolloutState:
             "policy": self.policy,
             "generation": self.generation,
             "history": [asdict(t) for t in self.history],
+            "analysis": self.analysis,
         }
         return (json.dumps(document, indent=1) + "\n").encode()
 
@@ -135,6 +140,7 @@ class RolloutState:
                 policy=document.get("policy"),
                 generation=int(document.get("generation", 0)),
                 history=[Transition(**t) for t in document.get("history", [])],
+                analysis=document.get("analysis"),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise StorageError(f"corrupt rollout state {source}: {exc}") from exc

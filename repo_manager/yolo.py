@@ -19,6 +19,7 @@ __all__ = [
     "LetterboxInfo",
     "decode",
     "letterbox",
+    "match_count",
     "nms",
     "preprocess",
     "resize_bilinear",
@@ -188,3 +189,39 @@ def scale_boxes(boxes: np.ndarray, info: LetterboxInfo) -> npt.NDArray[np.float3
     out[:, [0, 2]] = out[:, [0, 2]].clip(0, w)
     out[:, [1, 3]] = out[:, [1, 3]].clip(0, h)
     return out
+
+
+def match_count(
+    reference: tuple[np.ndarray, np.ndarray],
+    other: tuple[np.ndarray, np.ndarray, np.ndarray],
+    *,
+    iou_threshold: float = 0.5,
+) -> int:
+    """Boxes of ``other`` (boxes, scores, classes) that match a ``reference`` box one to one.
+
+    Greedy in ``other``'s score order, same class, IoU >= threshold: how shadow traffic
+    counts agreement of a canary's detections with stable's (no AP here: no torch).
+    """
+    ref_boxes, ref_cls = reference
+    boxes, scores, classes = other
+    if len(ref_cls) == 0 or len(classes) == 0:
+        return 0
+    a = np.asarray(ref_boxes, np.float64)[:, None, :]
+    b = np.asarray(boxes, np.float64)[None, :, :]
+    iw = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
+    ih = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
+    inter = iw * ih
+    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
+    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    union = area_a + area_b - inter
+    iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    iou[np.asarray(ref_cls)[:, None] != np.asarray(classes)[None, :]] = 0.0
+    taken = np.zeros(len(ref_cls), dtype=bool)
+    matched = 0
+    for j in np.argsort(-np.asarray(scores), kind="stable"):
+        candidates = np.where(taken, 0.0, iou[:, j])
+        i = int(candidates.argmax())
+        if candidates[i] >= iou_threshold:
+            taken[i] = True
+            matched += 1
+    return matched

@@ -15,6 +15,7 @@ import pytest
 from repo_manager.server import EmbeddedTriton, ServerPorts
 
 IMGSZ = "160"
+DEFAULT_DETECTOR = Path(__file__).resolve().parents[2] / ".cache" / "detector" / "detector.pt"
 CLI = [sys.executable, "-m", "repo_manager.cli"]
 
 
@@ -26,6 +27,25 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("weights") / "yolov8n-untrained.pt"
     make_untrained_detector(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def trained_detector() -> Path:
+    """The tiny detector `make detector` builds (trained here when it is missing)."""
+    path = Path(os.environ.get("REPO_MANAGER_DETECTOR", DEFAULT_DETECTOR))
+    if not path.is_file():
+        from export.tiny_detector import main as train
+
+        assert train(["--out", str(path.parent)]) == 0
+    return path
+
+
+@pytest.fixture(scope="session")
+def golden_set(trained_detector: Path) -> Path:
+    """The detector's labelled validation split (YOLO layout: images/val, labels/val)."""
+    golden = trained_detector.parent / "dataset" / "images" / "val"
+    assert golden.is_dir(), f"no dataset beside {trained_detector}"
+    return golden
 
 
 @dataclass(kw_only=True)
@@ -54,7 +74,9 @@ class Stack:
             raise AssertionError(f"{' '.join(args)} failed ({result.code}): {result.stderr}")
         return result
 
-    def publish(self, model: str, version: str, weights: Path, *extra: str) -> CliResult:
+    def publish(
+        self, model: str, version: str, weights: Path, *extra: str, check: bool = True
+    ) -> CliResult:
         return self.cli(
             "publish",
             model,
@@ -66,6 +88,7 @@ class Stack:
             "--max-batch",
             "4",
             *extra,
+            check=check,
         )
 
     def restart(self, *, kill: bool = True) -> None:

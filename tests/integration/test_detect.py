@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -13,19 +12,6 @@ from repo_manager import Router
 from tests.integration.conftest import Stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
-
-DEFAULT_DETECTOR = Path(__file__).resolve().parents[2] / ".cache" / "detector" / "detector.pt"
-
-
-@pytest.fixture(scope="session")
-def trained_detector() -> Path:
-    """The tiny detector `make detector` builds (trained here when it is missing)."""
-    path = Path(os.environ.get("REPO_MANAGER_DETECTOR", DEFAULT_DETECTOR))
-    if not path.is_file():
-        from export.tiny_detector import main as train
-
-        assert train(["--out", str(path.parent)]) == 0
-    return path
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:

@@ -1,0 +1,322 @@
+"""Live per-version figures for the progressive analysis, from two kinds of metrics source.
+
+Both providers answer the same question behind one interface (``MetricsProvider``): the
+cumulative counters of every version of a model, for two sources of figures:
+
+- ``triton``: Triton's per-version metrics on its metrics port (requests that reached
+  the server: ``nv_inference_request_success/failure``, ``nv_inference_request_duration_us``);
+- ``router``: the Routers' metrics (what clients saw: attempts that failed, fallbacks,
+  latency histogram), exposed by ``repo_manager.metrics.start_metrics_server``;
+- ``shadow``: requests the Routers mirrored to the canary (outcomes, latency, and how
+  many of its detections matched stable's), which judge a canary even at weight 0.
+
+``ScrapeProvider`` reads Prometheus text endpoints directly (Triton's, a Router's);
+``PromQLProvider`` asks a Prometheus server (``/api/v1/query``) the same sums in PromQL.
+The analysis keeps the previous snapshot in the rollout state and judges the *difference*,
+so one step judges exactly the interval since the last one, in any process.
+
+A source that cannot be read raises ``MetricsUnavailableError``: a fact about the
+monitoring, never a verdict on the canary.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from repo_manager.errors import MetricsUnavailableError
+from repo_manager.gates import GateResult, LiveGates
+
+__all__ = [
+    "QUERIES",
+    "MetricsProvider",
+    "PromQLProvider",
+    "ScrapeProvider",
+    "Snapshot",
+    "Verdict",
+    "judge",
+]
+
+#: One counter per key: (metric sample name, extra label matchers). Summed by version.
+QUERIES: dict[str, tuple[str, dict[str, str]]] = {
+    "triton_success": ("nv_inference_request_success", {}),
+    "triton_failure": ("nv_inference_request_failure", {}),
+    "triton_duration_us": ("nv_inference_request_duration_us", {}),
+    "router_ok": ("repo_manager_router_requests_total", {"outcome": "ok"}),
+    "router_fallback_served": ("repo_manager_router_requests_total", {"outcome": "fallback"}),
+    "router_errors": ("repo_manager_router_errors_total", {}),
+    "router_fallbacks": ("repo_manager_router_fallbacks_total", {}),
+    "router_latency_sum": ("repo_manager_router_latency_seconds_sum", {}),
+    "router_latency_count": ("repo_manager_router_latency_seconds_count", {}),
+    "shadow_ok": ("repo_manager_router_shadow_requests_total", {"outcome": "ok"}),
+    "shadow_error": ("repo_manager_router_shadow_requests_total", {"outcome": "error"}),
+    "shadow_latency_sum": ("repo_manager_router_shadow_latency_seconds_sum", {}),
+    "shadow_latency_count": ("repo_manager_router_shadow_latency_seconds_count", {}),
+    "shadow_boxes_reference": ("repo_manager_router_shadow_boxes_total", {"side": "reference"}),
+    "shadow_boxes_shadow": ("repo_manager_router_shadow_boxes_total", {"side": "shadow"}),
+    "shadow_boxes_matched": ("repo_manager_router_shadow_boxes_total", {"side": "matched"}),
+}
+
+#: key -> version -> cumulative value.
+Snapshot = dict[str, dict[str, float]]
+
+
+class MetricsProvider(Protocol):
+    """Where live figures come from."""
+
+    @property
+    def name(self) -> str: ...
+
+    def snapshot(self, model: str) -> Snapshot:
+        """Cumulative counters of every version of ``model`` (keys of ``QUERIES``)."""
+        ...
+
+
+def _get(url: str, timeout: float) -> bytes:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return bytes(response.read())
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise MetricsUnavailableError(f"metrics source {url} unreachable: {exc}") from exc
+
+
+class ScrapeProvider:
+    """Reads Prometheus text endpoints directly (Triton's metrics port, Routers' ports)."""
+
+    def __init__(self, urls: Sequence[str], *, timeout: float = 5.0) -> None:
+        self.urls = [u if "://" in u else f"http://{u}" for u in urls]
+        self.urls = [
+            u if urllib.parse.urlsplit(u).path not in ("", "/") else u.rstrip("/") + "/metrics"
+            for u in self.urls
+        ]
+        self.timeout = timeout
+
+    @property
+    def name(self) -> str:
+        return "scrape " + ", ".join(self.urls)
+
+    def snapshot(self, model: str) -> Snapshot:
+        # prometheus-client's parser appends ``_total`` to counters that lack it (Triton's).
+        wanted: dict[str, list[tuple[str, dict[str, str]]]] = {}
+        for key, (sample, labels) in QUERIES.items():
+            wanted.setdefault(sample.removesuffix("_total"), []).append((key, labels))
+        result: Snapshot = {key: {} for key in QUERIES}
+        for url in self.urls:
+            text = _get(url, self.timeout).decode("utf-8", "replace")
+            try:
+                families = list(text_string_to_metric_families(text))
+            except ValueError as exc:
+                raise MetricsUnavailableError(f"metrics source {url}: unparsable: {exc}") from exc
+            for family in families:
+                for s in family.samples:
+                    name = s.name.removesuffix("_total")
+                    if name not in wanted or s.labels.get("model") != model:
+                        continue
+                    version = s.labels.get("version", "")
+                    for key, labels in wanted[name]:
+                        if all(s.labels.get(k) == v for k, v in labels.items()):
+                            per = result[key]
+                            per[version] = per.get(version, 0.0) + float(s.value)
+        return result
+
+
+def _promql_string(value: str) -> str:
+    return json.dumps(value)  # a JSON string literal is a valid PromQL string literal
+
+
+class PromQLProvider:
+    """Asks a Prometheus server, ``sum by (version) (METRIC{model="M", ...})`` per key."""
+
+    def __init__(self, url: str, *, timeout: float = 5.0) -> None:
+        self.url = (url if "://" in url else f"http://{url}").rstrip("/")
+        self.timeout = timeout
+
+    @property
+    def name(self) -> str:
+        return f"prometheus {self.url}"
+
+    def query(self, promql: str) -> list[dict[str, Any]]:
+        """One instant query; the result vector."""
+        url = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+        try:
+            document = json.loads(_get(url, self.timeout))
+        except ValueError as exc:
+            raise MetricsUnavailableError(f"metrics source {url}: not JSON: {exc}") from exc
+        if document.get("status") != "success":
+            raise MetricsUnavailableError(
+                f"prometheus {self.url} refused {promql!r}: {document.get('error', document)}"
+            )
+        data = document.get("data", {})
+        if data.get("resultType") != "vector":
+            raise MetricsUnavailableError(f"prometheus {self.url}: expected a vector")
+        return list(data.get("result", []))
+
+    def snapshot(self, model: str) -> Snapshot:
+        result: Snapshot = {}
+        for key, (sample, labels) in QUERIES.items():
+            matchers = ", ".join(
+                f"{k}={_promql_string(v)}" for k, v in {"model": model, **labels}.items()
+            )
+            per: dict[str, float] = {}
+            for item in self.query(f"sum by (version) ({sample}{{{matchers}}})"):
+                version = str(item.get("metric", {}).get("version", ""))
+                per[version] = float(item["value"][1])
+            result[key] = per
+        return result
+
+
+@dataclass(kw_only=True, frozen=True)
+class Window:
+    """One source's figures for one version over one interval."""
+
+    requests: float
+    failures: float
+    latency_sum: float
+    latency_count: float
+    fallbacks: float = 0.0
+    #: Shadow only: detections of the reference, of the canary, and matched pairs.
+    boxes_reference: float = 0.0
+    boxes_shadow: float = 0.0
+    boxes_matched: float = 0.0
+
+    @property
+    def agreement(self) -> float | None:
+        boxes = self.boxes_reference + self.boxes_shadow
+        return 2.0 * self.boxes_matched / boxes if boxes else None
+
+    @property
+    def error_rate(self) -> float | None:
+        return self.failures / self.requests if self.requests else None
+
+    @property
+    def mean_latency(self) -> float | None:
+        return self.latency_sum / self.latency_count if self.latency_count else None
+
+
+def _delta(now: Snapshot, before: Snapshot, key: str, version: str) -> float:
+    current = now.get(key, {}).get(version, 0.0)
+    previous = before.get(key, {}).get(version, 0.0)
+    # A counter that went down was reset (server or client restarted): count from zero.
+    return current - previous if current >= previous else current
+
+
+def windows(now: Snapshot, before: Snapshot, version: str) -> dict[str, Window]:
+    """Per source, the version's figures between two snapshots."""
+
+    def d(key: str) -> float:
+        return _delta(now, before, key, version)
+
+    triton_requests = d("triton_success") + d("triton_failure")
+    router_served = d("router_ok") + d("router_fallback_served")
+    return {
+        "triton": Window(
+            requests=triton_requests,
+            failures=d("triton_failure"),
+            latency_sum=d("triton_duration_us") / 1e6,
+            latency_count=triton_requests,
+        ),
+        "router": Window(
+            requests=router_served + d("router_errors"),
+            failures=d("router_errors"),
+            latency_sum=d("router_latency_sum"),
+            latency_count=d("router_latency_count"),
+            fallbacks=d("router_fallbacks"),
+        ),
+        "shadow": Window(
+            requests=d("shadow_ok") + d("shadow_error"),
+            failures=d("shadow_error"),
+            latency_sum=d("shadow_latency_sum"),
+            latency_count=d("shadow_latency_count"),
+            boxes_reference=d("shadow_boxes_reference"),
+            boxes_shadow=d("shadow_boxes_shadow"),
+            boxes_matched=d("shadow_boxes_matched"),
+        ),
+    }
+
+
+@dataclass(kw_only=True)
+class Verdict:
+    """One analysis step's judgement: ``pass``, ``fail`` or ``no-data``."""
+
+    outcome: str
+    gates: list[GateResult] = field(default_factory=list)
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "outcome": self.outcome,
+            "reason": self.reason,
+            "gates": [g.to_dict() for g in self.gates],
+        }
+
+
+def judge(
+    now: Snapshot, before: Snapshot, *, stable: str, canary: str, gates: LiveGates
+) -> Verdict:
+    """Compare canary with stable over the interval between two snapshots."""
+    canary_w, stable_w = windows(now, before, canary), windows(now, before, stable)
+    results: list[GateResult] = []
+    judged = []
+    for source in ("triton", "router", "shadow"):
+        # Mirrored requests are compared with what stable's users got through the Router.
+        c, s = canary_w[source], stable_w["router" if source == "shadow" else source]
+        if c.requests < gates.min_requests:
+            continue
+        judged.append(f"{source}: canary {c.requests:.0f} requests")
+        results.append(
+            GateResult.at_most(
+                f"error_rate[{source}]",
+                c.error_rate,
+                gates.max_error_rate,
+                f"{c.failures:.0f} of {c.requests:.0f} failed"
+                + (f", {c.fallbacks:.0f} fell back" if c.fallbacks else ""),
+            )
+        )
+        ratio = None
+        c_lat, s_lat = c.mean_latency, s.mean_latency
+        if c_lat is not None and s_lat:
+            ratio = c_lat / s_lat
+        detail = (
+            "stable had no traffic"
+            if ratio is None
+            else f"canary {c_lat * 1000:.1f} ms / stable {s_lat * 1000:.1f} ms"  # type: ignore[operator]
+        )
+        results.append(
+            GateResult.at_most(f"latency_ratio[{source}]", ratio, gates.max_latency_ratio, detail)
+        )
+        if source == "shadow" and c.agreement is not None:
+            results.append(
+                GateResult.at_least(
+                    "agreement[shadow]",
+                    c.agreement,
+                    gates.min_agreement,
+                    f"{c.boxes_matched:.0f} matched of {c.boxes_reference:.0f} stable / "
+                    f"{c.boxes_shadow:.0f} canary detections",
+                )
+            )
+    if not judged:
+        return Verdict(
+            outcome="no-data",
+            reason=f"fewer than {gates.min_requests} canary requests in the interval",
+        )
+    bad = [g for g in results if not g.passed]
+    if bad:
+        return Verdict(outcome="fail", gates=results, reason="; ".join(g.describe() for g in bad))
+    return Verdict(outcome="pass", gates=results, reason="; ".join(judged))
+
+
+def snapshot_to_json(snapshot: Snapshot) -> dict[str, dict[str, float]]:
+    return {k: dict(v) for k, v in snapshot.items()}
+
+
+def snapshot_from_json(document: Mapping[str, Any] | None) -> Snapshot:
+    if not document:
+        return {}
+    return {str(k): {str(v): float(x) for v, x in d.items()} for k, d in document.items()}

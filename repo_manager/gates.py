@@ -1,0 +1,141 @@
+"""Typed gate bounds for judging a canary, and the verdict of one gate.
+
+Bounds are plain dataclass fields (like argo-rollouts' ``analysis_types.go``): each field
+documents its default, overrides are parsed field by field against the field's type and
+range (``--gate NAME=VALUE``), and nothing is ever evaluated as an expression.
+
+``GoldenGates`` judge a golden-set run before any traffic (``validate``, ``publish
+--golden``); ``LiveGates`` judge live per-version figures at each analysis step
+(``rollout``, ``publish --auto``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, TypeVar
+
+from repo_manager.errors import InvalidGateError
+
+__all__ = ["GateResult", "GoldenGates", "LiveGates", "parse_gate_overrides"]
+
+
+@dataclass(kw_only=True, frozen=True)
+class GoldenGates:
+    """Bounds on a golden-set comparison of canary against stable."""
+
+    #: Largest allowed drop of mAP50 (stable minus canary, absolute). Default 0.05.
+    #: Skipped when the golden set has no labels.
+    max_map50_drop: float = 0.05
+    #: Largest allowed drop of mAP50-95 (stable minus canary, absolute). Default 0.05.
+    max_map50_95_drop: float = 0.05
+    #: Lowest allowed agreement of canary detections with stable's (F1 of matched boxes,
+    #: same class, IoU >= 0.5, confidence >= 0.25; stable is the reference). Default 0.8.
+    min_agreement: float = 0.8
+    #: Highest allowed ratio of canary p50 latency to stable p50 latency. Default 2.0.
+    #: p50, not p95: a golden set is small and a 2-core machine's tail is noise.
+    max_latency_ratio: float = 2.0
+    #: Highest allowed share of golden images the canary fails on. Default 0.0.
+    max_error_rate: float = 0.0
+
+
+@dataclass(kw_only=True, frozen=True)
+class LiveGates:
+    """Bounds on live per-version figures over one analysis interval."""
+
+    #: Highest allowed canary error rate (failed / all requests that reached it) in the
+    #: interval. Default 0.01.
+    max_error_rate: float = 0.01
+    #: Highest allowed ratio of canary mean latency to stable mean latency. Default 1.5.
+    max_latency_ratio: float = 1.5
+    #: Fewest canary requests an interval needs to be judged; fewer means "no verdict"
+    #: (neither an advance nor a failed check). Default 10.
+    min_requests: int = 10
+    #: Lowest agreement of mirrored (shadow) canary detections with stable's, when the
+    #: Routers mirror traffic (F1 of one-to-one matches, same class, IoU >= 0.5).
+    #: Default 0.8.
+    min_agreement: float = 0.8
+
+
+_RANGES: dict[str, tuple[float, float]] = {
+    "max_map50_drop": (0.0, 1.0),
+    "max_map50_95_drop": (0.0, 1.0),
+    "min_agreement": (0.0, 1.0),
+    "max_latency_ratio": (1.0, 1000.0),
+    "max_error_rate": (0.0, 1.0),
+    "min_requests": (1, 1_000_000),
+}
+
+G = TypeVar("G", GoldenGates, LiveGates)
+
+
+def parse_gate_overrides(gates: G, overrides: Iterable[str]) -> G:
+    """Apply ``NAME=VALUE`` overrides to ``gates``; unknown names or bad values raise."""
+    known = {f.name: f for f in fields(gates)}
+    changes: dict[str, Any] = {}
+    for item in overrides:
+        name, sep, raw = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or name not in known:
+            raise InvalidGateError(
+                f"unknown gate {item!r}: use NAME=VALUE with NAME one of {', '.join(known)}"
+            )
+        kind = int if known[name].type in ("int", int) else float
+        try:
+            value = kind(raw.strip())
+        except ValueError:
+            raise InvalidGateError(f"gate {name}={raw!r} is not a {kind.__name__}") from None
+        low, high = _RANGES[name]
+        if not (isinstance(value, int) or math.isfinite(value)) or not low <= value <= high:
+            raise InvalidGateError(f"gate {name}={raw} outside {low:g}..{high:g}")
+        changes[name] = value
+    return replace(gates, **changes)
+
+
+@dataclass(kw_only=True, frozen=True)
+class GateResult:
+    """One gate's verdict: the measured value against its bound."""
+
+    name: str
+    value: float | None
+    bound: float
+    passed: bool
+    #: Why the gate was skipped or what the value means.
+    detail: str = ""
+
+    @classmethod
+    def at_most(cls, name: str, value: float | None, bound: float, detail: str = "") -> GateResult:
+        """Passes when ``value <= bound`` (or when there is no value: skipped)."""
+        return cls(
+            name=name,
+            value=value,
+            bound=bound,
+            passed=value is None or value <= bound,
+            detail=detail,
+        )
+
+    @classmethod
+    def at_least(cls, name: str, value: float | None, bound: float, detail: str = "") -> GateResult:
+        """Passes when ``value >= bound`` (or when there is no value: skipped)."""
+        return cls(
+            name=name,
+            value=value,
+            bound=bound,
+            passed=value is None or value >= bound,
+            detail=detail,
+        )
+
+    def describe(self) -> str:
+        shown = "n/a" if self.value is None else f"{self.value:.4g}"
+        verdict = "ok" if self.passed else "FAILED"
+        more = f" ({self.detail})" if self.detail else ""
+        return f"{self.name}={shown} (bound {self.bound:g}) {verdict}{more}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def failed(results: Iterable[GateResult]) -> list[GateResult]:
+    """The gates that did not pass."""
+    return [r for r in results if not r.passed]

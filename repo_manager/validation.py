@@ -1,0 +1,347 @@
+"""Golden-set validation: run a folder of images through Triton, stable and canary pinned.
+
+For each version it measures mAP50 and mAP50-95 against the YOLO labels (Ultralytics'
+own ``ap_per_class`` and its prediction-to-label matching, so the figure agrees with
+``yolo val``), latency p50/p95 and errors; for the canary also the agreement of its
+detections with stable's. ``GoldenGates`` turn the report into a verdict.
+
+numpy/torch/Ultralytics are imported lazily here; the Router stays light.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from repo_manager.errors import GoldenSetError, RoutingError, TritonError
+from repo_manager.gates import GateResult, GoldenGates
+from repo_manager.routing import Detections, Router
+
+__all__ = [
+    "GoldenImage",
+    "ValidationReport",
+    "VersionReport",
+    "evaluate_golden_gates",
+    "load_golden_set",
+    "mean_average_precision",
+    "run_golden_set",
+]
+
+IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
+#: What ``yolo val`` uses: a very low confidence and NMS IoU 0.7 give the full PR curve.
+MAP_CONF, MAP_IOU, MAX_DET = 0.001, 0.7, 300
+#: Detections a user would see, for agreement.
+AGREEMENT_CONF, AGREEMENT_IOU = 0.25, 0.5
+
+
+@dataclass(kw_only=True, frozen=True)
+class GoldenImage:
+    """One golden image and, when labelled, its boxes (xyxy pixels) and classes."""
+
+    path: Path
+    labels: Path | None
+
+
+def _label_path(image: Path) -> Path | None:
+    """YOLO convention (last ``images/`` -> ``labels/``), else a ``.txt`` beside the image."""
+    parts = list(image.parts)
+    if "images" in parts[:-1]:
+        i = len(parts) - 2 - parts[-2::-1].index("images")
+        candidate = Path(*parts[:i], "labels", *parts[i + 1 :]).with_suffix(".txt")
+        if candidate.is_file():
+            return candidate
+    beside = image.with_suffix(".txt")
+    return beside if beside.is_file() else None
+
+
+def load_golden_set(directory: str | Path) -> list[GoldenImage]:
+    """Every image under ``directory`` (sorted), with its label file when there is one."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise GoldenSetError(f"golden set {root} is not a folder")
+    images = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise GoldenSetError(f"golden set {root} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return [GoldenImage(path=p, labels=_label_path(p.absolute())) for p in images]
+
+
+def read_labels(path: Path | None, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """YOLO label file -> (xyxy pixel boxes [n, 4], classes [n]); none -> empty arrays."""
+    if path is None:
+        return np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            cls, cx, cy, w, h = (float(x) for x in line.split()[:5])
+        except ValueError:
+            raise GoldenSetError(f"{path}:{number}: not 'class cx cy w h'") from None
+        rows.append(
+            (
+                cls,
+                (cx - w / 2) * width,
+                (cy - h / 2) * height,
+                (cx + w / 2) * width,
+                (cy + h / 2) * height,
+            )
+        )
+    if not rows:
+        return np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
+    array = np.asarray(rows, dtype=np.float64)
+    return array[:, 1:].astype(np.float32), array[:, 0].astype(np.int64)
+
+
+def _correct(
+    pred_boxes: np.ndarray,
+    pred_cls: np.ndarray,
+    true_boxes: np.ndarray,
+    true_cls: np.ndarray,
+    iouv: Any,
+) -> np.ndarray:
+    """Ultralytics' own matching of predictions (confidence order) to labels per IoU level."""
+    import torch
+    from ultralytics.engine.validator import BaseValidator
+    from ultralytics.utils.metrics import box_iou
+
+    if len(true_cls) == 0 or len(pred_cls) == 0:
+        return np.zeros((len(pred_cls), len(iouv)), dtype=bool)
+    iou = box_iou(torch.from_numpy(true_boxes).float(), torch.from_numpy(pred_boxes).float())
+    matcher = SimpleNamespace(iouv=iouv)
+    correct = BaseValidator.match_predictions(
+        matcher,  # type: ignore[arg-type]  # only self.iouv is read
+        torch.from_numpy(pred_cls),
+        torch.from_numpy(true_cls),
+        iou,
+    )
+    return np.asarray(correct.cpu().numpy(), dtype=bool)
+
+
+def mean_average_precision(
+    predictions: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    labels: Sequence[tuple[np.ndarray, np.ndarray]],
+) -> tuple[float, float]:
+    """(mAP50, mAP50-95) with Ultralytics' ``ap_per_class`` over every image.
+
+    ``predictions``: per image (xyxy boxes, scores, classes), sorted by descending score;
+    ``labels``: per image (xyxy boxes, classes), same pixels.
+    """
+    import torch
+    from ultralytics.utils.metrics import ap_per_class
+
+    iouv = torch.linspace(0.5, 0.95, 10)
+    tps, confs, pred_classes, target_classes = [], [], [], []
+    for (boxes, scores, classes), (true_boxes, true_cls) in zip(predictions, labels, strict=True):
+        order = np.argsort(-scores, kind="stable")
+        boxes, scores, classes = boxes[order], scores[order], classes[order]
+        tps.append(_correct(boxes, classes, true_boxes, true_cls, iouv))
+        confs.append(scores)
+        pred_classes.append(classes)
+        target_classes.append(true_cls)
+    target = np.concatenate(target_classes) if target_classes else np.zeros(0)
+    if target.size == 0:
+        return 0.0, 0.0
+    tp = np.concatenate(tps) if tps else np.zeros((0, 10), bool)
+    if tp.shape[0] == 0:
+        return 0.0, 0.0
+    result = ap_per_class(
+        tp, np.concatenate(confs), np.concatenate(pred_classes), target, plot=False
+    )
+    ap = result[5]  # [classes, 10 IoU levels]
+    return float(ap[:, 0].mean()), float(ap.mean())
+
+
+def _agreement_counts(stable: Detections, canary: Detections) -> tuple[int, int, int]:
+    """(matched, stable count, canary count) at user-facing confidence, stable as truth."""
+    import torch
+
+    s_keep = stable.scores >= AGREEMENT_CONF
+    c_keep = canary.scores >= AGREEMENT_CONF
+    s_boxes, s_cls = stable.boxes[s_keep], stable.class_ids[s_keep]
+    c_boxes, c_scores, c_cls = canary.boxes[c_keep], canary.scores[c_keep], canary.class_ids[c_keep]
+    order = np.argsort(-c_scores, kind="stable")
+    correct = _correct(c_boxes[order], c_cls[order], s_boxes, s_cls, torch.tensor([AGREEMENT_IOU]))
+    return int(correct[:, 0].sum()), len(s_cls), len(c_cls)
+
+
+@dataclass(kw_only=True)
+class VersionReport:
+    """What one version did on the golden set."""
+
+    version: str
+    images: int
+    errors: int
+    map50: float | None
+    map50_95: float | None
+    latency_p50_ms: float | None
+    latency_p95_ms: float | None
+    #: Agreement with stable's detections (None for stable itself).
+    agreement: float | None = None
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.images if self.images else 0.0
+
+
+@dataclass(kw_only=True)
+class ValidationReport:
+    """Stable and candidate on one golden set, and every gate's verdict."""
+
+    model: str
+    golden: str
+    images: int
+    labelled: int
+    stable: VersionReport
+    candidate: VersionReport
+    gates: list[GateResult] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(g.passed for g in self.gates)
+
+    def failures(self) -> list[GateResult]:
+        return [g for g in self.gates if not g.passed]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "golden": self.golden,
+            "images": self.images,
+            "labelled": self.labelled,
+            "stable": asdict(self.stable),
+            "candidate": asdict(self.candidate),
+            "gates": [g.to_dict() for g in self.gates],
+            "passed": self.passed,
+        }
+
+
+def _run_version(
+    router: Router, version: str, images: list[np.ndarray]
+) -> tuple[list[Detections | None], list[float]]:
+    """Every image through ``version`` (pinned: no fallback hides its failures)."""
+    results: list[Detections | None] = []
+    latencies: list[float] = []
+    for image in images:
+        started = time.perf_counter()
+        try:
+            found = router.detect(
+                image, conf=MAP_CONF, iou=MAP_IOU, max_det=MAX_DET, version=version
+            )
+        except (RoutingError, TritonError):
+            results.append(None)
+            continue
+        latencies.append(time.perf_counter() - started)
+        results.append(found)
+    return results, latencies
+
+
+def _version_report(
+    version: str,
+    detections: list[Detections | None],
+    latencies: list[float],
+    labels: list[tuple[np.ndarray, np.ndarray]],
+    labelled: bool,
+) -> VersionReport:
+    empty = (np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
+    preds = [empty if d is None else (d.boxes, d.scores, d.class_ids) for d in detections]
+    map50 = map50_95 = None
+    if labelled:
+        map50, map50_95 = mean_average_precision(preds, labels)
+    lat = np.asarray(latencies) * 1000.0
+    return VersionReport(
+        version=version,
+        images=len(detections),
+        errors=sum(d is None for d in detections),
+        map50=map50,
+        map50_95=map50_95,
+        latency_p50_ms=float(np.percentile(lat, 50)) if lat.size else None,
+        latency_p95_ms=float(np.percentile(lat, 95)) if lat.size else None,
+    )
+
+
+def run_golden_set(
+    router: Router,
+    *,
+    stable: str,
+    candidate: str,
+    golden: str | Path,
+    gates: GoldenGates | None = None,
+) -> ValidationReport:
+    """Run the golden set through ``stable`` and ``candidate`` and judge the candidate."""
+    import cv2
+
+    items = load_golden_set(golden)
+    images, labels = [], []
+    for item in items:
+        image = cv2.imread(str(item.path), cv2.IMREAD_COLOR)
+        if image is None:
+            raise GoldenSetError(f"cannot read image {item.path}")
+        images.append(image)
+        labels.append(read_labels(item.labels, *image.shape[:2]))
+    labelled = sum(i.labels is not None for i in items)
+    # Alternate warm runs would be fairer; one untimed request per version warms the path.
+    for version in {stable, candidate}:
+        _run_version(router, version, images[:1])
+    stable_dets, stable_lat = _run_version(router, stable, images)
+    cand_dets, cand_lat = (
+        (stable_dets, stable_lat)
+        if candidate == stable
+        else _run_version(router, candidate, images)
+    )
+    stable_report = _version_report(stable, stable_dets, stable_lat, labels, labelled > 0)
+    cand_report = _version_report(candidate, cand_dets, cand_lat, labels, labelled > 0)
+    matched = n_stable = n_cand = 0
+    for s, c in zip(stable_dets, cand_dets, strict=True):
+        if s is None or c is None:
+            continue
+        m, ns, nc = _agreement_counts(s, c)
+        matched, n_stable, n_cand = matched + m, n_stable + ns, n_cand + nc
+    cand_report.agreement = 1.0 if n_stable + n_cand == 0 else 2.0 * matched / (n_stable + n_cand)
+    report = ValidationReport(
+        model=router.model,
+        golden=str(golden),
+        images=len(items),
+        labelled=labelled,
+        stable=stable_report,
+        candidate=cand_report,
+    )
+    report.gates = evaluate_golden_gates(report, gates or GoldenGates())
+    return report
+
+
+def evaluate_golden_gates(report: ValidationReport, gates: GoldenGates) -> list[GateResult]:
+    """Every golden gate's verdict on a report."""
+    s, c = report.stable, report.candidate
+    no_labels = "no labels in the golden set"
+
+    def drop(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None else a - b
+
+    ratio = None
+    if s.latency_p50_ms and c.latency_p50_ms is not None:
+        ratio = c.latency_p50_ms / s.latency_p50_ms
+    return [
+        GateResult.at_most(
+            "map50_drop",
+            drop(s.map50, c.map50),
+            gates.max_map50_drop,
+            "" if s.map50 is not None else no_labels,
+        ),
+        GateResult.at_most(
+            "map50_95_drop",
+            drop(s.map50_95, c.map50_95),
+            gates.max_map50_95_drop,
+            "" if s.map50_95 is not None else no_labels,
+        ),
+        GateResult.at_least("agreement", c.agreement, gates.min_agreement),
+        GateResult.at_most(
+            "latency_ratio", ratio, gates.max_latency_ratio, "canary p50 / stable p50"
+        ),
+        GateResult.at_most("error_rate", c.error_rate, gates.max_error_rate),
+    ]

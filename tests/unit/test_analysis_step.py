@@ -1,0 +1,214 @@
+"""The analysis step, one ``advance()`` call at a time (like Flagger's scheduler tests):
+phase, weight and failed-check count after each call. Pure logic: a recording fleet and a
+scripted metrics provider; the live figures themselves are tested against real servers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from prometheus_client import REGISTRY
+
+from repo_manager.analysis import Snapshot
+from repo_manager.errors import IllegalTransitionError, MetricsUnavailableError
+from repo_manager.gates import LiveGates
+from repo_manager.phases import Phase
+from repo_manager.rollout import AnalysisPlan, RolloutManager
+from repo_manager.state import RolloutState, load_state
+from tests.unit.test_rollout_ordering import Harness, RecordingFleet
+from tests.unit.test_rollout_ordering import manager as manager
+
+
+class ScriptedProvider:
+    """Cumulative Triton counters that grow by one scripted interval per call."""
+
+    name = "scripted"
+
+    def __init__(self) -> None:
+        self.totals: Snapshot = {
+            "triton_success": {},
+            "triton_failure": {},
+            "triton_duration_us": {},
+        }
+        self.next: list[str] = []
+
+    def _add(self, key: str, version: str, value: float) -> None:
+        per = self.totals[key]
+        per[version] = per.get(version, 0.0) + value
+
+    def interval(self, kind: str) -> None:
+        """Queue what the next interval looks like: healthy, slow, failing, idle, down."""
+        self.next.append(kind)
+
+    def snapshot(self, model: str) -> Snapshot:
+        kind = self.next.pop(0) if self.next else "healthy"
+        if kind == "down":
+            raise MetricsUnavailableError("metrics source http://127.0.0.1:9/metrics unreachable")
+        if kind != "idle":
+            canary_failures = 20.0 if kind == "failing" else 0.0
+            canary_ms = 30.0 if kind == "slow" else 10.0
+            self._add("triton_success", "1", 100)
+            self._add("triton_duration_us", "1", 100 * 10_000)
+            self._add("triton_success", "2", 100 - canary_failures)
+            self._add("triton_failure", "2", canary_failures)
+            self._add("triton_duration_us", "2", 100 * canary_ms * 1000)
+        return {k: dict(v) for k, v in self.totals.items()}
+
+
+def observe(rollout: RolloutManager) -> tuple[Phase, int, int]:
+    state = rollout.state("m")
+    assert state is not None
+    weight = state.weights.get("2", 0) if state.canary else 0
+    failed = int((state.analysis or {}).get("failed_checks", 0))
+    return state.phase, weight, failed
+
+
+PLAN = AnalysisPlan(steps=(10, 25, 50, 100), threshold=2, max_metrics_errors=3)
+
+
+def test_healthy_canary_walks_every_step_then_is_promoted(manager: Harness) -> None:
+    rollout, fleet, _ = manager
+    provider = ScriptedProvider()
+    rollout.start_analysis("m", PLAN)
+    assert observe(rollout) == (Phase.ANALYZING, 10, 0)
+    rollout.advance("m", provider)  # baseline
+    assert observe(rollout) == (Phase.ANALYZING, 10, 0)
+    rollout.advance("m", provider)
+    assert observe(rollout) == (Phase.ANALYZING, 25, 0)
+    rollout.advance("m", provider)
+    assert observe(rollout) == (Phase.ANALYZING, 50, 0)
+    rollout.advance("m", provider)
+    assert observe(rollout) == (Phase.ANALYZING, 100, 0)
+    assert fleet.calls == []  # weights only, no Triton call until the promotion
+    final = rollout.advance("m", provider)
+    assert final.phase is Phase.SUCCEEDED and final.stable == "2" and final.canary is None
+    assert fleet.calls == [(["2"], ["1"], {"2": 100})]
+    # Idempotent once the analysis is over: another call changes nothing.
+    assert rollout.advance("m", provider).generation == final.generation
+    actions = [t.action for t in final.history]
+    assert "analysis: passed the last step at 100%" in actions
+    assert final.history[-2].reason == "analysis passed every step"
+
+
+@pytest.mark.parametrize("kind", ["slow", "failing"])
+def test_bad_canary_is_rolled_back_at_the_threshold(manager: Harness, kind: str) -> None:
+    rollout, fleet, _ = manager
+    provider = ScriptedProvider()
+    rollout.start_analysis("m", PLAN)
+    rollout.advance("m", provider)  # baseline
+    rollout.advance("m", provider)  # healthy
+    assert observe(rollout) == (Phase.ANALYZING, 25, 0)
+    provider.interval(kind)
+    rollout.advance("m", provider)
+    assert observe(rollout) == (Phase.ANALYZING, 25, 1)  # failed check: weight holds
+    provider.interval(kind)
+    final = rollout.advance("m", provider)
+    assert final.phase is Phase.ROLLED_BACK and final.stable == "1"
+    assert fleet.calls == [(["1"], ["2"], {"1": 100})]
+    rollback = next(t for t in final.history if t.action == "rollback")
+    gate = "latency_ratio[triton]" if kind == "slow" else "error_rate[triton]"
+    assert "2 failed checks (threshold 2)" in rollback.reason and gate in rollback.reason
+
+
+def test_an_interval_without_canary_traffic_neither_advances_nor_fails(
+    manager: Harness,
+) -> None:
+    rollout, _, _ = manager
+    provider = ScriptedProvider()
+    rollout.start_analysis("m", PLAN)
+    rollout.advance("m", provider)
+    provider.interval("idle")
+    state = rollout.advance("m", provider)
+    assert observe(rollout) == (Phase.ANALYZING, 10, 0)
+    assert state.history[-1].action == "analysis: no verdict at 10%"
+
+
+def test_unreachable_metrics_never_fail_the_canary_and_have_their_own_limit(
+    manager: Harness,
+) -> None:
+    rollout, fleet, _ = manager
+    provider = ScriptedProvider()
+    rollout.start_analysis("m", PLAN)
+    rollout.advance("m", provider)  # baseline
+    provider.interval("down")
+    provider.interval("down")
+    rollout.advance("m", provider)
+    rollout.advance("m", provider)
+    assert observe(rollout) == (Phase.ANALYZING, 10, 0)
+    state = rollout.state("m")
+    assert state is not None and state.analysis is not None
+    assert state.analysis["metrics_errors"] == 2
+    # Back before the limit: the counter resets and the healthy canary moves on.
+    rollout.advance("m", provider)
+    assert observe(rollout) == (Phase.ANALYZING, 25, 0)
+    for _ in range(2):
+        provider.interval("down")
+        rollout.advance("m", provider)
+    provider.interval("down")
+    with pytest.raises(MetricsUnavailableError, match="limit 3"):
+        rollout.advance("m", provider)
+    assert observe(rollout) == (Phase.ANALYZING, 25, 0)  # never rolled back
+    assert fleet.calls == []
+
+
+def test_advance_continues_from_persisted_counters_in_a_new_manager(
+    manager: Harness,
+) -> None:
+    rollout, fleet, storage = manager
+    provider = ScriptedProvider()
+    rollout.start_analysis("m", PLAN)
+    rollout.advance("m", provider)
+    provider.interval("failing")
+    rollout.advance("m", provider)
+    other = RolloutManager(rollout.repository, fleet, settings=rollout.settings)  # type: ignore[arg-type]
+    provider.interval("failing")
+    final = other.advance("m", provider)
+    assert final.phase is Phase.ROLLED_BACK
+    persisted = load_state(storage, "m")
+    assert persisted is not None and persisted.analysis is not None
+    assert persisted.analysis["failed_checks"] == 2
+
+
+def test_state_is_exposed_as_prometheus_gauges(manager: Harness) -> None:
+    rollout, _, _ = manager
+    provider = ScriptedProvider()
+    rollout.start_analysis("m", PLAN)
+    rollout.advance("m", provider)
+    provider.interval("slow")
+    rollout.advance("m", provider)
+
+    def sample(name: str, **labels: str) -> float | None:
+        return REGISTRY.get_sample_value(name, {"model": "m", **labels})
+
+    assert sample("repo_manager_canary_weight") == 10
+    assert sample("repo_manager_rollout_phase", phase="analyzing") == 1
+    assert sample("repo_manager_rollout_phase", phase="progressing") == 0
+    assert sample("repo_manager_analysis_failed_checks") == 1
+    assert sample("repo_manager_gate_value", gate="latency_ratio[triton]") == pytest.approx(3.0)
+    assert sample("repo_manager_gate_passed", gate="latency_ratio[triton]") == 0
+
+
+def test_a_person_setting_the_weight_takes_over_from_the_analysis(
+    manager: Harness,
+) -> None:
+    rollout, _, _ = manager
+    rollout.start_analysis("m", PLAN)
+    state = rollout.set_weight("m", 40)
+    assert state.phase is Phase.PROGRESSING and state.analysis is None
+    assert rollout.advance("m", ScriptedProvider()).generation == state.generation
+
+
+def test_analysis_needs_a_canary(tmp_path: Path) -> None:
+    from repo_manager.modelconfig import ModelConfig, render_config
+    from repo_manager.repository import ModelRepository
+    from repo_manager.state import state_key
+    from repo_manager.storage import LocalStorage
+
+    storage = LocalStorage(tmp_path)
+    (tmp_path / "m" / "1").mkdir(parents=True)
+    (tmp_path / "m" / "config.pbtxt").write_bytes(render_config(ModelConfig(name="m")))
+    state = RolloutState(model="m", phase=Phase.INITIALIZED, stable="1", weights={"1": 100})
+    storage.write_bytes_atomic(state_key("m"), state.to_json())
+    rollout = RolloutManager(ModelRepository(storage), RecordingFleet(storage, "m"))  # type: ignore[arg-type]
+    with pytest.raises(IllegalTransitionError):
+        rollout.start_analysis("m", AnalysisPlan(gates=LiveGates()))
