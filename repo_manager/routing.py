@@ -44,6 +44,7 @@ from repo_manager.errors import (
 from repo_manager.metrics import VersionMetrics, version_metrics
 from repo_manager.state import RoutingTable, load_routing_table, state_key
 from repo_manager.storage import Storage, open_storage
+from repo_manager.transport import GrpcSecurity, make_grpc_client
 
 __all__ = ["Detections", "RoutePlan", "RoutedResult", "Router", "key_point"]
 
@@ -275,10 +276,6 @@ class _Server:
 ClientFactory = Callable[[str], Any]
 
 
-def _grpc_client(url: str) -> Any:
-    return grpcclient.InferenceServerClient(url)
-
-
 class Router:
     """Sends inference requests for one model to its stable and canary versions.
 
@@ -296,6 +293,8 @@ class Router:
         timeout: float | None = None,
         server_retry_after: float = 1.0,
         client_factory: ClientFactory | None = None,
+        security: GrpcSecurity | None = None,
+        s3_endpoint: str | None = None,
     ) -> None:
         """
         Args:
@@ -307,6 +306,9 @@ class Router:
             timeout: client-side deadline per attempt, in seconds (None: none).
             server_retry_after: seconds an unreachable server is skipped before a retry.
             client_factory: makes the per-server client (tests pass fakes).
+            security: TLS files and extra headers (auth proxies) for every gRPC call.
+            s3_endpoint: the S3-compatible endpoint of an ``s3://`` repository
+                (default: ``AWS_ENDPOINT_URL``); the table is then polled by HEAD (ETag).
         """
         urls = [url] if isinstance(url, str) else list(url)
         if not urls:
@@ -317,9 +319,9 @@ class Router:
         self.urls = tuple(urls)
         self._timeout = timeout
         self._retry_after = server_retry_after
-        self._storage: Storage = open_storage(os.fspath(repository))
+        self._storage: Storage = open_storage(os.fspath(repository), s3_endpoint=s3_endpoint)
         self._key = state_key(model)
-        factory = client_factory or _grpc_client
+        factory = client_factory or (lambda u: make_grpc_client(u, security))
         self._servers = [_Server(u, factory(u)) for u in urls]
         self._single = self._servers[0] if len(self._servers) == 1 else None
         self._rr = itertools.count()
