@@ -21,15 +21,18 @@ publish killed at any point leaves nothing that looks like a version; the next p
 that version removes the leftovers and starts again.
 
 Locks are objects created with a conditional write (``If-None-Match: *``): exactly one
-manager wins; the loser polls until the holder deletes it. A lock older than
-``lock_stale_after`` (a crashed manager) is broken.
+manager wins; the loser polls until the holder deletes it. The holder renews the object
+(``If-Match`` its ETag) every quarter lease, so a lock whose ETag stays the same for a
+whole lease (``lock_lease``, 20 s) belongs to a dead manager and is broken.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import socket
 import threading
 import time
 import uuid
@@ -60,6 +63,8 @@ from repo_manager.errors import (
 )
 
 __all__ = ["S3Location", "S3Storage", "parse_s3_url"]
+
+logger = logging.getLogger(__name__)
 
 STAGING_PREFIX = ".staging-"
 MANIFEST = "manifest.json"
@@ -142,6 +147,30 @@ class _ByteProgress:
                 )
 
 
+class _Lease(threading.Thread):
+    """Renews a held lock object so waiters can tell a live holder from a dead one."""
+
+    def __init__(self, storage: S3Storage, key: str, etag: str, *, every: float) -> None:
+        super().__init__(name="repo-manager-s3-lock", daemon=True)
+        self.storage, self.key, self.etag, self.every = storage, key, etag, every
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        client, bucket = self.storage.client, self.storage.where.bucket
+        while not self.stopped.wait(self.every):
+            try:
+                response = client.put_object(
+                    Bucket=bucket, Key=self.key, Body=uuid.uuid4().hex.encode(), IfMatch=self.etag
+                )
+                self.etag = str(response["ETag"])
+            except (BotoCoreError, ClientError) as exc:
+                logger.warning("could not renew lock %s: %s", self.key, type(exc).__name__)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join(timeout=10)
+
+
 class S3Storage:
     """A repository under ``s3://bucket/prefix``; see the module docstring for the protocol."""
 
@@ -153,8 +182,8 @@ class S3Storage:
         multipart_threshold: int = 8 * _MB,
         multipart_chunksize: int = 8 * _MB,
         connect_timeout: float = 5.0,
-        lock_timeout: float = 120.0,
-        lock_stale_after: float = 900.0,
+        lock_timeout: float = 60.0,
+        lock_lease: float = 20.0,
     ) -> None:
         self.where = parse_s3_url(url)
         self.endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None
@@ -170,7 +199,7 @@ class S3Storage:
             max_concurrency=4,
         )
         self.lock_timeout = lock_timeout
-        self.lock_stale_after = lock_stale_after
+        self.lock_lease = lock_lease
         config = Config(
             connect_timeout=connect_timeout,
             read_timeout=60,
@@ -444,48 +473,60 @@ class S3Storage:
 
     @contextmanager
     def lock(self, name: str) -> Iterator[None]:
-        # Outside any model folder; a root-level *file* Triton never lists as a model.
-        key = self.where.key(f".repo-manager-lock.{name}")
-        token = uuid.uuid4().hex
-        deadline = time.monotonic() + self.lock_timeout
-        while True:
+        # A root-level *file*: Triton never lists it as a model.
+        relative = f".repo-manager-lock.{name}"
+        key = self.where.key(relative)
+        etag = self._acquire(relative, name)
+        lease = _Lease(self, key, etag, every=self.lock_lease / 4)
+        lease.start()
+        try:
+            yield
+        finally:
+            lease.stop()
             try:
-                self.client.put_object(
-                    Bucket=self.where.bucket,
-                    Key=key,
-                    Body=json.dumps({"token": token, "at": time.time()}).encode(),
-                    IfNoneMatch="*",
+                self.client.delete_object(Bucket=self.where.bucket, Key=key)
+            except (BotoCoreError, ClientError) as exc:
+                raise self._translate(exc, f"release lock {name} in") from exc
+
+    def _acquire(self, relative: str, name: str) -> str:
+        """Create the lock object if absent; break it when its holder stopped renewing it.
+
+        Staleness is judged by this process's own clock (the same ETag seen for longer
+        than the lease), so clock skew between hosts cannot break a live lock.
+        """
+        key = self.where.key(relative)
+        deadline = time.monotonic() + self.lock_timeout
+        seen: tuple[str, float] | None = None
+        while True:
+            body = json.dumps({"host": socket.gethostname(), "pid": os.getpid()}).encode()
+            try:
+                response = self.client.put_object(
+                    Bucket=self.where.bucket, Key=key, Body=body, IfNoneMatch="*"
                 )
-                break
+                return str(response["ETag"])
             except ClientError as exc:
                 code = str(exc.response.get("Error", {}).get("Code", ""))
                 if code not in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
                     raise self._translate(exc, f"take lock {name} in") from exc
             except BotoCoreError as exc:
                 raise self._translate(exc, f"take lock {name} in") from exc
-            self._break_if_stale(key)
-            if time.monotonic() >= deadline:
+            head = self._head(relative)
+            now = time.monotonic()
+            if head is not None:
+                etag = str(head.get("ETag"))
+                if seen is None or seen[0] != etag:
+                    seen = (etag, now)
+                elif now - seen[1] > self.lock_lease:
+                    # The holder died (a renewed lock changes its ETag every lease/4).
+                    self.client.delete_object(Bucket=self.where.bucket, Key=key)
+                    seen = None
+                    continue
+            if now >= deadline:
                 raise StorageError(
                     f"lock {name} in {self.where} is held by another manager; "
                     f"waited {self.lock_timeout:.0f}s"
                 )
             time.sleep(0.2)
-        try:
-            yield
-        finally:
-            self._call(
-                f"release lock {name} in",
-                lambda: self.client.delete_object(Bucket=self.where.bucket, Key=key),
-            )
-
-    def _break_if_stale(self, key: str) -> None:
-        try:
-            head = self.client.head_object(Bucket=self.where.bucket, Key=key)
-        except (BotoCoreError, ClientError):
-            return
-        modified = head.get("LastModified")
-        if modified is not None and time.time() - modified.timestamp() > self.lock_stale_after:
-            self.client.delete_object(Bucket=self.where.bucket, Key=key)
 
     def walk_files(self) -> Iterator[str]:
         prefix = self.where.key("")
