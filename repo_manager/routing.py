@@ -492,7 +492,8 @@ class Router:
         inputs: Sequence[grpcclient.InferInput],
         outputs: Sequence[grpcclient.InferRequestedOutput] | None,
     ) -> Any:
-        """One attempt on ``version``; moves across servers only while they are unreachable.
+        """One attempt on ``version``, moving to the next server while one is unreachable
+        or lacks the version (UNAVAILABLE: e.g. restarted and not yet reconciled).
 
         Raises InferenceServerException for Triton's answers (the caller may fall back to
         the other version) and TritonUnavailableError when no server could be reached.
@@ -512,6 +513,7 @@ class Router:
                     raise TritonUnavailableError(f"Triton at {single.url}: {exc}") from exc
                 raise
         last: InferenceServerException | None = None
+        answered: InferenceServerException | None = None
         for server in self._server_order():
             try:
                 return server.client.infer(
@@ -522,11 +524,18 @@ class Router:
                     client_timeout=self._timeout,
                 )
             except InferenceServerException as exc:
-                if not _is_transport_failure(exc):
+                if exc.status() != "StatusCode.UNAVAILABLE":
                     raise
+                if not _is_transport_failure(exc):
+                    # This server lacks the version (restarted, not yet reconciled):
+                    # another server may have it.
+                    answered = exc
+                    continue
                 server.down_until = time.monotonic() + self._retry_after
                 logger.warning("Triton at %s unreachable: %s", server.url, exc)
                 last = exc
+        if answered is not None:
+            raise answered
         raise TritonUnavailableError(
             f"no Triton server reachable among {', '.join(self.urls)}: {last}"
         ) from last
