@@ -94,9 +94,11 @@ def parse_headers(values: Iterable[str]) -> dict[str, str]:
     for value in values:
         name, sep, content = value.partition("=")
         name = name.strip().lower()
-        if not sep or not name or any(c in name for c in " :\n\r"):
-            # Never echo the value: it is often a token.
-            raise InvalidInputError(f"invalid header {name or value[:0]!r}: use NAME=VALUE")
+        if not sep:
+            # Never echo the text: without '=' it may be the token itself.
+            raise InvalidInputError("invalid --header: use NAME=VALUE")
+        if not name or any(c in name for c in " :\n\r"):
+            raise InvalidInputError(f"invalid header name {name!r}: use NAME=VALUE")
         headers[name] = content
     return headers
 
