@@ -8,6 +8,7 @@ the ``export`` package.
 from __future__ import annotations
 
 from repo_manager.errors import (
+    BucketNotFoundError,
     ExportError,
     IllegalTransitionError,
     IncompatibleModelError,
@@ -17,7 +18,9 @@ from repo_manager.errors import (
     InvalidWeightError,
     RepoManagerError,
     RoutingError,
+    StorageAccessError,
     StorageError,
+    StorageUnavailableError,
     TritonError,
     TritonUnavailableError,
     VersionExistsError,
@@ -25,12 +28,15 @@ from repo_manager.errors import (
     WeightsError,
 )
 from repo_manager.routing import Detections, RoutedResult, Router
+from repo_manager.transport import GrpcSecurity
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BucketNotFoundError",
     "Detections",
     "ExportError",
+    "GrpcSecurity",
     "IllegalTransitionError",
     "IncompatibleModelError",
     "InvalidInputError",
@@ -41,7 +47,9 @@ __all__ = [
     "RoutedResult",
     "Router",
     "RoutingError",
+    "StorageAccessError",
     "StorageError",
+    "StorageUnavailableError",
     "TritonError",
     "TritonUnavailableError",
     "VersionExistsError",
