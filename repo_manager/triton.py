@@ -179,6 +179,8 @@ class TritonFleet:
                 server.check_reachable()
             except TritonUnavailableError as exc:
                 down.append((server.url, exc))
+        if len(self.servers) == 1 and down:
+            raise down[0][1]
         if down:
             names = ", ".join(url for url, _ in down)
             raise TritonUnavailableError(

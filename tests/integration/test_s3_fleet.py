@@ -69,7 +69,14 @@ def test_publish_canary_promote_on_three_servers_reading_one_s3_repository(
         doc = status(fleet3)
         assert doc["canary"] == "2" and doc["weights"] == {"1": 50, "2": 50}
         assert all(v == {"1", "2"} for v in ready_by_server(doc).values()), doc["servers"]
-        time.sleep(2.0)
+        time.sleep(1.0)
+        # A weight change made in another process reaches the Router through S3 in 1 s.
+        fleet3.cli("set-weight", MODEL, "40")
+        returned = time.monotonic()
+        while live.table is None or live.table.weights != {"1": 60, "2": 40}:
+            assert time.monotonic() - returned < 1.0, "Router did not follow S3 within 1 s"
+            time.sleep(0.01)
+        time.sleep(1.0)
         fleet3.cli("promote", MODEL, "--drain-seconds", "1.0")
         promoted = time.monotonic()
         time.sleep(1.0)
