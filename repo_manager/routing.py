@@ -252,6 +252,11 @@ def _parse_names(text: str) -> tuple[str, ...]:
     raise TritonError("model parameter class_names is neither a list nor a dict")
 
 
+#: Statuses with which a server says it cannot serve the model or version *here*
+#: (UNAVAILABLE: version not ready; NOT_FOUND: model not loaded, e.g. after a restart).
+_MISSING_ON_SERVER = ("StatusCode.UNAVAILABLE", "StatusCode.NOT_FOUND")
+
+
 def _is_transport_failure(exc: InferenceServerException) -> bool:
     """True when the server could not be reached, as opposed to Triton refusing the request.
 
@@ -493,7 +498,7 @@ class Router:
         outputs: Sequence[grpcclient.InferRequestedOutput] | None,
     ) -> Any:
         """One attempt on ``version``, moving to the next server while one is unreachable
-        or lacks the version (UNAVAILABLE: e.g. restarted and not yet reconciled).
+        or lacks the model or version (e.g. restarted and not yet reconciled).
 
         Raises InferenceServerException for Triton's answers (the caller may fall back to
         the other version) and TritonUnavailableError when no server could be reached.
@@ -524,11 +529,11 @@ class Router:
                     client_timeout=self._timeout,
                 )
             except InferenceServerException as exc:
-                if exc.status() != "StatusCode.UNAVAILABLE":
+                if exc.status() not in _MISSING_ON_SERVER:
                     raise
                 if not _is_transport_failure(exc):
-                    # This server lacks the version (restarted, not yet reconciled):
-                    # another server may have it.
+                    # This server lacks the model or version (restarted, not yet
+                    # reconciled): another server may have it.
                     answered = exc
                     continue
                 server.down_until = time.monotonic() + self._retry_after
