@@ -8,6 +8,7 @@ the ``export`` package.
 from __future__ import annotations
 
 from repo_manager.errors import (
+    BucketNotFoundError,
     ExportError,
     GateFailedError,
     GoldenSetError,
@@ -21,7 +22,9 @@ from repo_manager.errors import (
     MetricsUnavailableError,
     RepoManagerError,
     RoutingError,
+    StorageAccessError,
     StorageError,
+    StorageUnavailableError,
     TritonError,
     TritonUnavailableError,
     VersionExistsError,
@@ -29,14 +32,17 @@ from repo_manager.errors import (
     WeightsError,
 )
 from repo_manager.routing import Detections, RoutedResult, Router
+from repo_manager.transport import GrpcSecurity
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BucketNotFoundError",
     "Detections",
     "ExportError",
     "GateFailedError",
     "GoldenSetError",
+    "GrpcSecurity",
     "IllegalTransitionError",
     "IncompatibleModelError",
     "InvalidGateError",
@@ -49,7 +55,9 @@ __all__ = [
     "RoutedResult",
     "Router",
     "RoutingError",
+    "StorageAccessError",
     "StorageError",
+    "StorageUnavailableError",
     "TritonError",
     "TritonUnavailableError",
     "VersionExistsError",

@@ -24,6 +24,7 @@ from repo_manager.errors import (
     InvalidGateError,
     InvalidInputError,
     RepoManagerError,
+    TritonUnavailableError,
 )
 from repo_manager.gates import GoldenGates, LiveGates, parse_gate_overrides
 from repo_manager.phases import Phase
@@ -38,7 +39,8 @@ from repo_manager.rollout import (
     resolve_weights,
 )
 from repo_manager.state import RolloutState
-from repo_manager.storage import open_storage
+from repo_manager.storage import LocalStorage, Storage, open_storage
+from repo_manager.transport import GrpcSecurity, expand_urls, parse_headers
 from repo_manager.triton import TritonFleet
 
 DEFAULT_REPOSITORY = "./model_repository"
@@ -49,22 +51,26 @@ DEFAULT_URL = "localhost:8001"
 class Context:
     repository: str
     urls: list[str]
+    s3_endpoint: str | None = None
+    security: GrpcSecurity | None = None
     verbose: bool = False
 
     def _progress(self, line: str) -> None:
         if self.verbose:
             click.echo(line, err=True)
 
+    def storage(self) -> Storage:
+        return open_storage(self.repository, s3_endpoint=self.s3_endpoint)
+
     def manager(self, *, drain_seconds: float | None = None) -> RolloutManager:
-        storage = open_storage(self.repository)
         settings = (
             RolloutSettings()
             if drain_seconds is None
             else RolloutSettings(drain_seconds=drain_seconds)
         )
         return RolloutManager(
-            ModelRepository(storage),
-            TritonFleet(self.urls),
+            ModelRepository(self.storage()),
+            TritonFleet(self.urls, security=self.security),
             settings=settings,
             progress=self._progress,
         )
@@ -101,9 +107,9 @@ def _emit(document: Any, as_json: bool, text: str) -> None:
     click.echo(json.dumps(document, indent=2) if as_json else text)
 
 
-def _require_repository(location: str) -> None:
-    if not location.startswith("s3://") and not Path(location).is_dir():
-        raise InvalidInputError(f"repository {location} does not exist")
+def _require_repository(obj: Context) -> None:
+    """One clear line before any work: missing folder or bucket, bad credentials, no S3."""
+    obj.storage().check()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -121,13 +127,59 @@ def _require_repository(location: str) -> None:
     multiple=True,
     help=f"Triton gRPC HOST:PORT; repeat for a fleet.  [default: {DEFAULT_URL}]",
 )
+@click.option(
+    "--resolve-dns",
+    is_flag=True,
+    help="Expand each --url host into every address its DNS name resolves to.",
+)
+@click.option(
+    "--s3-endpoint",
+    envvar="AWS_ENDPOINT_URL",
+    default=None,
+    help="S3-compatible endpoint http(s)://HOST:PORT (env AWS_ENDPOINT_URL). "
+    "Credentials: the standard AWS variables or profiles.",
+)
+@click.option("--tls", is_flag=True, help="gRPC over TLS to Triton (system roots).")
+@click.option(
+    "--tls-ca", type=click.Path(dir_okay=False), default=None, help="CA bundle (PEM) for TLS."
+)
+@click.option(
+    "--tls-cert", type=click.Path(dir_okay=False), default=None, help="Client certificate (PEM)."
+)
+@click.option("--tls-key", type=click.Path(dir_okay=False), default=None, help="Client key (PEM).")
+@click.option(
+    "--header",
+    "headers",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="gRPC metadata on every call to Triton (e.g. for an auth proxy); repeatable.",
+)
 @click.version_option(package_name="repo-manager")
 @click.pass_context
-def cli(ctx: click.Context, repository: str, urls: tuple[str, ...]) -> None:
+def cli(
+    ctx: click.Context,
+    repository: str,
+    urls: tuple[str, ...],
+    resolve_dns: bool,
+    s3_endpoint: str | None,
+    tls: bool,
+    tls_ca: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    headers: tuple[str, ...],
+) -> None:
     """Canary rollouts of YOLOv8 detectors inside NVIDIA Triton."""
     if len(urls) == 1 and "," in urls[0]:  # TRITON_URL=a:8001,b:8001
         urls = tuple(u.strip() for u in urls[0].split(",") if u.strip())
-    ctx.obj = Context(repository=repository, urls=list(urls) or [DEFAULT_URL])
+    security = GrpcSecurity(
+        tls=tls, ca=tls_ca, cert=tls_cert, key=tls_key, headers=parse_headers(headers)
+    )
+    ctx.obj = Context(
+        repository=repository,
+        urls=expand_urls(list(urls) or [DEFAULT_URL], resolve=resolve_dns),
+        s3_endpoint=s3_endpoint or None,
+        security=security,
+    )
 
 
 _EXPORT_PARAMETERS = (
@@ -298,9 +350,12 @@ def serve(
     """Run the embedded tritonserver on the repository (foreground) and reconcile it."""
     from repo_manager.server import EmbeddedTriton, ServerPorts
 
-    Path(obj.repository).mkdir(parents=True, exist_ok=True)
+    storage = obj.storage()
+    if isinstance(storage, LocalStorage):
+        storage.root.mkdir(parents=True, exist_ok=True)
+    storage.check()
     server = EmbeddedTriton(
-        obj.repository,
+        storage.triton_location,
         ports=ServerPorts(http=http_port, grpc=grpc_port, metrics=metrics_port),
         log_path=log_file,
         host=host,
@@ -316,7 +371,9 @@ def serve(
             f"metrics {server.metrics_url}",
             err=True,
         )
-        local = Context(repository=obj.repository, urls=[server.grpc_url])
+        local = Context(
+            repository=obj.repository, urls=[server.grpc_url], s3_endpoint=obj.s3_endpoint
+        )
         for report in local.manager().reconcile():
             click.echo(f"{report.model}: versions {','.join(report.desired)} loaded", err=True)
         while not stop.wait(0.5):
@@ -416,7 +473,7 @@ def publish(
 
         load_golden_set(golden)
     path = resolve_weights(model, weights)
-    _require_repository(obj.repository)
+    _require_repository(obj)
     manager = obj.manager(drain_seconds=drain_seconds)
     gated = golden is not None and manager.state(model) is not None
     state = manager.publish(
@@ -544,7 +601,7 @@ def validate(
     model = validate_model_name(model)
     version = validate_version(version)
     bounds = parse_gate_overrides(GoldenGates(), gates)
-    _require_repository(obj.repository)
+    _require_repository(obj)
     report = obj.manager().validate(model, version, golden, bounds)
     document = report.to_dict()
     _emit(document, as_json, _report_text(document))
@@ -563,7 +620,7 @@ def rollout_command(obj: Context, model: str, drain_seconds: float | None, **ana
     """Progressive analysis: one step per interval; advance, roll back or promote."""
     model = validate_model_name(model)
     plan, provider = _analysis_setup(analysis)
-    _require_repository(obj.repository)
+    _require_repository(obj)
     manager = obj.manager(drain_seconds=drain_seconds)
     _run_analysis(obj, manager, model, plan, provider, analysis)
 
@@ -574,7 +631,7 @@ def rollout_command(obj: Context, model: str, drain_seconds: float | None, **ana
 @click.pass_obj
 def status(obj: Context, model: str | None, as_json: bool) -> None:
     """Show stable, canary, weights, phase and per-version state."""
-    _require_repository(obj.repository)
+    _require_repository(obj)
     manager = obj.manager()
     if model:
         document: Any = manager.status(model)
@@ -592,7 +649,12 @@ def _status_text(doc: dict[str, Any]) -> str:
         f"canary {doc['canary'] or '-'}  weights {weights}",
     ]
     lines += [f"  version {v['version']}: {v['state']}" for v in doc["versions"]]
-    lines += [f"  server {s['url']}: {s['error']}" for s in doc["servers"] if s["error"]]
+    for server in doc["servers"]:
+        if server["error"]:
+            lines.append(f"  server {server['url']}: {server['error']}")
+        elif len(doc["servers"]) > 1:
+            held = ", ".join(f"v{v['version']} {v['state']}" for v in server["versions"])
+            lines.append(f"  server {server['url']}: {held or 'no versions'}")
     analysis = doc.get("analysis")
     if analysis:
         plan = analysis["plan"]
@@ -619,7 +681,7 @@ def _status_text(doc: dict[str, Any]) -> str:
 def set_weight(obj: Context, model: str, percent: str) -> None:
     """Give the canary PERCENT of the traffic."""
     weight = parse_weight(percent)
-    _require_repository(obj.repository)
+    _require_repository(obj)
     state = obj.manager().set_weight(model, weight)
     click.echo(
         f"{model}: canary {state.canary} at {weight}%, stable {state.stable} at {100 - weight}%"
@@ -633,7 +695,7 @@ def set_weight(obj: Context, model: str, percent: str) -> None:
 @click.pass_obj
 def promote(obj: Context, model: str, drain_seconds: float | None) -> None:
     """Make the canary stable at 100% and unload the old stable."""
-    _require_repository(obj.repository)
+    _require_repository(obj)
     state = obj.manager(drain_seconds=drain_seconds).promote(model)
     click.echo(f"{model}: version {state.stable} promoted to stable")
 
@@ -645,7 +707,7 @@ def promote(obj: Context, model: str, drain_seconds: float | None) -> None:
 @click.pass_obj
 def rollback(obj: Context, model: str, drain_seconds: float | None) -> None:
     """Send all traffic to stable and unload the canary."""
-    _require_repository(obj.repository)
+    _require_repository(obj)
     state = obj.manager(drain_seconds=drain_seconds).rollback(model)
     click.echo(f"{model}: rolled back to stable version {state.stable}")
 
@@ -662,7 +724,7 @@ def policy(
 ) -> None:
     """Set which versions Triton keeps loaded besides stable and canary."""
     document = parse_policy(latest=latest, all_versions=all_versions, specific=specific)
-    _require_repository(obj.repository)
+    _require_repository(obj)
     manager = obj.manager()
     state = manager.set_policy(model, document)
     click.echo(f"{model}: loaded versions {','.join(manager.desired_versions(state))}")
@@ -677,7 +739,7 @@ def policy(
 @click.pass_obj
 def reconcile(obj: Context, model: str | None, watch: bool, interval: float, as_json: bool) -> None:
     """Re-apply the desired state (after Triton or the manager restarted)."""
-    _require_repository(obj.repository)
+    _require_repository(obj)
     manager = obj.manager()
     stop = threading.Event()
     if watch:
@@ -686,7 +748,13 @@ def reconcile(obj: Context, model: str | None, watch: bool, interval: float, as_
     while True:
         reports = manager.reconcile(model)
         documents = [
-            {"model": r.model, "desired": r.desired, "actions": r.actions} for r in reports
+            {
+                "model": r.model,
+                "desired": r.desired,
+                "actions": r.actions,
+                "unreachable": r.unreachable,
+            }
+            for r in reports
         ]
         text = (
             "\n".join(
@@ -697,6 +765,11 @@ def reconcile(obj: Context, model: str | None, watch: bool, interval: float, as_
             or "no published models"
         )
         _emit(documents, as_json, text)
+        unreachable = sorted({u for r in reports for u in r.unreachable})
+        if not watch and unreachable:
+            raise TritonUnavailableError(
+                f"Triton unreachable at {', '.join(unreachable)}; the others are reconciled"
+            )
         if not watch or stop.wait(interval):
             return
 

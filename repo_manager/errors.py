@@ -12,12 +12,15 @@ translated where they enter and chained with ``from``.
     │   ├── InvalidWeightError            canary weight outside 0..100
     │   ├── VersionExistsError            version already in the repository
     │   ├── WeightsError                  weights missing, unreadable, or not a YOLO detector
+    │   ├── BucketNotFoundError           the S3 bucket of the repository does not exist
     │   ├── IncompatibleModelError        new version's inputs/outputs differ from the model's
     │   ├── InvalidGateError              a gate or analysis setting out of range or unknown
     │   └── GoldenSetError                golden-set folder missing, empty or badly labelled
     ├── IllegalTransitionError            exit 2: the rollout is not in a phase that allows it
     ├── ExportError                       exit 1: the export pipeline failed a check
     ├── StorageError                      exit 1: the repository could not be read or written
+    │   ├── StorageAccessError            S3 refused the credentials (or there are none)
+    │   └── StorageUnavailableError       the S3 endpoint could not be reached
     ├── TritonError                       exit 1: Triton refused or failed an operation
     │   ├── TritonUnavailableError        Triton could not be reached
     │   └── VersionNotReadyError          a version did not become READY (or unloaded) in time
@@ -29,6 +32,7 @@ translated where they enter and chained with ``from``.
 from __future__ import annotations
 
 __all__ = [
+    "BucketNotFoundError",
     "ExportError",
     "GateFailedError",
     "GoldenSetError",
@@ -42,7 +46,9 @@ __all__ = [
     "MetricsUnavailableError",
     "RepoManagerError",
     "RoutingError",
+    "StorageAccessError",
     "StorageError",
+    "StorageUnavailableError",
     "TritonError",
     "TritonUnavailableError",
     "VersionExistsError",
@@ -87,6 +93,10 @@ class IncompatibleModelError(InvalidInputError):
     """A new version whose inputs/outputs differ from the model's config."""
 
 
+class BucketNotFoundError(InvalidInputError):
+    """The repository's S3 bucket does not exist at the endpoint."""
+
+
 class IllegalTransitionError(RepoManagerError):
     """The rollout's phase does not allow the requested move."""
 
@@ -99,6 +109,14 @@ class ExportError(RepoManagerError):
 
 class StorageError(RepoManagerError):
     """The repository could not be read or written."""
+
+
+class StorageAccessError(StorageError):
+    """S3 refused the credentials, or none were found (the message never holds a secret)."""
+
+
+class StorageUnavailableError(StorageError):
+    """The S3 endpoint could not be reached."""
 
 
 class TritonError(RepoManagerError):

@@ -5,13 +5,16 @@
       <model>/config.pbtxt            the model's config (IO, warm-up, version policy)
       <model>/<version>/              one immutable version: model.onnx, model.py, manifest.json
 
-Versions appear whole: a version folder is staged beside its target and renamed.
+Versions appear whole: a version folder is staged beside its target and renamed (in S3,
+staged, checksum-verified and copied with the manifest last: a version without its
+manifest is not a version; see ``storage.s3``).
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +129,13 @@ class ModelRepository:
                 "publish it under a new model name"
             )
 
-    def add_version(self, model: str, version: str, staged_model_dir: Path) -> bool:
+    def add_version(
+        self,
+        model: str,
+        version: str,
+        staged_model_dir: Path,
+        progress: Callable[[str], None] | None = None,
+    ) -> bool:
         """Move a staged version (and, for a new model, its config) into place.
 
         Returns True when this created the model. A new model's folder appears whole,
@@ -136,9 +145,9 @@ class ModelRepository:
         if not staged_version.is_dir():
             raise StorageError(f"staged export has no version folder {staged_version}")
         if not self.storage.exists(model):
-            self.storage.publish_dir(staged_model_dir, model)
+            self.storage.publish_dir(staged_model_dir, model, progress)
             return True
-        self.storage.publish_dir(staged_version, f"{model}/{version}")
+        self.storage.publish_dir(staged_version, f"{model}/{version}", progress)
         return False
 
     def remove_version(self, model: str, version: str, *, created_model: bool) -> None:

@@ -181,6 +181,8 @@ class ReconcileReport:
     model: str
     desired: list[str]
     actions: list[str] = field(default_factory=list)
+    #: Servers that could not be reached (reported, not fatal: the others are reconciled).
+    unreachable: list[str] = field(default_factory=list)
 
 
 def _expose(state: RolloutState) -> None:
@@ -274,16 +276,28 @@ class RolloutManager:
             extra = [v for v in policy["specific"] if v in on_disk]
         return sorted(set(state.serving_versions) | set(extra), key=int)
 
-    def _apply(self, state: RolloutState, *, gone: list[str] | None = None) -> None:
-        """Make every server hold exactly the desired versions; keep the disk config true."""
+    def _apply(
+        self,
+        state: RolloutState,
+        *,
+        gone: list[str] | None = None,
+        only: list[str] | None = None,
+    ) -> None:
+        """Make every server (or ``only`` those) hold exactly the desired versions.
+
+        Also keeps the on-disk config's version policy true, for a Triton that restarts.
+        """
         versions = self.desired_versions(state)
         config = self.repository.require_config(state.model)
-        self.progress(
-            f"loading {state.model} versions {','.join(versions)} on "
-            f"{len(self.fleet.servers)} server(s)"
-        )
+        count = len(only) if only is not None else len(self.fleet.servers)
+        self.progress(f"loading {state.model} versions {','.join(versions)} on {count} server(s)")
         self.fleet.apply(
-            state.model, config, versions, gone=gone or [], timeout=self.settings.ready_timeout
+            state.model,
+            config,
+            versions,
+            gone=gone or [],
+            timeout=self.settings.ready_timeout,
+            only=only,
         )
         on_disk = with_version_policy(config, versions)
         if on_disk != config:
@@ -359,7 +373,7 @@ class RolloutManager:
                 weights={state.stable: 100 - weight, version: weight},
                 policy=state.policy,
             )
-        created = self.repository.add_version(model, version, staged)
+        created = self.repository.add_version(model, version, staged, progress=self.progress)
         try:
             self._apply(new)
         except RepoManagerError:
@@ -716,12 +730,17 @@ class RolloutManager:
                 else:
                     desired = set(report.desired)
                     survey = self.fleet.survey(name)
-                    stale = [s.url for s in survey if s.error or s.ready != desired]
+                    report.unreachable = [s.url for s in survey if s.error]
+                    # Only servers that lack the desired versions are touched: a load call
+                    # makes Triton 2.51 reload every listed version (see DESIGN.md).
+                    stale = [s.url for s in survey if not s.error and s.ready != desired]
                     if stale:
-                        self._apply(state, gone=[])
+                        self._apply(state, gone=[], only=stale)
                         report.actions.append(
                             f"loaded {','.join(report.desired)} on {', '.join(stale)}"
                         )
+                    if report.unreachable:
+                        report.actions.append(f"unreachable: {', '.join(report.unreachable)}")
                 reports.append(report)
         return reports
 
@@ -734,7 +753,8 @@ class RolloutManager:
         if state is None:
             raise InvalidInputError(f"{model} was never published to {self.repository.location}")
         survey = self.fleet.survey(model)
-        first = survey[0]
+        # Versions as the first server that answers reports them.
+        first = next((s for s in survey if s.error is None), survey[0])
         reported = {v.version: v.state for v in first.versions}
         versions = [
             {"version": v, "state": reported.get(v, "UNAVAILABLE" if first.error else "UNLOADED")}

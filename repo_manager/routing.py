@@ -45,6 +45,7 @@ from repo_manager.errors import (
 from repo_manager.metrics import ShadowMetrics, VersionMetrics, shadow_metrics, version_metrics
 from repo_manager.state import RoutingTable, load_routing_table, state_key
 from repo_manager.storage import Storage, open_storage
+from repo_manager.transport import GrpcSecurity, make_grpc_client
 
 __all__ = ["Detections", "RoutePlan", "RoutedResult", "Router", "key_point"]
 
@@ -254,6 +255,11 @@ def _parse_names(text: str) -> tuple[str, ...]:
     raise TritonError("model parameter class_names is neither a list nor a dict")
 
 
+#: Statuses with which a server says it cannot serve the model or version *here*
+#: (UNAVAILABLE: version not ready; NOT_FOUND: model not loaded, e.g. after a restart).
+_MISSING_ON_SERVER = ("StatusCode.UNAVAILABLE", "StatusCode.NOT_FOUND")
+
+
 def _is_transport_failure(exc: InferenceServerException) -> bool:
     """True when the server could not be reached, as opposed to Triton refusing the request.
 
@@ -278,10 +284,6 @@ class _Server:
 ClientFactory = Callable[[str], Any]
 
 
-def _grpc_client(url: str) -> Any:
-    return grpcclient.InferenceServerClient(url)
-
-
 class Router:
     """Sends inference requests for one model to its stable and canary versions.
 
@@ -301,6 +303,8 @@ class Router:
         client_factory: ClientFactory | None = None,
         shadow: float = 0.0,
         shadow_queue: int = 32,
+        security: GrpcSecurity | None = None,
+        s3_endpoint: str | None = None,
     ) -> None:
         """
         Args:
@@ -318,6 +322,9 @@ class Router:
                 at weight 0. See ``set_shadow``.
             shadow_queue: mirrored requests waiting at most; more are dropped (counted),
                 so a slow canary never slows the users' requests.
+            security: TLS files and extra headers (auth proxies) for every gRPC call.
+            s3_endpoint: the S3-compatible endpoint of an ``s3://`` repository
+                (default: ``AWS_ENDPOINT_URL``); the table is then polled by HEAD (ETag).
         """
         urls = [url] if isinstance(url, str) else list(url)
         if not urls:
@@ -328,9 +335,9 @@ class Router:
         self.urls = tuple(urls)
         self._timeout = timeout
         self._retry_after = server_retry_after
-        self._storage: Storage = open_storage(os.fspath(repository))
+        self._storage: Storage = open_storage(os.fspath(repository), s3_endpoint=s3_endpoint)
         self._key = state_key(model)
-        factory = client_factory or _grpc_client
+        factory = client_factory or (lambda u: make_grpc_client(u, security))
         self._servers = [_Server(u, factory(u)) for u in urls]
         self._single = self._servers[0] if len(self._servers) == 1 else None
         self._rr = itertools.count()
@@ -574,7 +581,8 @@ class Router:
         inputs: Sequence[grpcclient.InferInput],
         outputs: Sequence[grpcclient.InferRequestedOutput] | None,
     ) -> Any:
-        """One attempt on ``version``; moves across servers only while they are unreachable.
+        """One attempt on ``version``, moving to the next server while one is unreachable
+        or lacks the model or version (e.g. restarted and not yet reconciled).
 
         Raises InferenceServerException for Triton's answers (the caller may fall back to
         the other version) and TritonUnavailableError when no server could be reached.
@@ -594,6 +602,7 @@ class Router:
                     raise TritonUnavailableError(f"Triton at {single.url}: {exc}") from exc
                 raise
         last: InferenceServerException | None = None
+        answered: InferenceServerException | None = None
         for server in self._server_order():
             try:
                 return server.client.infer(
@@ -604,11 +613,18 @@ class Router:
                     client_timeout=self._timeout,
                 )
             except InferenceServerException as exc:
-                if not _is_transport_failure(exc):
+                if exc.status() not in _MISSING_ON_SERVER:
                     raise
+                if not _is_transport_failure(exc):
+                    # This server lacks the model or version (restarted, not yet
+                    # reconciled): another server may have it.
+                    answered = exc
+                    continue
                 server.down_until = time.monotonic() + self._retry_after
                 logger.warning("Triton at %s unreachable: %s", server.url, exc)
                 last = exc
+        if answered is not None:
+            raise answered
         raise TritonUnavailableError(
             f"no Triton server reachable among {', '.join(self.urls)}: {last}"
         ) from last

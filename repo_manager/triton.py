@@ -13,12 +13,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import tritonclient.grpc as grpcclient
 from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException
 
 from repo_manager.errors import TritonError, TritonUnavailableError, VersionNotReadyError
 from repo_manager.modelconfig import config_to_json, with_version_policy
+from repo_manager.transport import GrpcSecurity, make_grpc_client
 
 __all__ = ["ServerVersions", "TritonControl", "TritonFleet", "VersionState"]
 
@@ -52,10 +52,12 @@ class ServerVersions:
 class TritonControl:
     """Model-control calls against one server."""
 
-    def __init__(self, url: str, *, request_timeout: float = 10.0) -> None:
+    def __init__(
+        self, url: str, *, request_timeout: float = 10.0, security: GrpcSecurity | None = None
+    ) -> None:
         self.url = url
         self.request_timeout = request_timeout
-        self._client = grpcclient.InferenceServerClient(url=url)
+        self._client = make_grpc_client(url, security)
 
     def _call(self, what: str, call: Callable[[], T]) -> T:
         try:
@@ -152,18 +154,39 @@ class TritonControl:
 class TritonFleet:
     """The same model-control call on every server of a fleet, in order."""
 
-    def __init__(self, urls: Sequence[str], *, request_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        urls: Sequence[str],
+        *,
+        request_timeout: float = 10.0,
+        security: GrpcSecurity | None = None,
+    ) -> None:
         if not urls:
             raise ValueError("a fleet needs at least one server")
-        self.servers = [TritonControl(url, request_timeout=request_timeout) for url in urls]
+        self.servers = [
+            TritonControl(url, request_timeout=request_timeout, security=security) for url in urls
+        ]
 
     @property
     def urls(self) -> list[str]:
         return [server.url for server in self.servers]
 
     def check_reachable(self) -> None:
+        """Raise one error naming every server that does not answer (not just the first)."""
+        down = []
         for server in self.servers:
-            server.check_reachable()
+            try:
+                server.check_reachable()
+            except TritonUnavailableError as exc:
+                down.append((server.url, exc))
+        if len(self.servers) == 1 and down:
+            raise down[0][1]
+        if down:
+            names = ", ".join(url for url, _ in down)
+            raise TritonUnavailableError(
+                f"Triton unreachable at {names} ({len(down)} of {len(self.servers)} servers); "
+                "start it or leave it out with --url, then run reconcile"
+            ) from down[0][1]
 
     def server_versions(self) -> dict[str, str]:
         """Each server's Triton version (from its metadata), by url."""
@@ -177,16 +200,47 @@ class TritonFleet:
         *,
         gone: Sequence[str] = (),
         timeout: float,
+        only: Sequence[str] | None = None,
     ) -> None:
-        """Load ``versions`` everywhere and wait until they are READY and ``gone`` are not."""
-        for server in self.servers:
-            server.load(model, config, versions)
-        for server in self.servers:
-            server.wait_versions(model, ready=versions, gone=gone, timeout=timeout)
+        """Load ``versions`` everywhere and wait until they are READY and ``gone`` are not.
+
+        Every server is tried even when one fails, so that a rollback (an ``apply`` of the
+        previous versions) reaches every server that answers; the error names them all.
+        ``only`` limits the call to those urls (reconcile of a restarted server).
+        """
+        targets = [s for s in self.servers if only is None or s.url in only]
+        failures: list[TritonError] = []
+        loaded = []
+        for server in targets:
+            try:
+                server.load(model, config, versions)
+                loaded.append(server)
+            except TritonError as exc:
+                failures.append(exc)
+        for server in loaded:
+            try:
+                server.wait_versions(model, ready=versions, gone=gone, timeout=timeout)
+            except TritonError as exc:
+                failures.append(exc)
+        if len(failures) == 1:
+            raise failures[0]
+        if failures:
+            first = failures[0]
+            error = type(first) if all(type(f) is type(first) for f in failures) else TritonError
+            raise error(
+                f"{len(failures)} of {len(targets)} servers failed: "
+                + "; ".join(str(f) for f in failures)
+            ) from first
 
     def unload(self, model: str) -> None:
+        failures: list[TritonError] = []
         for server in self.servers:
-            server.unload(model)
+            try:
+                server.unload(model)
+            except TritonError as exc:
+                failures.append(exc)
+        if failures:
+            raise failures[0]
 
     def survey(self, model: str) -> list[ServerVersions]:
         """Each server's view of ``model``; an unreachable server is reported, not raised."""

@@ -11,12 +11,22 @@ from repo_manager.storage.base import Storage
 from repo_manager.storage.local import LocalStorage
 
 
-def open_storage(location: str) -> Storage:
-    """The storage for a ``--repository`` value (a folder; ``s3://`` needs the s3 extra)."""
-    if location.startswith("s3://"):
-        from repo_manager.errors import InvalidInputError
+def open_storage(location: str, *, s3_endpoint: str | None = None) -> Storage:
+    """The storage for a ``--repository`` value: a folder, or ``s3://bucket/prefix``.
 
-        raise InvalidInputError(f"S3 repositories are not supported yet: {location}")
+    ``s3_endpoint`` (else ``AWS_ENDPOINT_URL``) names an S3-compatible server; boto3 is
+    imported only here, on demand, so a Router on a local folder never needs it.
+    """
+    if location.startswith("s3://"):
+        try:
+            from repo_manager.storage.s3 import S3Storage
+        except ImportError as exc:
+            from repo_manager.errors import InvalidInputError
+
+            raise InvalidInputError(
+                "S3 repositories need the s3 extra: pip install 'repo-manager[s3]'"
+            ) from exc
+        return S3Storage(location, endpoint_url=s3_endpoint)
     return LocalStorage(location)
 
 

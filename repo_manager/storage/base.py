@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Protocol
@@ -13,7 +13,16 @@ class Storage(Protocol):
 
     @property
     def location(self) -> str:
-        """The repository as Triton names it (a folder path or an s3:// URL)."""
+        """The repository as users name it (a folder path or an s3:// URL)."""
+        ...
+
+    @property
+    def triton_location(self) -> str:
+        """The repository as Triton's ``--model-repository`` takes it."""
+        ...
+
+    def check(self) -> None:
+        """Fail with one line when the repository cannot be used at all."""
         ...
 
     def read_bytes(self, key: str) -> bytes | None:
@@ -34,7 +43,9 @@ class Storage(Protocol):
         """Names of the entries directly under a folder key ('' is the root)."""
         ...
 
-    def publish_dir(self, source: Path, key: str) -> None:
+    def publish_dir(
+        self, source: Path, key: str, progress: Callable[[str], None] | None = None
+    ) -> None:
         """Copy a local folder to ``key`` so that it appears whole or not at all."""
         ...
 

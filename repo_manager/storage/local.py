@@ -7,11 +7,11 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from repo_manager.errors import StorageError
+from repo_manager.errors import InvalidInputError, StorageError
 
 _STAGING_PREFIX = ".staging-"
 
@@ -25,6 +25,14 @@ class LocalStorage:
     @property
     def location(self) -> str:
         return str(self.root)
+
+    @property
+    def triton_location(self) -> str:
+        return str(self.root)
+
+    def check(self) -> None:
+        if not self.root.is_dir():
+            raise InvalidInputError(f"repository {self.root} does not exist")
 
     def path(self, key: str) -> Path:
         return self.root / key if key else self.root
@@ -71,7 +79,9 @@ class LocalStorage:
             return []
         return sorted(p.name for p in folder.iterdir() if not p.name.startswith(_STAGING_PREFIX))
 
-    def publish_dir(self, source: Path, key: str) -> None:
+    def publish_dir(
+        self, source: Path, key: str, progress: Callable[[str], None] | None = None
+    ) -> None:
         target = self.path(key)
         if target.exists():
             raise StorageError(f"{target} already exists")

@@ -128,3 +128,214 @@ def snapshot(root: Path) -> dict[str, str]:
             path = Path(dirpath) / name
             files[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
     return files
+
+
+# ---- S3: a real S3-compatible server (moto's standalone server) -------------------------
+
+#: Fake credentials; the secret is asserted absent from every output and log.
+S3_KEY_ID = "AKIAREPOMANAGERTEST1"
+S3_SECRET = "s3cr3t-Do-Not-Print-4f1c9e0b7a"
+S3_REGION = "us-east-1"
+
+
+def _wait_for_http(url: str, deadline: float) -> None:
+    import time
+    import urllib.error
+    import urllib.request
+
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=1.0).close()
+            return
+        except urllib.error.HTTPError:
+            return  # it answered
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+@dataclass(kw_only=True)
+class MotoServer:
+    endpoint: str
+    process: subprocess.Popen[bytes]
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+def start_moto(log: Path, **env: str) -> MotoServer:
+    import time
+
+    from repo_manager.server import free_port
+
+    port = free_port()
+    binary = Path(sys.executable).parent / "moto_server"
+    with open(log, "wb") as output:
+        process = subprocess.Popen(
+            [str(binary), "-H", "127.0.0.1", "-p", str(port)],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **env},
+        )
+    server = MotoServer(endpoint=f"http://127.0.0.1:{port}", process=process)
+    try:
+        _wait_for_http(server.endpoint, time.monotonic() + 30)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+@pytest.fixture(scope="session")
+def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    """One moto S3 server for the session (each test uses its own bucket)."""
+    server = start_moto(tmp_path_factory.mktemp("moto") / "moto.log")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The standard AWS variables, for this process, the CLI and tritonservers alike."""
+    env = {
+        "AWS_ACCESS_KEY_ID": S3_KEY_ID,
+        "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+        "AWS_DEFAULT_REGION": S3_REGION,
+    }
+    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
+
+
+@pytest.fixture
+def bucket(moto: MotoServer, s3_env: dict[str, str], request: pytest.FixtureRequest) -> str:
+    """A fresh bucket named for the test, with the repository prefix ``repo`` in it."""
+    import re
+    import uuid
+
+    import boto3
+
+    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-")
+    name = f"{name}-{uuid.uuid4().hex[:8]}"
+    client = boto3.client("s3", endpoint_url=moto.endpoint)
+    client.create_bucket(Bucket=name)
+    # Triton wants the repository prefix to exist before it starts.
+    client.put_object(Bucket=name, Key="repo/.repo-manager.keep", Body=b"")
+    return name
+
+
+@dataclass(kw_only=True)
+class S3Fleet:
+    """Several embedded tritonservers reading one S3 repository, and the CLI against them."""
+
+    endpoint: str
+    bucket: str
+    servers: list[EmbeddedTriton]
+    logs: Path
+
+    @property
+    def repository(self) -> str:
+        return f"s3://{self.bucket}/repo"
+
+    @property
+    def triton_repository(self) -> str:
+        return f"s3://{self.endpoint}/{self.bucket}/repo"
+
+    @property
+    def urls(self) -> list[str]:
+        return [s.grpc_url for s in self.servers]
+
+    def command(self, *args: str) -> list[str]:
+        urls = [part for url in self.urls for part in ("--url", url)]
+        return [
+            *CLI,
+            "--repository",
+            self.repository,
+            "--s3-endpoint",
+            self.endpoint,
+            *urls,
+            *args,
+        ]
+
+    def cli(self, *args: str, check: bool = True, timeout: float = 300) -> CliResult:
+        done = subprocess.run(self.command(*args), capture_output=True, text=True, timeout=timeout)
+        result = CliResult(code=done.returncode, stdout=done.stdout, stderr=done.stderr)
+        if check and result.code != 0:
+            raise AssertionError(f"{' '.join(args)} failed ({result.code}): {result.stderr}")
+        return result
+
+    def publish(self, model: str, version: str, weights: Path, *extra: str) -> CliResult:
+        return self.cli(*publish_args(model, version, weights), *extra)
+
+    def start(self, index: int) -> None:
+        old = self.servers[index]
+        self.servers[index] = EmbeddedTriton(
+            self.triton_repository, ports=old.ports, log_path=old.log_path
+        )
+        self.servers[index].start()
+        self.servers[index].wait_ready(timeout=120)
+
+
+def publish_args(model: str, version: str, weights: Path) -> list[str]:
+    return [
+        "publish",
+        model,
+        version,
+        "--weights",
+        str(weights),
+        "--imgsz",
+        IMGSZ,
+        "--max-batch",
+        "4",
+    ]
+
+
+def make_fleet(endpoint: str, bucket: str, logs: Path, size: int) -> S3Fleet:
+    repository = f"s3://{endpoint}/{bucket}/repo"
+    servers = [
+        EmbeddedTriton(repository, ports=ServerPorts.free(), log_path=logs / f"triton-{i}.log")
+        for i in range(size)
+    ]
+    fleet = S3Fleet(endpoint=endpoint, bucket=bucket, servers=servers, logs=logs)
+    try:
+        for server in servers:
+            server.start()
+        for server in servers:
+            server.wait_ready(timeout=120)
+    except BaseException:
+        for server in servers:
+            server.stop()
+        raise
+    return fleet
+
+
+@pytest.fixture
+def fleet3(moto: MotoServer, bucket: str, tmp_path: Path) -> Iterator[S3Fleet]:
+    """Three tritonservers reading the same S3 repository."""
+    running = make_fleet(moto.endpoint, bucket, tmp_path, 3)
+    try:
+        yield running
+    finally:
+        for server in running.servers:
+            server.stop()
+
+
+@pytest.fixture
+def fleet1(moto: MotoServer, bucket: str, tmp_path: Path) -> Iterator[S3Fleet]:
+    """One tritonserver reading an S3 repository."""
+    running = make_fleet(moto.endpoint, bucket, tmp_path, 1)
+    try:
+        yield running
+    finally:
+        for server in running.servers:
+            server.stop()

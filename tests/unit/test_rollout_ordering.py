@@ -38,6 +38,7 @@ class RecordingFleet:
         *,
         gone: Sequence[str] = (),
         timeout: float,
+        only: Sequence[str] | None = None,
     ) -> None:
         if self.fail_next:
             self.fail_next = False

@@ -1,0 +1,139 @@
+"""How we reach Triton servers: addresses (fleets, DNS names), TLS and extra headers.
+
+Shared by the manager (``triton.py``) and the ``Router`` so both speak to a fleet behind
+an auth proxy the same way. Header values (tokens) are secrets: they are never logged,
+and ``repr`` shows only header names.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tritonclient.grpc as grpcclient
+from tritonclient._plugin import InferenceServerClientPlugin
+
+from repo_manager.errors import InvalidInputError, TritonUnavailableError
+
+__all__ = ["GrpcSecurity", "expand_urls", "make_grpc_client", "parse_headers"]
+
+
+@dataclass(kw_only=True, frozen=True)
+class GrpcSecurity:
+    """TLS files and extra metadata for every gRPC call to Triton.
+
+    ``tls`` alone uses the system roots; ``ca`` pins a CA; ``cert``+``key`` add a client
+    certificate (mutual TLS). ``headers`` go on every call (e.g. ``authorization`` for an
+    auth proxy in front of Triton).
+    """
+
+    tls: bool = False
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if (self.cert is None) != (self.key is None):
+            raise InvalidInputError("give --tls-cert and --tls-key together (mutual TLS)")
+        for what, path in (("CA", self.ca), ("certificate", self.cert), ("key", self.key)):
+            if path is not None and not Path(path).is_file():
+                raise InvalidInputError(f"TLS {what} file {path} not found")
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.tls or any(p is not None for p in (self.ca, self.cert, self.key))
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``tritonclient.grpc.InferenceServerClient``."""
+        if not self.uses_tls:
+            return {}
+        return {
+            "ssl": True,
+            "root_certificates": self.ca,
+            "private_key": self.key,
+            "certificate_chain": self.cert,
+        }
+
+    def __repr__(self) -> str:  # header values may be tokens: names only
+        return (
+            f"GrpcSecurity(tls={self.uses_tls}, ca={self.ca!r}, cert={self.cert!r}, "
+            f"key={self.key!r}, headers={sorted(self.headers)!r})"
+        )
+
+
+class _Headers(InferenceServerClientPlugin):
+    """Adds fixed metadata to every request of a client."""
+
+    def __init__(self, headers: Mapping[str, str]) -> None:
+        self._headers = dict(headers)
+
+    def __call__(self, request: Any) -> None:
+        request.headers.update(self._headers)
+
+
+def make_grpc_client(url: str, security: GrpcSecurity | None = None) -> Any:
+    """A tritonclient gRPC client for ``url`` with TLS and headers applied."""
+    security = security or GrpcSecurity()
+    try:
+        client = grpcclient.InferenceServerClient(url=url, **security.client_kwargs())
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read TLS files: {exc.strerror}") from exc
+    if security.headers:
+        client.register_plugin(_Headers(security.headers))
+    return client
+
+
+def parse_headers(values: Iterable[str]) -> dict[str, str]:
+    """``K=V`` strings -> metadata (gRPC wants lower-case keys)."""
+    headers: dict[str, str] = {}
+    for value in values:
+        name, sep, content = value.partition("=")
+        name = name.strip().lower()
+        if not sep:
+            # Never echo the text: without '=' it may be the token itself.
+            raise InvalidInputError("invalid --header: use NAME=VALUE")
+        if not name or any(c in name for c in " :\n\r"):
+            raise InvalidInputError(f"invalid header name {name!r}: use NAME=VALUE")
+        headers[name] = content
+    return headers
+
+
+def _split(url: str) -> tuple[str, str]:
+    host, sep, port = url.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise InvalidInputError(f"invalid Triton url {url!r}: use HOST:PORT")
+    return host.strip("[]"), port
+
+
+def expand_urls(urls: Sequence[str], *, resolve: bool) -> list[str]:
+    """Each url as given or, with ``resolve``, one per address its DNS name resolves to.
+
+    Opt-in, because ``localhost`` resolving to both 127.0.0.1 and ::1 must not turn one
+    server into two (one of them unreachable).
+    """
+    expanded: list[str] = []
+    for url in urls:
+        host, port = _split(url)
+        try:
+            ipaddress.ip_address(host)
+            literal = True
+        except ValueError:
+            literal = False
+        if not resolve or literal:
+            expanded.append(url)
+            continue
+        try:
+            infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            raise TritonUnavailableError(f"cannot resolve Triton host {host}: {exc}") from exc
+        for info in infos:
+            address = str(info[4][0])
+            entry = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+            if entry not in expanded:
+                expanded.append(entry)
+    return expanded
