@@ -427,19 +427,16 @@ class RolloutManager:
 
     def _promote(self, state: RolloutState, *, reason: str = "") -> RolloutState:
         check_transition(state.phase, Phase.PROMOTING, action="promote")
-        assert state.canary is not None
-        self.fleet.check_reachable()
-        promoting = RolloutState(
-            model=state.model,
-            phase=Phase.PROMOTING,
-            stable=state.canary,
-            retiring=state.stable,
-            weights={state.canary: 100},
-            policy=state.policy,
-            analysis=state.analysis,
+        assert state.canary is not None and state.stable is not None
+        return self._retire(
+            state,
+            keep=state.canary,
+            retire=state.stable,
+            via=Phase.PROMOTING,
+            final=Phase.SUCCEEDED,
+            actions=("promote", "promoted"),
+            reason=reason,
         )
-        promoting = self._record(state, promoting, action="promote", reason=reason)
-        return self._finish_retirement(promoting, Phase.SUCCEEDED, action="promoted")
 
     def rollback(self, model: str, *, reason: str = "") -> RolloutState:
         """Stable back to 100%; the canary is drained, then unloaded."""
@@ -451,18 +448,40 @@ class RolloutManager:
     def _rollback(self, state: RolloutState, *, reason: str = "") -> RolloutState:
         check_transition(state.phase, Phase.ROLLING_BACK, action="roll back")
         assert state.canary is not None and state.stable is not None
+        return self._retire(
+            state,
+            keep=state.stable,
+            retire=state.canary,
+            via=Phase.ROLLING_BACK,
+            final=Phase.ROLLED_BACK,
+            actions=("rollback", "rolled back"),
+            reason=reason,
+        )
+
+    def _retire(
+        self,
+        state: RolloutState,
+        *,
+        keep: str,
+        retire: str,
+        via: Phase,
+        final: Phase,
+        actions: tuple[str, str],
+        reason: str,
+    ) -> RolloutState:
+        """Send 100% to ``keep`` (persisted as phase ``via``), then drain and unload."""
         self.fleet.check_reachable()
-        rolling = RolloutState(
+        moving = RolloutState(
             model=state.model,
-            phase=Phase.ROLLING_BACK,
-            stable=state.stable,
-            retiring=state.canary,
-            weights={state.stable: 100},
+            phase=via,
+            stable=keep,
+            retiring=retire,
+            weights={keep: 100},
             policy=state.policy,
             analysis=state.analysis,
         )
-        rolling = self._record(state, rolling, action="rollback", reason=reason)
-        return self._finish_retirement(rolling, Phase.ROLLED_BACK, action="rolled back")
+        moving = self._record(state, moving, action=actions[0], reason=reason)
+        return self._finish_retirement(moving, final, action=actions[1])
 
     def _finish_retirement(self, state: RolloutState, final: Phase, *, action: str) -> RolloutState:
         retiring = state.retiring

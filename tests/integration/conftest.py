@@ -77,19 +77,7 @@ class Stack:
     def publish(
         self, model: str, version: str, weights: Path, *extra: str, check: bool = True
     ) -> CliResult:
-        return self.cli(
-            "publish",
-            model,
-            version,
-            "--weights",
-            str(weights),
-            "--imgsz",
-            IMGSZ,
-            "--max-batch",
-            "4",
-            *extra,
-            check=check,
-        )
+        return self.cli(*publish_args(model, version, weights), *extra, check=check)
 
     def restart(self, *, kill: bool = True) -> None:
         """Crash (SIGKILL) or stop the server and start a new one on the same ports."""
