@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -307,23 +308,26 @@ def make_fleet(endpoint: str, bucket: str, logs: Path, size: int) -> S3Fleet:
     return fleet
 
 
-@pytest.fixture
-def fleet3(moto: MotoServer, bucket: str, tmp_path: Path) -> Iterator[S3Fleet]:
-    """Three tritonservers reading the same S3 repository."""
-    running = make_fleet(moto.endpoint, bucket, tmp_path, 3)
+@contextmanager
+def running_fleet(moto: MotoServer, bucket: str, tmp_path: Path, count: int) -> Iterator[S3Fleet]:
+    """``count`` tritonservers reading one S3 repository, stopped afterwards."""
+    running = make_fleet(moto.endpoint, bucket, tmp_path, count)
     try:
         yield running
     finally:
         for server in running.servers:
             server.stop()
+
+
+@pytest.fixture
+def fleet3(moto: MotoServer, bucket: str, tmp_path: Path) -> Iterator[S3Fleet]:
+    """Three tritonservers reading the same S3 repository."""
+    with running_fleet(moto, bucket, tmp_path, 3) as running:
+        yield running
 
 
 @pytest.fixture
 def fleet1(moto: MotoServer, bucket: str, tmp_path: Path) -> Iterator[S3Fleet]:
     """One tritonserver reading an S3 repository."""
-    running = make_fleet(moto.endpoint, bucket, tmp_path, 1)
-    try:
+    with running_fleet(moto, bucket, tmp_path, 1) as running:
         yield running
-    finally:
-        for server in running.servers:
-            server.stop()

@@ -12,7 +12,6 @@ import os
 import shutil
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,6 +29,7 @@ from repo_manager.server import free_port
 from repo_manager.triton import TritonFleet
 from repo_manager.validation import run_golden_set
 from tests.integration.conftest import CLI, Stack
+from tests.integration.traffic import Traffic, client_traffic
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -92,42 +92,13 @@ def golden_images(golden: Path, n: int = 16) -> list[np.ndarray]:
     return images
 
 
-@dataclass(kw_only=True)
-class Traffic:
-    served: int = 0
-    versions: dict[str, int] = field(default_factory=dict)
-    failures: list[str] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-
 @contextmanager
 def detect_traffic(router: Router, images: list[np.ndarray], threads: int = 3) -> Iterator[Traffic]:
-    """Client traffic through the Router from several threads; every failure recorded."""
-    record = Traffic()
-    stop = threading.Event()
-
-    def client(offset: int) -> None:
-        i = offset
-        while not stop.is_set():
-            try:
-                found = router.detect(images[i % len(images)])
-                with record.lock:
-                    record.served += 1
-                    record.versions[found.version] = record.versions.get(found.version, 0) + 1
-            except Exception as exc:  # recorded: the assertion is that none happen
-                with record.lock:
-                    record.failures.append(repr(exc))
-            i += 1
-
-    workers = [threading.Thread(target=client, args=(n,), daemon=True) for n in range(threads)]
-    for worker in workers:
-        worker.start()
-    try:
+    """Router.detect traffic over ``images`` from several threads."""
+    with client_traffic(
+        lambda i: router.detect(images[i % len(images)]).version, threads
+    ) as record:
         yield record
-    finally:
-        stop.set()
-        for worker in workers:
-            worker.join(timeout=30)
 
 
 def history(stack: Stack) -> list[dict]:
@@ -216,8 +187,8 @@ def test_a_good_canary_passes_every_golden_gate_and_a_degraded_one_is_stopped_be
         assert "failed the golden gate" in bad.stderr and "map50_drop" in bad.stderr
         assert len(bad.stderr.strip().splitlines()) == 1
         time.sleep(0.5)
-    assert record.failures == [] and record.served > 0
-    assert record.versions.get("3", 0) == 0  # the degraded canary never saw a user
+    assert record.failures == [] and len(record.served) > 0
+    assert record.versions_since(0)["3"] == 0  # the degraded canary never saw a user
     doc = status(stack)
     assert doc["stable"] == "2" and doc["canary"] is None and doc["weights"] == {"2": 100}
     assert {v["version"]: v["state"] for v in doc["versions"]}["3"] != "READY"
@@ -489,8 +460,8 @@ def test_shadow_traffic_compares_a_canary_no_user_sees(
         detect_traffic(router, golden_images(golden_set), threads=2) as record,
     ):
         time.sleep(4)
-    assert record.failures == [] and record.served > 0
-    assert set(record.versions) == {"1"}  # no user request reached the canary
+    assert record.failures == [] and len(record.served) > 0
+    assert set(record.versions_since(0)) == {"1"}  # no user request reached the canary
     assert sample("repo_manager_router_shadow_requests_total", outcome="ok") > ok_before
     boxes = {
         s: sample("repo_manager_router_shadow_boxes_total", side=s) - before[s] for s in before
@@ -526,5 +497,5 @@ def test_a_failing_canary_is_rolled_back_on_shadow_traffic_before_any_user_sees_
             check=False,
         )
     assert done.code == 1 and "error_rate[shadow]" in done.stderr, done.stderr
-    assert record.failures == [] and set(record.versions) == {"1"}
+    assert record.failures == [] and set(record.versions_since(0)) == {"1"}
     assert status(stack)["phase"] == "rolled_back"

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ import tritonclient.grpc as grpcclient
 
 from repo_manager import Router
 from tests.integration.conftest import IMGSZ, Stack
+from tests.integration.traffic import Traffic, client_traffic
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -36,45 +35,18 @@ def status(stack: Stack) -> dict:
     return json.loads(stack.cli("status", MODEL, "--json").stdout)
 
 
-@dataclass(kw_only=True)
-class Traffic:
-    """Router requests from several threads, each recorded as (time, version) or error."""
-
-    served: list[tuple[float, str]] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def versions_since(self, since: float) -> Counter[str]:
-        with self.lock:
-            return Counter(v for t, v in self.served if t >= since)
-
-
 @contextmanager
 def traffic(router: Router, threads: int = 4) -> Iterator[Traffic]:
-    record = Traffic()
-    stop = threading.Event()
+    """Router.infer traffic; every answer must carry the detector's output."""
     inputs = image_input()
 
-    def client() -> None:
-        while not stop.is_set():
-            try:
-                result = router.infer(inputs)
-                assert result.result.as_numpy("output0") is not None
-                with record.lock:
-                    record.served.append((time.monotonic(), result.version))
-            except Exception as exc:  # recorded: the assertion is that none happen
-                with record.lock:
-                    record.failures.append(repr(exc))
+    def send(_: int) -> str:
+        result = router.infer(inputs)
+        assert result.result.as_numpy("output0") is not None
+        return result.version
 
-    workers = [threading.Thread(target=client, daemon=True) for _ in range(threads)]
-    for worker in workers:
-        worker.start()
-    try:
+    with client_traffic(send, threads) as record:
         yield record
-    finally:
-        stop.set()
-        for worker in workers:
-            worker.join(timeout=30)
 
 
 def test_canary_gets_its_share_and_keys_stick(stack: Stack, weights: Path) -> None:
