@@ -31,9 +31,16 @@ import numpy as np
 
 from repo_manager.errors import ExportError
 
-__all__ = ["PlanBuild", "PlanRunner", "build_plan", "require_tensorrt"]
+__all__ = [
+    "PlanBuild",
+    "PlanRunner",
+    "build_plan",
+    "check_tensorrt_version",
+    "require_tensorrt",
+]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+SUPPORTED_TENSORRT_MAJOR = "10"
 
 
 def require_tensorrt() -> dict[str, Any]:
@@ -51,12 +58,30 @@ def require_tensorrt() -> dict[str, Any]:
             "--format plan needs TensorRT; the 'tensorrt' package is not installed "
             "(pip install 'repo-manager[trt]')"
         ) from exc
+    check_tensorrt_version(str(tensorrt.__version__))
     major, minor = torch.cuda.get_device_capability(0)
     return {
         "tensorrt": str(tensorrt.__version__),
         "gpu": torch.cuda.get_device_name(0),
         "compute_capability": f"{major}.{minor}",
     }
+
+
+def check_tensorrt_version(version: str) -> None:
+    """Refuse a TensorRT other than 10.x, the only major this builder is written for.
+
+    Every Triton release in ``repo_manager.compat`` ships TensorRT 10, and TensorRT 11
+    removed what the build relies on: implicit INT8 calibration (``IInt8EntropyCalibrator2``,
+    ``config.int8_calibrator``, ``set_calibration_profile``) and the ``FP16``/``INT8`` builder
+    flags (every network is strongly typed). Checked by the symbols of the 10.3 and 11.4
+    Python bindings.
+    """
+    major = version.split(".", 1)[0]
+    if major != SUPPORTED_TENSORRT_MAJOR:
+        raise ExportError(
+            f"TensorRT {version} is not supported: --format plan needs TensorRT "
+            f"{SUPPORTED_TENSORRT_MAJOR}.x (the TensorRT image of the serving Triton's release)"
+        )
 
 
 @dataclass(kw_only=True)

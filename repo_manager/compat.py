@@ -3,7 +3,10 @@
 A plan only deserializes on the TensorRT version it was built with. Triton reports its
 own version in its server metadata (e.g. ``2.51.0``), not TensorRT's, so this table maps
 Triton releases (NGC container ``YY.MM``) to the TensorRT they ship, from NVIDIA's
-Frameworks Support Matrix. Extend it when the compose stack moves to a newer release.
+Frameworks Support Matrix (the ``-py3`` images; the ``-trtllm-python-py3`` images pin
+their own TensorRT and lag by up to one minor, e.g. 24.10 ships 10.4.0 there). Every entry
+is TensorRT 10, the only major ``export.tensorrt`` builds for. Extend it when the compose
+stack moves to a newer release.
 """
 
 from __future__ import annotations
