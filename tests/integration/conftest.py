@@ -93,12 +93,13 @@ class Stack:
         self.server.wait_ready()
 
 
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
-    repository = tmp_path / "model_repository"
+@contextmanager
+def running_stack(workdir: Path) -> Iterator[Stack]:
+    """An empty repository under ``workdir`` served by a fresh tritonserver."""
+    repository = workdir / "model_repository"
     repository.mkdir()
     server = EmbeddedTriton(
-        repository, ports=ServerPorts.free(), log_path=tmp_path / "tritonserver.log"
+        repository, ports=ServerPorts.free(), log_path=workdir / "tritonserver.log"
     )
     server.start()
     server.wait_ready()
@@ -107,6 +108,12 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         yield running
     finally:
         running.server.stop()
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    with running_stack(tmp_path) as running:
+        yield running
 
 
 def snapshot(root: Path) -> dict[str, str]:

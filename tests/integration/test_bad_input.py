@@ -5,23 +5,28 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from repo_manager.server import free_port
-from tests.integration.conftest import Stack, snapshot
+from tests.integration.conftest import Stack, running_stack, snapshot
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 MODEL = "yolov8n"
 
 
-@pytest.fixture
-def published(stack: Stack, weights: Path) -> Stack:
-    """A repository with stable version 1 (no canary)."""
-    stack.publish(MODEL, "1", weights)
-    return stack
+@pytest.fixture(scope="module")
+def published(tmp_path_factory: pytest.TempPathFactory, weights: Path) -> Iterator[Stack]:
+    """A repository with stable version 1 (no canary), shared by the module.
+
+    Sharing is safe because every test here asserts the repository is left byte-identical.
+    """
+    with running_stack(tmp_path_factory.mktemp("bad-input")) as stack:
+        stack.publish(MODEL, "1", weights)
+        yield stack
 
 
 def _bad_weights(tmp: Path, weights: Path) -> dict[str, Path]:
