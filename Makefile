@@ -36,7 +36,7 @@ integration: setup $(DETECTOR)
 	$(PY) -m pytest tests/integration -q
 
 test: setup $(DETECTOR) lint
-	REPO_MANAGER_DETECTOR=$(abspath $(DETECTOR)) $(PY) -m pytest -q -rs
+	REPO_MANAGER_DETECTOR=$(abspath $(DETECTOR)) $(PY) -m pytest -q -rs --durations=15
 
 bench: setup
 	$(PY) bench/router_overhead.py
