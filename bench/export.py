@@ -90,9 +90,10 @@ def main() -> None:
             f"(warm/cold {warm / cold:.2f})"
         )
 
+        from export.plans import plan_filename
         from export.tensorrt import PlanRunner
 
-        run_plan = PlanRunner(plan_version / "model.plan")
+        run_plan = PlanRunner(plan_version / plan_filename(machine["compute_capability"]))
         run_plan(images)  # warm-up
         trt_times, ort_times = [], []
         for i in range(args.rounds):

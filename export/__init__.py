@@ -7,6 +7,21 @@ runs. It never talks to a server and knows nothing of rollouts.
 from __future__ import annotations
 
 from export.formats import FORMATS
-from export.pipeline import ExportOptions, ExportResult, export_model
+from export.pipeline import (
+    ExportOptions,
+    ExportResult,
+    export_model,
+    export_plan_for_this_gpu,
+    load_exported,
+    stage_exported,
+)
 
-__all__ = ["FORMATS", "ExportOptions", "ExportResult", "export_model"]
+__all__ = [
+    "FORMATS",
+    "ExportOptions",
+    "ExportResult",
+    "export_model",
+    "export_plan_for_this_gpu",
+    "load_exported",
+    "stage_exported",
+]

@@ -40,12 +40,13 @@ FORMATS: dict[str, FormatSpec] = {
         instance_kind="KIND_CPU",
         files=("model.onnx",),
     ),
-    # A TensorRT engine built from the ONNX on the GPU that will serve it.
+    # A TensorRT engine built from the ONNX on the GPU that will serve it, one file per
+    # compute capability (model.sm89.plan, ...; see export/plans.py).
     "plan": FormatSpec(
         name="plan",
         backend_or_platform="tensorrt_plan",
         instance_kind="KIND_GPU",
-        files=("model.plan",),
+        files=(),
         needs_gpu=True,
     ),
 }

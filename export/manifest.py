@@ -27,6 +27,7 @@ __all__ = [
     "build_manifest",
     "file_digests",
     "manifest_mismatches",
+    "read_checked_manifest",
     "tool_versions",
     "write_manifest",
 ]
@@ -139,3 +140,19 @@ def manifest_mismatches(version_dir: Path, manifest: Mapping[str, Any]) -> list[
         if recorded[name] != actual[name]
     ]
     return problems
+
+
+def read_checked_manifest(version_dir: Path) -> dict[str, Any]:
+    """The manifest of an exported version folder, refused unless the folder matches it."""
+    from repo_manager.errors import InvalidInputError
+
+    try:
+        manifest: dict[str, Any] = json.loads(
+            (version_dir / MANIFEST_FILE).read_text(encoding="utf-8")
+        )
+    except (OSError, ValueError) as exc:
+        raise InvalidInputError(f"{version_dir} has no readable {MANIFEST_FILE}: {exc}") from exc
+    problems = manifest_mismatches(version_dir, manifest)
+    if problems:
+        raise InvalidInputError(f"{version_dir} differs from its manifest: {'; '.join(problems)}")
+    return manifest

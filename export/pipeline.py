@@ -38,7 +38,15 @@ from repo_manager.modelconfig import (
     render_config,
 )
 
-__all__ = ["CONFIG_FILE", "ExportOptions", "ExportResult", "export_model"]
+__all__ = [
+    "CONFIG_FILE",
+    "ExportOptions",
+    "ExportResult",
+    "export_model",
+    "export_plan_for_this_gpu",
+    "load_exported",
+    "stage_exported",
+]
 
 CONFIG_FILE = "config.pbtxt"
 BACKEND_MODEL = "backend/model.py"  # inside the export package
@@ -159,12 +167,13 @@ def export_model(
             )
             inputs, outputs = read_io(onnx_path)
             extra: dict[str, Any] = {"numerical_check": asdict(check) if check else None}
+            cc_model_filenames: dict[str, str] = {}
 
             if spec.name == "python":
                 source = resources.files("export").joinpath(BACKEND_MODEL)
                 (version_dir / "model.py").write_bytes(source.read_bytes())
             elif spec.name == "plan":
-                from export.tensorrt import PlanBuild, build_plan
+                from export.tensorrt import PlanBuild, build_plan, require_tensorrt
 
                 plan_build = PlanBuild(
                     imgsz=options.imgsz,
@@ -175,8 +184,17 @@ def export_model(
                     cache_dir=options.cache_dir,
                     workspace_gib=options.workspace_gib,
                 )
-                extra.update(build_plan(onnx_path, version_dir / "model.plan", plan_build))
-            for name in {p.name for p in version_dir.iterdir()} - set(spec.files):
+                from export.plans import plan_filename
+
+                # A plan, and so its file name, belongs to this GPU's compute capability.
+                capability = require_tensorrt()["compute_capability"]
+                plan_file = plan_filename(capability)
+                build = build_plan(onnx_path, version_dir / plan_file, plan_build)
+                extra.update(build)
+                extra["plans"] = {capability: {"file": plan_file, "gpu": build["gpu"]}}
+                cc_model_filenames = {capability: plan_file}
+            keep = {*spec.files, *cc_model_filenames.values()}
+            for name in {p.name for p in version_dir.iterdir()} - keep:
                 (version_dir / name).unlink()  # e.g. the intermediate ONNX of a plan
 
             config = build_detector_config(
@@ -189,9 +207,7 @@ def export_model(
                 instance_count=1,
                 class_names=detector.class_names,
                 imgsz=options.imgsz,
-                cc_model_filenames=(
-                    {extra["compute_capability"]: "model.plan"} if spec.name == "plan" else None
-                ),
+                cc_model_filenames=cc_model_filenames,
             )
             if options.ort_tensorrt:
                 add_tensorrt_accelerator(
@@ -245,3 +261,65 @@ def _commit(staging: Path, out_dir: Path, version: str, *, new_model: bool) -> N
         raise
     if new_model:  # an existing, empty folder: give it its config
         os.replace(staging / CONFIG_FILE, out_dir / CONFIG_FILE)
+
+
+def export_plan_for_this_gpu(
+    weights: Path, out_dir: Path, *, model_name: str, version: str, options: ExportOptions
+) -> ExportResult:
+    """Build this GPU's plan of ``weights`` and add it to the existing ``out_dir/version``.
+
+    For fleets of several GPU kinds (see ``export.plans``): the same checked export as
+    ``export_model``, made in a temporary folder, then merged; ``out_dir`` is unchanged
+    when anything fails.
+    """
+    from export.plans import add_gpu_plan
+
+    if options.format != "plan":
+        raise InvalidInputError(f"--add-gpu applies to --format plan, not {options.format}")
+    if not (out_dir / version).is_dir():
+        raise InvalidInputError(
+            f"{out_dir / version} does not exist: export it once without --add-gpu first"
+        )
+    _validate(model_name, version, options)
+    with tempfile.TemporaryDirectory(prefix="repo-manager-gpu-plan-") as work:
+        built = export_model(
+            weights,
+            Path(work) / model_name,
+            model_name=model_name,
+            version=version,
+            options=options,
+        )
+        add_gpu_plan(out_dir, version, built.version_dir, built.config)
+    return load_exported(out_dir, version)
+
+
+def load_exported(model_dir: Path, version: str) -> ExportResult:
+    """A model folder written by ``export``, checked against its manifest before use."""
+    from export.manifest import read_checked_manifest
+
+    version_dir = model_dir / version
+    config_path = model_dir / CONFIG_FILE
+    if not version_dir.is_dir() or not config_path.is_file():
+        raise InvalidInputError(
+            f"{model_dir} is not an export of version {version} "
+            f"(expected {CONFIG_FILE} and {version}/)"
+        )
+    manifest = read_checked_manifest(version_dir)
+    config = parse_config(config_path.read_bytes(), source=str(config_path))
+    return ExportResult(
+        model_dir=model_dir, version_dir=version_dir, config=config, manifest=manifest
+    )
+
+
+def stage_exported(source: Path, staged: Path, *, model: str, version: str) -> ExportResult:
+    """Copy ``version`` of the export at ``source`` into ``staged`` to publish it as ``model``.
+
+    The copy is checked against the manifest again, so what is published is what was built.
+    """
+    exported = load_exported(source, version)
+    if exported.config.name != model:
+        raise InvalidInputError(f"{source} is an export of {exported.config.name!r}, not {model!r}")
+    staged.mkdir(parents=True)
+    shutil.copy2(source / CONFIG_FILE, staged / CONFIG_FILE)
+    shutil.copytree(exported.version_dir, staged / version)
+    return load_exported(staged, version)

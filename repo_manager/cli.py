@@ -394,29 +394,38 @@ def serve(
 )
 @click.option("--name", default=None, help="Model name in the config [default: output's name].")
 @click.option("--version", "version", default="1", show_default=True)
+@click.option(
+    "--add-gpu",
+    is_flag=True,
+    help="Add this GPU kind's plan to the existing VERSION (fleets of several GPU kinds).",
+)
 @export_options
 def export_command(
     weights: Path,
     output: Path,
     name: str | None,
     version: str,
+    add_gpu: bool,
     export_options: Any,
 ) -> None:
     """Export Ultralytics WEIGHTS into a Triton model folder."""
-    from export import export_model
+    from export import export_model, export_plan_for_this_gpu
 
     model = validate_model_name(name or output.resolve().name)
     version = validate_version(version)
-    if (output / version).exists():
+    if not add_gpu and (output / version).exists():
         raise InvalidInputError(f"{output / version} already exists")
-    result = export_model(
+    export = export_plan_for_this_gpu if add_gpu else export_model
+    result = export(
         resolve_weights(model, str(weights)),
         output,
         model_name=model,
         version=version,
         options=export_options,
     )
-    click.echo(f"exported {result.version_dir}")
+    plans = sorted(result.manifest.get("plans", {}))
+    suffix = f" (plans for compute capability {', '.join(plans)})" if plans else ""
+    click.echo(f"exported {result.version_dir}{suffix}")
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})
@@ -424,6 +433,12 @@ def export_command(
 @click.argument("version")
 @verbose_option
 @click.option("--weights", default=None, help="Ultralytics .pt [default: MODEL.pt here].")
+@click.option(
+    "--exported",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Publish VERSION of a model folder `export` wrote (e.g. plans for several GPU kinds).",
+)
 @export_options
 @click.option(
     "--canary-weight",
@@ -453,6 +468,7 @@ def publish(
     model: str,
     version: str,
     weights: str | None,
+    exported: Path | None,
     export_options: Any,
     canary_weight: str,
     force: bool,
@@ -472,7 +488,9 @@ def publish(
         from repo_manager.validation import load_golden_set
 
         load_golden_set(golden)
-    path = resolve_weights(model, weights)
+    if exported is not None and weights is not None:
+        raise InvalidInputError("give --weights or --exported, not both")
+    path = None if exported is not None else resolve_weights(model, weights)
     _require_repository(obj)
     manager = obj.manager(drain_seconds=drain_seconds)
     gated = golden is not None and manager.state(model) is not None
@@ -480,6 +498,7 @@ def publish(
         model,
         version,
         weights=path,
+        exported=exported,
         export_options=export_options,
         canary_weight=0 if gated else weight,
         force=force,

@@ -20,7 +20,7 @@ from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 from tritonclient.grpc.model_config_pb2 import ModelConfig
 
-from repo_manager.errors import InvalidVersionError, StorageError
+from repo_manager.errors import IncompatibleModelError, InvalidVersionError, StorageError
 
 __all__ = [
     "PLATFORMS",
@@ -30,6 +30,7 @@ __all__ = [
     "build_detector_config",
     "config_to_json",
     "io_signature",
+    "merge_cc_model_filenames",
     "parse_config",
     "render_config",
     "with_version_policy",
@@ -215,3 +216,20 @@ def add_tensorrt_accelerator(config: ModelConfig, *, fp16: bool, workspace_gib: 
     )
     accelerator.parameters["precision_mode"] = "FP16" if fp16 else "FP32"
     accelerator.parameters["max_workspace_size_bytes"] = str(int(workspace_gib * (1 << 30)))
+
+
+def merge_cc_model_filenames(config: ModelConfig, extra: Mapping[str, str]) -> ModelConfig:
+    """A copy of ``config`` whose ``cc_model_filenames`` also maps ``extra``.
+
+    An existing entry that names another file is a conflict: two builds claim one GPU kind.
+    """
+    merged = ModelConfig()
+    merged.CopyFrom(config)
+    for capability, filename in sorted(extra.items()):
+        present = merged.cc_model_filenames.get(capability)
+        if present is not None and present != filename:
+            raise IncompatibleModelError(
+                f"compute capability {capability} maps to {present}, not {filename}"
+            )
+        merged.cc_model_filenames[capability] = filename
+    return merged

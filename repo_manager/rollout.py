@@ -33,7 +33,13 @@ from repo_manager.errors import (
 )
 from repo_manager.gates import GoldenGates, LiveGates
 from repo_manager.metrics import publish_rollout_state
-from repo_manager.modelconfig import parse_config, render_config, with_version_policy
+from repo_manager.modelconfig import (
+    ModelConfig,
+    merge_cc_model_filenames,
+    parse_config,
+    render_config,
+    with_version_policy,
+)
 from repo_manager.phases import Phase, check_transition
 from repo_manager.repository import ModelRepository, validate_model_name, validate_version
 from repo_manager.state import RolloutState, Transition, load_state, state_key, utc_now
@@ -315,15 +321,20 @@ class RolloutManager:
         model: str,
         version: str,
         *,
-        weights: Path,
-        export_options: Any,
+        weights: Path | None = None,
+        export_options: Any = None,
+        exported: Path | None = None,
         canary_weight: int | None = None,
         force: bool = False,
     ) -> RolloutState:
         """Export, stage and add a version; first becomes stable, later ones the canary.
 
-        ``force`` publishes a TensorRT plan even when the servers' release does not match.
+        ``exported`` publishes a model folder that ``export`` already wrote (e.g. plans for
+        several GPU kinds) instead of exporting ``weights``. ``force`` publishes a TensorRT
+        plan even when the servers' release does not match.
         """
+        if (weights is None) == (exported is None):
+            raise InvalidInputError("publish needs either weights or an exported folder")
         model = validate_model_name(model)
         version = validate_version(version)
         weight = parse_weight(
@@ -335,14 +346,18 @@ class RolloutManager:
         check_transition(state.phase if state else None, target, action=f"publish {version}")
         self.fleet.check_reachable()
 
-        from export import export_model  # heavy (torch): only the publish path needs it
+        from export import export_model, stage_exported  # heavy (torch): publish only
 
         with tempfile.TemporaryDirectory(prefix="repo-manager-stage-") as tmp:
             staged = Path(tmp) / model
-            self.progress(f"exporting {weights} as {model} version {version}")
-            result = export_model(
-                weights, staged, model_name=model, version=version, options=export_options
-            )
+            if exported is not None:
+                result = stage_exported(exported, staged, model=model, version=version)
+            else:
+                assert weights is not None
+                self.progress(f"exporting {weights} as {model} version {version}")
+                result = export_model(
+                    weights, staged, model_name=model, version=version, options=export_options
+                )
             self.repository.check_compatible(model, result.config)
             check_plan_compatible(result.manifest, self.fleet.server_versions(), force=force)
             with self._locked(model):
@@ -373,14 +388,27 @@ class RolloutManager:
                 weights={state.stable: 100 - weight, version: weight},
                 policy=state.policy,
             )
+        previous_config = None if state is None else self.repository.require_config(model)
         created = self.repository.add_version(model, version, staged, progress=self.progress)
         try:
+            if previous_config is not None:
+                self._map_new_gpu_kinds(model, previous_config, staged)
             self._apply(new)
         except RepoManagerError:
             self._undo_publish(model, version, state, created=created)
+            if previous_config is not None:
+                self.repository.write_config(model, previous_config)
             raise
         action = "publish stable" if state is None else f"publish canary at {weight}%"
         return self._record(state, new, action=action)
+
+    def _map_new_gpu_kinds(self, model: str, current: ModelConfig, staged: Path) -> None:
+        """A version with plans for more GPU kinds extends the model's ``cc_model_filenames``."""
+        config_path = staged / "config.pbtxt"
+        candidate = parse_config(config_path.read_bytes(), source=str(config_path))
+        merged = merge_cc_model_filenames(current, dict(candidate.cc_model_filenames))
+        if merged != current:
+            self.repository.write_config(model, merged)
 
     def _undo_publish(
         self, model: str, version: str, state: RolloutState | None, *, created: bool

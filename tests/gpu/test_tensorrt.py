@@ -43,6 +43,14 @@ def _inputs(batch: int = 2) -> np.ndarray:
     return np.random.default_rng(0).random((batch, 3, IMGSZ, IMGSZ), dtype=np.float32)
 
 
+def plan_of(version: Path) -> Path:
+    """The plan file this GPU's export wrote (named after its compute capability)."""
+    import json
+
+    manifest = json.loads((version / "manifest.json").read_text())
+    return version / manifest["plans"][manifest["compute_capability"]]["file"]
+
+
 def run_plan(plan: Path, images: np.ndarray) -> np.ndarray:
     from export.tensorrt import PlanRunner
 
@@ -76,7 +84,7 @@ def reference(weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_fp16_plan_matches_onnxruntime(weights: Path, reference: Path, tmp_path: Path) -> None:
     version = _export(weights, tmp_path / "m", fp16=True, cache_dir=tmp_path / "cache")
-    plan = version / "model.plan"
+    plan = plan_of(version)
     assert plan.read_bytes()[:4] != b'{"de'  # plain plan, no Ultralytics metadata header
     images = _inputs()
     got, want = run_plan(plan, images), run_onnx(reference, images)
@@ -99,7 +107,7 @@ def test_int8_plan_with_calibration_stays_close(
     )
     assert list(cache.glob("calibration-*.cache")), "calibration cache not written"
     images = _inputs()
-    got, want = run_plan(version / "model.plan", images), run_onnx(reference, images)
+    got, want = run_plan(plan_of(version), images), run_onnx(reference, images)
     confident = want[:, 4:].max(axis=1) >= 0.5  # [B, anchors]
     if confident.any():
         box_error = np.abs(got[:, :4] - want[:, :4]).transpose(0, 2, 1)[confident]
@@ -115,7 +123,7 @@ def test_int8_plan_with_calibration_stays_close(
         calibration_images=calibration,
         cache_dir=cache,
     )
-    assert (again / "model.plan").stat().st_size > 0
+    assert plan_of(again).stat().st_size > 0
 
 
 def test_second_build_with_timing_cache_is_faster(weights: Path, tmp_path: Path) -> None:
