@@ -13,12 +13,14 @@ import os
 import signal
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 
+from repo_manager.discovery import has_dns, resolve_urls
 from repo_manager.errors import (
     GateFailedError,
     InvalidGateError,
@@ -70,7 +72,7 @@ class Context:
         )
         return RolloutManager(
             ModelRepository(self.storage()),
-            TritonFleet(self.urls, security=self.security),
+            TritonFleet(resolve_urls(self.urls), security=self.security),
             settings=settings,
             progress=self._progress,
         )
@@ -125,7 +127,8 @@ def _require_repository(obj: Context) -> None:
     "urls",
     envvar="TRITON_URL",
     multiple=True,
-    help=f"Triton gRPC HOST:PORT; repeat for a fleet.  [default: {DEFAULT_URL}]",
+    help="Triton gRPC HOST:PORT, or dns://NAME:PORT for every address of NAME (a "
+    f"headless Service), resolved again on each use; repeat for a fleet.  [default: {DEFAULT_URL}]",
 )
 @click.option(
     "--resolve-dns",
@@ -735,43 +738,102 @@ def policy(
 @verbose_option
 @click.option("--watch", is_flag=True, help="Keep reconciling every --interval seconds.")
 @click.option("--interval", type=click.FloatRange(0.5, 3600), default=10.0, show_default=True)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="With --watch: serve every model's rollout state and reconcile counters at :PORT/metrics.",
+)
+@click.option(
+    "--metrics-addr",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address for --metrics-port (0.0.0.0: all, e.g. in a container).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
-def reconcile(obj: Context, model: str | None, watch: bool, interval: float, as_json: bool) -> None:
-    """Re-apply the desired state (after Triton or the manager restarted)."""
+def reconcile(
+    obj: Context,
+    model: str | None,
+    watch: bool,
+    interval: float,
+    metrics_port: int | None,
+    metrics_addr: str,
+    as_json: bool,
+) -> None:
+    """Re-apply the desired state (after Triton or the manager restarted).
+
+    With --watch this is the long-running manager: each pass resolves dns:// fleets again
+    (a new replica gets the models), and a pass that fails prints one line and is
+    counted, then the next pass tries again.
+    """
+    if metrics_port is not None and not watch:
+        raise InvalidInputError("--metrics-port needs --watch")
     _require_repository(obj)
-    manager = obj.manager()
+    if metrics_port is not None:
+        from repo_manager.metrics import start_metrics_server
+
+        start_metrics_server(metrics_port, addr=metrics_addr)
     stop = threading.Event()
     if watch:
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda *_: stop.set())
+    manager: RolloutManager | None = None
     while True:
-        reports = manager.reconcile(model)
-        documents = [
-            {
-                "model": r.model,
-                "desired": r.desired,
-                "actions": r.actions,
-                "unreachable": r.unreachable,
-            }
-            for r in reports
-        ]
-        text = (
-            "\n".join(
-                f"{r.model}: versions {','.join(r.desired)}; "
-                f"{'; '.join(r.actions) or 'already in desired state'}"
-                for r in reports
-            )
-            or "no published models"
-        )
-        _emit(documents, as_json, text)
-        unreachable = sorted({u for r in reports for u in r.unreachable})
-        if not watch and unreachable:
-            raise TritonUnavailableError(
-                f"Triton unreachable at {', '.join(unreachable)}; the others are reconciled"
-            )
+        try:
+            manager = _reconcile_pass(obj, manager, model, as_json=as_json, watch=watch)
+        except RepoManagerError as exc:
+            if not watch:
+                raise
+            click.echo(f"error: {exc}", err=True)
         if not watch or stop.wait(interval):
             return
+
+
+def _reconcile_pass(
+    obj: Context, manager: RolloutManager | None, model: str | None, *, as_json: bool, watch: bool
+) -> RolloutManager:
+    """One pass: (re)resolve the fleet, reconcile, publish state and the pass's figures."""
+    from repo_manager.metrics import publish_reconcile_pass
+
+    started = time.monotonic()
+    try:
+        if manager is None:
+            manager = obj.manager()
+        elif has_dns(obj.urls):
+            manager.fleet.set_urls(resolve_urls(obj.urls))
+        reports = manager.reconcile(model)
+        manager.expose_states(model)
+    except RepoManagerError:
+        publish_reconcile_pass(seconds=time.monotonic() - started, ok=False)
+        raise
+    unreachable = sorted({u for r in reports for u in r.unreachable})
+    publish_reconcile_pass(
+        seconds=time.monotonic() - started,
+        ok=True,
+        actions={r.model: sum(not a.startswith("unreachable") for a in r.actions) for r in reports},
+        unreachable=len(unreachable),
+        servers=len(manager.fleet.servers),
+        finished_at=time.time(),
+    )
+    documents = [
+        {"model": r.model, "desired": r.desired, "actions": r.actions, "unreachable": r.unreachable}
+        for r in reports
+    ]
+    text = (
+        "\n".join(
+            f"{r.model}: versions {','.join(r.desired)}; "
+            f"{'; '.join(r.actions) or 'already in desired state'}"
+            for r in reports
+        )
+        or "no published models"
+    )
+    _emit(documents, as_json, text)
+    if not watch and unreachable:
+        raise TritonUnavailableError(
+            f"Triton unreachable at {', '.join(unreachable)}; the others are reconciled"
+        )
+    return manager
 
 
 def _fail(message: str, code: int) -> NoReturn:
