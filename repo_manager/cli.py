@@ -198,7 +198,7 @@ _EXPORT_PARAMETERS = (
 )
 
 
-def parse_interval(text: str) -> float:
+def parse_interval(text: str, option: str = "--interval") -> float:
     """``30s``, ``2m``, ``500ms`` or plain seconds -> seconds (0.1 .. 86400)."""
     raw = text.strip().lower()
     scale = 1.0
@@ -209,9 +209,9 @@ def parse_interval(text: str) -> float:
     try:
         seconds = float(raw) * scale
     except ValueError:
-        raise InvalidGateError(f"invalid --interval {text!r}: e.g. 30s, 2m, 500ms") from None
+        raise InvalidGateError(f"invalid {option} {text!r}: e.g. 30s, 2m, 500ms") from None
     if not 0.1 <= seconds <= 86400:
-        raise InvalidGateError(f"invalid --interval {text!r}: must be 100ms .. 24h")
+        raise InvalidGateError(f"invalid {option} {text!r}: must be 100ms .. 24h")
     return seconds
 
 
@@ -834,6 +834,74 @@ def _reconcile_pass(
             f"Triton unreachable at {', '.join(unreachable)}; the others are reconciled"
         )
     return manager
+
+
+@cli.command()
+@click.argument("model")
+@click.option(
+    "--rate",
+    type=click.FloatRange(0.1, 10000),
+    default=10.0,
+    show_default=True,
+    help="Requests per second, all threads together.",
+)
+@click.option("--threads", type=click.IntRange(1, 64), default=2, show_default=True)
+@click.option("--duration", default=None, help="Stop after this long (30s, 5m) [default: never].")
+@click.option("--imgsz", type=click.IntRange(32, 4096), default=640, show_default=True)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Serve the Router's per-version metrics at :PORT/metrics.",
+)
+@click.option("--metrics-addr", default="127.0.0.1", show_default=True)
+@click.pass_obj
+def traffic(
+    obj: Context,
+    model: str,
+    rate: float,
+    threads: int,
+    duration: str | None,
+    imgsz: int,
+    metrics_port: int | None,
+    metrics_addr: str,
+) -> None:
+    """Send Router.detect requests on random images: load for a rollout to judge."""
+    from repo_manager.loadgen import run_load
+    from repo_manager.metrics import start_metrics_server
+    from repo_manager.routing import Router
+
+    model = validate_model_name(model)
+    seconds = parse_interval(duration, "--duration") if duration else None
+    _require_repository(obj)
+    if metrics_port is not None:
+        start_metrics_server(metrics_port, addr=metrics_addr)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    if seconds is not None:
+        timer = threading.Timer(seconds, stop.set)
+        timer.daemon = True
+        timer.start()
+    started = time.monotonic()
+    with Router(
+        model,
+        url=obj.urls,
+        repository=obj.repository,
+        security=obj.security,
+        s3_endpoint=obj.s3_endpoint,
+    ) as router:
+        report = run_load(router, rate=rate, threads=threads, imgsz=imgsz, stop=stop)
+    served = sum(report.served.values())
+    shares = ", ".join(
+        f"v{v}: {n} ({100 * n / served:.1f}%)" for v, n in sorted(report.served.items())
+    )
+    click.echo(
+        f"{model}: {report.total} requests in {time.monotonic() - started:.1f}s; "
+        f"{shares or 'none served'}; {report.failures} failed"
+    )
+    if report.failures and not served:
+        raise TritonUnavailableError(f"no request served: {report.last_error}")
 
 
 def _fail(message: str, code: int) -> NoReturn:
