@@ -50,7 +50,9 @@ def test_a_dns_url_expands_to_every_address_once_and_plain_urls_pass_through() -
 
 
 def test_a_name_that_does_not_resolve_is_one_typed_line_naming_it() -> None:
-    with pytest.raises(FleetResolutionError, match="cannot resolve Triton fleet name gone.svc") as e:
+    with pytest.raises(
+        FleetResolutionError, match=r"cannot resolve Triton fleet name gone\.svc"
+    ) as e:
         resolve_urls(["dns://gone.svc:8001"], resolver=Records())
     assert isinstance(e.value, TritonUnavailableError) and e.value.exit_code == 1
     assert "\n" not in str(e.value)
