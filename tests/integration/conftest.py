@@ -93,12 +93,13 @@ class Stack:
         self.server.wait_ready()
 
 
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
-    repository = tmp_path / "model_repository"
+@contextmanager
+def running_stack(root: Path) -> Iterator[Stack]:
+    """A fresh repository under ``root`` and a tritonserver on it, stopped afterwards."""
+    repository = root / "model_repository"
     repository.mkdir()
     server = EmbeddedTriton(
-        repository, ports=ServerPorts.free(), log_path=tmp_path / "tritonserver.log"
+        repository, ports=ServerPorts.free(), log_path=root / "tritonserver.log"
     )
     server.start()
     server.wait_ready()
@@ -107,6 +108,45 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         yield running
     finally:
         running.server.stop()
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    with running_stack(tmp_path) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def prometheus_binary() -> str:
+    """Debian's prometheus (`.ci/run` installs it); its tests skip with the reason without."""
+    import shutil
+
+    found = shutil.which("prometheus")
+    if found is None:
+        pytest.skip("no prometheus binary (Debian: apt-get install prometheus)")
+    return found
+
+
+@pytest.fixture
+def router_metrics() -> Iterator[str]:
+    """This process's Router metrics on a loopback port (what the analysis reads)."""
+    with serving_router_metrics() as url:
+        yield url
+
+
+@contextmanager
+def serving_router_metrics() -> Iterator[str]:
+    """This process's metrics (its Routers') at a loopback URL while the block runs."""
+    from repo_manager.metrics import start_metrics_server
+    from repo_manager.server import free_port
+
+    port = free_port()
+    server = start_metrics_server(port, addr="127.0.0.1")
+    try:
+        yield f"http://127.0.0.1:{port}/metrics"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def snapshot(root: Path) -> dict[str, str]:
