@@ -127,13 +127,15 @@ def _require_repository(obj: Context) -> None:
     "urls",
     envvar="TRITON_URL",
     multiple=True,
-    help="Triton gRPC HOST:PORT, or dns://NAME:PORT for every address of NAME (a "
-    f"headless Service), resolved again on each use; repeat for a fleet.  [default: {DEFAULT_URL}]",
+    help="Triton gRPC HOST:PORT, or dns://NAME:PORT: every address of NAME (a headless "
+    "Service), resolved again on each reconcile --watch pass; repeat for a fleet.  "
+    f"[default: {DEFAULT_URL}]",
 )
 @click.option(
     "--resolve-dns",
     is_flag=True,
-    help="Expand each --url host into every address its DNS name resolves to.",
+    help="Expand each HOST:PORT --url into every address its name resolves to, once "
+    "(dns:// names are resolved again over time).",
 )
 @click.option(
     "--s3-endpoint",
