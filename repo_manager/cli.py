@@ -278,6 +278,23 @@ def analysis_options(func: Any) -> Any:
     return func
 
 
+def serve_metrics_options(port_help: str) -> Any:
+    """``--metrics-port`` and ``--metrics-addr`` of the long-running commands."""
+
+    def decorate(func: Any) -> Any:
+        func = click.option(
+            "--metrics-addr",
+            default="127.0.0.1",
+            show_default=True,
+            help="Address for --metrics-port (0.0.0.0: all, e.g. in a container).",
+        )(func)
+        return click.option(
+            "--metrics-port", type=click.IntRange(1, 65535), default=None, help=port_help
+        )(func)
+
+    return decorate
+
+
 def export_options(func: Any) -> Any:
     """Options shared by ``export`` and ``publish``, handed over as one ``export_options``."""
 
@@ -740,17 +757,8 @@ def policy(
 @verbose_option
 @click.option("--watch", is_flag=True, help="Keep reconciling every --interval seconds.")
 @click.option("--interval", type=click.FloatRange(0.5, 3600), default=10.0, show_default=True)
-@click.option(
-    "--metrics-port",
-    type=click.IntRange(1, 65535),
-    default=None,
-    help="With --watch: serve every model's rollout state and reconcile counters at :PORT/metrics.",
-)
-@click.option(
-    "--metrics-addr",
-    default="127.0.0.1",
-    show_default=True,
-    help="Address for --metrics-port (0.0.0.0: all, e.g. in a container).",
+@serve_metrics_options(
+    "With --watch: serve every model's rollout state and reconcile counters at :PORT/metrics."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
@@ -850,13 +858,7 @@ def _reconcile_pass(
 @click.option("--threads", type=click.IntRange(1, 64), default=2, show_default=True)
 @click.option("--duration", default=None, help="Stop after this long (30s, 5m) [default: never].")
 @click.option("--imgsz", type=click.IntRange(32, 4096), default=640, show_default=True)
-@click.option(
-    "--metrics-port",
-    type=click.IntRange(1, 65535),
-    default=None,
-    help="Serve the Router's per-version metrics at :PORT/metrics.",
-)
-@click.option("--metrics-addr", default="127.0.0.1", show_default=True)
+@serve_metrics_options("Serve the Router's per-version metrics at :PORT/metrics.")
 @click.pass_obj
 def traffic(
     obj: Context,

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from repo_manager import FleetResolutionError, TritonUnavailableError
+from repo_manager import FleetResolutionError, Router, TritonUnavailableError
 from repo_manager.discovery import has_dns, resolve_urls
 from repo_manager.errors import InvalidInputError
 from repo_manager.triton import TritonFleet
@@ -77,13 +77,21 @@ def test_a_fleet_keeps_known_servers_adds_new_ones_and_closes_those_gone() -> No
     fleet.close()
 
 
+def dns_router(
+    repo: Path, monkeypatch: pytest.MonkeyPatch, **kw: Any
+) -> tuple[Router, list[Any], Records]:
+    """A Router on ``dns://triton.svc:8001`` (one record, 10.0.0.1) with fake clients."""
+    write_state(repo, {"1": 100}, generation=1, canary=None)
+    records = Records(triton_svc=["10.0.0.1"])
+    monkeypatch.setattr(socket, "getaddrinfo", records)
+    router, clients = make_router(repo, ["dns://triton.svc:8001"], **kw)
+    return router, clients, records
+
+
 def test_a_router_follows_the_names_records_and_keeps_the_last_fleet_when_lookup_fails(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    write_state(tmp_path, {"1": 100}, generation=1, canary=None)
-    records = Records(triton_svc=["10.0.0.1"])
-    monkeypatch.setattr(socket, "getaddrinfo", records)
-    router, clients = make_router(tmp_path, ["dns://triton.svc:8001"], resolve_interval=3600)
+    router, clients, records = dns_router(tmp_path, monkeypatch, resolve_interval=3600)
     try:
         assert router.urls == ("10.0.0.1:8001",)
         router.infer([])
@@ -112,11 +120,8 @@ def test_a_router_polls_the_name_again_on_its_own(
 ) -> None:
     import time
 
-    write_state(tmp_path, {"1": 100}, generation=1, canary=None)
-    records = Records(triton_svc=["10.0.0.1"])
-    monkeypatch.setattr(socket, "getaddrinfo", records)
-    router, _ = make_router(
-        tmp_path, ["dns://triton.svc:8001"], poll_interval=0.02, resolve_interval=0.05
+    router, _, records = dns_router(
+        tmp_path, monkeypatch, poll_interval=0.02, resolve_interval=0.05
     )
     try:
         records.zone["triton.svc"] = ["10.0.0.5"]
