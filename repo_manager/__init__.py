@@ -10,6 +10,7 @@ from __future__ import annotations
 from repo_manager.errors import (
     BucketNotFoundError,
     ExportError,
+    FleetResolutionError,
     GateFailedError,
     GoldenSetError,
     IllegalTransitionError,
@@ -40,6 +41,7 @@ __all__ = [
     "BucketNotFoundError",
     "Detections",
     "ExportError",
+    "FleetResolutionError",
     "GateFailedError",
     "GoldenSetError",
     "GrpcSecurity",

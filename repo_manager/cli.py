@@ -13,12 +13,14 @@ import os
 import signal
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 
+from repo_manager.discovery import has_dns, resolve_urls
 from repo_manager.errors import (
     GateFailedError,
     InvalidGateError,
@@ -70,7 +72,7 @@ class Context:
         )
         return RolloutManager(
             ModelRepository(self.storage()),
-            TritonFleet(self.urls, security=self.security),
+            TritonFleet(resolve_urls(self.urls), security=self.security),
             settings=settings,
             progress=self._progress,
         )
@@ -125,12 +127,15 @@ def _require_repository(obj: Context) -> None:
     "urls",
     envvar="TRITON_URL",
     multiple=True,
-    help=f"Triton gRPC HOST:PORT; repeat for a fleet.  [default: {DEFAULT_URL}]",
+    help="Triton gRPC HOST:PORT, or dns://NAME:PORT: every address of NAME (a headless "
+    "Service), resolved again on each reconcile --watch pass; repeat for a fleet.  "
+    f"[default: {DEFAULT_URL}]",
 )
 @click.option(
     "--resolve-dns",
     is_flag=True,
-    help="Expand each --url host into every address its DNS name resolves to.",
+    help="Expand each HOST:PORT --url into every address its name resolves to, once "
+    "(dns:// names are resolved again over time).",
 )
 @click.option(
     "--s3-endpoint",
@@ -195,7 +200,7 @@ _EXPORT_PARAMETERS = (
 )
 
 
-def parse_interval(text: str) -> float:
+def parse_interval(text: str, option: str = "--interval") -> float:
     """``30s``, ``2m``, ``500ms`` or plain seconds -> seconds (0.1 .. 86400)."""
     raw = text.strip().lower()
     scale = 1.0
@@ -206,9 +211,9 @@ def parse_interval(text: str) -> float:
     try:
         seconds = float(raw) * scale
     except ValueError:
-        raise InvalidGateError(f"invalid --interval {text!r}: e.g. 30s, 2m, 500ms") from None
+        raise InvalidGateError(f"invalid {option} {text!r}: e.g. 30s, 2m, 500ms") from None
     if not 0.1 <= seconds <= 86400:
-        raise InvalidGateError(f"invalid --interval {text!r}: must be 100ms .. 24h")
+        raise InvalidGateError(f"invalid {option} {text!r}: must be 100ms .. 24h")
     return seconds
 
 
@@ -271,6 +276,23 @@ def analysis_options(func: Any) -> Any:
     ):
         func = option(func)
     return func
+
+
+def serve_metrics_options(port_help: str) -> Any:
+    """``--metrics-port`` and ``--metrics-addr`` of the long-running commands."""
+
+    def decorate(func: Any) -> Any:
+        func = click.option(
+            "--metrics-addr",
+            default="127.0.0.1",
+            show_default=True,
+            help="Address for --metrics-port (0.0.0.0: all, e.g. in a container).",
+        )(func)
+        return click.option(
+            "--metrics-port", type=click.IntRange(1, 65535), default=None, help=port_help
+        )(func)
+
+    return decorate
 
 
 def export_options(func: Any) -> Any:
@@ -754,43 +776,155 @@ def policy(
 @verbose_option
 @click.option("--watch", is_flag=True, help="Keep reconciling every --interval seconds.")
 @click.option("--interval", type=click.FloatRange(0.5, 3600), default=10.0, show_default=True)
+@serve_metrics_options(
+    "With --watch: serve every model's rollout state and reconcile counters at :PORT/metrics."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
-def reconcile(obj: Context, model: str | None, watch: bool, interval: float, as_json: bool) -> None:
-    """Re-apply the desired state (after Triton or the manager restarted)."""
+def reconcile(
+    obj: Context,
+    model: str | None,
+    watch: bool,
+    interval: float,
+    metrics_port: int | None,
+    metrics_addr: str,
+    as_json: bool,
+) -> None:
+    """Re-apply the desired state (after Triton or the manager restarted).
+
+    With --watch this is the long-running manager: each pass resolves dns:// fleets again
+    (a new replica gets the models), and a pass that fails prints one line and is
+    counted, then the next pass tries again.
+    """
+    if metrics_port is not None and not watch:
+        raise InvalidInputError("--metrics-port needs --watch")
     _require_repository(obj)
-    manager = obj.manager()
+    if metrics_port is not None:
+        from repo_manager.metrics import start_metrics_server
+
+        start_metrics_server(metrics_port, addr=metrics_addr)
     stop = threading.Event()
     if watch:
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda *_: stop.set())
+    manager: RolloutManager | None = None
     while True:
-        reports = manager.reconcile(model)
-        documents = [
-            {
-                "model": r.model,
-                "desired": r.desired,
-                "actions": r.actions,
-                "unreachable": r.unreachable,
-            }
-            for r in reports
-        ]
-        text = (
-            "\n".join(
-                f"{r.model}: versions {','.join(r.desired)}; "
-                f"{'; '.join(r.actions) or 'already in desired state'}"
-                for r in reports
-            )
-            or "no published models"
-        )
-        _emit(documents, as_json, text)
-        unreachable = sorted({u for r in reports for u in r.unreachable})
-        if not watch and unreachable:
-            raise TritonUnavailableError(
-                f"Triton unreachable at {', '.join(unreachable)}; the others are reconciled"
-            )
+        try:
+            manager = _reconcile_pass(obj, manager, model, as_json=as_json, watch=watch)
+        except RepoManagerError as exc:
+            if not watch:
+                raise
+            click.echo(f"error: {exc}", err=True)
         if not watch or stop.wait(interval):
             return
+
+
+def _reconcile_pass(
+    obj: Context, manager: RolloutManager | None, model: str | None, *, as_json: bool, watch: bool
+) -> RolloutManager:
+    """One pass: (re)resolve the fleet, reconcile, publish state and the pass's figures."""
+    from repo_manager.metrics import publish_reconcile_pass
+
+    started = time.monotonic()
+    try:
+        if manager is None:
+            manager = obj.manager()
+        elif has_dns(obj.urls):
+            manager.fleet.set_urls(resolve_urls(obj.urls))
+        reports = manager.reconcile(model)
+        manager.expose_states(model)
+    except RepoManagerError:
+        publish_reconcile_pass(seconds=time.monotonic() - started, ok=False)
+        raise
+    unreachable = sorted({u for r in reports for u in r.unreachable})
+    publish_reconcile_pass(
+        seconds=time.monotonic() - started,
+        ok=True,
+        actions={r.model: sum(not a.startswith("unreachable") for a in r.actions) for r in reports},
+        unreachable=len(unreachable),
+        servers=len(manager.fleet.servers),
+        finished_at=time.time(),
+    )
+    documents = [
+        {"model": r.model, "desired": r.desired, "actions": r.actions, "unreachable": r.unreachable}
+        for r in reports
+    ]
+    text = (
+        "\n".join(
+            f"{r.model}: versions {','.join(r.desired)}; "
+            f"{'; '.join(r.actions) or 'already in desired state'}"
+            for r in reports
+        )
+        or "no published models"
+    )
+    _emit(documents, as_json, text)
+    if not watch and unreachable:
+        raise TritonUnavailableError(
+            f"Triton unreachable at {', '.join(unreachable)}; the others are reconciled"
+        )
+    return manager
+
+
+@cli.command()
+@click.argument("model")
+@click.option(
+    "--rate",
+    type=click.FloatRange(0.1, 10000),
+    default=10.0,
+    show_default=True,
+    help="Requests per second, all threads together.",
+)
+@click.option("--threads", type=click.IntRange(1, 64), default=2, show_default=True)
+@click.option("--duration", default=None, help="Stop after this long (30s, 5m) [default: never].")
+@click.option("--imgsz", type=click.IntRange(32, 4096), default=640, show_default=True)
+@serve_metrics_options("Serve the Router's per-version metrics at :PORT/metrics.")
+@click.pass_obj
+def traffic(
+    obj: Context,
+    model: str,
+    rate: float,
+    threads: int,
+    duration: str | None,
+    imgsz: int,
+    metrics_port: int | None,
+    metrics_addr: str,
+) -> None:
+    """Send Router.detect requests on random images: load for a rollout to judge."""
+    from repo_manager.loadgen import run_load
+    from repo_manager.metrics import start_metrics_server
+    from repo_manager.routing import Router
+
+    model = validate_model_name(model)
+    seconds = parse_interval(duration, "--duration") if duration else None
+    _require_repository(obj)
+    if metrics_port is not None:
+        start_metrics_server(metrics_port, addr=metrics_addr)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    if seconds is not None:
+        timer = threading.Timer(seconds, stop.set)
+        timer.daemon = True
+        timer.start()
+    started = time.monotonic()
+    with Router(
+        model,
+        url=obj.urls,
+        repository=obj.repository,
+        security=obj.security,
+        s3_endpoint=obj.s3_endpoint,
+    ) as router:
+        report = run_load(router, rate=rate, threads=threads, imgsz=imgsz, stop=stop)
+    served = sum(report.served.values())
+    shares = ", ".join(
+        f"v{v}: {n} ({100 * n / served:.1f}%)" for v, n in sorted(report.served.items())
+    )
+    click.echo(
+        f"{model}: {report.total} requests in {time.monotonic() - started:.1f}s; "
+        f"{shares or 'none served'}; {report.failures} failed"
+    )
+    if report.failures and not served:
+        raise TritonUnavailableError(f"no request served: {report.last_error}")
 
 
 def _fail(message: str, code: int) -> NoReturn:

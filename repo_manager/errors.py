@@ -23,6 +23,7 @@ translated where they enter and chained with ``from``.
     │   └── StorageUnavailableError       the S3 endpoint could not be reached
     ├── TritonError                       exit 1: Triton refused or failed an operation
     │   ├── TritonUnavailableError        Triton could not be reached
+    │   │   └── FleetResolutionError      a dns:// fleet name resolved to no address
     │   └── VersionNotReadyError          a version did not become READY (or unloaded) in time
     ├── RoutingError                      exit 1: the Router has no version it can send to
     ├── GateFailedError                   exit 1: a canary failed a validation gate
@@ -34,6 +35,7 @@ from __future__ import annotations
 __all__ = [
     "BucketNotFoundError",
     "ExportError",
+    "FleetResolutionError",
     "GateFailedError",
     "GoldenSetError",
     "IllegalTransitionError",
@@ -125,6 +127,10 @@ class TritonError(RepoManagerError):
 
 class TritonUnavailableError(TritonError):
     """Triton could not be reached at the given address."""
+
+
+class FleetResolutionError(TritonUnavailableError):
+    """A fleet's DNS name (a headless Service) resolved to no address."""
 
 
 class VersionNotReadyError(TritonError):

@@ -28,7 +28,7 @@ from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from prometheus_client import REGISTRY, Gauge, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import (
     CounterMetricFamily,
     HistogramMetricFamily,
@@ -38,10 +38,13 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from repo_manager.errors import InvalidInputError
+
 __all__ = [
     "LATENCY_BUCKETS",
     "ShadowMetrics",
     "VersionMetrics",
+    "publish_reconcile_pass",
     "publish_rollout_state",
     "shadow_metrics",
     "start_metrics_server",
@@ -280,6 +283,13 @@ GATE_VALUE = Gauge(
     "repo_manager_gate_value", "Last measured value of each gate (NaN: skipped).", ["model", "gate"]
 )
 GATE_PASSED = Gauge("repo_manager_gate_passed", "1 if the gate last passed.", ["model", "gate"])
+STABLE_VERSION = Gauge(
+    "repo_manager_stable_version", "The stable version of the model (0: none).", ["model"]
+)
+CANARY_VERSION = Gauge(
+    "repo_manager_canary_version", "The canary version of the model (0: none).", ["model"]
+)
+_gates_shown: dict[str, set[str]] = {}
 
 
 def publish_rollout_state(
@@ -288,26 +298,99 @@ def publish_rollout_state(
     phase: str,
     phases: Iterable[str],
     canary_weight: int,
+    stable: str | None = None,
+    canary: str | None = None,
     failed_checks: int = 0,
     metrics_errors: int = 0,
     gates: Iterable[tuple[str, float | None, bool]] = (),
 ) -> None:
-    """Expose a model's rollout state: weight, phase, failed checks, each gate's last value."""
+    """Expose a model's rollout state: weight, phase, versions, each gate's last value.
+
+    Gates the last verdict no longer names are removed, so a new analysis never shows the
+    readings of an old one.
+    """
     CANARY_WEIGHT.labels(model).set(canary_weight)
+    STABLE_VERSION.labels(model).set(int(stable) if stable else 0)
+    CANARY_VERSION.labels(model).set(int(canary) if canary else 0)
     for name in phases:
         ROLLOUT_PHASE.labels(model, name).set(1 if name == phase else 0)
     FAILED_CHECKS.labels(model).set(failed_checks)
     METRICS_ERRORS.labels(model).set(metrics_errors)
+    shown = set()
     for gate, value, passed in gates:
         GATE_VALUE.labels(model, gate).set(float("nan") if value is None else value)
         GATE_PASSED.labels(model, gate).set(1 if passed else 0)
+        shown.add(gate)
+    for stale in _gates_shown.get(model, set()) - shown:
+        GATE_VALUE.remove(model, stale)
+        GATE_PASSED.remove(model, stale)
+    _gates_shown[model] = shown
+
+
+# -- the long-running manager (``reconcile --watch``) --------------------------------------
+
+RECONCILE_RUNS = Counter(
+    "repo_manager_reconcile_runs",
+    "Reconcile passes, by outcome (ok, error: the pass raised and the watch went on).",
+    ["outcome"],
+)
+RECONCILE_ACTIONS = Counter(
+    "repo_manager_reconcile_actions",
+    "Actions reconcile took on Triton (loads, finished promotes/rollbacks), per model.",
+    ["model"],
+)
+RECONCILE_DURATION = Histogram(
+    "repo_manager_reconcile_duration_seconds",
+    "Time one reconcile pass took.",
+    buckets=(0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0),
+)
+RECONCILE_UNREACHABLE = Gauge(
+    "repo_manager_reconcile_unreachable_servers",
+    "Triton servers the last reconcile pass could not reach.",
+)
+RECONCILE_LAST_SUCCESS = Gauge(
+    "repo_manager_reconcile_last_success_timestamp_seconds",
+    "Unix time of the last reconcile pass that raised no error.",
+)
+FLEET_SERVERS = Gauge(
+    "repo_manager_fleet_servers", "Triton servers in the fleet at the last reconcile pass."
+)
+
+
+def publish_reconcile_pass(
+    *,
+    seconds: float,
+    ok: bool,
+    actions: dict[str, int] | None = None,
+    unreachable: int = 0,
+    servers: int | None = None,
+    finished_at: float | None = None,
+) -> None:
+    """Record one reconcile pass (the manager's own health, beside the rollout gauges)."""
+    RECONCILE_RUNS.labels("ok" if ok else "error").inc()
+    RECONCILE_DURATION.observe(seconds)
+    for model, count in (actions or {}).items():
+        RECONCILE_ACTIONS.labels(model).inc(count)
+    if servers is not None:
+        FLEET_SERVERS.set(servers)
+    if ok:
+        RECONCILE_UNREACHABLE.set(unreachable)
+        if finished_at is not None:
+            RECONCILE_LAST_SUCCESS.set(finished_at)
 
 
 def start_metrics_server(port: int, addr: str = "0.0.0.0") -> Any:
     """Serve this process's metrics (Router ones included) at ``http://addr:port/metrics``.
 
-    Returns prometheus-client's server object; call its ``shutdown()`` to stop it.
+    Returns prometheus-client's server object; call its ``shutdown()`` to stop it. A port
+    that is taken (or an address this host lacks) is one clear InvalidInputError.
     """
-    started = start_http_server(port, addr=addr)
+    try:
+        started = start_http_server(port, addr=addr)
+    except OSError as exc:
+        raise InvalidInputError(
+            f"cannot serve metrics on {addr}:{port}: {exc.strerror or exc} "
+            "(pick another --metrics-port)"
+        ) from exc
     # prometheus-client >= 0.16 returns (server, thread); older ones return None.
     return started[0] if isinstance(started, tuple) else started

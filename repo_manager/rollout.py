@@ -200,6 +200,8 @@ def _expose(state: RolloutState) -> None:
         phase=state.phase.value,
         phases=[p.value for p in Phase],
         canary_weight=state.weights.get(state.canary, 0) if state.canary else 0,
+        stable=state.stable,
+        canary=state.canary,
         failed_checks=int(analysis.get("failed_checks", 0)),
         metrics_errors=int(analysis.get("metrics_errors", 0)),
         gates=[(g["name"], g["value"], g["passed"]) for g in last.get("gates", [])],
@@ -757,6 +759,14 @@ class RolloutManager:
 
     def models(self) -> list[str]:
         return [m for m in self.repository.models() if self.state(m) is not None]
+
+    def expose_states(self, model: str | None = None) -> None:
+        """Publish the persisted rollout state of each model as gauges, whichever process
+        wrote it (the watching manager serves them while others run rollouts)."""
+        for name in [validate_model_name(model)] if model else self.models():
+            state = self.state(name)
+            if state is not None:
+                _expose(state)
 
     def reconcile(self, model: str | None = None) -> list[ReconcileReport]:
         """Re-apply desired state: finish half-done moves, reload what servers lack."""

@@ -35,6 +35,7 @@ from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException, triton_to_np_dtype
 
 from repo_manager import yolo
+from repo_manager.discovery import has_dns, resolve_urls
 from repo_manager.errors import (
     InvalidInputError,
     RoutingError,
@@ -305,12 +306,15 @@ class Router:
         shadow_queue: int = 32,
         security: GrpcSecurity | None = None,
         s3_endpoint: str | None = None,
+        resolve_interval: float = 10.0,
     ) -> None:
         """
         Args:
             model: the Triton model name.
             url: one Triton gRPC address, or several serving the same repository; requests
                 are spread round-robin and move to the next one when one is unreachable.
+                ``dns://NAME:PORT`` stands for every address of NAME (a headless Service),
+                resolved again every ``resolve_interval`` seconds.
             repository: where the manager keeps the routing table (the CLI's --repository).
             poll_interval: seconds between checks of the routing table's change token.
             timeout: client-side deadline per attempt, in seconds (None: none).
@@ -329,6 +333,11 @@ class Router:
         urls = [url] if isinstance(url, str) else list(url)
         if not urls:
             raise InvalidInputError("Router needs at least one Triton url")
+        self._addresses = tuple(urls) if has_dns(urls) else ()
+        self._resolve_interval = resolve_interval
+        self._resolved_at = time.monotonic()
+        if self._addresses:
+            urls = resolve_urls(urls)
         if poll_interval <= 0:
             raise InvalidInputError(f"poll_interval must be positive, got {poll_interval}")
         self.model = model
@@ -338,6 +347,8 @@ class Router:
         self._storage: Storage = open_storage(os.fspath(repository), s3_endpoint=s3_endpoint)
         self._key = state_key(model)
         factory = client_factory or (lambda u: make_grpc_client(u, security))
+        self._factory = factory
+        self._retired: list[_Server] = []
         self._servers = [_Server(u, factory(u)) for u in urls]
         self._single = self._servers[0] if len(self._servers) == 1 else None
         self._rr = itertools.count()
@@ -411,6 +422,32 @@ class Router:
                 self.refresh()
             except Exception as exc:  # the poller must outlive any storage hiccup
                 logger.warning("routing table poll for %s failed: %s", self.model, exc)
+            if self._addresses and time.monotonic() - self._resolved_at >= self._resolve_interval:
+                self.rediscover()
+
+    def rediscover(self) -> tuple[str, ...]:
+        """Resolve ``dns://`` urls again and serve the fleet they name now; returns it.
+
+        A failed lookup keeps the last good fleet. Clients of servers that left are closed
+        one round later, so requests in flight on them finish.
+        """
+        self._resolved_at = time.monotonic()
+        try:
+            urls = resolve_urls(self._addresses)
+        except TritonError as exc:
+            logger.warning("%s; keeping %s", exc, ", ".join(self.urls))
+            return self.urls
+        if tuple(urls) == self.urls:
+            return self.urls
+        for server in self._retired:
+            server.client.close()
+        known = {server.url: server for server in self._servers}
+        servers = [known.pop(u) if u in known else _Server(u, self._factory(u)) for u in urls]
+        self._single = servers[0] if len(servers) == 1 else None
+        self._servers, self.urls = servers, tuple(urls)
+        self._retired = list(known.values())
+        logger.info("model %s: Triton fleet now %s", self.model, ", ".join(urls))
+        return self.urls
 
     def wait_for_generation(self, generation: int, timeout: float) -> bool:
         """Block until the table in force has at least ``generation``; False on timeout."""
@@ -730,7 +767,7 @@ class Router:
                 self._shadow_worker.join(timeout=10)
         if self._poller.is_alive() and self._poller is not threading.current_thread():
             self._poller.join(timeout=5)
-        for server in self._servers:
+        for server in self._servers + self._retired:
             try:
                 server.client.close()
             except Exception as exc:  # closing must not mask the caller's own error

@@ -7,8 +7,6 @@ and ``repr`` shows only header names.
 
 from __future__ import annotations
 
-import ipaddress
-import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +15,8 @@ from typing import Any
 import tritonclient.grpc as grpcclient
 from tritonclient._plugin import InferenceServerClientPlugin
 
-from repo_manager.errors import InvalidInputError, TritonUnavailableError
+from repo_manager.discovery import DNS_SCHEME, resolve_name, split_url
+from repo_manager.errors import InvalidInputError
 
 __all__ = ["GrpcSecurity", "expand_urls", "make_grpc_client", "parse_headers"]
 
@@ -103,37 +102,19 @@ def parse_headers(values: Iterable[str]) -> dict[str, str]:
     return headers
 
 
-def _split(url: str) -> tuple[str, str]:
-    host, sep, port = url.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        raise InvalidInputError(f"invalid Triton url {url!r}: use HOST:PORT")
-    return host.strip("[]"), port
-
-
 def expand_urls(urls: Sequence[str], *, resolve: bool) -> list[str]:
-    """Each url as given or, with ``resolve``, one per address its DNS name resolves to.
+    """Each url as given or, with ``resolve``, one per address its DNS name resolves to now.
 
     Opt-in, because ``localhost`` resolving to both 127.0.0.1 and ::1 must not turn one
-    server into two (one of them unreachable).
+    server into two (one of them unreachable). ``dns://`` entries (``discovery``) are
+    left for the caller, which resolves them again over time.
     """
     expanded: list[str] = []
     for url in urls:
-        host, port = _split(url)
-        try:
-            ipaddress.ip_address(host)
-            literal = True
-        except ValueError:
-            literal = False
-        if not resolve or literal:
-            expanded.append(url)
-            continue
-        try:
-            infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
-        except socket.gaierror as exc:
-            raise TritonUnavailableError(f"cannot resolve Triton host {host}: {exc}") from exc
-        for info in infos:
-            address = str(info[4][0])
-            entry = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
-            if entry not in expanded:
-                expanded.append(entry)
+        if url.startswith(DNS_SCHEME):
+            entries = [url]
+        else:
+            host, port = split_url(url)
+            entries = resolve_name(host, port) if resolve else [url]
+        expanded.extend(e for e in entries if e not in expanded)
     return expanded

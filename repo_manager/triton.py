@@ -163,6 +163,8 @@ class TritonFleet:
     ) -> None:
         if not urls:
             raise ValueError("a fleet needs at least one server")
+        self.request_timeout = request_timeout
+        self.security = security
         self.servers = [
             TritonControl(url, request_timeout=request_timeout, security=security) for url in urls
         ]
@@ -170,6 +172,21 @@ class TritonFleet:
     @property
     def urls(self) -> list[str]:
         return [server.url for server in self.servers]
+
+    def set_urls(self, urls: Sequence[str]) -> None:
+        """Become the fleet at ``urls`` (a DNS fleet re-resolved): known servers keep their
+        connection, new ones are added, those gone are closed."""
+        if not urls:
+            raise ValueError("a fleet needs at least one server")
+        known = {server.url: server for server in self.servers}
+        self.servers = [
+            known.pop(url)
+            if url in known
+            else TritonControl(url, request_timeout=self.request_timeout, security=self.security)
+            for url in urls
+        ]
+        for gone in known.values():
+            gone.close()
 
     def check_reachable(self) -> None:
         """Raise one error naming every server that does not answer (not just the first)."""

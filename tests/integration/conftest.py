@@ -94,12 +94,12 @@ class Stack:
 
 
 @contextmanager
-def running_stack(workdir: Path) -> Iterator[Stack]:
-    """An empty repository under ``workdir`` served by a fresh tritonserver."""
-    repository = workdir / "model_repository"
+def running_stack(root: Path) -> Iterator[Stack]:
+    """A fresh repository under ``root`` and a tritonserver on it, stopped afterwards."""
+    repository = root / "model_repository"
     repository.mkdir()
     server = EmbeddedTriton(
-        repository, ports=ServerPorts.free(), log_path=workdir / "tritonserver.log"
+        repository, ports=ServerPorts.free(), log_path=root / "tritonserver.log"
     )
     server.start()
     server.wait_ready()
@@ -114,6 +114,39 @@ def running_stack(workdir: Path) -> Iterator[Stack]:
 def stack(tmp_path: Path) -> Iterator[Stack]:
     with running_stack(tmp_path) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def prometheus_binary() -> str:
+    """Debian's prometheus (`.ci/run` installs it); its tests skip with the reason without."""
+    import shutil
+
+    found = shutil.which("prometheus")
+    if found is None:
+        pytest.skip("no prometheus binary (Debian: apt-get install prometheus)")
+    return found
+
+
+@pytest.fixture
+def router_metrics() -> Iterator[str]:
+    """This process's Router metrics on a loopback port (what the analysis reads)."""
+    with serving_router_metrics() as url:
+        yield url
+
+
+@contextmanager
+def serving_router_metrics() -> Iterator[str]:
+    """This process's metrics (its Routers') at a loopback URL while the block runs."""
+    from repo_manager.metrics import start_metrics_server
+    from repo_manager.server import free_port
+
+    port = free_port()
+    server = start_metrics_server(port, addr="127.0.0.1")
+    try:
+        yield f"http://127.0.0.1:{port}/metrics"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def snapshot(root: Path) -> dict[str, str]:

@@ -10,12 +10,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -23,12 +21,11 @@ import numpy as np
 import pytest
 
 from repo_manager import Router
-from repo_manager.metrics import start_metrics_server
 from repo_manager.modelconfig import parse_config
-from repo_manager.server import free_port
 from repo_manager.triton import TritonFleet
 from repo_manager.validation import run_golden_set
 from tests.integration.conftest import CLI, Stack
+from tests.integration.prometheus import Prometheus
 from tests.integration.traffic import Traffic, client_traffic
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
@@ -108,18 +105,6 @@ def history(stack: Stack) -> list[dict]:
 
 def status(stack: Stack) -> dict:
     return json.loads(stack.cli("status", MODEL, "--json").stdout)
-
-
-@pytest.fixture
-def router_metrics() -> Iterator[str]:
-    """This process's Router metrics on a loopback port (what the analysis reads)."""
-    port = free_port()
-    server = start_metrics_server(port, addr="127.0.0.1")
-    try:
-        yield f"http://127.0.0.1:{port}/metrics"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 ROLLOUT = ["--steps", "25,50,100", "--interval", "2s", "--threshold", "2", "--drain-seconds", "1"]
@@ -293,68 +278,6 @@ def test_a_slow_or_failing_canary_is_rolled_back_by_the_live_analysis(
 
 
 # -- a real Prometheus server as the source ------------------------------------------------
-
-
-@dataclass(kw_only=True)
-class Prometheus:
-    """A real Prometheus server on loopback, scraping the given targets every second."""
-
-    binary: str
-    workdir: Path
-    targets: list[str]
-    port: int = field(default_factory=free_port)
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        config = self.workdir / "prometheus.yml"
-        hosts = json.dumps([t.split("//")[-1].split("/")[0] for t in self.targets])
-        config.write_text(
-            "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-            f"scrape_configs:\n  - job_name: stack\n    static_configs:\n"
-            f"      - targets: {hosts}\n"
-        )
-        self.process = subprocess.Popen(
-            [
-                self.binary,
-                f"--config.file={config}",
-                f"--storage.tsdb.path={self.workdir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=(self.workdir / "prometheus.log").open("ab"),
-        )
-        import urllib.request
-
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(
-                    f"{self.url}/api/v1/query?query=up", timeout=1
-                ) as answer:
-                    if b'"value"' in answer.read():
-                        return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError("prometheus did not start")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            self.process.wait(timeout=20)
-        self.process = None
-
-
-@pytest.fixture
-def prometheus_binary() -> str:
-    found = shutil.which("prometheus")
-    if found is None:
-        pytest.skip("no prometheus binary (Debian: apt-get install prometheus)")
-    return found
 
 
 def test_prometheus_going_away_mid_analysis_does_not_roll_back_a_healthy_canary(

@@ -83,7 +83,7 @@ def test_dns_names_expand_only_when_asked(monkeypatch: pytest.MonkeyPatch) -> No
             (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.1", port)),
         ]
 
-    monkeypatch.setattr(transport.socket, "getaddrinfo", fake_getaddrinfo)
+    monkeypatch.setattr(socket, "getaddrinfo", fake_getaddrinfo)
     urls = ["triton.internal:8001", "10.0.0.9:8001"]
     assert expand_urls(urls, resolve=False) == urls
     assert expand_urls(urls, resolve=True) == ["10.0.0.1:8001", "10.0.0.2:8001", "10.0.0.9:8001"]

@@ -1,0 +1,274 @@
+"""The GPU stack's files: schema-valid (real validators), one release, consistent wiring.
+
+Docker cannot run here, so what can be checked without it is checked hard: the compose
+file against the compose-spec schema (check-jsonschema's vendored copy), every Kubernetes
+manifest against the Kubernetes schemas in strict mode (kubernetes-validate: unknown
+fields fail), the image tags after compose's own variable interpolation, and that every
+scrape target, datasource and dashboard reference points at something that exists.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from repo_manager.compat import TRITON_TENSORRT
+from tests.dashboard import UnknownFunctionError, dashboard_metrics, metric_names
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "docker-compose.yml"
+K8S = ROOT / "deploy" / "k8s"
+#: The Kubernetes release the manifests are validated against (schemas bundled offline).
+KUBERNETES = "1.30"
+CHECK_JSONSCHEMA = str(Path(sys.executable).parent / "check-jsonschema")
+
+
+def dotenv() -> dict[str, str]:
+    pairs = {}
+    for line in (ROOT / ".env").read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            name, _, value = line.partition("=")
+            pairs[name.strip()] = value.strip()
+    return pairs
+
+
+_VARIABLE = re.compile(r"\$\$|\$\{(\w+)(?::?([-?])([^}]*))?\}|\$(\w+)")
+
+
+def interpolate(text: str, env: dict[str, str]) -> str:
+    """Compose's interpolation: ``${VAR}``, ``${VAR:-default}``, ``${VAR:?error}``, ``$$``."""
+
+    def value(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name = match.group(1) or match.group(4)
+        if env.get(name):
+            return env[name]
+        if match.group(2) == "?":
+            raise AssertionError(f"{name} unset: {match.group(3)}")
+        return match.group(3) or ""
+
+    return _VARIABLE.sub(value, text)
+
+
+def compose(env: dict[str, str] | None = None) -> dict[str, Any]:
+    """The compose file as ``docker compose config`` sees it: parsed, then interpolated."""
+    values = dotenv() if env is None else env
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, str):
+            return interpolate(node, values)
+        if isinstance(node, list):
+            return [walk(item) for item in node]
+        if isinstance(node, dict):
+            return {key: walk(item) for key, item in node.items()}
+        return node
+
+    document: dict[str, Any] = walk(yaml.safe_load(COMPOSE.read_text()))
+    return document
+
+
+def manifests() -> list[tuple[str, dict[str, Any]]]:
+    found = []
+    for path in sorted(K8S.glob("*.yaml")):
+        if path.name != "kustomization.yaml":
+            found += [(path.name, doc) for doc in yaml.safe_load_all(path.read_text()) if doc]
+    return found
+
+
+def run_compose_schema(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [CHECK_JSONSCHEMA, "--builtin-schema", "vendor.compose-spec", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+# -- real validators ------------------------------------------------------------------------
+
+
+def test_the_compose_file_is_valid_against_the_compose_spec_schema() -> None:
+    done = run_compose_schema(COMPOSE)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_compose_schema_check_catches_a_misspelt_field(tmp_path: Path) -> None:
+    broken = tmp_path / "docker-compose.yml"
+    broken.write_text(COMPOSE.read_text().replace("    healthcheck:", "    healtcheck:", 1))
+    done = run_compose_schema(broken)
+    assert done.returncode == 1 and "'healtcheck' was unexpected" in done.stdout
+
+
+@pytest.mark.parametrize(
+    "name,document", manifests(), ids=lambda v: v if isinstance(v, str) else ""
+)
+def test_every_kubernetes_manifest_is_valid_in_strict_mode(name: str, document: Any) -> None:
+    assert kubernetes_validate.validate(document, KUBERNETES, strict=True) == KUBERNETES
+
+
+def test_the_kubernetes_validator_catches_a_misspelt_field() -> None:
+    document = yaml.safe_load((K8S / "manager-deployment.yaml").read_text())
+    container = document["spec"]["template"]["spec"]["containers"][0]
+    container["readinesProbe"] = container.pop("readinessProbe")
+    with pytest.raises(kubernetes_validate.ValidationError, match="'readinesProbe' was unexpected"):
+        kubernetes_validate.validate(document, KUBERNETES, strict=True)
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    listed = yaml.safe_load((K8S / "kustomization.yaml").read_text())["resources"]
+    on_disk = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    assert sorted(listed) == sorted(on_disk)
+
+
+# -- one release ------------------------------------------------------------------------------
+
+
+_NGC_TAG = re.compile(r"^nvcr\.io/nvidia/(tritonserver|tensorrt):(\d\d\.\d\d)-py3$")
+
+
+def image_releases(services: dict[str, Any]) -> dict[str, str]:
+    """The NGC release of the triton image and of the exporter's base image (its
+    Dockerfile's FROM, resolved with the build args as docker build resolves it)."""
+    build = services["exporter"]["build"]
+    dockerfile = (ROOT / build["context"] / build["dockerfile"]).read_text()
+    base = re.search(r"^FROM\s+(\S+)", dockerfile, re.MULTILINE)
+    assert base is not None
+    tags = {
+        "triton": services["triton"]["image"],
+        "exporter": interpolate(base.group(1), build["args"]),
+    }
+    releases = {}
+    for role, tag in tags.items():
+        match = _NGC_TAG.match(tag)
+        assert match is not None, f"{role} image {tag} is not an NGC release tag"
+        assert match.group(1) == ("tritonserver" if role == "triton" else "tensorrt"), tag
+        releases[role] = match.group(2)
+    return releases
+
+
+def test_triton_and_exporter_images_name_the_same_release_known_to_the_compat_table() -> None:
+    services = compose()["services"]
+    release = dotenv()["TRITON_RELEASE"]
+    assert image_releases(services) == {"triton": release, "exporter": release}
+    assert (
+        services["exporter"]["image"] == services["manager"]["image"] == f"repo-manager:{release}"
+    )
+    # Plans built by the exporter pass publish's guard against this server's version.
+    assert release in {ngc for ngc, _tensorrt in TRITON_TENSORRT.values()}
+    # Kubernetes runs the same release.
+    images = {
+        c["image"]
+        for _name, doc in manifests()
+        if doc["kind"] in ("StatefulSet", "Deployment")
+        for c in doc["spec"]["template"]["spec"]["containers"]
+    }
+    assert images == {f"nvcr.io/nvidia/tritonserver:{release}-py3", f"repo-manager:{release}"}
+
+
+def test_the_release_check_sees_an_exporter_built_from_another_release() -> None:
+    services = compose()["services"]
+    services["exporter"]["build"]["args"]["TRITON_RELEASE"] = "24.08"
+    releases = image_releases(services)
+    assert releases["exporter"] == "24.08" != releases["triton"]
+    with pytest.raises(AssertionError, match="TRITON_RELEASE unset"):
+        compose({})  # no .env: compose refuses to start rather than guess a release
+
+
+# -- wiring -------------------------------------------------------------------------------------
+
+
+def _container_ports(service: dict[str, Any]) -> set[int]:
+    return {int(str(p).split(":")[-1].split("/")[0]) for p in service.get("ports", [])}
+
+
+def test_every_prometheus_target_is_a_compose_service_serving_that_port() -> None:
+    services = compose()["services"]
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    jobs = {job["job_name"] for job in config["scrape_configs"]}
+    assert {"triton", "manager", "router"} <= jobs
+    for job in config["scrape_configs"]:
+        for static in job["static_configs"]:
+            for target in static["targets"]:
+                host, _, port = target.partition(":")
+                assert host in services, f"{job['job_name']}: no service {host}"
+                service = services[host]
+                assert int(port) in _container_ports(service), target
+                command = " ".join(map(str, service.get("command", [])))
+                assert f"-port={port}" in command, f"{host} does not listen on {port}"
+
+
+def test_grafana_reads_the_compose_prometheus_with_the_datasource_the_dashboard_names() -> None:
+    services = compose()["services"]
+    provisioning = ROOT / "deploy" / "grafana" / "provisioning"
+    sources = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())
+    source = sources["datasources"][0]
+    assert source["url"] == "http://prometheus:9090" and 9090 in _container_ports(
+        services["prometheus"]
+    )
+    providers = yaml.safe_load((provisioning / "dashboards" / "repo-manager.yml").read_text())
+    mounted = {v.split(":")[1] for v in services["grafana"]["volumes"]}
+    assert providers["providers"][0]["options"]["path"] in mounted
+    dashboard = json.loads((ROOT / "deploy/grafana/dashboards/repo-manager.json").read_text())
+    uids = {t["datasource"]["uid"] for p in dashboard["panels"] for t in p.get("targets", [])}
+    assert uids == {source["uid"]}
+
+
+def test_the_manager_in_kubernetes_addresses_the_headless_service_as_a_dns_fleet() -> None:
+    docs = {doc["metadata"]["name"] + "/" + doc["kind"]: doc for _n, doc in manifests()}
+    service = docs["triton-headless/Service"]
+    assert service["spec"]["clusterIP"] == "None"
+    triton = docs["triton/StatefulSet"]["spec"]["template"]["spec"]["containers"][0]
+    assert "--model-control-mode=explicit" in triton["args"]
+    assert triton["resources"]["limits"]["nvidia.com/gpu"] == 1
+    manager = docs["repo-manager/Deployment"]
+    assert manager["spec"]["replicas"] == 1
+    container = manager["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"][:2] == ["reconcile", "--watch"]
+    env = {e["name"]: e for e in container["env"]}
+    namespace = service["metadata"]["namespace"]
+    grpc = next(p["port"] for p in service["spec"]["ports"] if p["name"] == "grpc")
+    assert env["TRITON_URL"]["value"] == (
+        f"dns://{service['metadata']['name']}.{namespace}.svc.cluster.local:{grpc}"
+    )
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "repo-manager-s3"
+
+
+# -- the dashboard's query parser (the live check is in tests/integration) -----------------------
+
+
+def test_metric_names_are_what_queries_select_not_labels_functions_or_variables() -> None:
+    expr = (
+        "histogram_quantile(0.95, sum by (version, le) (rate(repo_manager_router_latency_"
+        'seconds_bucket{model=~"$model", outcome!="x"}[$__rate_interval]))) / on (version) '
+        "group_left sum without (instance) (nv_inference_count offset 5m) > bool 1e3"
+    )
+    assert metric_names(expr) == {
+        "repo_manager_router_latency_seconds_bucket",
+        "nv_inference_count",
+    }
+    assert metric_names("time() - repo_manager_reconcile_last_success_timestamp_seconds") == {
+        "repo_manager_reconcile_last_success_timestamp_seconds"
+    }
+
+
+def test_a_typo_in_a_function_or_a_metric_is_caught() -> None:
+    with pytest.raises(UnknownFunctionError, match="rat"):
+        metric_names("rat(nv_inference_count[1m])")
+    dashboard = {
+        "panels": [{"targets": [{"expr": "sum(rate(repo_manager_router_request_total[1m]))"}]}],
+        "templating": {"list": [{"query": {"query": "label_values(repo_manager_weight, model)"}}]},
+    }
+    exported = {"repo_manager_router_requests_total", "repo_manager_canary_weight"}
+    assert dashboard_metrics(dashboard) - exported == {
+        "repo_manager_router_request_total",
+        "repo_manager_weight",
+    }
