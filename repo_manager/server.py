@@ -2,10 +2,10 @@
 
 A small process wrapper (start, wait until ready with a deadline, is_alive, stop with
 SIGINT then kill) used by ``repo-manager serve`` and by the integration tests. The child
-gets ``PR_SET_PDEATHSIG`` so it dies with its parent, the python backend gets a private
-backends folder holding the stub that matches this interpreter, and the stub runs with
-this environment's ``bin`` first on PATH (else its models fail with "No module named
-'numpy'").
+gets ``PR_SET_PDEATHSIG`` (through ``setpriv``) so it dies with its parent, the python
+backend gets a private backends folder holding the stub that matches this interpreter,
+and the stub runs with this environment's ``bin`` first on PATH (else its models fail
+with "No module named 'numpy'").
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from repo_manager.errors import RepoManagerError, TritonUnavailableError
 
@@ -111,6 +112,20 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def _spawn_dying_with_parent(command: list[str], **popen: Any) -> subprocess.Popen[bytes]:
+    """Start ``command`` so that it gets SIGKILL when this process dies.
+
+    util-linux's ``setpriv --pdeathsig`` sets the signal and execs the command, so no
+    Python runs between fork and exec. A ``preexec_fn`` does run Python there, and in a
+    process whose gRPC threads are busy the forked child was seen to segfault (exit -11)
+    before reaching exec; it stays only as the fallback where ``setpriv`` is missing.
+    """
+    setpriv = shutil.which("setpriv")
+    if setpriv is not None:
+        return subprocess.Popen([setpriv, "--pdeathsig", "KILL", "--", *command], **popen)
+    return subprocess.Popen(command, preexec_fn=_die_with_parent, **popen)
+
+
 class EmbeddedTriton:
     """One tritonserver process in explicit model-control mode over a repository."""
 
@@ -182,13 +197,12 @@ class EmbeddedTriton:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             output = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             self._log_handle = output
-        self._process = subprocess.Popen(
+        self._process = _spawn_dying_with_parent(
             self.command(install, backends),
             env=self.environment(install),
             stdout=output,
             stderr=subprocess.STDOUT if output is not None else None,
             stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
         )
 
     @property
