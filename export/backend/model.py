@@ -9,6 +9,11 @@ than many small ones.
 Config parameters (strings) it reads:
     onnxruntime_intra_op_threads   threads inside an operator (default: CPUs, at most 4)
     onnxruntime_inter_op_threads   threads across operators (default: 1)
+    tensor_transfer                "numpy" (default) or "dlpack": how inputs reach
+                                   onnxruntime from the stub's shared memory. Outputs
+                                   always go through ``pb_utils.Tensor(name, array)``:
+                                   ``Tensor.from_dlpack`` of a numpy 1.x array kills the
+                                   2.51 stub (capsule name mismatch in the deleter).
 Small defaults keep a 2-core machine responsive: Triton's own threads need CPU too.
 """
 
@@ -78,6 +83,8 @@ class TritonPythonModel:
         )
         options.inter_op_num_threads = _int_parameter(config, "onnxruntime_inter_op_threads", 1)
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        transfer = config.get("parameters", {}).get("tensor_transfer", {}).get("string_value")
+        self.dlpack = transfer == "dlpack"
         self.session = ort.InferenceSession(
             str(path), sess_options=options, providers=["CPUExecutionProvider"]
         )
@@ -105,7 +112,8 @@ class TritonPythonModel:
                 if tensor is None:
                     problem = f"missing input {name!r}"
                 else:
-                    array = np.asarray(tensor.as_numpy(), dtype=dtype)
+                    raw = np.from_dlpack(tensor) if self.dlpack else tensor.as_numpy()
+                    array = np.asarray(raw, dtype=dtype)
                     if not _shape_fits(array.shape, dims):
                         problem = f"input {name!r} has shape {array.shape}, expected [B, *{dims}]"
                 if problem is not None:

@@ -1,0 +1,275 @@
+"""Serving through the embedded Triton and the Router vs onnxruntime in-process, same ONNX.
+
+Item 2 (latency, batch 1, infer only): for each ``--imgsz`` one detector is published into
+a fresh embedded Triton (python backend running onnxruntime), and these sides alternate
+round by round on one fixed preprocessed input:
+
+    in-process    onnxruntime.InferenceSession.run on the version's model.onnx, with the
+                  served session's settings (same thread count)
+    plain gRPC    Router.infer(shared_memory=False)
+    shm           Router.infer(shared_memory=True)  (the default for a local server)
+
+plus, with ``--levers``, the backend variants (dlpack transfer, one onnxruntime thread)
+served by sibling models in the same server, so every lever is measured side by side.
+Goal: served/in-process median <= 1.10.
+
+Item 3 (throughput): ``--concurrency`` client threads through one Router (dynamic batching
+as the exported config has it) vs one in-process session looping at batch 1, in
+alternating windows of ``--window`` seconds. Goal: served/in-process >= 1.0.
+
+Item 7 (``--plan``): the same for a TensorRT FP16 plan served by a Triton with the TensorRT
+backend (``--url``/``--repository``) vs the TensorRT runtime in-process; skipped, with
+why, where there is no GPU or TensorRT.
+
+    python bench/serving.py [--imgsz 320 640] [--rounds 300] [--levers] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+_ROOT = Path(__file__).resolve().parents[1]
+sys.path[:] = [str(_ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != _ROOT / "bench"]
+
+import numpy as np  # noqa: E402
+import tritonclient.grpc as grpcclient  # noqa: E402
+
+from bench.common import (  # noqa: E402
+    BenchStack,
+    bench_stack,
+    detector_weights,
+    interleaved,
+    load_now,
+    machine,
+    median,
+    met,
+    pct,
+    set_config_parameters,
+)
+from repo_manager import Router  # noqa: E402
+
+THREADS_PARAM = "onnxruntime_intra_op_threads"
+
+
+def ort_session(onnx: Path, threads: int) -> Any:
+    """onnxruntime as the served backend builds it (see export/backend/model.py)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(str(onnx), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def served_threads() -> int:
+    """The backend's default intra-op thread count on this machine."""
+    return min(len(os.sched_getaffinity(0)), 4)
+
+
+def request(images: np.ndarray) -> list[grpcclient.InferInput]:
+    tensor = grpcclient.InferInput("images", list(images.shape), "FP32")
+    tensor.set_data_from_numpy(images)
+    return [tensor]
+
+
+def publish_variants(
+    stack: BenchStack, weights: Path, imgsz: int, variants: dict[str, dict[str, str]]
+) -> None:
+    """One model per backend variant (same ONNX export, different config parameters)."""
+    for name, params in variants.items():
+        stack.publish(name, "1", weights, imgsz=imgsz)
+        if params:
+            set_config_parameters(stack, name, **params)
+
+
+def latency(stack: BenchStack, weights: Path, imgsz: int, args: argparse.Namespace) -> None:
+    threads = served_threads()
+    base = f"yolo{imgsz}"
+    variants: dict[str, dict[str, str]] = {base: {}}
+    if args.levers:
+        variants[f"{base}_dlpack"] = {"tensor_transfer": "dlpack"}
+        variants[f"{base}_t1"] = {THREADS_PARAM: "1"}
+    publish_variants(stack, weights, imgsz, variants)
+    onnx = stack.repository / base / "1" / "model.onnx"
+    session = ort_session(onnx, threads)
+    images = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
+    inputs = request(images)
+    routers = {
+        "plain gRPC": Router(base, stack.url, stack.repository, shared_memory=False),
+        "shm": Router(base, stack.url, stack.repository, shared_memory=True),
+    }
+    if args.levers:
+        for name in variants:
+            if name != base:
+                label = "shm + dlpack" if name.endswith("dlpack") else "shm + 1 ORT thread"
+                routers[label] = Router(name, stack.url, stack.repository, shared_memory=True)
+    sides: dict[str, Callable[[], object]] = {
+        "in-process ORT": lambda: session.run(None, {"images": images})
+    }
+    for label, router in routers.items():
+        sides[label] = partial(router.infer, inputs)
+    try:
+        fns = list(sides.values())
+        interleaved(fns, args.warmup)
+        times = interleaved(fns, args.rounds)
+    finally:
+        for router in routers.values():
+            router.close()
+    ref_med, ref_p99 = median(times[0]), pct(times[0], 99)
+    print(
+        f"\n[2] latency, imgsz {imgsz}, batch 1, {args.rounds} interleaved rounds, "
+        f"ORT threads {threads}; {load_now()}"
+    )
+    print(f"  {'side':24} {'median ms':>10} {'p99 ms':>9} {'ratio med':>10} {'ratio p99':>10}")
+    for label, values in zip(sides, times, strict=True):
+        med, p = median(values), pct(values, 99)
+        print(
+            f"  {label:24} {med / 1e6:10.2f} {p / 1e6:9.2f} {med / ref_med:10.3f} "
+            f"{p / ref_p99:10.3f}"
+        )
+    best = min(median(t) for t in times[1:]) / ref_med
+    print(f"  best served / in-process median: {best:.3f} (goal <= 1.10: {met(best, 1.10)})")
+
+
+def throughput(stack: BenchStack, imgsz: int, args: argparse.Namespace) -> None:
+    base = f"yolo{imgsz}"
+    config = stack.manager.repository.require_config(base)  # type: ignore[attr-defined]
+    batching = config.dynamic_batching
+    session = ort_session(stack.repository / base / "1" / "model.onnx", served_threads())
+    images = np.random.default_rng(1).random((1, 3, imgsz, imgsz), dtype=np.float32)
+    inputs = request(images)
+    router = Router(base, stack.url, stack.repository)
+
+    def served_window(seconds: float) -> int:
+        stop = time.perf_counter() + seconds
+        counts = [0] * args.concurrency
+
+        def worker(slot: int) -> None:
+            while time.perf_counter() < stop:
+                router.infer(inputs)
+                counts[slot] += 1
+
+        workers = [threading.Thread(target=worker, args=(i,)) for i in range(args.concurrency)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        return sum(counts)
+
+    def inprocess_window(seconds: float) -> int:
+        stop, count = time.perf_counter() + seconds, 0
+        while time.perf_counter() < stop:
+            session.run(None, {"images": images})
+            count += 1
+        return count
+
+    served_window(1.0)
+    served, local = 0, 0
+    for i in range(args.windows):
+        for which in (0, 1) if i % 2 == 0 else (1, 0):
+            if which == 0:
+                served += served_window(args.window)
+            else:
+                local += inprocess_window(args.window)
+    router.close()
+    seconds = args.windows * args.window
+    ratio = served / max(local, 1)
+    print(
+        f"\n[3] throughput, imgsz {imgsz}: {args.concurrency} threads through the Router (shm, "
+        f"dynamic batching: max_batch_size {config.max_batch_size}, preferred "
+        f"{list(batching.preferred_batch_size) or 'none'}, max queue delay "
+        f"{batching.max_queue_delay_microseconds} µs) vs one in-process session at batch 1; "
+        f"{args.windows} alternating windows of {args.window:.0f} s; {load_now()}"
+    )
+    print(f"  served      {served / seconds:8.1f} req/s")
+    print(f"  in-process  {local / seconds:8.1f} req/s")
+    print(f"  ratio served/in-process {ratio:.3f} (goal >= 1.0: {met(ratio, 1.0, at_most=False)})")
+
+
+def plan_comparison(args: argparse.Namespace) -> None:
+    """Item 7: a TensorRT FP16 plan served by Triton vs the TensorRT runtime in-process."""
+    try:
+        from export.tensorrt import require_tensorrt
+
+        gpu = require_tensorrt()
+    except Exception as exc:  # the reason is the report
+        print(f"\n[7] TensorRT plan served vs in-process: skipped ({exc})")
+        return
+    if args.url is None or args.repository is None:
+        print("\n[7] TensorRT plan: skipped (needs --url and --repository of a Triton with the")
+        print("    TensorRT backend, e.g. the docker-compose stack; the embedded one has none)")
+        return
+    from export import ExportOptions
+    from export.tensorrt import PlanRunner
+    from repo_manager.repository import ModelRepository
+    from repo_manager.rollout import RolloutManager
+    from repo_manager.storage import open_storage
+    from repo_manager.triton import TritonFleet
+
+    weights = detector_weights(args.weights)
+    fleet = TritonFleet([args.url])
+    manager = RolloutManager(ModelRepository(open_storage(args.repository)), fleet)
+    print(f"\n[7] TensorRT {gpu['tensorrt']} on {gpu['gpu']}; {load_now()}")
+    for imgsz in args.imgsz:
+        model = f"yolo{imgsz}_plan_{int(time.time())}"
+        options = ExportOptions(format="plan", imgsz=imgsz, fp16=True, max_batch=8)
+        manager.publish(model, "1", weights=weights, export_options=options)
+        runner = PlanRunner(Path(args.repository) / model / "1" / "model.plan")
+        images = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
+        inputs = request(images)
+        with Router(model, args.url, args.repository) as router:
+            fns = [partial(runner, images), partial(router.infer, inputs)]
+            interleaved(fns, args.warmup)
+            local, served = interleaved(fns, args.rounds)
+        ratio = median(served) / median(local)
+        print(
+            f"  imgsz {imgsz}: in-process {median(local) / 1e6:.2f} ms, served "
+            f"{median(served) / 1e6:.2f} ms, ratio {ratio:.3f} (goal <= 1.10: {met(ratio, 1.1)})"
+        )
+    fleet.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--weights", type=Path, default=None)
+    parser.add_argument("--imgsz", type=int, nargs="+", default=[320, 640])
+    parser.add_argument("--rounds", type=int, default=300)
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--levers", action="store_true", help="also dlpack and 1-thread variants")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--window", type=float, default=5.0, help="seconds per window")
+    parser.add_argument("--windows", type=int, default=4)
+    parser.add_argument("--plan", action="store_true", help="item 7 (GPU + TensorRT)")
+    parser.add_argument("--url", default=None, help="--plan: Triton with the TensorRT backend")
+    parser.add_argument("--repository", default=None, help="--plan: that Triton's repository")
+    parser.add_argument("--quick", action="store_true", help="a few rounds: a smoke run")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.imgsz, args.rounds, args.warmup = [160], 10, 3
+        args.window, args.windows = 1.0, 2
+    print(machine())
+    if args.plan:
+        plan_comparison(args)
+        return
+    weights = detector_weights(args.weights)
+    with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp, bench_stack(
+        Path(tmp)
+    ) as stack:
+        for imgsz in args.imgsz:
+            latency(stack, weights, imgsz, args)
+        for imgsz in args.imgsz:
+            throughput(stack, imgsz, args)
+
+
+if __name__ == "__main__":
+    main()
