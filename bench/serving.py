@@ -262,9 +262,10 @@ def main(argv: list[str] | None = None) -> None:
         plan_comparison(args)
         return
     weights = detector_weights(args.weights)
-    with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp, bench_stack(
-        Path(tmp)
-    ) as stack:
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp,
+        bench_stack(Path(tmp)) as stack,
+    ):
         for imgsz in args.imgsz:
             latency(stack, weights, imgsz, args)
         for imgsz in args.imgsz:

@@ -47,9 +47,10 @@ def main(argv: list[str] | None = None) -> None:
     weights = detector_weights(args.weights)
     rng = np.random.default_rng(0)
     ratios: dict[str, list[float]] = {"exported warm-up": [], "warm-up count 1": [], "none": []}
-    with tempfile.TemporaryDirectory(prefix="bench-warmup-") as tmp, bench_stack(
-        Path(tmp)
-    ) as stack:
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-warmup-") as tmp,
+        bench_stack(Path(tmp)) as stack,
+    ):
         stack.publish("yolo", "1", weights, imgsz=args.imgsz)
         repo = stack.manager.repository  # type: ignore[attr-defined]
         exported = repo.require_config("yolo")

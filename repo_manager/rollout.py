@@ -37,6 +37,7 @@ from repo_manager.modelconfig import parse_config, render_config, with_version_p
 from repo_manager.phases import Phase, check_transition
 from repo_manager.repository import ModelRepository, validate_model_name, validate_version
 from repo_manager.state import RolloutState, Transition, load_state, state_key, utc_now
+from repo_manager.timing import PhaseTimer
 from repo_manager.triton import TritonFleet
 
 if TYPE_CHECKING:
@@ -319,10 +320,13 @@ class RolloutManager:
         export_options: Any,
         canary_weight: int | None = None,
         force: bool = False,
+        timer: PhaseTimer | None = None,
     ) -> RolloutState:
         """Export, stage and add a version; first becomes stable, later ones the canary.
 
         ``force`` publishes a TensorRT plan even when the servers' release does not match.
+        Each phase (export, stage, load + warm-up, routing table) is timed by ``timer``
+        (progress lines under ``--verbose``); the timings go into the history entry.
         """
         model = validate_model_name(model)
         version = validate_version(version)
@@ -337,19 +341,27 @@ class RolloutManager:
 
         from export import export_model  # heavy (torch): only the publish path needs it
 
+        timer = timer or PhaseTimer(progress=self.progress)
         with tempfile.TemporaryDirectory(prefix="repo-manager-stage-") as tmp:
             staged = Path(tmp) / model
-            self.progress(f"exporting {weights} as {model} version {version}")
-            result = export_model(
-                weights, staged, model_name=model, version=version, options=export_options
-            )
-            self.repository.check_compatible(model, result.config)
-            check_plan_compatible(result.manifest, self.fleet.server_versions(), force=force)
+            with timer.phase("export"):
+                self.progress(f"exporting {weights} as {model} version {version}")
+                result = export_model(
+                    weights, staged, model_name=model, version=version, options=export_options
+                )
+                self.repository.check_compatible(model, result.config)
+                check_plan_compatible(result.manifest, self.fleet.server_versions(), force=force)
             with self._locked(model):
-                return self._add_and_load(model, version, staged, state, weight)
+                return self._add_and_load(model, version, staged, state, weight, timer)
 
     def _add_and_load(
-        self, model: str, version: str, staged: Path, state: RolloutState | None, weight: int
+        self,
+        model: str,
+        version: str,
+        staged: Path,
+        state: RolloutState | None,
+        weight: int,
+        timer: PhaseTimer,
     ) -> RolloutState:
         # Re-read under the lock: another manager may have moved since the checks.
         if self.state(model) != state:
@@ -373,14 +385,19 @@ class RolloutManager:
                 weights={state.stable: 100 - weight, version: weight},
                 policy=state.policy,
             )
-        created = self.repository.add_version(model, version, staged, progress=self.progress)
+        with timer.phase("stage"):
+            created = self.repository.add_version(model, version, staged, progress=self.progress)
         try:
-            self._apply(new)
+            # Triton runs the config's model_warmup inside the load call: one phase.
+            with timer.phase("load + warm-up"):
+                self._apply(new)
         except RepoManagerError:
             self._undo_publish(model, version, state, created=created)
             raise
         action = "publish stable" if state is None else f"publish canary at {weight}%"
-        return self._record(state, new, action=action)
+        reason = f"timings: {timer.summary()}"
+        with timer.phase("routing table"):
+            return self._record(state, new, action=action, reason=reason)
 
     def _undo_publish(
         self, model: str, version: str, state: RolloutState | None, *, created: bool
