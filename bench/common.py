@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -138,15 +139,14 @@ def bench_stack(root: Path, *, drain_seconds: float = 0.3) -> Iterator[BenchStac
         server.__exit__(None, None, None)
 
 
-def set_config_parameters(stack: BenchStack, model: str, **parameters: str) -> None:
-    """Change string parameters of a published model's config and reload it in place."""
+def reconfigure(stack: BenchStack, model: str, change: Callable[[Any], None]) -> None:
+    """Edit a published model's on-disk config (``change`` mutates it) and reload it."""
     from repo_manager.state import load_state
 
     manager = stack.manager
     repo = manager.repository  # type: ignore[attr-defined]
     config = repo.require_config(model)
-    for key, value in parameters.items():
-        config.parameters[key].string_value = value
+    change(config)
     repo.write_config(model, config)
     state = load_state(repo.storage, model)
     assert state is not None

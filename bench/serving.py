@@ -33,6 +33,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -53,14 +54,38 @@ from bench.common import (  # noqa: E402
     median,
     met,
     pct,
-    set_config_parameters,
+    reconfigure,
 )
 from repo_manager import Router  # noqa: E402
 
 THREADS_PARAM = "onnxruntime_intra_op_threads"
+SPIN_PARAM = "onnxruntime_allow_spinning"
 
 
-def ort_session(onnx: Path, threads: int) -> Any:
+@dataclass(kw_only=True, frozen=True)
+class Served:
+    """One served side: a sibling model whose config differs as ``change`` says."""
+
+    suffix: str = ""  # model name suffix; "" is the exported config as shipped
+    parameters: tuple[tuple[str, str], ...] = ()
+    queue_delay_us: int | None = None
+    shared_memory: bool = True
+
+
+#: Each lever alone on top of the exported defaults (``--levers``), then the defaults.
+LEVERS = {
+    "plain gRPC (no shm)": Served(shared_memory=False),
+    "shm (default)": Served(),
+    "shm + dlpack inputs": Served(suffix="dlpack", parameters=(("tensor_transfer", "dlpack"),)),
+    "shm + 1 ORT thread": Served(suffix="t1", parameters=((THREADS_PARAM, "1"),)),
+    "shm + ORT spinning on": Served(suffix="spin1", parameters=((SPIN_PARAM, "1"),)),
+    "shm + ORT spinning off": Served(suffix="spin0", parameters=((SPIN_PARAM, "0"),)),
+    "shm + queue delay 500us": Served(suffix="q500", queue_delay_us=500),
+}
+DEFAULT_SIDES = ("plain gRPC (no shm)", "shm (default)")
+
+
+def ort_session(onnx: Path, threads: int, *, spinning: bool) -> Any:
     """onnxruntime as the served backend builds it (see export/backend/model.py)."""
     import onnxruntime as ort
 
@@ -68,6 +93,7 @@ def ort_session(onnx: Path, threads: int) -> Any:
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.add_session_config_entry("session.intra_op.allow_spinning", str(int(spinning)))
     return ort.InferenceSession(str(onnx), sess_options=options, providers=["CPUExecutionProvider"])
 
 
@@ -82,75 +108,86 @@ def request(images: np.ndarray) -> list[grpcclient.InferInput]:
     return [tensor]
 
 
-def publish_variants(
-    stack: BenchStack, weights: Path, imgsz: int, variants: dict[str, dict[str, str]]
-) -> None:
-    """One model per backend variant (same ONNX export, different config parameters)."""
-    for name, params in variants.items():
-        stack.publish(name, "1", weights, imgsz=imgsz)
-        if params:
-            set_config_parameters(stack, name, **params)
+def publish_served(stack: BenchStack, weights: Path, imgsz: int, served: Served) -> str:
+    """The model serving ``served`` (published once; siblings share the export)."""
+    name = f"yolo{imgsz}" + (f"_{served.suffix}" if served.suffix else "")
+    if stack.manager.state(name) is not None:  # type: ignore[attr-defined]
+        return name
+
+    def change(config: Any) -> None:
+        for key, value in served.parameters:
+            config.parameters[key].string_value = value
+        if served.queue_delay_us is not None:
+            config.dynamic_batching.max_queue_delay_microseconds = served.queue_delay_us
+
+    stack.publish(name, "1", weights, imgsz=imgsz)
+    if served.parameters or served.queue_delay_us is not None:
+        reconfigure(stack, name, change)
+    return name
 
 
 def latency(stack: BenchStack, weights: Path, imgsz: int, args: argparse.Namespace) -> None:
     threads = served_threads()
-    base = f"yolo{imgsz}"
-    variants: dict[str, dict[str, str]] = {base: {}}
-    if args.levers:
-        variants[f"{base}_dlpack"] = {"tensor_transfer": "dlpack"}
-        variants[f"{base}_t1"] = {THREADS_PARAM: "1"}
-    publish_variants(stack, weights, imgsz, variants)
-    onnx = stack.repository / base / "1" / "model.onnx"
-    session = ort_session(onnx, threads)
+    labels = list(LEVERS) if args.levers else list(DEFAULT_SIDES)
+    onnx = stack.repository / publish_served(stack, weights, imgsz, Served()) / "1" / "model.onnx"
     images = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
+    feed = {"images": images}
+    # The in-process reference at its best: both spinning settings, the faster one counts.
+    sides: dict[str, Callable[[], object]] = {}
+    for spinning in (True, False):
+        session = ort_session(onnx, threads, spinning=spinning)
+        sides[f"in-process, spinning {'on' if spinning else 'off'}"] = partial(
+            session.run, None, feed
+        )
+    local = len(sides)
     inputs = request(images)
-    routers = {
-        "plain gRPC": Router(base, stack.url, stack.repository, shared_memory=False),
-        "shm": Router(base, stack.url, stack.repository, shared_memory=True),
-    }
-    if args.levers:
-        for name in variants:
-            if name != base:
-                label = "shm + dlpack" if name.endswith("dlpack") else "shm + 1 ORT thread"
-                routers[label] = Router(name, stack.url, stack.repository, shared_memory=True)
-    sides: dict[str, Callable[[], object]] = {
-        "in-process ORT": lambda: session.run(None, {"images": images})
-    }
-    for label, router in routers.items():
+    routers = []
+    for label in labels:
+        served = LEVERS[label]
+        model = publish_served(stack, weights, imgsz, served)
+        router = Router(model, stack.url, stack.repository, shared_memory=served.shared_memory)
+        routers.append(router)
         sides[label] = partial(router.infer, inputs)
     try:
         fns = list(sides.values())
         interleaved(fns, args.warmup)
         times = interleaved(fns, args.rounds)
     finally:
-        for router in routers.values():
+        for router in routers:
             router.close()
-    ref_med, ref_p99 = median(times[0]), pct(times[0], 99)
+    ref = min(range(local), key=lambda i: median(times[i]))
+    ref_med, ref_p99 = median(times[ref]), pct(times[ref], 99)
     print(
         f"\n[2] latency, imgsz {imgsz}, batch 1, {args.rounds} interleaved rounds, "
         f"ORT threads {threads}; {load_now()}"
     )
-    print(f"  {'side':24} {'median ms':>10} {'p99 ms':>9} {'ratio med':>10} {'ratio p99':>10}")
+    print(f"  {'side':28} {'median ms':>10} {'p99 ms':>9} {'ratio med':>10} {'ratio p99':>10}")
     for label, values in zip(sides, times, strict=True):
         med, p = median(values), pct(values, 99)
         print(
-            f"  {label:24} {med / 1e6:10.2f} {p / 1e6:9.2f} {med / ref_med:10.3f} "
+            f"  {label:28} {med / 1e6:10.2f} {p / 1e6:9.2f} {med / ref_med:10.3f} "
             f"{p / ref_p99:10.3f}"
         )
-    best = min(median(t) for t in times[1:]) / ref_med
-    print(f"  best served / in-process median: {best:.3f} (goal <= 1.10: {met(best, 1.10)})")
+    default = median(times[list(sides).index("shm (default)")]) / ref_med
+    print(
+        f"  served (defaults) / best in-process median: {default:.3f} "
+        f"(goal <= 1.10: {met(default, 1.10)})"
+    )
 
 
-def throughput(stack: BenchStack, imgsz: int, args: argparse.Namespace) -> None:
-    base = f"yolo{imgsz}"
-    config = stack.manager.repository.require_config(base)  # type: ignore[attr-defined]
+def throughput(stack: BenchStack, weights: Path, imgsz: int, args: argparse.Namespace) -> None:
+    """Windows rotate: each served model (8 client threads), then in-process (1 thread)."""
+    labels = ["shm (default)"] + (["shm + queue delay 500us"] if args.levers else [])
+    models = [publish_served(stack, weights, imgsz, LEVERS[label]) for label in labels]
+    config = stack.manager.repository.require_config(models[0])  # type: ignore[attr-defined]
     batching = config.dynamic_batching
-    session = ort_session(stack.repository / base / "1" / "model.onnx", served_threads())
+    onnx = stack.repository / models[0] / "1" / "model.onnx"
+    session = ort_session(onnx, served_threads(), spinning=True)
     images = np.random.default_rng(1).random((1, 3, imgsz, imgsz), dtype=np.float32)
     inputs = request(images)
-    router = Router(base, stack.url, stack.repository)
+    routers = [Router(m, stack.url, stack.repository) for m in models]
 
-    def served_window(seconds: float) -> int:
+    def served_window(router: Router, seconds: float) -> int:
         stop = time.perf_counter() + seconds
         counts = [0] * args.concurrency
 
@@ -173,27 +210,32 @@ def throughput(stack: BenchStack, imgsz: int, args: argparse.Namespace) -> None:
             count += 1
         return count
 
-    served_window(1.0)
-    served, local = 0, 0
+    windows: list[Callable[[float], int]] = [partial(served_window, r) for r in routers]
+    windows.append(inprocess_window)
+    for router in routers:
+        served_window(router, 1.0)
+    totals = [0] * len(windows)
     for i in range(args.windows):
-        for which in (0, 1) if i % 2 == 0 else (1, 0):
-            if which == 0:
-                served += served_window(args.window)
-            else:
-                local += inprocess_window(args.window)
-    router.close()
+        order = range(len(windows)) if i % 2 == 0 else reversed(range(len(windows)))
+        for k in order:
+            totals[k] += windows[k](args.window)
+    for router in routers:
+        router.close()
     seconds = args.windows * args.window
-    ratio = served / max(local, 1)
     print(
-        f"\n[3] throughput, imgsz {imgsz}: {args.concurrency} threads through the Router (shm, "
-        f"dynamic batching: max_batch_size {config.max_batch_size}, preferred "
-        f"{list(batching.preferred_batch_size) or 'none'}, max queue delay "
-        f"{batching.max_queue_delay_microseconds} µs) vs one in-process session at batch 1; "
-        f"{args.windows} alternating windows of {args.window:.0f} s; {load_now()}"
+        f"\n[3] throughput, imgsz {imgsz}: {args.concurrency} threads through the Router (shm; "
+        f"max_batch_size {config.max_batch_size}, dynamic batching, preferred sizes "
+        f"{list(batching.preferred_batch_size) or 'none'}) vs one in-process session at "
+        f"batch 1; {args.windows} rotations of {args.window:.0f} s windows; {load_now()}"
     )
-    print(f"  served      {served / seconds:8.1f} req/s")
-    print(f"  in-process  {local / seconds:8.1f} req/s")
-    print(f"  ratio served/in-process {ratio:.3f} (goal >= 1.0: {met(ratio, 1.0, at_most=False)})")
+    local = max(totals[-1], 1)
+    for label, total in zip(labels, totals, strict=False):
+        ratio = total / local
+        print(
+            f"  served, {label:26} {total / seconds:8.1f} req/s  ratio {ratio:.3f} "
+            f"(goal >= 1.0: {met(ratio, 1.0, at_most=False)})"
+        )
+    print(f"  in-process, batch 1 {'':18} {local / seconds:8.1f} req/s")
 
 
 def plan_comparison(args: argparse.Namespace) -> None:
@@ -269,7 +311,7 @@ def main(argv: list[str] | None = None) -> None:
         for imgsz in args.imgsz:
             latency(stack, weights, imgsz, args)
         for imgsz in args.imgsz:
-            throughput(stack, imgsz, args)
+            throughput(stack, weights, imgsz, args)
 
 
 if __name__ == "__main__":

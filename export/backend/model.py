@@ -9,6 +9,9 @@ than many small ones.
 Config parameters (strings) it reads:
     onnxruntime_intra_op_threads   threads inside an operator (default: CPUs, at most 4)
     onnxruntime_inter_op_threads   threads across operators (default: 1)
+    onnxruntime_allow_spinning     "1" (default) or "0": whether idle onnxruntime threads
+                                   spin waiting for work (they then compete with
+                                   Triton's and the client's threads for the CPU)
     tensor_transfer                "numpy" (default) or "dlpack": how inputs reach
                                    onnxruntime from the stub's shared memory. Outputs
                                    always go through ``pb_utils.Tensor(name, array)``:
@@ -30,6 +33,7 @@ import triton_python_backend_utils as pb_utils
 
 MODEL_FILE = "model.onnx"
 MAX_DEFAULT_INTRA_OP_THREADS = 4
+DEFAULT_ALLOW_SPINNING = 1
 
 
 def _cpu_count() -> int:
@@ -83,6 +87,9 @@ class TritonPythonModel:
         )
         options.inter_op_num_threads = _int_parameter(config, "onnxruntime_inter_op_threads", 1)
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        spinning = _int_parameter(config, "onnxruntime_allow_spinning", DEFAULT_ALLOW_SPINNING)
+        options.add_session_config_entry("session.intra_op.allow_spinning", str(min(spinning, 1)))
+        options.add_session_config_entry("session.inter_op.allow_spinning", str(min(spinning, 1)))
         transfer = config.get("parameters", {}).get("tensor_transfer", {}).get("string_value")
         self.dlpack = transfer == "dlpack"
         self.session = ort.InferenceSession(
