@@ -74,7 +74,7 @@ class Served:
 
 #: Each lever alone on top of the exported defaults (``--levers``), then the defaults.
 LEVERS = {
-    "plain gRPC (no shm)": Served(shared_memory=False),
+    "plain gRPC (no shm)": Served(suffix="grpc", shared_memory=False),
     "shm (default)": Served(),
     "shm + dlpack inputs": Served(suffix="dlpack", parameters=(("tensor_transfer", "dlpack"),)),
     "shm + 1 ORT thread": Served(suffix="t1", parameters=((THREADS_PARAM, "1"),)),
@@ -106,6 +106,19 @@ def request(images: np.ndarray) -> list[grpcclient.InferInput]:
     tensor = grpcclient.InferInput("images", list(images.shape), "FP32")
     tensor.set_data_from_numpy(images)
     return [tensor]
+
+
+def server_stats(url: str, model: str) -> dict[str, int]:
+    """Triton's cumulative per-model timings (ns) and request count for version 1."""
+    with grpcclient.InferenceServerClient(url) as client:
+        stats = client.get_inference_statistics(model, "1").model_stats[0].inference_stats
+    return {
+        "count": stats.success.count,
+        "queue": stats.queue.ns,
+        "input": stats.compute_input.ns,
+        "infer": stats.compute_infer.ns,
+        "output": stats.compute_output.ns,
+    }
 
 
 def publish_served(stack: BenchStack, weights: Path, imgsz: int, served: Served) -> str:
@@ -148,10 +161,13 @@ def latency(stack: BenchStack, weights: Path, imgsz: int, args: argparse.Namespa
         router = Router(model, stack.url, stack.repository, shared_memory=served.shared_memory)
         routers.append(router)
         sides[label] = partial(router.infer, inputs)
+    default_model = f"yolo{imgsz}"
     try:
         fns = list(sides.values())
         interleaved(fns, args.warmup)
+        before = server_stats(stack.url, default_model)
         times = interleaved(fns, args.rounds)
+        after = server_stats(stack.url, default_model)
     finally:
         for router in routers:
             router.close()
@@ -168,7 +184,18 @@ def latency(stack: BenchStack, weights: Path, imgsz: int, args: argparse.Namespa
             f"  {label:28} {med / 1e6:10.2f} {p / 1e6:9.2f} {med / ref_med:10.3f} "
             f"{p / ref_p99:10.3f}"
         )
-    default = median(times[list(sides).index("shm (default)")]) / ref_med
+    default_times = times[list(sides).index("shm (default)")]
+    default = median(default_times) / ref_med
+    count = max(after["count"] - before["count"], 1)
+    per = {k: (after[k] - before[k]) / count / 1e6 for k in after if k != "count"}
+    client_side = sum(default_times) / len(default_times) / 1e6 - sum(per.values())
+    print(
+        f"  where a served request's time goes (shm, default model, means over {count} "
+        f"requests, Triton's statistics): queue {per['queue']:.2f} ms, input {per['input']:.2f}"
+        f" ms, execute {per['infer']:.2f} ms (python stub + onnxruntime), output "
+        f"{per['output']:.2f} ms; client + gRPC + Triton front end {client_side:.2f} ms; "
+        f"in-process mean {sum(times[ref]) / len(times[ref]) / 1e6:.2f} ms"
+    )
     print(
         f"  served (defaults) / best in-process median: {default:.3f} "
         f"(goal <= 1.10: {met(default, 1.10)})"
