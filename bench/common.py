@@ -53,8 +53,14 @@ def detector_weights(given: Path | None) -> Path:
     return path
 
 
-def interleaved(fns: Sequence[Callable[[], object]], rounds: int) -> list[list[int]]:
-    """Per-call latencies (ns) of each fn, one call of each per round, order rotating."""
+def interleaved(
+    fns: Sequence[Callable[[], object]], rounds: int, *, gap: float = 0.0
+) -> list[list[int]]:
+    """Per-call latencies (ns) of each fn, one call of each per round, order rotating.
+
+    ``gap`` seconds of idle (untimed) after each call keep one side's leftovers (e.g.
+    onnxruntime threads still spinning after a run) from slowing the next side down.
+    """
     times: list[list[int]] = [[] for _ in fns]
     clock = time.perf_counter_ns
     n = len(fns)
@@ -64,6 +70,8 @@ def interleaved(fns: Sequence[Callable[[], object]], rounds: int) -> list[list[i
             start = clock()
             fns[k]()
             times[k].append(clock() - start)
+            if gap:
+                time.sleep(gap)
     return times
 
 

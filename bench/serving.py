@@ -164,9 +164,9 @@ def latency(stack: BenchStack, weights: Path, imgsz: int, args: argparse.Namespa
     default_model = f"yolo{imgsz}"
     try:
         fns = list(sides.values())
-        interleaved(fns, args.warmup)
+        interleaved(fns, args.warmup, gap=args.gap)
         before = server_stats(stack.url, default_model)
-        times = interleaved(fns, args.rounds)
+        times = interleaved(fns, args.rounds, gap=args.gap)
         after = server_stats(stack.url, default_model)
     finally:
         for router in routers:
@@ -175,7 +175,7 @@ def latency(stack: BenchStack, weights: Path, imgsz: int, args: argparse.Namespa
     ref_med, ref_p99 = median(times[ref]), pct(times[ref], 99)
     print(
         f"\n[2] latency, imgsz {imgsz}, batch 1, {args.rounds} interleaved rounds, "
-        f"ORT threads {threads}; {load_now()}"
+        f"ORT threads {threads}, {args.gap * 1e3:.0f} ms idle between calls; {load_now()}"
     )
     print(f"  {'side':28} {'median ms':>10} {'p99 ms':>9} {'ratio med':>10} {'ratio p99':>10}")
     for label, values in zip(sides, times, strict=True):
@@ -314,6 +314,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--imgsz", type=int, nargs="+", default=[320, 640])
     parser.add_argument("--rounds", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--gap", type=float, default=0.01, help="idle seconds between timed calls")
     parser.add_argument("--levers", action="store_true", help="also dlpack and 1-thread variants")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--window", type=float, default=5.0, help="seconds per window")
