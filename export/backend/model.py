@@ -9,10 +9,11 @@ than many small ones.
 Config parameters (strings) it reads:
     onnxruntime_intra_op_threads   threads inside an operator (default: CPUs, at most 4)
     onnxruntime_inter_op_threads   threads across operators (default: 1)
-    onnxruntime_allow_spinning     "0" (default) or "1": whether idle onnxruntime threads
-                                   spin waiting for work; spinning threads compete with
-                                   Triton's, the stub's and the client's threads for the
-                                   CPU (bench/serving.py --levers: off is faster here)
+    onnxruntime_allow_spinning     "1" (default) or "0": whether idle onnxruntime threads
+                                   spin waiting for work. On a machine of its own spinning
+                                   is faster (no wake-up per operator: 23 vs 29 ms at 320
+                                   px on 2 cores); on a host crowded by other work "0" is
+                                   (BENCHMARKS.md, item 2 levers)
     tensor_transfer                "numpy" (default) or "dlpack": how inputs reach
                                    onnxruntime from the stub's shared memory. Outputs
                                    always go through ``pb_utils.Tensor(name, array)``:
@@ -34,7 +35,7 @@ import triton_python_backend_utils as pb_utils
 
 MODEL_FILE = "model.onnx"
 MAX_DEFAULT_INTRA_OP_THREADS = 4
-DEFAULT_ALLOW_SPINNING = 0
+DEFAULT_ALLOW_SPINNING = 1
 
 
 def _cpu_count() -> int:
