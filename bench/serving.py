@@ -60,6 +60,8 @@ from repo_manager import Router  # noqa: E402
 
 THREADS_PARAM = "onnxruntime_intra_op_threads"
 SPIN_PARAM = "onnxruntime_allow_spinning"
+#: export/backend/model.py's TIMINGS_ENV (that module imports the stub's pb_utils).
+TIMINGS_ENV = "REPO_MANAGER_BACKEND_TIMINGS"
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -166,6 +168,8 @@ def latency(stack: BenchStack, weights: Path, imgsz: int, args: argparse.Namespa
         fns = list(sides.values())
         interleaved(fns, args.warmup, gap=args.gap)
         before = server_stats(stack.url, default_model)
+        if args.profile:
+            args.timings.write_text("")
         times = interleaved(fns, args.rounds, gap=args.gap)
         after = server_stats(stack.url, default_model)
     finally:
@@ -196,6 +200,16 @@ def latency(stack: BenchStack, weights: Path, imgsz: int, args: argparse.Namespa
         f"{per['output']:.2f} ms; client + gRPC + Triton front end {client_side:.2f} ms; "
         f"in-process mean {sum(times[ref]) / len(times[ref]) / 1e6:.2f} ms"
     )
+    if args.profile:
+        lines = [line.split() for line in args.timings.read_text().splitlines()]
+        runs = [float(run) for model, run, _ in lines if model == default_model]
+        executes = [float(ex) for model, _, ex in lines if model == default_model]
+        print(
+            f"  profile (shm default, medians): onnxruntime run in the stub "
+            f"{median(runs):.2f} ms, stub execute() {median(executes):.2f} ms, Triton execute "
+            f"(mean) {per['infer']:.2f} ms, client {median(default_times) / 1e6:.2f} ms; "
+            f"in-process run {median(times[ref]) / 1e6:.2f} ms"
+        )
     print(
         f"  served (defaults) / best in-process median: {default:.3f} "
         f"(goal <= 1.10: {met(default, 1.10)})"
@@ -315,6 +329,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--gap", type=float, default=0.01, help="idle seconds between timed calls")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="split the served default's execute into onnxruntime and the rest",
+    )
     parser.add_argument("--levers", action="store_true", help="also dlpack and 1-thread variants")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--window", type=float, default=5.0, help="seconds per window")
@@ -332,6 +351,9 @@ def main(argv: list[str] | None = None) -> None:
         plan_comparison(args)
         return
     weights = detector_weights(args.weights)
+    if args.profile:
+        args.timings = Path(tempfile.mkdtemp(prefix="bench-timings-")) / "backend.log"
+        os.environ[TIMINGS_ENV] = str(args.timings)  # the server (and its stubs) inherit it
     with (
         tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp,
         bench_stack(Path(tmp)) as stack,

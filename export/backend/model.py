@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,10 @@ import triton_python_backend_utils as pb_utils
 MODEL_FILE = "model.onnx"
 MAX_DEFAULT_INTRA_OP_THREADS = 4
 DEFAULT_ALLOW_SPINNING = 1
+#: When set (``bench/serving.py --profile``), every execute appends a line
+#: "MODEL RUN_MS EXECUTE_MS" to this file: onnxruntime alone vs the whole execute, the
+#: split that Triton's own statistics cannot show.
+TIMINGS_ENV = "REPO_MANAGER_BACKEND_TIMINGS"
 
 
 def _cpu_count() -> int:
@@ -73,6 +78,9 @@ class TritonPythonModel:
         ]
         self.input_dims = [tuple(int(d) for d in item["dims"]) for item in config["input"]]
         self.output_names = [item["name"] for item in config["output"]]
+        self.model_name = args["model_name"]
+        self.timings = os.environ.get(TIMINGS_ENV) or None
+        self.run_ms = 0.0
         self.output_dtypes = [
             pb_utils.triton_string_to_numpy(item["data_type"]) for item in config["output"]
         ]
@@ -108,6 +116,16 @@ class TritonPythonModel:
             )
 
     def execute(self, requests: list[Any]) -> list[Any]:
+        if self.timings is None:
+            return self._execute(requests)
+        started = time.perf_counter()
+        responses = self._execute(requests)
+        elapsed = (time.perf_counter() - started) * 1e3
+        with open(self.timings, "a") as log:
+            log.write(f"{self.model_name} {self.run_ms:.3f} {elapsed:.3f}\n")
+        return responses
+
+    def _execute(self, requests: list[Any]) -> list[Any]:
         responses: list[Any] = [None] * len(requests)
         batches: list[list[np.ndarray]] = []  # per request, arrays in input order
         members: list[int] = []  # indices of the requests taking part in the run
@@ -147,7 +165,9 @@ class TritonPythonModel:
                 for position, name in enumerate(self.input_names)
             }
             try:
+                started = time.perf_counter()
                 results = self.session.run(self.output_names, feed)
+                self.run_ms = (time.perf_counter() - started) * 1e3
             except Exception as exc:  # nothing left to blame on one request: fail the run
                 error = pb_utils.TritonError(f"onnxruntime: {exc}")
                 for index in members:
