@@ -78,7 +78,7 @@ class TritonPythonModel:
         ]
         self.input_dims = [tuple(int(d) for d in item["dims"]) for item in config["input"]]
         self.output_names = [item["name"] for item in config["output"]]
-        self.model_name = args["model_name"]
+        self.model_name = str(config.get("name", ""))
         self.timings = os.environ.get(TIMINGS_ENV) or None
         self.run_ms = 0.0
         self.output_dtypes = [
