@@ -38,8 +38,15 @@ integration: setup $(DETECTOR)
 test: setup $(DETECTOR) lint
 	REPO_MANAGER_DETECTOR=$(abspath $(DETECTOR)) $(PY) -m pytest -q -rs --durations=15
 
-bench: setup
-	$(PY) bench/router_overhead.py
+# Every benchmark, each printing its ratios measured side by side (see BENCHMARKS.md).
+# `make bench QUICK=1`: a smoke run of each in a few minutes, not figures to quote.
+BENCH_SCRIPTS := router_overhead serving warmup propagation publish_phases
+bench: setup $(DETECTOR)
+	@for script in $(BENCH_SCRIPTS); do \
+		echo "== bench/$$script.py"; \
+		REPO_MANAGER_DETECTOR=$(abspath $(DETECTOR)) $(PY) bench/$$script.py $(if $(QUICK),--quick) || exit 1; \
+	done
+	$(PY) bench/export.py $(if $(QUICK),--rounds 20)
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache

@@ -3,36 +3,38 @@
 Starts the embedded tritonserver with a small python-backend model (or uses ``--url``,
 whose server must already serve ``--model``), then alternates ``Router.infer`` and a direct
 ``InferenceServerClient.infer`` on the same server, model, version and input: each round
-runs both, in alternating order, so drift on a shared machine hits both sides alike. Prints
-median and p99 latency of each and their ratios (goal: median ratio <= 1.03), then the
-cost of one routing decision (goal: < 1 µs).
+runs both, in alternating order, so drift on a shared machine hits both sides alike. Both
+use plain gRPC (``shared_memory=False``): this measures the routing layer, not transport.
+Prints median and p99 latency of each and their ratios (goal: <= 1.02), then the cost of
+one routing decision (goal: <= 1 µs).
 
-    .venv/bin/python bench/router_overhead.py [--requests 5000] [--url HOST:PORT --model M]
-
-(after ``make setup``, which installs the package; from a bare checkout, ``PYTHONPATH=.``)
+    python bench/router_overhead.py [--requests 5000] [--url HOST:PORT --model M] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import sys
 import tempfile
-import time
 import timeit
-from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import tritonclient.grpc as grpcclient
-from tritonclient.utils import triton_to_np_dtype
+_ROOT = Path(__file__).resolve().parents[1]
+sys.path[:] = [str(_ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != _ROOT / "bench"]
 
-from repo_manager import Router
-from repo_manager.phases import Phase
-from repo_manager.routing import RoutePlan
-from repo_manager.state import RolloutState, RoutingTable, state_key
-from repo_manager.storage import LocalStorage
+import numpy as np  # noqa: E402
+import tritonclient.grpc as grpcclient  # noqa: E402
+from tritonclient.utils import triton_to_np_dtype  # noqa: E402
+
+from bench.common import bench_stack, interleaved, load_now, machine, median, met, pct  # noqa: E402
+from repo_manager import Router  # noqa: E402
+from repo_manager.phases import Phase  # noqa: E402
+from repo_manager.routing import RoutePlan  # noqa: E402
+from repo_manager.state import RolloutState, RoutingTable, state_key  # noqa: E402
+from repo_manager.storage import LocalStorage  # noqa: E402
 
 IDENTITY_MODEL = """
 import triton_python_backend_utils as pb_utils
@@ -71,31 +73,12 @@ def inputs_for(client: Any, model: str, version: str) -> list[grpcclient.InferIn
     return tensors
 
 
-def side_by_side(
-    a: Callable[[], object], b: Callable[[], object], rounds: int
-) -> tuple[list[int], list[int]]:
-    """Per-call latencies (ns) of a and b, one of each per round, order alternating."""
-    ta: list[int] = []
-    tb: list[int] = []
-    clock = time.perf_counter_ns
-    for i in range(rounds):
-        for fn, out in ((a, ta), (b, tb)) if i % 2 == 0 else ((b, tb), (a, ta)):
-            start = clock()
-            fn()
-            out.append(clock() - start)
-    return ta, tb
-
-
-def p99(values: list[int]) -> float:
-    return float(np.percentile(values, 99))
-
-
 def decision_ns(plan: RoutePlan, key: object, number: int) -> float:
     timer = timeit.Timer("choose(key)", globals={"choose": plan.choose, "key": key})
     return min(timer.repeat(repeat=5, number=number)) / number * 1e9
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", help="use this Triton (gRPC) instead of starting one")
     parser.add_argument("--model", default="bench_identity")
@@ -104,57 +87,55 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=5000, help="rounds (each side)")
     parser.add_argument("--warmup", type=int, default=500)
     parser.add_argument("--decisions", type=int, default=1_000_000)
-    args = parser.parse_args()
+    parser.add_argument("--quick", action="store_true", help="a few rounds: a smoke run")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.requests, args.warmup, args.decisions = 200, 20, 10_000
+    print(machine())
 
-    with tempfile.TemporaryDirectory(prefix="router-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="router-bench-") as tmp, ExitStack() as stack:
         root = Path(tmp)
-        server = None
         url = args.url
         if url is None:
-            from repo_manager.server import EmbeddedTriton, ServerPorts
+            started = stack.enter_context(bench_stack(root))
+            version_dir = started.repository / args.model / args.version
+            version_dir.mkdir(parents=True)
+            (version_dir / "model.py").write_text(IDENTITY_MODEL)
+            url = started.url
+        direct = stack.enter_context(grpcclient.InferenceServerClient(url))
+        if args.url is None:
+            direct.load_model(args.model, config=bench_config(args.model, args.width))
+        # The Router follows a state document; 100% to the benched version.
+        state = RolloutState(
+            model=args.model,
+            phase=Phase.INITIALIZED,
+            stable=args.version,
+            weights={args.version: 100},
+            generation=1,
+        )
+        LocalStorage(root).write_bytes_atomic(state_key(args.model), state.to_json())
+        inputs = inputs_for(direct, args.model, args.version)
+        router = stack.enter_context(Router(args.model, url, root, shared_memory=False))
+        sides = [
+            lambda: router.infer(inputs),
+            lambda: direct.infer(args.model, inputs, model_version=args.version),
+        ]
+        interleaved(sides, args.warmup)
+        routed, plain = interleaved(sides, args.requests)
 
-            repository = root / "model_repository"
-            (repository / args.model / args.version).mkdir(parents=True)
-            (repository / args.model / args.version / "model.py").write_text(IDENTITY_MODEL)
-            server = EmbeddedTriton(repository, ports=ServerPorts.free(), log_path=root / "log")
-            server.__enter__()
-            url = server.grpc_url
-        try:
-            direct = grpcclient.InferenceServerClient(url)
-            if server is not None:
-                direct.load_model(args.model, config=bench_config(args.model, args.width))
-            # The Router follows a state document; 100% to the benched version.
-            state = RolloutState(
-                model=args.model,
-                phase=Phase.INITIALIZED,
-                stable=args.version,
-                weights={args.version: 100},
-                generation=1,
-            )
-            LocalStorage(root).write_bytes_atomic(state_key(args.model), state.to_json())
-            inputs = inputs_for(direct, args.model, args.version)
-            with Router(args.model, url, root) as router:
-
-                def via_router() -> object:
-                    return router.infer(inputs)
-
-                def via_client() -> object:
-                    return direct.infer(args.model, inputs, model_version=args.version)
-
-                side_by_side(via_router, via_client, args.warmup)
-                routed, plain = side_by_side(via_router, via_client, args.requests)
-            direct.close()
-        finally:
-            if server is not None:
-                server.__exit__(None, None, None)
-
-    med_r, med_d = statistics.median(routed), statistics.median(plain)
-    print(f"server {url}  model {args.model} v{args.version}  rounds {args.requests}")
-    print(f"  direct tritonclient  median {med_d / 1e3:8.1f} µs   p99 {p99(plain) / 1e3:8.1f} µs")
-    print(f"  Router.infer         median {med_r / 1e3:8.1f} µs   p99 {p99(routed) / 1e3:8.1f} µs")
+    med_r, med_d = median(routed), median(plain)
+    ratio_med, ratio_p99 = med_r / med_d, pct(routed, 99) / pct(plain, 99)
+    print(f"server {url}  model {args.model} v{args.version}  rounds {args.requests}; {load_now()}")
     print(
-        f"  ratio Router/direct  median {med_r / med_d:.3f}   p99 {p99(routed) / p99(plain):.3f}"
-        f"   (goal median <= 1.03; median overhead {(med_r - med_d) / 1e3:+.1f} µs)"
+        f"  direct tritonclient  median {med_d / 1e3:8.1f} µs   p99 {pct(plain, 99) / 1e3:8.1f} µs"
+    )
+    print(
+        f"  Router.infer         median {med_r / 1e3:8.1f} µs   p99 {pct(routed, 99) / 1e3:8.1f} µs"
+    )
+    print(
+        f"  ratio Router/direct  median {ratio_med:.3f} ({met(ratio_med, 1.02)})   p99 "
+        f"{ratio_p99:.3f} ({met(ratio_p99, 1.02)})   goal <= 1.02; median overhead "
+        f"{(med_r - med_d) / 1e3:+.1f} µs"
     )
 
     table = RoutingTable(
@@ -162,10 +143,14 @@ def main() -> None:
     )
     plan = RoutePlan.build("m", table)
     n = args.decisions
-    print(f"routing decision, 90/10 table, best of 5 x {n:,} calls (goal < 1000 ns):")
-    print(f"  weighted random      {decision_ns(plan, None, n):6.0f} ns")
-    print(f"  sticky str key       {decision_ns(plan, 'camera-17', n):6.0f} ns")
-    print(f"  sticky int key       {decision_ns(plan, 123456789, n):6.0f} ns")
+    print(f"routing decision, 90/10 table, best of 5 x {n:,} calls (goal <= 1000 ns):")
+    for label, key in (
+        ("weighted random", None),
+        ("sticky str key", "camera-17"),
+        ("sticky int key", 123456789),
+    ):
+        ns = decision_ns(plan, key, n)
+        print(f"  {label:20} {ns:6.0f} ns ({met(ns, 1000)})")
 
 
 if __name__ == "__main__":

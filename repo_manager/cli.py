@@ -42,6 +42,7 @@ from repo_manager.rollout import (
 )
 from repo_manager.state import RolloutState
 from repo_manager.storage import LocalStorage, Storage, open_storage
+from repo_manager.timing import PhaseTimer
 from repo_manager.transport import GrpcSecurity, expand_urls, parse_headers
 from repo_manager.triton import TritonFleet
 
@@ -516,6 +517,7 @@ def publish(
     _require_repository(obj)
     manager = obj.manager(drain_seconds=drain_seconds)
     gated = golden is not None and manager.state(model) is not None
+    timer = PhaseTimer(progress=obj._progress, label=f"publish {model} {version}")
     state = manager.publish(
         model,
         version,
@@ -524,14 +526,18 @@ def publish(
         export_options=export_options,
         canary_weight=0 if gated else weight,
         force=force,
+        timer=timer,
     )
     if state.stable == version:
+        obj._progress(f"publish {model} {version} timings: {timer.summary()}")
         click.echo(f"{model} version {version} published as stable")
         return
     if gated:
         assert golden is not None
-        report = manager.gate_canary(model, golden, golden_gates, weight=weight)
+        with timer.phase("gate"):
+            report = manager.gate_canary(model, golden, golden_gates, weight=weight)
         click.echo(_report_text(report.to_dict()))
+    obj._progress(f"publish {model} {version} timings: {timer.summary()}")
     click.echo(f"{model} version {version} published as canary at {weight}%")
     if plan is not None and provider is not None:
         _run_analysis(obj, manager, model, plan, provider, analysis)

@@ -50,8 +50,13 @@ PLATFORMS = frozenset(
 
 TensorSignature = tuple[str, str, tuple[int, ...]]  # (name, data_type, dims)
 
-# A short wait lets concurrent requests share one run without adding visible latency.
-DEFAULT_MAX_QUEUE_DELAY_US = 500
+# No added wait: requests that queue while the instance is busy are still batched, and a
+# lone request is not held back (on CPU a batch costs what its images cost one by one;
+# bench/serving.py --levers measures 500 µs against 0).
+DEFAULT_MAX_QUEUE_DELAY_US = 0
+# Runs of the batch-1 warm-up sample: onnxruntime's first runs at a shape still allocate
+# and the stub's first requests still map shared memory (bench/warmup.py measures it).
+WARMUP_COUNT = 3
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -186,9 +191,10 @@ def build_detector_config(
         kind=model_config_pb2.ModelInstanceGroup.Kind.Value(kind), count=instance_count
     )
     if dynamic_batching and max_batch_size > 0:
+        config.dynamic_batching.SetInParent()
         config.dynamic_batching.max_queue_delay_microseconds = DEFAULT_MAX_QUEUE_DELAY_US
 
-    warmup = config.model_warmup.add(name="random_batch1", batch_size=1)
+    warmup = config.model_warmup.add(name="random_batch1", batch_size=1, count=WARMUP_COUNT)
     for spec in inputs:
         warmup.inputs[spec.name].data_type = model_config_pb2.DataType.Value(spec.data_type)
         warmup.inputs[spec.name].dims.extend(spec.dims)

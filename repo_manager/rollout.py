@@ -43,6 +43,7 @@ from repo_manager.modelconfig import (
 from repo_manager.phases import Phase, check_transition
 from repo_manager.repository import ModelRepository, validate_model_name, validate_version
 from repo_manager.state import RolloutState, Transition, load_state, state_key, utc_now
+from repo_manager.timing import PhaseTimer
 from repo_manager.triton import TritonFleet
 
 if TYPE_CHECKING:
@@ -328,12 +329,15 @@ class RolloutManager:
         exported: Path | None = None,
         canary_weight: int | None = None,
         force: bool = False,
+        timer: PhaseTimer | None = None,
     ) -> RolloutState:
         """Export, stage and add a version; first becomes stable, later ones the canary.
 
         ``exported`` publishes a model folder that ``export`` already wrote (e.g. plans for
         several GPU kinds) instead of exporting ``weights``. ``force`` publishes a TensorRT
-        plan even when the servers' release does not match.
+        plan even when the servers' release does not match. Each phase (export, stage,
+        load + warm-up, routing table) is timed by ``timer`` (progress lines under
+        ``--verbose``); the timings go into the history entry.
         """
         if (weights is None) == (exported is None):
             raise InvalidInputError("publish needs either weights or an exported folder")
@@ -350,23 +354,31 @@ class RolloutManager:
 
         from export import export_model, stage_exported  # heavy (torch): publish only
 
+        timer = timer or PhaseTimer(progress=self.progress)
         with tempfile.TemporaryDirectory(prefix="repo-manager-stage-") as tmp:
             staged = Path(tmp) / model
-            if exported is not None:
-                result = stage_exported(exported, staged, model=model, version=version)
-            else:
-                assert weights is not None
-                self.progress(f"exporting {weights} as {model} version {version}")
-                result = export_model(
-                    weights, staged, model_name=model, version=version, options=export_options
-                )
-            self.repository.check_compatible(model, result.config)
-            check_plan_compatible(result.manifest, self.fleet.server_versions(), force=force)
+            with timer.phase("export"):
+                if exported is not None:
+                    result = stage_exported(exported, staged, model=model, version=version)
+                else:
+                    assert weights is not None
+                    self.progress(f"exporting {weights} as {model} version {version}")
+                    result = export_model(
+                        weights, staged, model_name=model, version=version, options=export_options
+                    )
+                self.repository.check_compatible(model, result.config)
+                check_plan_compatible(result.manifest, self.fleet.server_versions(), force=force)
             with self._locked(model):
-                return self._add_and_load(model, version, staged, state, weight)
+                return self._add_and_load(model, version, staged, state, weight, timer)
 
     def _add_and_load(
-        self, model: str, version: str, staged: Path, state: RolloutState | None, weight: int
+        self,
+        model: str,
+        version: str,
+        staged: Path,
+        state: RolloutState | None,
+        weight: int,
+        timer: PhaseTimer,
     ) -> RolloutState:
         # Re-read under the lock: another manager may have moved since the checks.
         if self.state(model) != state:
@@ -391,18 +403,23 @@ class RolloutManager:
                 policy=state.policy,
             )
         previous_config = None if state is None else self.repository.require_config(model)
-        created = self.repository.add_version(model, version, staged, progress=self.progress)
+        with timer.phase("stage"):
+            created = self.repository.add_version(model, version, staged, progress=self.progress)
         try:
             if previous_config is not None:
                 self._map_new_gpu_kinds(model, previous_config, staged)
-            self._apply(new)
+            # Triton runs the config's model_warmup inside the load call: one phase.
+            with timer.phase("load + warm-up"):
+                self._apply(new)
         except RepoManagerError:
             self._undo_publish(model, version, state, created=created)
             if previous_config is not None:
                 self.repository.write_config(model, previous_config)
             raise
         action = "publish stable" if state is None else f"publish canary at {weight}%"
-        return self._record(state, new, action=action)
+        reason = f"timings: {timer.summary()}"
+        with timer.phase("routing table"):
+            return self._record(state, new, action=action, reason=reason)
 
     def _map_new_gpu_kinds(self, model: str, current: ModelConfig, staged: Path) -> None:
         """A version with plans for more GPU kinds extends the model's ``cc_model_filenames``."""

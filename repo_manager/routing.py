@@ -44,6 +44,7 @@ from repo_manager.errors import (
     TritonUnavailableError,
 )
 from repo_manager.metrics import ShadowMetrics, VersionMetrics, shadow_metrics, version_metrics
+from repo_manager.shm import SharedMemoryChannel, SharedMemoryUnusable, is_local_url
 from repo_manager.state import RoutingTable, load_routing_table, state_key
 from repo_manager.storage import Storage, open_storage
 from repo_manager.transport import GrpcSecurity, make_grpc_client
@@ -285,6 +286,14 @@ class _Server:
 ClientFactory = Callable[[str], Any]
 
 
+def _wants_shared_memory(setting: bool | str, url: str, *, custom_client: bool) -> bool:
+    if setting == "auto":
+        return is_local_url(url) and not custom_client
+    if isinstance(setting, bool):
+        return setting
+    raise InvalidInputError(f"shared_memory must be True, False or 'auto', not {setting!r}")
+
+
 class Router:
     """Sends inference requests for one model to its stable and canary versions.
 
@@ -307,6 +316,7 @@ class Router:
         security: GrpcSecurity | None = None,
         s3_endpoint: str | None = None,
         resolve_interval: float = 10.0,
+        shared_memory: bool | str = "auto",
     ) -> None:
         """
         Args:
@@ -329,6 +339,11 @@ class Router:
             security: TLS files and extra headers (auth proxies) for every gRPC call.
             s3_endpoint: the S3-compatible endpoint of an ``s3://`` repository
                 (default: ``AWS_ENDPOINT_URL``); the table is then polled by HEAD (ETag).
+            shared_memory: send tensors through Triton system shared memory (one region
+                per thread) instead of the gRPC message: True, False, or "auto" (on for
+                a single server on this machine with the default client, and never for
+                a ``dns://`` fleet, which may change). Any
+                shared-memory failure falls back to plain gRPC.
         """
         urls = [url] if isinstance(url, str) else list(url)
         if not urls:
@@ -351,6 +366,16 @@ class Router:
         self._retired: list[_Server] = []
         self._servers = [_Server(u, factory(u)) for u in urls]
         self._single = self._servers[0] if len(self._servers) == 1 else None
+        self._shm: SharedMemoryChannel | None = None
+        # A dns:// fleet may change under the Router: shared memory is for one fixed server.
+        if (
+            self._single is not None
+            and not self._addresses
+            and _wants_shared_memory(
+                shared_memory, self._single.url, custom_client=client_factory is not None
+            )
+        ):
+            self._shm = SharedMemoryChannel(self._single.client, model)
         self._rr = itertools.count()
         self._token: object = object()  # never equal to a real token: first check reads
         self._reload_lock = threading.Lock()
@@ -627,6 +652,12 @@ class Router:
         single = self._single
         if single is not None:
             try:
+                channel = self._shm
+                if channel is not None and not channel.disabled:
+                    try:
+                        return channel.infer(version, inputs, outputs, self._timeout)
+                    except SharedMemoryUnusable as exc:
+                        logger.debug("shared memory unusable, plain gRPC instead: %s", exc)
                 return single.client.infer(
                     self.model,
                     inputs,
@@ -767,6 +798,8 @@ class Router:
                 self._shadow_worker.join(timeout=10)
         if self._poller.is_alive() and self._poller is not threading.current_thread():
             self._poller.join(timeout=5)
+        if self._shm is not None:
+            self._shm.close()
         for server in self._servers + self._retired:
             try:
                 server.client.close()

@@ -9,6 +9,16 @@ than many small ones.
 Config parameters (strings) it reads:
     onnxruntime_intra_op_threads   threads inside an operator (default: CPUs, at most 4)
     onnxruntime_inter_op_threads   threads across operators (default: 1)
+    onnxruntime_allow_spinning     "1" (default) or "0": whether idle onnxruntime threads
+                                   spin waiting for work. On a machine of its own spinning
+                                   is faster (no wake-up per operator: 23 vs 29 ms at 320
+                                   px on 2 cores); on a host crowded by other work "0" is
+                                   (BENCHMARKS.md, item 2 levers)
+    tensor_transfer                "numpy" (default) or "dlpack": how inputs reach
+                                   onnxruntime from the stub's shared memory. Outputs
+                                   always go through ``pb_utils.Tensor(name, array)``:
+                                   ``Tensor.from_dlpack`` of a numpy 1.x array kills the
+                                   2.51 stub (capsule name mismatch in the deleter).
 Small defaults keep a 2-core machine responsive: Triton's own threads need CPU too.
 """
 
@@ -16,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +36,11 @@ import triton_python_backend_utils as pb_utils
 
 MODEL_FILE = "model.onnx"
 MAX_DEFAULT_INTRA_OP_THREADS = 4
+DEFAULT_ALLOW_SPINNING = 1
+#: When set (``bench/serving.py --profile``), every execute appends a line
+#: "MODEL RUN_MS EXECUTE_MS" to this file: onnxruntime alone vs the whole execute, the
+#: split that Triton's own statistics cannot show.
+TIMINGS_ENV = "REPO_MANAGER_BACKEND_TIMINGS"
 
 
 def _cpu_count() -> int:
@@ -62,6 +78,9 @@ class TritonPythonModel:
         ]
         self.input_dims = [tuple(int(d) for d in item["dims"]) for item in config["input"]]
         self.output_names = [item["name"] for item in config["output"]]
+        self.model_name = str(config.get("name", ""))
+        self.timings = os.environ.get(TIMINGS_ENV) or None
+        self.run_ms = 0.0
         self.output_dtypes = [
             pb_utils.triton_string_to_numpy(item["data_type"]) for item in config["output"]
         ]
@@ -78,6 +97,11 @@ class TritonPythonModel:
         )
         options.inter_op_num_threads = _int_parameter(config, "onnxruntime_inter_op_threads", 1)
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        spinning = _int_parameter(config, "onnxruntime_allow_spinning", DEFAULT_ALLOW_SPINNING)
+        options.add_session_config_entry("session.intra_op.allow_spinning", str(min(spinning, 1)))
+        options.add_session_config_entry("session.inter_op.allow_spinning", str(min(spinning, 1)))
+        transfer = config.get("parameters", {}).get("tensor_transfer", {}).get("string_value")
+        self.dlpack = transfer == "dlpack"
         self.session = ort.InferenceSession(
             str(path), sess_options=options, providers=["CPUExecutionProvider"]
         )
@@ -92,6 +116,16 @@ class TritonPythonModel:
             )
 
     def execute(self, requests: list[Any]) -> list[Any]:
+        if self.timings is None:
+            return self._execute(requests)
+        started = time.perf_counter()
+        responses = self._execute(requests)
+        elapsed = (time.perf_counter() - started) * 1e3
+        with open(self.timings, "a") as log:
+            log.write(f"{self.model_name} {self.run_ms:.3f} {elapsed:.3f}\n")
+        return responses
+
+    def _execute(self, requests: list[Any]) -> list[Any]:
         responses: list[Any] = [None] * len(requests)
         batches: list[list[np.ndarray]] = []  # per request, arrays in input order
         members: list[int] = []  # indices of the requests taking part in the run
@@ -105,7 +139,8 @@ class TritonPythonModel:
                 if tensor is None:
                     problem = f"missing input {name!r}"
                 else:
-                    array = np.asarray(tensor.as_numpy(), dtype=dtype)
+                    raw = np.from_dlpack(tensor) if self.dlpack else tensor.as_numpy()
+                    array = np.asarray(raw, dtype=dtype)
                     if not _shape_fits(array.shape, dims):
                         problem = f"input {name!r} has shape {array.shape}, expected [B, *{dims}]"
                 if problem is not None:
@@ -130,7 +165,9 @@ class TritonPythonModel:
                 for position, name in enumerate(self.input_names)
             }
             try:
+                started = time.perf_counter()
                 results = self.session.run(self.output_names, feed)
+                self.run_ms = (time.perf_counter() - started) * 1e3
             except Exception as exc:  # nothing left to blame on one request: fail the run
                 error = pb_utils.TritonError(f"onnxruntime: {exc}")
                 for index in members:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -51,7 +52,14 @@ def traffic(router: Router, threads: int = 4) -> Iterator[Traffic]:
 
 def test_canary_gets_its_share_and_keys_stick(stack: Stack, weights: Path) -> None:
     stack.publish(MODEL, "1", weights)
-    stack.publish(MODEL, "2", weights)
+    verbose = stack.publish(MODEL, "2", weights, "--verbose")
+    # publish --verbose times each phase on stderr; stdout stays the one result line.
+    for phase in ("export", "stage", "load + warm-up", "routing table"):
+        assert re.search(
+            rf"publish {MODEL} 2: {re.escape(phase)} done in \d+\.\d\d s", verbose.stderr
+        )
+    assert re.search(r"timings: export \d+\.\d\d s, stage .* \(total ", verbose.stderr)
+    assert verbose.stdout.strip() == f"{MODEL} version 2 published as canary at 10%"
 
     doc = status(stack)
     assert doc["stable"] == "1" and doc["canary"] == "2"

@@ -329,3 +329,67 @@ def test_detect_reads_the_model_config_and_returns_boxes_in_image_pixels(live: L
     assert found.version == "1" and len(found) == 1
     np.testing.assert_allclose(found.boxes, [[48, 24, 80, 40]])
     assert found.labels == ["square"] and found.names == {0: "circle", 1: "square"}
+
+
+def _our_registrations(url: str) -> list[str]:
+    with grpcclient.InferenceServerClient(url) as client:
+        status = client.get_system_shared_memory_status(as_json=True)
+    return [r["name"] for r in status.get("regions", {}).values() if "repo-manager" in r["name"]]
+
+
+def test_shared_memory_router_under_threads_gives_the_same_outputs_as_plain_grpc(
+    live: Live,
+) -> None:
+    live.route({"1": 50, "2": 50})
+    mismatches: list[str] = []
+
+    def work(shared: Router, plain: Router, thread: int) -> None:
+        for i in range(60):
+            batch = 1 + (thread + i) % 3  # batch sizes change: regions grow and are re-made
+            values = np.arange(batch * 4, dtype=np.float32).reshape(batch, 4) + thread * 1000 + i
+            tensor = grpcclient.InferInput("x", [batch, 4], "FP32")
+            tensor.set_data_from_numpy(values)
+            key = f"{thread}-{i}"
+            a, b = shared.infer([tensor], key=key), plain.infer([tensor], key=key)
+            if a.version != b.version or not np.array_equal(a.as_numpy("y"), b.as_numpy("y")):
+                mismatches.append(f"thread {thread} request {i}")
+
+    with live.router(shared_memory=True) as shared, live.router(shared_memory=False) as plain:
+        threads = [threading.Thread(target=work, args=(shared, plain, t)) for t in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=50)
+        in_use = _our_registrations(live.url)
+    assert not mismatches
+    assert 1 <= len(in_use) <= 6  # one region per thread at a time, and it was used
+
+
+def test_closing_a_shared_memory_router_unregisters_and_unlinks_every_region(
+    live: Live,
+) -> None:
+    from repo_manager.shm import leaked_regions
+
+    live.route({"1": 100}, canary=None)
+    router = live.router(shared_memory=True)
+    threads = [threading.Thread(target=router.infer, args=(x_input(),)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=20)
+    assert leaked_regions() and _our_registrations(live.url)
+    router.close()
+    assert leaked_regions() == [] and _our_registrations(live.url) == []
+
+
+def test_a_server_that_forgot_the_regions_costs_one_plain_request_then_shm_resumes(
+    live: Live,
+) -> None:
+    live.route({"1": 100}, canary=None)
+    with live.router(shared_memory=True) as router:
+        assert served_by(router.infer(x_input(3.0)), 3.0) == 1
+        with grpcclient.InferenceServerClient(live.url) as client:
+            client.unregister_system_shared_memory()  # as a restarted server would have
+        assert served_by(router.infer(x_input(4.0)), 4.0) == 1  # over plain gRPC
+        assert served_by(router.infer(x_input(5.0)), 5.0) == 1
+        assert _our_registrations(live.url)  # registered again

@@ -113,10 +113,10 @@ def test_warmup_block_is_built_from_the_real_inputs() -> None:
     assert list(warmup.inputs["scale"].dims) == [1]
 
 
-def test_dynamic_batching_has_a_small_queue_delay() -> None:
+def test_dynamic_batching_is_on_and_never_holds_a_lone_request_back() -> None:
     config = detector_config()
     assert config.HasField("dynamic_batching")
-    assert 0 < config.dynamic_batching.max_queue_delay_microseconds <= 5000
+    assert config.dynamic_batching.max_queue_delay_microseconds == 0
 
 
 def test_dynamic_batching_can_be_left_out() -> None:

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
 from prometheus_client import REGISTRY, generate_latest
 from tritonclient.grpc import model_config_pb2, service_pb2
 from tritonclient.utils import InferenceServerException
@@ -516,3 +517,42 @@ def test_importing_the_package_pulls_no_heavy_dependency() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("url", "local"),
+    [
+        ("localhost:8001", True),
+        ("127.0.0.1:8001", True),
+        ("[::1]:8001", True),
+        ("unix:/tmp/triton.sock", True),
+        ("triton.internal:8001", False),
+        ("10.0.0.7:8001", False),
+    ],
+)
+def test_shared_memory_auto_is_on_only_for_a_server_on_this_machine(url: str, local: bool) -> None:
+    from repo_manager.shm import is_local_url
+
+    assert is_local_url(url) is local
+
+
+def test_a_server_that_cannot_map_our_regions_gets_plain_grpc_and_no_more_attempts(
+    repo: Path,
+) -> None:
+    attempts: list[str] = []
+
+    def refuse(name: str, key: str, size: int) -> None:
+        attempts.append(name)
+        raise InferenceServerException("Unable to open shared memory region", status="INTERNAL")
+
+    config = model_config_pb2.ModelConfig(name=MODEL, max_batch_size=8)
+    config.output.add(name="y", data_type=model_config_pb2.TYPE_FP32, dims=[4])
+    router, clients = make_router(repo, ["localhost:1"], config=config, shared_memory=True)
+    clients[0].register_system_shared_memory = refuse  # type: ignore[attr-defined]
+    clients[0].unregister_system_shared_memory = lambda name: None  # type: ignore[attr-defined]
+    tensor = grpcclient.InferInput("x", [1, 4], "FP32")
+    tensor.set_data_from_numpy(np.zeros((1, 4), np.float32))
+    with router:
+        for _ in range(3):
+            router.infer([tensor], key="k")
+    assert len(attempts) == 1 and len(clients[0].calls) == 3

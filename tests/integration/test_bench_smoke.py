@@ -1,0 +1,36 @@
+"""Every bench script still runs (``--quick``): a smoke test, never a timed assert."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+ROOT = Path(__file__).resolve().parents[2]
+#: Scripts that publish real detectors take 30-90 s even in --quick mode.
+SLOW = {"serving", "warmup", "publish_phases"}
+
+
+@pytest.mark.parametrize(
+    "script", ["router_overhead", "propagation", "serving", "warmup", "publish_phases"]
+)
+def test_bench_script_runs_in_quick_mode_and_prints_its_goal(script: str) -> None:
+    if script in SLOW and os.environ.get("REPO_MANAGER_BENCH_SMOKE") != "1":
+        pytest.skip(f"bench/{script}.py publishes detectors (slow); REPO_MANAGER_BENCH_SMOKE=1")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "YOLO_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / f"{script}.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=280,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "machine:" in done.stdout and "load average" in done.stdout
+    if script in {"router_overhead", "propagation", "serving", "warmup"}:
+        assert "goal" in done.stdout
