@@ -10,6 +10,7 @@ with "No module named 'numpy'").
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -203,6 +204,9 @@ class EmbeddedTriton:
             stdout=output,
             stderr=subprocess.STDOUT if output is not None else None,
             stdin=subprocess.DEVNULL,
+            # Its own process group: a kill reaches the python backend stubs too, which
+            # Triton 2.51 leaves running (polling) when it dies without a shutdown.
+            start_new_session=True,
         )
 
     @property
@@ -249,16 +253,20 @@ class EmbeddedTriton:
             try:
                 process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=timeout)
+                self._kill_group(process)
         self._close_log()
 
     def kill(self) -> None:
-        """SIGKILL, as a crash would (for restart tests)."""
+        """SIGKILL, as a crash would (for restart tests), with its backend stubs."""
         if self._process is not None and self._process.poll() is None:
-            self._process.kill()
-            self._process.wait(timeout=30)
+            self._kill_group(self._process)
         self._close_log()
+
+    @staticmethod
+    def _kill_group(process: subprocess.Popen[bytes]) -> None:
+        with contextlib.suppress(ProcessLookupError):  # already gone
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
 
     def _close_log(self) -> None:
         if self._log_handle is not None:
