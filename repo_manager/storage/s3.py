@@ -261,10 +261,15 @@ class S3Storage:
             return StorageError(f"S3 failed to {what} {where}: {code or exc}")
         return StorageError(f"S3 failed to {what} {where}: {type(exc).__name__}")
 
-    def _call(self, what: str, call: Callable[[], Any]) -> Any:
+    def _call(self, what: str, call: Callable[[], Any], *, missing_ok: bool = False) -> Any:
+        """``call()`` with botocore's errors translated; None for a missing key if allowed."""
         try:
             return call()
-        except (BotoCoreError, ClientError) as exc:
+        except ClientError as exc:
+            if missing_ok and self._missing(exc):
+                return None
+            raise self._translate(exc, what) from exc
+        except BotoCoreError as exc:
             raise self._translate(exc, what) from exc
 
     @staticmethod
@@ -279,15 +284,17 @@ class S3Storage:
     # -- Storage interface ----------------------------------------------------------------
 
     def read_bytes(self, key: str) -> bytes | None:
-        try:
-            response = self.client.get_object(Bucket=self.where.bucket, Key=self.where.key(key))
-            return bytes(response["Body"].read())
-        except ClientError as exc:
-            if self._missing(exc):
-                return None
-            raise self._translate(exc, f"read {key} in") from exc
-        except BotoCoreError as exc:
-            raise self._translate(exc, f"read {key} in") from exc
+        # The body is read inside the call: a broken stream is translated like the GET.
+        data: bytes | None = self._call(
+            f"read {key} in",
+            lambda: bytes(
+                self.client.get_object(Bucket=self.where.bucket, Key=self.where.key(key))[
+                    "Body"
+                ].read()
+            ),
+            missing_ok=True,
+        )
+        return data
 
     def write_bytes_atomic(self, key: str, data: bytes) -> None:
         # A PUT replaces an object whole: readers see the old or the new content.
@@ -299,17 +306,12 @@ class S3Storage:
         )
 
     def _head(self, key: str) -> dict[str, Any] | None:
-        try:
-            head: dict[str, Any] = self.client.head_object(
-                Bucket=self.where.bucket, Key=self.where.key(key)
-            )
-            return head
-        except ClientError as exc:
-            if self._missing(exc):
-                return None
-            raise self._translate(exc, f"look up {key} in") from exc
-        except BotoCoreError as exc:
-            raise self._translate(exc, f"look up {key} in") from exc
+        head: dict[str, Any] | None = self._call(
+            f"look up {key} in",
+            lambda: self.client.head_object(Bucket=self.where.bucket, Key=self.where.key(key)),
+            missing_ok=True,
+        )
+        return head
 
     def change_token(self, key: str) -> Hashable | None:
         head = self._head(key)
