@@ -17,6 +17,7 @@ import numpy.typing as npt
 
 __all__ = [
     "LetterboxInfo",
+    "box_iou",
     "decode",
     "letterbox",
     "match_count",
@@ -191,6 +192,22 @@ def scale_boxes(boxes: np.ndarray, info: LetterboxInfo) -> npt.NDArray[np.float3
     return out
 
 
+def box_iou(a: npt.ArrayLike, b: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """IoU of every xyxy box in ``a`` ([N, 4]) with every one in ``b`` ([M, 4]): [N, M]."""
+    a = np.asarray(a, np.float64)[:, None, :]
+    b = np.asarray(b, np.float64)[None, :, :]
+    iw = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
+    ih = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
+    inter = iw * ih
+    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
+    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    union = area_a + area_b - inter
+    iou: npt.NDArray[np.float64] = np.divide(
+        inter, union, out=np.zeros_like(inter), where=union > 0
+    )
+    return iou
+
+
 def match_count(
     reference: tuple[np.ndarray, np.ndarray],
     other: tuple[np.ndarray, np.ndarray, np.ndarray],
@@ -206,15 +223,7 @@ def match_count(
     boxes, scores, classes = other
     if len(ref_cls) == 0 or len(classes) == 0:
         return 0
-    a = np.asarray(ref_boxes, np.float64)[:, None, :]
-    b = np.asarray(boxes, np.float64)[None, :, :]
-    iw = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
-    ih = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
-    inter = iw * ih
-    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
-    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
-    union = area_a + area_b - inter
-    iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    iou = box_iou(ref_boxes, boxes)
     iou[np.asarray(ref_cls)[:, None] != np.asarray(classes)[None, :]] = 0.0
     taken = np.zeros(len(ref_cls), dtype=bool)
     matched = 0

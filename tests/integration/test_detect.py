@@ -9,17 +9,10 @@ import pytest
 
 from export.shapes import generate_shapes_image
 from repo_manager import Router
+from repo_manager.yolo import box_iou
 from tests.integration.conftest import Stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    x1, y1 = max(a[0], b[0]), max(a[1], b[1])
-    x2, y2 = min(a[2], b[2]), min(a[3], b[3])
-    inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
 
 
 def test_detect_finds_the_drawn_shapes(stack: Stack, trained_detector: Path) -> None:
@@ -35,7 +28,7 @@ def test_detect_finds_the_drawn_shapes(stack: Stack, trained_detector: Path) -> 
             for box, cls in zip(sample.boxes, sample.classes, strict=True):
                 total += 1
                 matched += any(
-                    _iou(box, found) >= 0.5 and found_cls == cls
+                    box_iou([box], [found])[0, 0] >= 0.5 and found_cls == cls
                     for found, found_cls in zip(detections.boxes, detections.class_ids, strict=True)
                 )
     # The tiny detector reaches mAP50 ~0.8+: most drawn shapes must be found with their class.
@@ -57,5 +50,5 @@ def test_detect_maps_boxes_back_to_the_original_image_size(
             detections = router.detect(np.concatenate([big, edge], axis=1))
             for box in sample.boxes * 2:
                 total += 1
-                hits += any(_iou(box, found) >= 0.5 for found in detections.boxes)
+                hits += any(box_iou([box], [found])[0, 0] >= 0.5 for found in detections.boxes)
     assert hits / total >= 0.6, (hits, total)
