@@ -56,6 +56,15 @@ class CliResult:
     stderr: str
 
 
+def run_cli(command: list[str], args: tuple[str, ...], *, check: bool, timeout: float) -> CliResult:
+    """Run a CLI command line; with ``check``, a non-zero exit fails naming ``args``."""
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    result = CliResult(code=done.returncode, stdout=done.stdout, stderr=done.stderr)
+    if check and result.code != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({result.code}): {result.stderr}")
+    return result
+
+
 @dataclass(kw_only=True)
 class Stack:
     """One repository, one embedded tritonserver on free ports, and the CLI against them."""
@@ -69,11 +78,7 @@ class Stack:
 
     def cli(self, *args: str, check: bool = True, timeout: float = 300) -> CliResult:
         command = [*CLI, "--repository", str(self.repository), "--url", self.url, *args]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-        result = CliResult(code=done.returncode, stdout=done.stdout, stderr=done.stderr)
-        if check and result.code != 0:
-            raise AssertionError(f"{' '.join(args)} failed ({result.code}): {result.stderr}")
-        return result
+        return run_cli(command, args, check=check, timeout=timeout)
 
     def publish(
         self, model: str, version: str, weights: Path, *extra: str, check: bool = True
@@ -297,11 +302,7 @@ class S3Fleet:
         ]
 
     def cli(self, *args: str, check: bool = True, timeout: float = 300) -> CliResult:
-        done = subprocess.run(self.command(*args), capture_output=True, text=True, timeout=timeout)
-        result = CliResult(code=done.returncode, stdout=done.stdout, stderr=done.stderr)
-        if check and result.code != 0:
-            raise AssertionError(f"{' '.join(args)} failed ({result.code}): {result.stderr}")
-        return result
+        return run_cli(self.command(*args), args, check=check, timeout=timeout)
 
     def publish(self, model: str, version: str, weights: Path, *extra: str) -> CliResult:
         return self.cli(*publish_args(model, version, weights), *extra)

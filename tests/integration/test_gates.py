@@ -24,7 +24,7 @@ from repo_manager import Router
 from repo_manager.modelconfig import parse_config
 from repo_manager.triton import TritonFleet
 from repo_manager.validation import run_golden_set
-from tests.integration.conftest import CLI, Stack
+from tests.integration.conftest import CLI, CliResult, Stack
 from tests.integration.prometheus import Prometheus
 from tests.integration.traffic import Traffic, client_traffic
 
@@ -108,6 +108,20 @@ def status(stack: Stack) -> dict:
 
 
 ROLLOUT = ["--steps", "25,50,100", "--interval", "2s", "--threshold", "2", "--drain-seconds", "1"]
+
+
+def rollout(stack: Stack, router_metrics: str, *, check: bool = True) -> CliResult:
+    """`repo-manager rollout` of MODEL reading Triton's and the Routers' metrics directly."""
+    return stack.cli(
+        "rollout",
+        MODEL,
+        *ROLLOUT,
+        "--metrics-url",
+        stack.server.metrics_url,
+        "--metrics-url",
+        router_metrics,
+        check=check,
+    )
 
 
 # -- golden set ---------------------------------------------------------------------------
@@ -216,15 +230,7 @@ def test_a_good_canary_is_promoted_by_rollout(
         detect_traffic(router, golden_images(golden_set)) as record,
     ):
         stack.publish(MODEL, "2", trained_detector)
-        done = stack.cli(
-            "rollout",
-            MODEL,
-            *ROLLOUT,
-            "--metrics-url",
-            stack.server.metrics_url,
-            "--metrics-url",
-            router_metrics,
-        )
+        done = rollout(stack, router_metrics)
     assert "promoted by the analysis" in done.stdout
     assert record.failures == []
     doc = status(stack)
@@ -253,16 +259,7 @@ def test_a_slow_or_failing_canary_is_rolled_back_by_the_live_analysis(
         Router(MODEL, url=stack.url, repository=str(stack.repository)) as router,
         detect_traffic(router, golden_images(golden_set)) as record,
     ):
-        done = stack.cli(
-            "rollout",
-            MODEL,
-            *ROLLOUT,
-            "--metrics-url",
-            stack.server.metrics_url,
-            "--metrics-url",
-            router_metrics,
-            check=False,
-        )
+        done = rollout(stack, router_metrics, check=False)
         time.sleep(0.5)
     assert done.code == 1, done.stderr
     assert "rolled back by the analysis" in done.stderr
