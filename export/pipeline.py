@@ -280,7 +280,6 @@ def export_plan_for_this_gpu(
         raise InvalidInputError(
             f"{out_dir / version} does not exist: export it once without --add-gpu first"
         )
-    _validate(model_name, version, options)
     with tempfile.TemporaryDirectory(prefix="repo-manager-gpu-plan-") as work:
         built = export_model(
             weights,

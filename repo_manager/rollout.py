@@ -36,7 +36,6 @@ from repo_manager.metrics import publish_rollout_state
 from repo_manager.modelconfig import (
     ModelConfig,
     merge_cc_model_filenames,
-    parse_config,
     render_config,
     with_version_policy,
 )
@@ -369,17 +368,21 @@ class RolloutManager:
                 self.repository.check_compatible(model, result.config)
                 check_plan_compatible(result.manifest, self.fleet.server_versions(), force=force)
             with self._locked(model):
-                return self._add_and_load(model, version, staged, state, weight, timer)
+                return self._add_and_load(
+                    model, version, staged, result.config, state, weight, timer
+                )
 
     def _add_and_load(
         self,
         model: str,
         version: str,
         staged: Path,
+        staged_config: ModelConfig,
         state: RolloutState | None,
         weight: int,
         timer: PhaseTimer,
     ) -> RolloutState:
+        """Move the staged version in and load it; ``staged_config`` is its parsed config."""
         # Re-read under the lock: another manager may have moved since the checks.
         if self.state(model) != state:
             raise IllegalTransitionError(f"{model} changed while exporting; publish again")
@@ -387,7 +390,6 @@ class RolloutManager:
         if state is None:
             # A new model's on-disk config names its only version from the start.
             config_path = staged / "config.pbtxt"
-            staged_config = parse_config(config_path.read_bytes(), source=str(config_path))
             config_path.write_bytes(render_config(with_version_policy(staged_config, [version])))
             new = RolloutState(
                 model=model, phase=Phase.INITIALIZED, stable=version, weights={version: 100}
@@ -407,7 +409,7 @@ class RolloutManager:
             created = self.repository.add_version(model, version, staged, progress=self.progress)
         try:
             if previous_config is not None:
-                self._map_new_gpu_kinds(model, previous_config, staged)
+                self._map_new_gpu_kinds(model, previous_config, staged_config)
             # Triton runs the config's model_warmup inside the load call: one phase.
             with timer.phase("load + warm-up"):
                 self._apply(new)
@@ -421,10 +423,8 @@ class RolloutManager:
         with timer.phase("routing table"):
             return self._record(state, new, action=action, reason=reason)
 
-    def _map_new_gpu_kinds(self, model: str, current: ModelConfig, staged: Path) -> None:
+    def _map_new_gpu_kinds(self, model: str, current: ModelConfig, candidate: ModelConfig) -> None:
         """A version with plans for more GPU kinds extends the model's ``cc_model_filenames``."""
-        config_path = staged / "config.pbtxt"
-        candidate = parse_config(config_path.read_bytes(), source=str(config_path))
         merged = merge_cc_model_filenames(current, dict(candidate.cc_model_filenames))
         if merged != current:
             self.repository.write_config(model, merged)
