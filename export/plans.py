@@ -67,8 +67,8 @@ def add_gpu_plan(
     """Merge the plan in ``built_version_dir`` (this GPU's export) into ``model_dir/version``.
 
     Everything is checked first; the new version folder is staged beside the old one and
-    swapped in by rename, then the config, so a reader never sees a plan its config does
-    not map. Returns the merged manifest.
+    swapped in by rename, then the config is replaced, so the config never maps a plan
+    file that is not there yet. Returns the merged manifest.
     """
     target = model_dir / version
     existing = read_checked_manifest(target)
