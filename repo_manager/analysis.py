@@ -33,6 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from repo_manager.errors import MetricsUnavailableError
 from repo_manager.gates import GateResult, LiveGates
+from repo_manager.names import versions_model_name
 
 __all__ = [
     "QUERIES",
@@ -63,6 +64,14 @@ QUERIES: dict[str, tuple[str, dict[str, str]]] = {
     "shadow_boxes_shadow": ("repo_manager_router_shadow_boxes_total", {"side": "shadow"}),
     "shadow_boxes_matched": ("repo_manager_router_shadow_boxes_total", {"side": "matched"}),
 }
+
+
+def model_label(sample: str, model: str) -> str:
+    """The ``model`` label a sample carries: Triton counts the versions model, which the
+    Router calls pinned (the public name's own counters are the unpinned traffic); our
+    Router's metrics carry the published name."""
+    return versions_model_name(model) if sample.startswith("nv_") else model
+
 
 #: key -> version -> cumulative value.
 Snapshot = dict[str, dict[str, float]]
@@ -117,7 +126,7 @@ class ScrapeProvider:
             for family in families:
                 for s in family.samples:
                     name = s.name.removesuffix("_total")
-                    if name not in wanted or s.labels.get("model") != model:
+                    if name not in wanted or s.labels.get("model") != model_label(name, model):
                         continue
                     version = s.labels.get("version", "")
                     for key, labels in wanted[name]:
@@ -162,7 +171,8 @@ class PromQLProvider:
         result: Snapshot = {}
         for key, (sample, labels) in QUERIES.items():
             matchers = ", ".join(
-                f"{k}={_promql_string(v)}" for k, v in {"model": model, **labels}.items()
+                f"{k}={_promql_string(v)}"
+                for k, v in {"model": model_label(sample, model), **labels}.items()
             )
             per: dict[str, float] = {}
             for item in self.query(f"sum by (version) ({sample}{{{matchers}}})"):

@@ -27,12 +27,15 @@ __all__ = [
     "ModelConfig",
     "TensorSpec",
     "add_tensorrt_accelerator",
+    "alias_target",
+    "build_alias_config",
     "build_detector_config",
     "config_to_json",
     "io_signature",
     "merge_cc_model_filenames",
     "parse_config",
     "render_config",
+    "ultralytics_metadata",
     "with_version_policy",
 ]
 
@@ -156,7 +159,8 @@ def build_detector_config(
     It carries what every format needs: inputs/outputs, an instance group, dynamic
     batching, a warm-up request per input built from the real input specs (a fresh
     session's first inference is slow, so a version counts as ready only after it), and
-    ``class_names`` (JSON list) and ``imgsz`` parameters for clients and the manager.
+    ``class_names`` (JSON list), ``imgsz`` and ``metadata`` (what Ultralytics' own Triton
+    client reads) parameters for clients and the manager.
     ``instance_kind`` is "KIND_CPU"/"KIND_GPU" (or "cpu"/"gpu"); ``parameters`` adds
     format-specific string parameters.
     """
@@ -204,7 +208,13 @@ def build_detector_config(
     for capability, filename in sorted((cc_model_filenames or {}).items()):
         config.cc_model_filenames[capability] = filename
 
-    merged = {"class_names": json.dumps(list(class_names)), "imgsz": str(int(imgsz))}
+    merged = {
+        "class_names": json.dumps(list(class_names)),
+        "imgsz": str(int(imgsz)),
+        "metadata": ultralytics_metadata(
+            class_names=class_names, imgsz=imgsz, max_batch_size=max_batch_size
+        ),
+    }
     merged.update(parameters or {})
     for key, value in sorted(merged.items()):
         config.parameters[key].string_value = str(value)
@@ -239,3 +249,81 @@ def merge_cc_model_filenames(config: ModelConfig, extra: Mapping[str, str]) -> M
             )
         merged.cc_model_filenames[capability] = filename
     return merged
+
+
+def ultralytics_metadata(*, class_names: Sequence[str], imgsz: int, max_batch_size: int) -> str:
+    """The ``metadata`` parameter that Ultralytics' ``TritonRemoteModel`` reads.
+
+    It parses the string with ``ast.literal_eval`` and applies it as its model's metadata:
+    without it ``YOLO("grpc://host:8001/yolov8s", task="detect")`` names the classes
+    ``class0`` ... ``class998`` and guesses size and stride. A Python literal, not JSON
+    (JSON's ``true`` is no literal). ``dynamic`` is False: the served input is
+    ``imgsz`` square, and a dynamic model would get minimally padded, non-square images.
+    """
+    size = int(imgsz)
+    batch = max(1, int(max_batch_size))
+    document = {
+        "task": "detect",
+        "stride": 32,
+        "batch": batch,
+        "imgsz": [size, size],
+        "names": dict(enumerate(str(name) for name in class_names)),
+        "args": {"batch": batch, "dynamic": False, "nms": False},
+    }
+    return repr(document)
+
+
+def build_alias_config(
+    *, name: str, target_name: str, target: ModelConfig, version: str
+) -> ModelConfig:
+    """The public name's config: an ensemble whose one step pins ``target_name:version``.
+
+    Unpinned requests to ``name`` then reach that version only, whatever else of
+    ``target_name`` is READY (Triton sends an unpinned request to the highest READY
+    version, i.e. the canary). Inputs, outputs and parameters (class names, ``metadata``
+    for Ultralytics' client) are the target's, so a client cannot tell the alias from the
+    model. Measured on Triton 2.51: same outputs as the pinned model, latency within noise;
+    re-pointing it reloads only the ensemble (no weights), never the target's versions.
+    """
+    if not str(version).isdigit() or int(version) < 1:
+        raise InvalidVersionError(f"version {version!r} is not a positive integer")
+    alias = ModelConfig(name=name, platform="ensemble", max_batch_size=target.max_batch_size)
+    step = alias.ensemble_scheduling.step.add(model_name=target_name, model_version=int(version))
+    for tensor in target.input:
+        alias.input.add(name=tensor.name, data_type=tensor.data_type, dims=list(tensor.dims))
+        step.input_map[tensor.name] = tensor.name
+    for tensor in target.output:
+        alias.output.add(name=tensor.name, data_type=tensor.data_type, dims=list(tensor.dims))
+        step.output_map[tensor.name] = tensor.name
+    for key in sorted(target.parameters):
+        alias.parameters[key].string_value = target.parameters[key].string_value
+    if "metadata" not in target.parameters:  # a version exported before the parameter existed
+        alias.parameters["metadata"].string_value = ultralytics_metadata(
+            class_names=_class_names(target),
+            imgsz=int(target.parameters["imgsz"].string_value or 640)
+            if "imgsz" in target.parameters
+            else 640,
+            max_batch_size=target.max_batch_size,
+        )
+    return alias
+
+
+def _class_names(config: ModelConfig) -> list[str]:
+    text = (
+        config.parameters["class_names"].string_value if "class_names" in config.parameters else ""
+    )
+    try:
+        names = json.loads(text) if text else []
+    except ValueError:
+        return []
+    if isinstance(names, dict):
+        return [str(names[k]) for k in sorted(names, key=int)]
+    return [str(n) for n in names] if isinstance(names, list) else []
+
+
+def alias_target(config: ModelConfig) -> str | None:
+    """The version an alias config pins (None when ``config`` is no alias)."""
+    if config.platform != "ensemble" or len(config.ensemble_scheduling.step) != 1:
+        return None
+    version = int(config.ensemble_scheduling.step[0].model_version)
+    return str(version) if version > 0 else None

@@ -1,9 +1,14 @@
 """The Triton model repository's layout: models, immutable versions, configs, manifests.
 
     <repository>/
-      .repo-manager.<model>.json      rollout state (a root *file*: Triton ignores it)
-      <model>/config.pbtxt            the model's config (IO, warm-up, version policy)
-      <model>/<version>/              one immutable version: model.onnx, model.py, manifest.json
+      .repo-manager.<model>.json               rollout state (a root *file*: Triton ignores it)
+      <model>/config.pbtxt                     the public name: an ensemble pinning stable
+      <model>/1/README                         (an ensemble needs one version folder)
+      <model>.versions/config.pbtxt            the versions model's config (IO, warm-up, policy)
+      <model>.versions/<version>/              one immutable version: model.onnx, model.py,
+                                               manifest.json, __pycache__ (see below)
+
+Why two models: see ``repo_manager.names``.
 
 Versions appear whole: a version folder is staged beside its target and renamed (in S3,
 staged, checksum-verified and copied with the manifest last: a version without its
@@ -13,49 +18,58 @@ manifest is not a version; see ``storage.s3``).
 from __future__ import annotations
 
 import json
-import re
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tritonclient.grpc import model_config_pb2
 
-from repo_manager.errors import (
-    IncompatibleModelError,
-    InvalidNameError,
-    InvalidVersionError,
-    StorageError,
-    VersionExistsError,
+from repo_manager.errors import IncompatibleModelError, StorageError, VersionExistsError
+from repo_manager.modelconfig import alias_target, io_signature, parse_config, render_config
+from repo_manager.names import (
+    CONFIG_FILE,
+    MANIFEST_FILE,
+    is_version_folder,
+    is_versions_model,
+    validate_model_name,
+    validate_version,
+    versions_model_name,
 )
-from repo_manager.modelconfig import io_signature, parse_config, render_config
 from repo_manager.storage import Storage
 
-__all__ = ["ModelRepository", "validate_model_name", "validate_version"]
+__all__ = ["ModelRepository", "block_bytecode", "validate_model_name", "validate_version"]
 
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-_VERSION = re.compile(r"^[1-9][0-9]{0,17}$")
-CONFIG_FILE = "config.pbtxt"
-MANIFEST_FILE = "manifest.json"
-
-
-def validate_model_name(name: str) -> str:
-    """A model name must be one safe path segment Triton accepts."""
-    if not name:
-        raise InvalidNameError("model name is empty")
-    if not _MODEL_NAME.match(name) or ".." in name:
-        raise InvalidNameError(
-            f"invalid model name {name!r}: use letters, digits, '_', '-', '.' "
-            "(no '/', '..' or spaces; must start with a letter or digit)"
-        )
-    return name
+#: A plain *file* where the python backend's stub would create its bytecode folder.
+BYTECODE_FOLDER = "__pycache__"
+ALIAS_VERSION = "1"
+ALIAS_README = (
+    "The public name of this model: an ensemble whose one step pins the stable version of\n"
+    "the versions model (config.pbtxt). Triton needs one version folder; this is it.\n"
+)
 
 
-def validate_version(version: str | int) -> str:
-    """Versions are positive integers written plainly (Triton names folders so)."""
-    text = str(version).strip()
-    if not _VERSION.match(text):
-        raise InvalidVersionError(f"invalid version {str(version)!r}: must be a positive integer")
-    return text
+def block_bytecode(version_dir: Path) -> None:
+    """Keep Triton from re-initializing a loaded version when another one is loaded.
+
+    Triton 2.51 keeps a READY version on a load call only if nothing under its folder is
+    newer than at its last load. The python backend's stub imports ``V/model.py`` after
+    Triton took those times, and Python then writes ``V/__pycache__/``: the next load call
+    (a canary added, a promote) re-initializes every loaded version, a second copy of
+    stable in memory while it warms up (measured: the stub's PID changes). A regular file
+    named ``__pycache__`` makes every CPython's import machinery skip the write (its
+    ``mkdir`` fails and bytecode caching is best effort), whatever interpreter runs the
+    stub and whatever user it runs as (read-only folders do not stop root).
+    """
+    if not (version_dir / "model.py").is_file():
+        return
+    guard = version_dir / BYTECODE_FOLDER
+    if guard.is_dir():
+        for stale in guard.iterdir():
+            stale.unlink()
+        guard.rmdir()
+    if not guard.exists():
+        guard.write_bytes(b"")
 
 
 class ModelRepository:
@@ -69,20 +83,24 @@ class ModelRepository:
         return self.storage.location
 
     def models(self) -> list[str]:
-        """Models: root folders holding a config.pbtxt."""
+        """Published models (public names): root folders holding a config.pbtxt."""
         return [
             name
             for name in self.storage.list_dir("")
-            if not name.startswith(".") and self.storage.exists(f"{name}/{CONFIG_FILE}")
+            if not name.startswith(".")
+            and not is_versions_model(name)
+            and self.storage.exists(f"{name}/{CONFIG_FILE}")
         ]
 
     def versions(self, model: str) -> list[str]:
         """Versions on disk, ascending."""
-        names = [n for n in self.storage.list_dir(model) if _VERSION.match(n)]
+        names = [
+            n for n in self.storage.list_dir(versions_model_name(model)) if is_version_folder(n)
+        ]
         return sorted(names, key=int)
 
     def has_version(self, model: str, version: str) -> bool:
-        return self.storage.exists(f"{model}/{version}")
+        return self.storage.exists(f"{versions_model_name(model)}/{version}")
 
     def require_new_version(self, model: str, version: str) -> None:
         if self.has_version(model, version):
@@ -91,24 +109,55 @@ class ModelRepository:
                 "versions are immutable, publish a new number"
             )
 
-    def config(self, model: str) -> model_config_pb2.ModelConfig | None:
-        key = f"{model}/{CONFIG_FILE}"
+    def _read_config(self, folder: str) -> model_config_pb2.ModelConfig | None:
+        key = f"{folder}/{CONFIG_FILE}"
         data = self.storage.read_bytes(key)
         if data is None:
             return None
         return parse_config(data, source=f"{self.location}/{key}")
 
+    def config(self, model: str) -> model_config_pb2.ModelConfig | None:
+        """The versions model's config (what every version is served with)."""
+        config = self._read_config(versions_model_name(model))
+        if config is None:
+            self._refuse_old_layout(model)
+        return config
+
+    def _refuse_old_layout(self, model: str) -> None:
+        """A model published before the public name became an alias holds its versions in
+        its own folder; serving it as an alias would hide them. Say so instead."""
+        legacy = self._read_config(model)
+        if legacy is not None and alias_target(legacy) is None:
+            raise StorageError(
+                f"{self.location}/{model} holds its versions in the model folder (the layout "
+                f"before the public name became a stable alias); move {model}/ to "
+                f"{versions_model_name(model)}/, set its config's name to "
+                f"{versions_model_name(model)!r}, and run reconcile"
+            )
+
     def require_config(self, model: str) -> model_config_pb2.ModelConfig:
         config = self.config(model)
         if config is None:
-            raise StorageError(f"{model} has no {CONFIG_FILE} in {self.location}")
+            raise StorageError(
+                f"{model} has no {versions_model_name(model)}/{CONFIG_FILE} in {self.location}"
+            )
         return config
 
     def write_config(self, model: str, config: model_config_pb2.ModelConfig) -> None:
+        folder = versions_model_name(model)
+        self.storage.write_bytes_atomic(f"{folder}/{CONFIG_FILE}", render_config(config))
+
+    def alias_config(self, model: str) -> model_config_pb2.ModelConfig | None:
+        """The public name's config (an ensemble pinning stable), None before the first
+        publish."""
+        return self._read_config(model)
+
+    def write_alias(self, model: str, config: model_config_pb2.ModelConfig) -> None:
+        """Replace the public name's config (it exists once the model is published)."""
         self.storage.write_bytes_atomic(f"{model}/{CONFIG_FILE}", render_config(config))
 
     def manifest(self, model: str, version: str) -> dict[str, Any] | None:
-        data = self.storage.read_bytes(f"{model}/{version}/{MANIFEST_FILE}")
+        data = self.storage.read_bytes(f"{versions_model_name(model)}/{version}/{MANIFEST_FILE}")
         if data is None:
             return None
         try:
@@ -135,21 +184,55 @@ class ModelRepository:
         version: str,
         staged_model_dir: Path,
         progress: Callable[[str], None] | None = None,
+        *,
+        alias: model_config_pb2.ModelConfig | None = None,
     ) -> bool:
         """Move a staged version (and, for a new model, its config) into place.
 
-        Returns True when this created the model. A new model's folder appears whole,
-        config included; a later version's folder appears whole beside the others.
+        Returns True when this created the model. A new model's versions folder appears
+        whole, config included; a later version's folder appears whole beside the others.
+        The public name's folder (config ``alias``) is published once, when missing. Python
+        versions get ``block_bytecode`` first.
         """
         staged_version = staged_model_dir / version
         if not staged_version.is_dir():
             raise StorageError(f"staged export has no version folder {staged_version}")
-        if not self.storage.exists(model):
-            self.storage.publish_dir(staged_model_dir, model, progress)
-            return True
-        self.storage.publish_dir(staged_version, f"{model}/{version}", progress)
-        return False
+        block_bytecode(staged_version)
+        folder = versions_model_name(model)
+        created = not self.storage.exists(folder)
+        if created:
+            if alias is None:
+                raise StorageError(f"{model} is new: its public name's config is needed")
+            self._refuse_old_layout(model)
+            self.storage.publish_dir(staged_model_dir, folder, progress)
+        else:
+            self.storage.publish_dir(staged_version, f"{folder}/{version}", progress)
+        if alias is not None and self.alias_config(model) is None:
+            try:
+                self._publish_alias(model, alias, progress)
+            except BaseException:
+                self.remove_version(model, version, created_model=created)
+                raise
+        return created
+
+    def _publish_alias(
+        self,
+        model: str,
+        alias: model_config_pb2.ModelConfig,
+        progress: Callable[[str], None] | None,
+    ) -> None:
+        with tempfile.TemporaryDirectory(prefix="repo-manager-alias-") as tmp:
+            staged = Path(tmp) / model
+            (staged / ALIAS_VERSION).mkdir(parents=True)
+            (staged / ALIAS_VERSION / "README").write_text(ALIAS_README)
+            (staged / CONFIG_FILE).write_bytes(render_config(alias))
+            self.storage.remove_tree(model)  # a folder without config: an unfinished publish
+            self.storage.publish_dir(staged, model, progress)
 
     def remove_version(self, model: str, version: str, *, created_model: bool) -> None:
         """Undo ``add_version`` (used when Triton refuses the new version)."""
-        self.storage.remove_tree(model if created_model else f"{model}/{version}")
+        if created_model:
+            self.storage.remove_tree(model)
+            self.storage.remove_tree(versions_model_name(model))
+        else:
+            self.storage.remove_tree(f"{versions_model_name(model)}/{version}")

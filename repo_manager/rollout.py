@@ -35,10 +35,12 @@ from repo_manager.gates import GoldenGates, LiveGates
 from repo_manager.metrics import publish_rollout_state
 from repo_manager.modelconfig import (
     ModelConfig,
+    build_alias_config,
     merge_cc_model_filenames,
     render_config,
     with_version_policy,
 )
+from repo_manager.names import versions_model_name
 from repo_manager.phases import Phase, check_transition
 from repo_manager.repository import ModelRepository, validate_model_name, validate_version
 from repo_manager.state import RolloutState, Transition, load_state, state_key, utc_now
@@ -248,9 +250,16 @@ class RolloutManager:
         action: str,
         reason: str = "",
         check: bool = True,
+        public: str | None = None,
     ) -> RolloutState:
-        """Check the move against the phase table, append history, persist atomically."""
+        """Check the move against the phase table, append history, persist atomically.
+
+        ``public`` is the version the public name answers from after this move, when the
+        move re-pointed it; otherwise the last entry's value is carried on.
+        """
         source = state.phase if state else None
+        if public is None and state is not None and state.history:
+            public = state.history[-1].public
         if check:
             check_transition(source, new.phase, action=action)
         new.generation = (state.generation if state else 0) + 1
@@ -265,6 +274,7 @@ class RolloutManager:
                 canary=new.canary,
                 weights=dict(new.weights),
                 reason=reason,
+                public=public,
             ),
         ]
         self.repository.storage.write_bytes_atomic(state_key(new.model), new.to_json())
@@ -290,17 +300,20 @@ class RolloutManager:
         *,
         gone: list[str] | None = None,
         only: list[str] | None = None,
-    ) -> None:
-        """Make every server (or ``only`` those) hold exactly the desired versions.
+    ) -> list[str]:
+        """Make every server (or ``only`` those) hold exactly the desired versions, with the
+        public name answering from stable; returns the urls where the public name moved.
 
-        Also keeps the on-disk config's version policy true, for a Triton that restarts.
+        Also keeps the on-disk configs true (version policy, alias pin), for a Triton that
+        restarts. A version the public name still answers from must not be in ``gone``:
+        retirements re-point it first (``_finish_retirement``).
         """
         versions = self.desired_versions(state)
         config = self.repository.require_config(state.model)
         count = len(only) if only is not None else len(self.fleet.servers)
         self.progress(f"loading {state.model} versions {','.join(versions)} on {count} server(s)")
         self.fleet.apply(
-            state.model,
+            versions_model_name(state.model),
             config,
             versions,
             gone=gone or [],
@@ -310,6 +323,28 @@ class RolloutManager:
         on_disk = with_version_policy(config, versions)
         if on_disk != config:
             self.repository.write_config(state.model, on_disk)
+        return self._point_public(state, config, only=only)
+
+    def _point_public(
+        self, state: RolloutState, config: ModelConfig, *, only: list[str] | None
+    ) -> list[str]:
+        """The public name answers unpinned requests from stable (an ensemble pinning it)."""
+        assert state.stable is not None
+        alias = self._alias_config(state.model, config, state.stable)
+        if self.repository.alias_config(state.model) != alias:
+            self.repository.write_alias(state.model, alias)
+        moved = self.fleet.point_alias(
+            state.model, alias, timeout=self.settings.ready_timeout, only=only
+        )
+        if moved:
+            self.progress(f"public name {state.model} answers from version {state.stable}")
+        return moved
+
+    @staticmethod
+    def _alias_config(model: str, config: ModelConfig, stable: str) -> ModelConfig:
+        return build_alias_config(
+            name=model, target_name=versions_model_name(model), target=config, version=stable
+        )
 
     def _drain(self) -> None:
         """Give every live Router time to follow the new routing table."""
@@ -387,10 +422,14 @@ class RolloutManager:
         if self.state(model) != state:
             raise IllegalTransitionError(f"{model} changed while exporting; publish again")
         self.repository.require_new_version(model, version)
+        alias = None
         if state is None:
-            # A new model's on-disk config names its only version from the start.
-            config_path = staged / "config.pbtxt"
-            config_path.write_bytes(render_config(with_version_policy(staged_config, [version])))
+            # A new model's on-disk config names its only version from the start, and the
+            # model it is in Triton: the versions model behind the public name.
+            first = with_version_policy(staged_config, [version])
+            first.name = versions_model_name(model)
+            (staged / "config.pbtxt").write_bytes(render_config(first))
+            alias = self._alias_config(model, first, version)
             new = RolloutState(
                 model=model, phase=Phase.INITIALIZED, stable=version, weights={version: 100}
             )
@@ -406,7 +445,9 @@ class RolloutManager:
             )
         previous_config = None if state is None else self.repository.require_config(model)
         with timer.phase("stage"):
-            created = self.repository.add_version(model, version, staged, progress=self.progress)
+            created = self.repository.add_version(
+                model, version, staged, progress=self.progress, alias=alias
+            )
         try:
             if previous_config is not None:
                 self._map_new_gpu_kinds(model, previous_config, staged_config)
@@ -421,7 +462,7 @@ class RolloutManager:
         action = "publish stable" if state is None else f"publish canary at {weight}%"
         reason = f"timings: {timer.summary()}"
         with timer.phase("routing table"):
-            return self._record(state, new, action=action, reason=reason)
+            return self._record(state, new, action=action, reason=reason, public=new.stable)
 
     def _map_new_gpu_kinds(self, model: str, current: ModelConfig, candidate: ModelConfig) -> None:
         """A version with plans for more GPU kinds extends the model's ``cc_model_filenames``."""
@@ -436,7 +477,7 @@ class RolloutManager:
         self.progress(f"Triton refused {model} version {version}; restoring")
         try:
             if state is None:
-                self.fleet.unload(model)
+                self.fleet.unload(model, versions_model_name(model))
             else:
                 self._apply(state, gone=[version])
         except TritonError as exc:
@@ -531,8 +572,15 @@ class RolloutManager:
         return self._finish_retirement(moving, final, action=actions[1])
 
     def _finish_retirement(self, state: RolloutState, final: Phase, *, action: str) -> RolloutState:
+        """Re-point the public name at the kept version, drain, unload the retired one.
+
+        The first ``_apply`` changes no version (both stay loaded; with ``block_bytecode``
+        Triton keeps them as they are) and moves only the alias; after a crash, reconcile
+        runs this again and it does the same.
+        """
         retiring = state.retiring
-        assert retiring is not None
+        assert retiring is not None and state.stable is not None
+        self._apply(state)
         self._drain()
         done = RolloutState(
             model=state.model,
@@ -544,7 +592,13 @@ class RolloutManager:
         )
         gone = [] if retiring in self.desired_versions(done) else [retiring]
         self._apply(done, gone=gone)
-        return self._record(state, done, action=action, reason=f"unloaded {retiring}")
+        return self._record(
+            state,
+            done,
+            action=action,
+            reason=f"public name {state.model} answers from {state.stable}; unloaded {retiring}",
+            public=state.stable,
+        )
 
     # -- golden-set gate (before any traffic) ------------------------------------------------
 
@@ -803,11 +857,15 @@ class RolloutManager:
                     report.actions.append("finished rollback")
                 else:
                     desired = set(report.desired)
-                    survey = self.fleet.survey(name)
+                    survey = self.fleet.survey(versions_model_name(name), alias=name)
                     report.unreachable = [s.url for s in survey if s.error]
-                    # Only servers that lack the desired versions are touched: a load call
-                    # makes Triton 2.51 reload every listed version (see DESIGN.md).
-                    stale = [s.url for s in survey if not s.error and s.ready != desired]
+                    # Only servers that lack the desired versions, or whose public name
+                    # answers from another version, are touched.
+                    stale = [
+                        s.url
+                        for s in survey
+                        if not s.error and (s.ready != desired or s.public != state.stable)
+                    ]
                     if stale:
                         self._apply(state, gone=[], only=stale)
                         report.actions.append(
@@ -826,7 +884,7 @@ class RolloutManager:
         state = self.state(model)
         if state is None:
             raise InvalidInputError(f"{model} was never published to {self.repository.location}")
-        survey = self.fleet.survey(model)
+        survey = self.fleet.survey(versions_model_name(model), alias=model)
         # Versions as the first server that answers reports them.
         first = next((s for s in survey if s.error is None), survey[0])
         reported = {v.version: v.state for v in first.versions}
@@ -842,12 +900,16 @@ class RolloutManager:
             "weights": state.weights,
             "phase": state.phase.value,
             "versions": versions,
+            "versions_model": versions_model_name(model),
+            # What a client that names no version gets (the alias on the first server).
+            "public": {"name": model, "version": None if first.error else first.public},
             "generation": state.generation,
             "policy": state.policy,
             "servers": [
                 {
                     "url": s.url,
                     "error": s.error,
+                    "public": s.public,
                     "versions": [{"version": v.version, "state": v.state} for v in s.versions],
                 }
                 for s in survey

@@ -44,6 +44,7 @@ from repo_manager.errors import (
     TritonUnavailableError,
 )
 from repo_manager.metrics import ShadowMetrics, VersionMetrics, shadow_metrics, version_metrics
+from repo_manager.names import versions_model_name
 from repo_manager.shm import SharedMemoryChannel, SharedMemoryUnusable, is_local_url
 from repo_manager.state import RoutingTable, load_routing_table, state_key
 from repo_manager.storage import Storage, open_storage
@@ -320,7 +321,9 @@ class Router:
     ) -> None:
         """
         Args:
-            model: the Triton model name.
+            model: the published model name (``repository``'s name for it). The Router
+                calls its versions model (``versions_model_name(model)``), always pinned;
+                the public name itself answers unpinned clients from stable only.
             url: one Triton gRPC address, or several serving the same repository; requests
                 are spread round-robin and move to the next one when one is unreachable.
                 ``dns://NAME:PORT`` stands for every address of NAME (a headless Service),
@@ -356,6 +359,8 @@ class Router:
         if poll_interval <= 0:
             raise InvalidInputError(f"poll_interval must be positive, got {poll_interval}")
         self.model = model
+        #: The Triton model the Router calls: the one holding the version folders.
+        self.triton_model = versions_model_name(model)
         self.urls = tuple(urls)
         self._timeout = timeout
         self._retry_after = server_retry_after
@@ -375,7 +380,7 @@ class Router:
                 shared_memory, self._single.url, custom_client=client_factory is not None
             )
         ):
-            self._shm = SharedMemoryChannel(self._single.client, model)
+            self._shm = SharedMemoryChannel(self._single.client, self.triton_model)
         self._rr = itertools.count()
         self._token: object = object()  # never equal to a real token: first check reads
         self._reload_lock = threading.Lock()
@@ -659,7 +664,7 @@ class Router:
                     except SharedMemoryUnusable as exc:
                         logger.debug("shared memory unusable, plain gRPC instead: %s", exc)
                 return single.client.infer(
-                    self.model,
+                    self.triton_model,
                     inputs,
                     model_version=version,
                     outputs=outputs,
@@ -674,7 +679,7 @@ class Router:
         for server in self._server_order():
             try:
                 return server.client.infer(
-                    self.model,
+                    self.triton_model,
                     inputs,
                     model_version=version,
                     outputs=outputs,
@@ -772,7 +777,7 @@ class Router:
         last: InferenceServerException | None = None
         for server in self._server_order():
             try:
-                return server.client.get_model_config(self.model).config
+                return server.client.get_model_config(self.triton_model).config
             except InferenceServerException as exc:
                 if not _is_transport_failure(exc):
                     raise TritonError(f"cannot read config of model {self.model}: {exc}") from exc

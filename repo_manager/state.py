@@ -51,6 +51,8 @@ class Transition:
     canary: str | None
     weights: dict[str, int]
     reason: str = ""
+    #: The version the public name answered unpinned requests from after this move.
+    public: str | None = None
 
 
 @dataclass(kw_only=True, frozen=True)

@@ -13,11 +13,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException
 
 from repo_manager.errors import TritonError, TritonUnavailableError, VersionNotReadyError
-from repo_manager.modelconfig import config_to_json, with_version_policy
+from repo_manager.modelconfig import alias_target, config_to_json, with_version_policy
 from repo_manager.transport import GrpcSecurity, make_grpc_client
 
 __all__ = ["ServerVersions", "TritonControl", "TritonFleet", "VersionState"]
@@ -42,6 +43,8 @@ class ServerVersions:
 
     url: str
     versions: tuple[VersionState, ...] = ()
+    #: The version the public name (the alias) answers from; None when it is not READY.
+    public: str | None = None
     error: str | None = None
 
     @property
@@ -98,6 +101,31 @@ class TritonControl:
             f"load {model} versions {','.join(versions)}",
             lambda: self._client.load_model(model, config=override),
         )
+
+    def load_alias(self, name: str, config: model_config_pb2.ModelConfig) -> None:
+        """Load the public name's ensemble as ``config`` says (it pins one version)."""
+        override = config_to_json(config)
+        self._call(f"load {name}", lambda: self._client.load_model(name, config=override))
+
+    def alias_pin(self, name: str) -> str | None:
+        """The version the loaded alias ``name`` pins (None when it is not READY)."""
+        if not any(v.state == "READY" for v in self.versions(name)):
+            return None
+        document: dict[str, Any] = self._call(
+            f"report the config of {name}",
+            lambda: self._client.get_model_config(
+                name, as_json=True, client_timeout=self.request_timeout
+            ),
+        )
+        try:
+            config = json_format.ParseDict(
+                document.get("config", {}),
+                model_config_pb2.ModelConfig(),
+                ignore_unknown_fields=True,
+            )
+        except json_format.ParseError as exc:
+            raise TritonError(f"Triton at {self.url} sent an unreadable config of {name}") from exc
+        return alias_target(config)
 
     def unload(self, model: str) -> None:
         self._call(f"unload {model}", lambda: self._client.unload_model(model))
@@ -225,7 +253,7 @@ class TritonFleet:
         previous versions) reaches every server that answers; the error names them all.
         ``only`` limits the call to those urls (reconcile of a restarted server).
         """
-        targets = [s for s in self.servers if only is None or s.url in only]
+        targets = self._targets(only)
         failures: list[TritonError] = []
         loaded = []
         for server in targets:
@@ -239,32 +267,67 @@ class TritonFleet:
                 server.wait_versions(model, ready=versions, gone=gone, timeout=timeout)
             except TritonError as exc:
                 failures.append(exc)
-        if len(failures) == 1:
-            raise failures[0]
-        if failures:
-            first = failures[0]
-            error = type(first) if all(type(f) is type(first) for f in failures) else TritonError
-            raise error(
-                f"{len(failures)} of {len(targets)} servers failed: "
-                + "; ".join(str(f) for f in failures)
-            ) from first
+        _raise_failures(failures, len(targets))
 
-    def unload(self, model: str) -> None:
+    def point_alias(
+        self,
+        name: str,
+        config: model_config_pb2.ModelConfig,
+        *,
+        timeout: float,
+        only: Sequence[str] | None = None,
+    ) -> list[str]:
+        """Make the public name ``name`` answer from the version ``config`` pins, everywhere.
+
+        A server whose alias already pins it is left alone (a load call would re-create the
+        ensemble for nothing). Returns the urls where the alias moved; like ``apply``, every
+        server is tried and one error names each that failed.
+        """
+        wanted = alias_target(config)
+        targets = self._targets(only)
         failures: list[TritonError] = []
-        for server in self.servers:
+        moved = []
+        for server in targets:
             try:
-                server.unload(model)
+                if server.alias_pin(name) == wanted:
+                    continue
+                server.load_alias(name, config)
+                server.wait_versions(name, ready=["1"], timeout=timeout)
+                moved.append(server.url)
             except TritonError as exc:
                 failures.append(exc)
+        _raise_failures(failures, len(targets))
+        return moved
+
+    def _targets(self, only: Sequence[str] | None) -> list[TritonControl]:
+        return [s for s in self.servers if only is None or s.url in only]
+
+    def unload(self, *models: str) -> None:
+        """Unload each of ``models`` on every server (the public name first, then its
+        versions model, so no client is left with an alias to nothing)."""
+        failures: list[TritonError] = []
+        for server in self.servers:
+            for model in models:
+                try:
+                    server.unload(model)
+                except TritonError as exc:
+                    failures.append(exc)
         if failures:
             raise failures[0]
 
-    def survey(self, model: str) -> list[ServerVersions]:
-        """Each server's view of ``model``; an unreachable server is reported, not raised."""
+    def survey(self, model: str, *, alias: str | None = None) -> list[ServerVersions]:
+        """Each server's view of ``model`` (and of the public name ``alias`` pointing into
+        it); an unreachable server is reported, not raised."""
         report = []
         for server in self.servers:
             try:
-                report.append(ServerVersions(url=server.url, versions=server.versions(model)))
+                report.append(
+                    ServerVersions(
+                        url=server.url,
+                        versions=server.versions(model),
+                        public=server.alias_pin(alias) if alias else None,
+                    )
+                )
             except TritonError as exc:
                 report.append(ServerVersions(url=server.url, error=str(exc)))
         return report
@@ -272,3 +335,15 @@ class TritonFleet:
     def close(self) -> None:
         for server in self.servers:
             server.close()
+
+
+def _raise_failures(failures: list[TritonError], targets: int) -> None:
+    """Raise nothing, the one failure, or one error naming every failed server."""
+    if len(failures) == 1:
+        raise failures[0]
+    if failures:
+        first = failures[0]
+        error = type(first) if all(type(f) is type(first) for f in failures) else TritonError
+        raise error(
+            f"{len(failures)} of {targets} servers failed: " + "; ".join(str(f) for f in failures)
+        ) from first
