@@ -695,13 +695,20 @@ def _status_text(doc: dict[str, Any]) -> str:
         f"{doc['model']}  phase {doc['phase']}  stable {doc['stable']}  "
         f"canary {doc['canary'] or '-'}  weights {weights}",
     ]
+    public = doc["public"]
+    lines.append(
+        f"  public name {public['name']} (clients that name no version): "
+        + (f"version {public['version']}" if public["version"] else "not loaded")
+        + f"; the Router calls {doc['versions_model']} pinned"
+    )
     lines += [f"  version {v['version']}: {v['state']}" for v in doc["versions"]]
     for server in doc["servers"]:
         if server["error"]:
             lines.append(f"  server {server['url']}: {server['error']}")
         elif len(doc["servers"]) > 1:
             held = ", ".join(f"v{v['version']} {v['state']}" for v in server["versions"])
-            lines.append(f"  server {server['url']}: {held or 'no versions'}")
+            answers = f"public -> v{server['public']}" if server["public"] else "public not loaded"
+            lines.append(f"  server {server['url']}: {held or 'no versions'}; {answers}")
     analysis = doc.get("analysis")
     if analysis:
         plan = analysis["plan"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ import pytest
 
 from repo_manager import Router
 from repo_manager.modelconfig import parse_config
+from repo_manager.names import versions_model_name
 from repo_manager.triton import TritonFleet
 from repo_manager.validation import run_golden_set
 from tests.integration.conftest import CLI, CliResult, Stack
@@ -70,15 +70,15 @@ TritonPythonModel.execute = _failing_execute
 
 def wrap_version(stack: Stack, version: str, code: str) -> None:
     """Append ``code`` to the version folder's model.py and have Triton reload it."""
-    runner = stack.repository / MODEL / version / "model.py"
+    folder = stack.repository / versions_model_name(MODEL)
+    runner = folder / version / "model.py"
     runner.write_text(runner.read_text() + code)
-    shutil.rmtree(runner.parent / "__pycache__", ignore_errors=True)
-    config = parse_config((stack.repository / MODEL / "config.pbtxt").read_bytes(), source="")
+    config = parse_config((folder / "config.pbtxt").read_bytes(), source="")
     fleet = TritonFleet([stack.url])
     try:
         # Triton 2.51 reloads every version of the policy on a load call (DESIGN.md).
-        fleet.servers[0]._client.unload_model(MODEL)  # the old instance must not linger
-        fleet.apply(MODEL, config, ["1", version], timeout=120)
+        fleet.servers[0]._client.unload_model(folder.name)  # the old instance must not linger
+        fleet.apply(folder.name, config, ["1", version], timeout=120)
     finally:
         fleet.close()
 

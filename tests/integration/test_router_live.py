@@ -1,7 +1,8 @@
 """The Router against a real tritonserver: pinning, split, stickiness, fallback, live reload.
 
-Model ``m`` has two python-backend versions that answer ``y = x + version``, so every
-answer proves which version served it; version 2 raises when ``x[0] < 0``, a canary that
+The Router calls the versions models (``m.versions``, ``yolo.versions``) that the manager
+names after the published names ``m`` and ``yolo``. ``m`` has two python-backend versions
+that answer ``y = x + version``, so every answer proves which version served it; version 2 raises when ``x[0] < 0``, a canary that
 fails on some inputs. Model ``yolo`` answers a fixed YOLOv8-shaped tensor for ``detect``.
 """
 
@@ -76,7 +77,7 @@ YOLO_MODEL = textwrap.dedent(
 def model_config(versions: list[int]) -> str:
     return json.dumps(
         {
-            "name": "m",
+            "name": "m.versions",
             "backend": "python",
             "max_batch_size": 8,
             "input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [4]}],
@@ -89,7 +90,7 @@ def model_config(versions: list[int]) -> str:
 
 YOLO_CONFIG = json.dumps(
     {
-        "name": "yolo",
+        "name": "yolo.versions",
         "backend": "python",
         "max_batch_size": 1,
         "input": [{"name": "images", "data_type": "TYPE_FP32", "dims": [3, 64, 64]}],
@@ -133,18 +134,18 @@ class Live:
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     repository = tmp_path_factory.mktemp("model_repository")
     for version in (1, 2):
-        (repository / "m" / str(version)).mkdir(parents=True)
-        (repository / "m" / str(version) / "model.py").write_text(ADD_VERSION_MODEL)
-    (repository / "yolo" / "1").mkdir(parents=True)
-    (repository / "yolo" / "1" / "model.py").write_text(YOLO_MODEL)
+        (repository / "m.versions" / str(version)).mkdir(parents=True)
+        (repository / "m.versions" / str(version) / "model.py").write_text(ADD_VERSION_MODEL)
+    (repository / "yolo.versions" / "1").mkdir(parents=True)
+    (repository / "yolo.versions" / "1" / "model.py").write_text(YOLO_MODEL)
     log = repository.parent / "tritonserver.log"
     server = EmbeddedTriton(repository, ports=ServerPorts.free(), log_path=log)
     server.start()
     try:
         server.wait_ready()
         with grpcclient.InferenceServerClient(server.grpc_url) as client:
-            client.load_model("m", config=model_config([1, 2]))
-            client.load_model("yolo", config=YOLO_CONFIG)
+            client.load_model("m.versions", config=model_config([1, 2]))
+            client.load_model("yolo.versions", config=YOLO_CONFIG)
         yield Live(url=server.grpc_url, repository=repository, server=server)
     except BaseException:
         print(log.read_text()[-4000:] if log.exists() else "no tritonserver log")
@@ -241,14 +242,14 @@ def test_failing_canary_falls_back_to_stable_and_metrics_count_it(live: Live) ->
 def test_requests_to_an_unloaded_canary_are_served_by_stable(live: Live) -> None:
     live.route({"1": 50, "2": 50})
     with grpcclient.InferenceServerClient(live.url) as control:
-        control.load_model("m", config=model_config([1]))
+        control.load_model("m.versions", config=model_config([1]))
         try:
             with live.router() as router:
                 results = [router.infer(x_input()) for _ in range(100)]
                 with pytest.raises(RoutingError, match="version 2 failed"):
                     router.infer(x_input(), version="2")
         finally:
-            control.load_model("m", config=model_config([1, 2]))
+            control.load_model("m.versions", config=model_config([1, 2]))
     assert all(served_by(r) == 1 and r.version == "1" for r in results)
     assert 20 < sum(r.fallback for r in results) < 80
 

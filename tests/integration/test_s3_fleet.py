@@ -16,6 +16,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from repo_manager import Router
+from repo_manager.names import versions_model_name
 from repo_manager.repository import ModelRepository
 from repo_manager.storage import open_storage
 from tests.integration.conftest import S3_SECRET, S3Fleet, publish_args
@@ -44,7 +45,8 @@ def served_requests(metrics_url: str) -> float:
     return sum(
         float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()
-        if line.startswith("nv_inference_request_success{") and f'model="{MODEL}"' in line
+        if line.startswith("nv_inference_request_success{")
+        and f'model="{versions_model_name(MODEL)}"' in line
     )
 
 
@@ -160,7 +162,7 @@ def test_publish_killed_during_upload_leaves_no_version_and_can_be_repeated(
     assert process.returncode == -signal.SIGKILL, seen
 
     client = boto3.client("s3", endpoint_url=fleet1.endpoint)
-    listing = client.list_objects_v2(Bucket=fleet1.bucket, Prefix="repo/yolov8n/")
+    listing = client.list_objects_v2(Bucket=fleet1.bucket, Prefix="repo/yolov8n.versions/")
     keys = [item["Key"] for item in listing.get("Contents", [])]
     open_uploads = [
         u["Key"] for u in client.list_multipart_uploads(Bucket=fleet1.bucket).get("Uploads", [])
@@ -168,7 +170,7 @@ def test_publish_killed_during_upload_leaves_no_version_and_can_be_repeated(
     # It was killed halfway: parts of model.onnx sit in an open multipart upload.
     assert any("/.staging-2/" in k for k in [*keys, *open_uploads]), (keys, open_uploads)
     assert not any("checksums verified" in line for line in seen)
-    assert not any(k.startswith("repo/yolov8n/2/") for k in keys), keys
+    assert not any(k.startswith("repo/yolov8n.versions/2/") for k in keys), keys
 
     repository = ModelRepository(open_storage(fleet1.repository, s3_endpoint=fleet1.endpoint))
     assert repository.versions(MODEL) == ["1"]
@@ -177,16 +179,17 @@ def test_publish_killed_during_upload_leaves_no_version_and_can_be_repeated(
     assert [v["version"] for v in doc["versions"]] == ["1"]
     # Nor can Triton load it: there is no version 2 folder.
     with grpcclient.InferenceServerClient(fleet1.urls[0]) as triton:
-        config = triton.get_model_config(MODEL, as_json=True)["config"]
+        versions_model = versions_model_name(MODEL)
+        config = triton.get_model_config(versions_model, as_json=True)["config"]
         config["version_policy"] = {"specific": {"versions": [2]}}
         with pytest.raises(InferenceServerException, match="at least one version"):
-            triton.load_model(MODEL, config=json.dumps(config))
-        triton.load_model(MODEL)  # back to what the on-disk config names
+            triton.load_model(versions_model, config=json.dumps(config))
+        triton.load_model(versions_model)  # back to what the on-disk config names
 
     fleet1.publish(MODEL, "2", weights)
     doc = status(fleet1)
     assert doc["canary"] == "2"
     assert {v["version"]: v["state"] for v in doc["versions"]} == {"1": "READY", "2": "READY"}
-    listing = client.list_objects_v2(Bucket=fleet1.bucket, Prefix="repo/yolov8n/")
+    listing = client.list_objects_v2(Bucket=fleet1.bucket, Prefix="repo/yolov8n.versions/")
     assert not any("/.staging-" in item["Key"] for item in listing.get("Contents", []))
     assert client.list_multipart_uploads(Bucket=fleet1.bucket).get("Uploads", []) == []

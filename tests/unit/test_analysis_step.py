@@ -82,7 +82,11 @@ def test_healthy_canary_walks_every_step_then_is_promoted(manager: Harness) -> N
     assert fleet.calls == []  # weights only, no Triton call until the promotion
     final = rollout.advance("m", provider)
     assert final.phase is Phase.SUCCEEDED and final.stable == "2" and final.canary is None
-    assert fleet.calls == [(["2"], ["1"], {"2": 100})]
+    assert fleet.calls == [
+        (["1", "2"], [], {"2": 100}),
+        ("public", "2", {"2": 100}),
+        (["2"], ["1"], {"2": 100}),
+    ]
     # Idempotent once the analysis is over: another call changes nothing.
     assert rollout.advance("m", provider).generation == final.generation
     actions = [t.action for t in final.history]
@@ -104,7 +108,7 @@ def test_bad_canary_is_rolled_back_at_the_threshold(manager: Harness, kind: str)
     provider.interval(kind)
     final = rollout.advance("m", provider)
     assert final.phase is Phase.ROLLED_BACK and final.stable == "1"
-    assert fleet.calls == [(["1"], ["2"], {"1": 100})]
+    assert fleet.calls == [(["1", "2"], [], {"1": 100}), (["1"], ["2"], {"1": 100})]
     rollback = next(t for t in final.history if t.action == "rollback")
     gate = "latency_ratio[triton]" if kind == "slow" else "error_rate[triton]"
     assert "2 failed checks (threshold 2)" in rollback.reason and gate in rollback.reason
@@ -205,8 +209,9 @@ def test_analysis_needs_a_canary(tmp_path: Path) -> None:
     from repo_manager.storage import LocalStorage
 
     storage = LocalStorage(tmp_path)
-    (tmp_path / "m" / "1").mkdir(parents=True)
-    (tmp_path / "m" / "config.pbtxt").write_bytes(render_config(ModelConfig(name="m")))
+    (tmp_path / "m.versions" / "1").mkdir(parents=True)
+    config = render_config(ModelConfig(name="m.versions"))
+    (tmp_path / "m.versions" / "config.pbtxt").write_bytes(config)
     state = RolloutState(model="m", phase=Phase.INITIALIZED, stable="1", weights={"1": 100})
     storage.write_bytes_atomic(state_key("m"), state.to_json())
     rollout = RolloutManager(ModelRepository(storage), RecordingFleet(storage, "m"))  # type: ignore[arg-type]

@@ -15,18 +15,21 @@ from repo_manager.errors import MetricsUnavailableError
 from repo_manager.gates import LiveGates
 from repo_manager.server import free_port
 
+# Triton counts the versions model (what the Router calls pinned); the public name's own
+# series (the alias, unpinned clients) are other traffic and must not be summed in.
 TRITON_TEXT = """# HELP nv_inference_request_success Number of successful inference requests
 # TYPE nv_inference_request_success counter
-nv_inference_request_success{model="m",version="1"} 90
-nv_inference_request_success{model="m",version="2"} 8
+nv_inference_request_success{model="m.versions",version="1"} 90
+nv_inference_request_success{model="m.versions",version="2"} 8
+nv_inference_request_success{model="m",version="1"} 500
 nv_inference_request_success{model="other",version="2"} 1000
 # HELP nv_inference_request_failure Number of failed inference requests
 # TYPE nv_inference_request_failure counter
-nv_inference_request_failure{model="m",reason="BACKEND",version="2"} 2
+nv_inference_request_failure{model="m.versions",reason="BACKEND",version="2"} 2
 # HELP nv_inference_request_duration_us Cumulative inference request duration
 # TYPE nv_inference_request_duration_us counter
-nv_inference_request_duration_us{model="m",version="1"} 900000
-nv_inference_request_duration_us{model="m",version="2"} 300000
+nv_inference_request_duration_us{model="m.versions",version="1"} 900000
+nv_inference_request_duration_us{model="m.versions",version="2"} 300000
 """
 
 Served = list[str]
@@ -93,7 +96,8 @@ def test_promql_provider_speaks_the_prometheus_query_api(http_server) -> None:  
     snapshot = PromQLProvider(f"http://{address}").snapshot("m")
     assert snapshot["triton_success"] == {"1": 50.0, "2": 5.0}
     assert any(
-        q == 'query=sum by (version) (nv_inference_request_success{model="m"})' for q in seen
+        q == 'query=sum by (version) (nv_inference_request_success{model="m.versions"})'
+        for q in seen
     )
     assert any('outcome="fallback"' in q for q in seen)
 

@@ -9,21 +9,26 @@ from pathlib import Path
 import pytest
 
 from repo_manager.errors import IllegalTransitionError, TritonError
-from repo_manager.modelconfig import ModelConfig, render_config
+from repo_manager.modelconfig import ModelConfig, alias_target, render_config
+from repo_manager.names import versions_model_name
 from repo_manager.phases import Phase
 from repo_manager.repository import ModelRepository
 from repo_manager.rollout import RolloutManager, RolloutSettings
 from repo_manager.state import RolloutState, load_state, state_key
 from repo_manager.storage import LocalStorage
 
+Call = tuple[list[str], list[str], dict[str, int]] | tuple[str, str | None, dict[str, int]]
+
 
 class RecordingFleet:
-    """Records each apply with the routing weights persisted at that moment."""
+    """Records each apply (versions, gone) and each move of the public name ("public",
+    version) with the routing weights persisted at that moment."""
 
     def __init__(self, storage: LocalStorage, model: str) -> None:
         self.storage = storage
         self.model = model
-        self.calls: list[tuple[list[str], list[str], dict[str, int]]] = []
+        self.calls: list[Call] = []
+        self.public: str | None = "1"
         self.servers = [object()]
         self.fail_next = False
 
@@ -43,10 +48,24 @@ class RecordingFleet:
         if self.fail_next:
             self.fail_next = False
             raise TritonError("load refused")
-        state = load_state(self.storage, model)
-        self.calls.append((list(versions), list(gone), dict(state.weights) if state else {}))
+        assert model == versions_model_name(self.model)
+        self.calls.append((list(versions), list(gone), self._weights()))
 
-    def survey(self, model: str) -> list[object]:
+    def point_alias(
+        self, name: str, config: ModelConfig, *, timeout: float, only: Sequence[str] | None = None
+    ) -> list[str]:
+        assert name == self.model
+        if alias_target(config) == self.public:
+            return []
+        self.public = alias_target(config)
+        self.calls.append(("public", self.public, self._weights()))
+        return ["fake"]
+
+    def _weights(self) -> dict[str, int]:
+        state = load_state(self.storage, self.model)
+        return dict(state.weights) if state else {}
+
+    def survey(self, model: str, *, alias: str | None = None) -> list[object]:
         return []
 
 
@@ -57,8 +76,9 @@ Harness = tuple[RolloutManager, RecordingFleet, LocalStorage]
 def manager(tmp_path: Path) -> Harness:
     storage = LocalStorage(tmp_path)
     for version in ("1", "2"):
-        (tmp_path / "m" / version).mkdir(parents=True)
-    (tmp_path / "m" / "config.pbtxt").write_bytes(render_config(ModelConfig(name="m")))
+        (tmp_path / "m.versions" / version).mkdir(parents=True)
+    config = ModelConfig(name="m.versions")
+    (tmp_path / "m.versions" / "config.pbtxt").write_bytes(render_config(config))
     state = RolloutState(
         model="m", phase=Phase.PROGRESSING, stable="1", canary="2", weights={"1": 90, "2": 10}
     )
@@ -75,8 +95,13 @@ def manager(tmp_path: Path) -> Harness:
 def test_promote_moves_all_traffic_before_unloading_old_stable(manager: Harness) -> None:
     rollout, fleet, _ = manager
     final = rollout.promote("m")
-    # The only Triton call happens when the table already sends 100% to the new stable.
-    assert fleet.calls == [(["2"], ["1"], {"2": 100})]
+    # Triton is called only when the table already sends 100% to the new stable: both
+    # versions stay, the public name moves to the new stable, and only then 1 is unloaded.
+    assert fleet.calls == [
+        (["1", "2"], [], {"2": 100}),
+        ("public", "2", {"2": 100}),
+        (["2"], ["1"], {"2": 100}),
+    ]
     assert final.phase is Phase.SUCCEEDED and final.stable == "2" and final.canary is None
     assert [t.to_phase for t in final.history][-2:] == ["promoting", "succeeded"]
 
@@ -84,7 +109,8 @@ def test_promote_moves_all_traffic_before_unloading_old_stable(manager: Harness)
 def test_rollback_moves_all_traffic_before_unloading_canary(manager: Harness) -> None:
     rollout, fleet, _ = manager
     final = rollout.rollback("m")
-    assert fleet.calls == [(["1"], ["2"], {"1": 100})]
+    # The public name never left stable: nothing moves it, the canary is simply unloaded.
+    assert fleet.calls == [(["1", "2"], [], {"1": 100}), (["1"], ["2"], {"1": 100})]
     assert final.phase is Phase.ROLLED_BACK and final.stable == "1"
 
 
