@@ -3,7 +3,8 @@
 The Router calls the versions models (``m.versions``, ``yolo.versions``) that the manager
 names after the published names ``m`` and ``yolo``. ``m`` has two python-backend versions
 that answer ``y = x + version``, so every answer proves which version served it; version 2
-raises when ``x[0] < 0``, a canary that fails on some inputs. Model ``yolo`` answers a fixed YOLOv8-shaped tensor for ``detect``.
+raises when ``x[0] < 0``, a canary that fails on some inputs. Model ``yolo`` answers a
+fixed YOLOv8-shaped tensor for ``detect``.
 """
 
 from __future__ import annotations
