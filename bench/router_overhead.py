@@ -31,6 +31,7 @@ from tritonclient.utils import triton_to_np_dtype  # noqa: E402
 
 from bench.common import bench_stack, interleaved, load_now, machine, median, met, pct  # noqa: E402
 from repo_manager import Router  # noqa: E402
+from repo_manager.names import versions_model_name  # noqa: E402
 from repo_manager.phases import Phase  # noqa: E402
 from repo_manager.routing import RoutePlan  # noqa: E402
 from repo_manager.state import RolloutState, RoutingTable, state_key  # noqa: E402
@@ -96,15 +97,17 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="router-bench-") as tmp, ExitStack() as stack:
         root = Path(tmp)
         url = args.url
+        # The Router calls the versions model behind the published name, pinned.
+        triton_model = versions_model_name(args.model)
         if url is None:
             started = stack.enter_context(bench_stack(root))
-            version_dir = started.repository / args.model / args.version
+            version_dir = started.repository / triton_model / args.version
             version_dir.mkdir(parents=True)
             (version_dir / "model.py").write_text(IDENTITY_MODEL)
             url = started.url
         direct = stack.enter_context(grpcclient.InferenceServerClient(url))
         if args.url is None:
-            direct.load_model(args.model, config=bench_config(args.model, args.width))
+            direct.load_model(triton_model, config=bench_config(triton_model, args.width))
         # The Router follows a state document; 100% to the benched version.
         state = RolloutState(
             model=args.model,
@@ -114,11 +117,11 @@ def main(argv: list[str] | None = None) -> None:
             generation=1,
         )
         LocalStorage(root).write_bytes_atomic(state_key(args.model), state.to_json())
-        inputs = inputs_for(direct, args.model, args.version)
+        inputs = inputs_for(direct, triton_model, args.version)
         router = stack.enter_context(Router(args.model, url, root, shared_memory=False))
         sides = [
             lambda: router.infer(inputs),
-            lambda: direct.infer(args.model, inputs, model_version=args.version),
+            lambda: direct.infer(triton_model, inputs, model_version=args.version),
         ]
         interleaved(sides, args.warmup)
         routed, plain = interleaved(sides, args.requests)

@@ -57,6 +57,7 @@ from bench.common import (  # noqa: E402
     reconfigure,
 )
 from repo_manager import Router  # noqa: E402
+from repo_manager.names import versions_model_name  # noqa: E402
 
 THREADS_PARAM = "onnxruntime_intra_op_threads"
 SPIN_PARAM = "onnxruntime_allow_spinning"
@@ -113,7 +114,8 @@ def request(images: np.ndarray) -> list[grpcclient.InferInput]:
 def server_stats(url: str, model: str) -> dict[str, int]:
     """Triton's cumulative per-model timings (ns) and request count for version 1."""
     with grpcclient.InferenceServerClient(url) as client:
-        stats = client.get_inference_statistics(model, "1").model_stats[0].inference_stats
+        stats = client.get_inference_statistics(versions_model_name(model), "1")
+        stats = stats.model_stats[0].inference_stats
     return {
         "count": stats.success.count,
         "queue": stats.queue.ns,
@@ -144,7 +146,8 @@ def publish_served(stack: BenchStack, weights: Path, imgsz: int, served: Served)
 def latency(stack: BenchStack, weights: Path, imgsz: int, args: argparse.Namespace) -> None:
     threads = served_threads()
     labels = list(LEVERS) if args.levers else list(DEFAULT_SIDES)
-    onnx = stack.repository / publish_served(stack, weights, imgsz, Served()) / "1" / "model.onnx"
+    served = publish_served(stack, weights, imgsz, Served())
+    onnx = stack.repository / versions_model_name(served) / "1" / "model.onnx"
     images = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
     feed = {"images": images}
     # The in-process reference at its best: both spinning settings, the faster one counts.
@@ -222,7 +225,7 @@ def throughput(stack: BenchStack, weights: Path, imgsz: int, args: argparse.Name
     models = [publish_served(stack, weights, imgsz, LEVERS[label]) for label in labels]
     config = stack.manager.repository.require_config(models[0])  # type: ignore[attr-defined]
     batching = config.dynamic_batching
-    onnx = stack.repository / models[0] / "1" / "model.onnx"
+    onnx = stack.repository / versions_model_name(models[0]) / "1" / "model.onnx"
     session = ort_session(onnx, served_threads(), spinning=True)
     images = np.random.default_rng(1).random((1, 3, imgsz, imgsz), dtype=np.float32)
     inputs = request(images)
@@ -307,7 +310,7 @@ def plan_comparison(args: argparse.Namespace) -> None:
         model = f"yolo{imgsz}_plan_{int(time.time())}"
         options = ExportOptions(format="plan", imgsz=imgsz, fp16=True, max_batch=8)
         manager.publish(model, "1", weights=weights, export_options=options)
-        runner = PlanRunner(Path(args.repository) / model / "1" / "model.plan")
+        runner = PlanRunner(Path(args.repository) / versions_model_name(model) / "1" / "model.plan")
         images = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
         inputs = request(images)
         with Router(model, args.url, args.repository) as router:
