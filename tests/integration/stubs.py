@@ -17,10 +17,13 @@ re-initialized, the replaced stub lingers for a while beside its successor, so o
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 STUB_NAME = "triton_python_backend_stub"
+_INSTANCE = re.compile(r"^(.+)_\d+_\d+$")
+_SHM = "triton_python_backend_shm_region_"
 PROC = Path("/proc")
 
 
@@ -28,7 +31,7 @@ PROC = Path("/proc")
 class StubProcess:
     """One stub: the model folder and version of the ``model.py`` it runs, its PID and RSS."""
 
-    model: str  # the model folder name exactly as in the path (e.g. ``yolov8s.versions``)
+    model: str  # the Triton model name (e.g. ``yolov8s.versions``)
     version: str
     pid: int
     rss_bytes: int
@@ -94,11 +97,24 @@ def _argv(pid: int) -> list[str]:
 
 
 def model_file(argv: list[str]) -> tuple[str, str] | None:
-    """(model folder, version) of the ``.../<model>/<version>/<file>.py`` argument, if any."""
-    for arg in argv[1:]:
+    """(model, version) of the ``.../<model>/<version>/<file>.py`` argument, if any.
+
+    The model is named by the instance-name argument (``<model>_<group>_<index>``) when
+    there is one: a model read from S3 runs from a local copy in a temporary folder whose
+    name is not the model's.
+    """
+    for position, arg in enumerate(argv[1:], start=1):
         path = PurePosixPath(arg)
         if path.suffix == ".py" and path.parent.name.isdigit() and path.parent.parent.name:
-            return path.parent.parent.name, path.parent.name
+            instance = next(
+                (
+                    m.group(1)
+                    for a in argv[position + 1 :]
+                    if not a.startswith(_SHM) and (m := _INSTANCE.match(a))
+                ),
+                None,
+            )
+            return instance or path.parent.parent.name, path.parent.name
     return None
 
 
