@@ -2,7 +2,9 @@
 
 Starts an embedded tritonserver on free ports over a fresh demo repository, then runs the
 real CLI: publish v1 (stable), publish v2 (10% canary), a few hundred ``Router.detect``
-requests on generated shapes images (split per version printed), promote, status.
+requests on generated shapes images (split per version printed), the same images from a
+plain tritonclient that names no version (answered by stable only: Triton's own per-version
+counts printed), promote, status.
 """
 
 from __future__ import annotations
@@ -16,8 +18,11 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import tritonclient.grpc as grpcclient
 
 from export.shapes import generate_shapes_image
+from repo_manager import yolo
+from repo_manager.names import versions_model_name
 from repo_manager.routing import Router
 from repo_manager.server import EmbeddedTriton, ServerPorts
 
@@ -76,8 +81,39 @@ def main() -> None:
         for version, count in sorted(counts.items()):
             print(f"  version {version}: {count:4d} requests ({100 * count / args.requests:.1f}%)")
 
+        unpinned_client(url, "yolov8n", int(args.imgsz), requests=100)
+
         run(args.repository, url, "promote", "yolov8n")
         run(args.repository, url, "status", "yolov8n")
+
+
+def unpinned_client(url: str, model: str, imgsz: int, *, requests: int) -> None:
+    """A client that is not our Router (no version named) calls the public name."""
+    versions = versions_model_name(model)
+    rng = np.random.default_rng(1)
+    with grpcclient.InferenceServerClient(url) as client:
+
+        def counts() -> dict[str, int]:
+            stats = client.get_inference_statistics(versions, as_json=True)
+            return {
+                str(s["version"]): int(s.get("inference_count", 0))
+                for s in stats.get("model_stats", [])
+            }
+
+        before = counts()
+        for _ in range(requests):
+            sample = generate_shapes_image(imgsz=imgsz, rng=rng)
+            tensor, _ = yolo.preprocess(sample.image, (imgsz, imgsz), np.float32)
+            images = grpcclient.InferInput("images", list(tensor.shape), "FP32")
+            images.set_data_from_numpy(tensor)
+            client.infer(model, [images])
+        after = counts()
+    served = {v: after.get(v, 0) - before.get(v, 0) for v in sorted(after, key=int)}
+    print(
+        f"\n{requests} requests from a plain tritonclient naming no version, to {model!r}: "
+        "Triton's own counts per version of "
+        f"{versions!r}: " + ", ".join(f"v{v} {n}" for v, n in served.items())
+    )
 
 
 if __name__ == "__main__":
