@@ -50,5 +50,5 @@ def test_an_exported_folder_publishes_as_built_and_a_tampered_copy_is_refused(
     assert status["stable"] == "1"
     assert {v["version"]: v["state"] for v in status["versions"]} == {"1": "READY"}
     manifest = json.loads((exported / "1" / "manifest.json").read_text())
-    published = snapshot(stack.repository / "yolov8n" / "1")
+    published = snapshot(stack.repository / "yolov8n.versions" / "1")
     assert {name: published[name] for name in manifest["files"]} == manifest["files"]
