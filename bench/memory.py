@@ -10,10 +10,10 @@ both versions loaded. Goal: peak during the load / steady with both <= 1.05. The
 stub PID must be the same before and after (a new PID: Triton re-initialized the stable).
 
 Part 2 (alias latency): for each ``--alias-imgsz`` one detector is published as stable
-only; its two names are read from ``repo-manager status MODEL --json`` (``model``, and
-``versions_model`` where present, else the same name both ways). Alternating round by
-round, on one fixed input through one tritonclient.grpc client: requests to the public
-name with no version vs requests pinned to the stable version of the versions model.
+only; its two names are read from its status (``model`` and ``versions_model``).
+Alternating round by round, on one fixed input through one tritonclient.grpc client:
+requests to the public name with no version vs requests pinned to the stable version of
+the versions model.
 Goal: median alias / pinned <= 1.02 at each size.
 
     python bench/memory.py [--imgsz 320] [--alias-imgsz 320 640] [--rounds 300] [--quick]
@@ -22,14 +22,10 @@ Goal: median alias / pinned <= 1.02 at each size.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -54,53 +50,6 @@ from tests.integration.stubs import StubProcess, stub_processes, tree_rss_bytes 
 
 MiB = 1024 * 1024
 SAMPLE_EVERY = 0.02
-
-
-@dataclass(kw_only=True, frozen=True)
-class Names:
-    """What ``status --json`` says a model is served as."""
-
-    public: str  # the name clients call with no version
-    versions: str  # the model holding the numbered versions (pinned requests)
-    stable: str
-    from_status: bool  # False: no ``versions_model`` in status, same name both ways
-
-
-def served_names(stack: BenchStack, model: str) -> Names:
-    """The public and the versions model name, from ``repo-manager status MODEL --json``."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(_ROOT), os.environ.get("PYTHONPATH", "")]),
-    }
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "repo_manager.cli",
-            "--repository",
-            str(stack.repository),
-            "--url",
-            stack.url,
-            "status",
-            model,
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
-    if done.returncode != 0:
-        sys.exit(f"repo-manager status {model} --json failed ({done.returncode}): {done.stderr}")
-    document = json.loads(done.stdout)
-    versions = document.get("versions_model")
-    return Names(
-        public=document["model"],
-        versions=versions or document["model"],
-        stable=str(document["stable"]),
-        from_status=bool(versions),
-    )
 
 
 def settled_stubs(
@@ -172,8 +121,9 @@ def memory_part(stack: BenchStack, weights: Path, model: str, imgsz: int, steady
     # Exported before the sampled window: the export runs in this process, not in Triton.
     exported = stack.root / "exported" / model
     export_model(weights, exported, model_name=model, version="2", options=options)
-    names = served_names(stack, model)
-    stable_key = (names.versions, names.stable)
+    status = stack.manager.status(model)  # type: ignore[attr-defined]
+    stable = str(status["stable"])
+    stable_key = (str(status["versions_model"]), stable)
 
     before_stubs = settled_stubs(server_pid)
     stable_only = steady_rss(server_pid, steady_s)
@@ -202,7 +152,7 @@ def memory_part(stack: BenchStack, weights: Path, model: str, imgsz: int, steady
         f"tritonserver + its descendants (VmRSS summed); {load_now()}"
     )
     print(
-        f"  {f'stable only (v{names.stable}), steady':31} {stable_only / MiB:7.1f} MiB, "
+        f"  {f'stable only (v{stable}), steady':31} {stable_only / MiB:7.1f} MiB, "
         f"{len(before_stubs)} stub(s)"
     )
     print(
@@ -247,8 +197,9 @@ def alias_part(stack: BenchStack, weights: Path, sizes: list[int], rounds: int) 
         for imgsz in sizes:
             model = f"alias{imgsz}"
             stack.publish(model, "1", weights, imgsz=imgsz)
-            names = served_names(stack, model)
-            metadata = client.get_model_metadata(names.public)
+            status = stack.manager.status(model)  # type: ignore[attr-defined]
+            public, versions, stable = status["model"], status["versions_model"], status["stable"]
+            metadata = client.get_model_metadata(public)
             inputs = []
             for spec in metadata.inputs:
                 shape = [1, *(int(d) for d in spec.shape[1:])]
@@ -257,10 +208,8 @@ def alias_part(stack: BenchStack, weights: Path, sizes: list[int], rounds: int) 
                 inputs.append(tensor)
             outputs = [grpcclient.InferRequestedOutput(spec.name) for spec in metadata.outputs]
 
-            alias = partial(client.infer, names.public, inputs, outputs=outputs)
-            pinned = partial(
-                client.infer, names.versions, inputs, model_version=names.stable, outputs=outputs
-            )
+            alias = partial(client.infer, public, inputs, outputs=outputs)
+            pinned = partial(client.infer, versions, inputs, model_version=stable, outputs=outputs)
             same = np.array_equal(
                 alias().as_numpy(outputs[0].name()),
                 pinned().as_numpy(outputs[0].name()),
@@ -268,13 +217,7 @@ def alias_part(stack: BenchStack, weights: Path, sizes: list[int], rounds: int) 
             interleaved([alias, pinned], max(10, rounds // 10))
             alias_ns, pinned_ns = interleaved([alias, pinned], rounds)
             ratio = median(alias_ns) / median(pinned_ns)
-            how = (
-                f"{names.public} -> {names.versions} v{names.stable}"
-                if names.from_status
-                else f"{names.public} both ways (no versions_model in status yet), pinned "
-                f"v{names.stable}"
-            )
-            print(f"  {imgsz} px: {how}; same outputs: {same}; {load_now()}")
+            print(f"  {imgsz} px: {public} -> {versions} v{stable}; same: {same}; {load_now()}")
             print(
                 f"    alias  median {median(alias_ns) / 1e6:7.2f} ms, p90 "
                 f"{pct(alias_ns, 90) / 1e6:7.2f} ms\n"

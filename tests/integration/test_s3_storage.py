@@ -32,9 +32,10 @@ def storage(moto: MotoServer, bucket: str) -> S3Storage:
 
 
 def model_folder(root: Path, version: str, *, big: int = 0) -> Path:
-    folder = root / "m"
+    """A versions model folder (``m.versions``: what the manager publishes versions into)."""
+    folder = root / "m.versions"
     (folder / version).mkdir(parents=True)
-    (folder / "config.pbtxt").write_text('name: "m"\n')
+    (folder / "config.pbtxt").write_text('name: "m.versions"\n')
     (folder / version / "model.bin").write_bytes(os.urandom(big or 1000))
     (folder / version / "manifest.json").write_text("{}")
     return folder
@@ -44,8 +45,11 @@ def test_multipart_version_is_verified_and_lists_once_committed(
     storage: S3Storage, tmp_path: Path
 ) -> None:
     lines: list[str] = []
-    storage.publish_dir(model_folder(tmp_path, "1", big=12 * MB), "m", lines.append)
-    head = storage.client.head_object(Bucket=storage.where.bucket, Key="repo/m/1/model.bin")
+    storage.publish_dir(model_folder(tmp_path, "1", big=12 * MB), "m.versions", lines.append)
+    storage.write_bytes_atomic("m/config.pbtxt", b'name: "m"\nplatform: "ensemble"\n')
+    head = storage.client.head_object(
+        Bucket=storage.where.bucket, Key="repo/m.versions/1/model.bin"
+    )
     assert head["ETag"].strip('"').endswith("-3")  # three 5 MB parts, checked against ours
     assert any("uploading model.bin" in line for line in lines)
     assert "checksums verified; committing" in lines
@@ -57,18 +61,18 @@ def test_multipart_version_is_verified_and_lists_once_committed(
 def test_version_without_manifest_is_invisible_and_replaced_by_the_next_publish(
     storage: S3Storage, tmp_path: Path
 ) -> None:
-    storage.publish_dir(model_folder(tmp_path / "a", "1"), "m")
+    storage.publish_dir(model_folder(tmp_path / "a", "1"), "m.versions")
     # What a publish killed during its commit leaves: files of 2 but no manifest yet.
-    storage.write_bytes_atomic("m/2/model.bin", b"half")
-    storage.write_bytes_atomic("m/.staging-2/model.bin", b"half")
+    storage.write_bytes_atomic("m.versions/2/model.bin", b"half")
+    storage.write_bytes_atomic("m.versions/.staging-2/model.bin", b"half")
     repository = ModelRepository(storage)
     assert repository.versions("m") == ["1"] and not repository.has_version("m", "2")
 
     version_2 = model_folder(tmp_path / "b", "2") / "2"
-    storage.publish_dir(version_2, "m/2")
+    storage.publish_dir(version_2, "m.versions/2")
     assert repository.versions("m") == ["1", "2"]
-    assert storage.read_bytes("m/2/model.bin") == (version_2 / "model.bin").read_bytes()
-    assert storage.read_bytes("m/.staging-2/model.bin") is None
+    assert storage.read_bytes("m.versions/2/model.bin") == (version_2 / "model.bin").read_bytes()
+    assert storage.read_bytes("m.versions/.staging-2/model.bin") is None
 
 
 def test_publishing_an_existing_version_is_refused(storage: S3Storage, tmp_path: Path) -> None:
