@@ -40,7 +40,7 @@ test: setup $(DETECTOR) lint
 
 # Every benchmark, each printing its ratios measured side by side (see BENCHMARKS.md).
 # `make bench QUICK=1`: a smoke run of each in a few minutes, not figures to quote.
-BENCH_SCRIPTS := router_overhead serving warmup propagation publish_phases
+BENCH_SCRIPTS := router_overhead serving warmup propagation publish_phases memory
 bench: setup $(DETECTOR)
 	@for script in $(BENCH_SCRIPTS); do \
 		echo "== bench/$$script.py"; \

@@ -13,11 +13,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Scripts that publish real detectors take 30-90 s even in --quick mode.
-SLOW = {"serving", "warmup", "publish_phases"}
+SLOW = {"serving", "warmup", "publish_phases", "memory"}
 
 
 @pytest.mark.parametrize(
-    "script", ["router_overhead", "propagation", "serving", "warmup", "publish_phases"]
+    "script", ["router_overhead", "propagation", "serving", "warmup", "publish_phases", "memory"]
 )
 def test_bench_script_runs_in_quick_mode_and_prints_its_goal(script: str) -> None:
     if script in SLOW and os.environ.get("REPO_MANAGER_BENCH_SMOKE") != "1":
@@ -32,5 +32,5 @@ def test_bench_script_runs_in_quick_mode_and_prints_its_goal(script: str) -> Non
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "machine:" in done.stdout and "load average" in done.stdout
-    if script in {"router_overhead", "propagation", "serving", "warmup"}:
+    if script in {"router_overhead", "propagation", "serving", "warmup", "memory"}:
         assert "goal" in done.stdout
