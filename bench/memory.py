@@ -182,7 +182,8 @@ def memory_part(stack: BenchStack, weights: Path, model: str, imgsz: int, steady
         + ", ".join(
             f"{sampler.stubs_seen[p][0]}/{sampler.stubs_seen[p][1]} {p}" for p in started_new
         )
-        + "); 1 (the canary's) when nothing is re-initialized"
+        + "); 2 (the canary's) when nothing is re-initialized: initializing a python "
+        "version starts the backend's short-lived auto-complete stub, then the instance's"
     )
 
 
