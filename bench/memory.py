@@ -182,8 +182,8 @@ def memory_part(stack: BenchStack, weights: Path, model: str, imgsz: int, steady
         + ", ".join(
             f"{sampler.stubs_seen[p][0]}/{sampler.stubs_seen[p][1]} {p}" for p in started_new
         )
-        + "); 2 (the canary's) when nothing is re-initialized: initializing a python "
-        "version starts the backend's short-lived auto-complete stub, then the instance's"
+        + "); 2 (the canary's) when nothing is re-initialized: a newly loaded python "
+        "version starts two stubs, and the first exits before the load returns"
     )
 
 
