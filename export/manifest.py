@@ -13,13 +13,14 @@ import json
 import platform
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from export.weights import sha256_file
 from repo_manager.modelconfig import TensorSpec
+from repo_manager.names import MANIFEST_FILE
 
 __all__ = [
     "MANIFEST_FILE",
@@ -32,7 +33,6 @@ __all__ = [
     "write_manifest",
 ]
 
-MANIFEST_FILE = "manifest.json"
 MANIFEST_SCHEMA = 1
 _TOOLS = ("ultralytics", "torch", "onnx", "onnxruntime", "numpy")
 # Written by Triton's python backend into version folders at load time: not artifacts.
@@ -98,7 +98,7 @@ def build_manifest(
         "model": model_name,
         "version": version,
         "format": format,
-        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "source_weights": {"name": source_weights.name, "sha256": weights_sha256},
         "imgsz": imgsz,
         "class_names": list(class_names),

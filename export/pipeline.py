@@ -25,8 +25,6 @@ from repo_manager.errors import (
     ExportError,
     IncompatibleModelError,
     InvalidInputError,
-    InvalidNameError,
-    InvalidVersionError,
     VersionExistsError,
 )
 from repo_manager.modelconfig import (
@@ -37,6 +35,7 @@ from repo_manager.modelconfig import (
     parse_config,
     render_config,
 )
+from repo_manager.names import CONFIG_FILE, validate_model_name, validate_version
 
 __all__ = [
     "CONFIG_FILE",
@@ -48,7 +47,6 @@ __all__ = [
     "stage_exported",
 ]
 
-CONFIG_FILE = "config.pbtxt"
 BACKEND_MODEL = "backend/model.py"  # inside the export package
 
 
@@ -85,10 +83,8 @@ class ExportResult:
 
 def _validate(model_name: str, version: str, options: ExportOptions) -> FormatSpec:
     """Refuse bad input before any work (and a plan export before the ONNX work)."""
-    if not model_name or model_name in {".", ".."} or any(c in model_name for c in "/\\\0"):
-        raise InvalidNameError(f"model name {model_name!r} is not a single safe path segment")
-    if not version.isdigit() or int(version) < 1 or version != str(int(version)):
-        raise InvalidVersionError(f"version {version!r} is not a positive integer")
+    validate_model_name(model_name)  # the repository's rule: an export it would refuse is none
+    validate_version(version)
     spec = get_format(options.format)
     if options.imgsz < 32 or options.imgsz % 32:
         raise InvalidInputError(f"--imgsz {options.imgsz} must be a positive multiple of 32")

@@ -29,10 +29,10 @@ from repo_manager.modelconfig import (
     parse_config,
     render_config,
 )
+from repo_manager.names import CONFIG_FILE
 
 __all__ = ["add_gpu_plan", "plan_filename"]
 
-CONFIG_FILE = "config.pbtxt"
 
 
 def plan_filename(compute_capability: str) -> str:

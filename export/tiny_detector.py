@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterator, Sequence
 from copy import deepcopy
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +112,7 @@ def make_untrained_detector(path: Path, *, nc: int = 2, seed: int = 0) -> Path:
         model = DetectionModel(MODEL_YAML, nc=nc, verbose=False)
     model.names = _class_names(nc)
     checkpoint = {
-        "date": datetime.now(timezone.utc).isoformat(),
+        "date": datetime.now(UTC).isoformat(),
         "version": __version__,
         "model": deepcopy(model).half(),
         "ema": None,
