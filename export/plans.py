@@ -34,7 +34,6 @@ from repo_manager.names import CONFIG_FILE
 __all__ = ["add_gpu_plan", "plan_filename"]
 
 
-
 def plan_filename(compute_capability: str) -> str:
     """``8.9`` -> ``model.sm89.plan``: the plan file of one compute capability."""
     major, _, minor = compute_capability.partition(".")
