@@ -1,9 +1,7 @@
 """A model repository in S3 (or any S3-compatible server), read directly by Triton.
 
-The only module that imports boto3. botocore's errors are translated here, where they
-enter, into one-line ``StorageError``s chained with ``from``; messages name the bucket and
-the endpoint, never a credential (credentials come from boto3's usual chain: the standard
-AWS variables, profiles, instance roles).
+Requests, and the translation of their errors, live in ``s3_calls``; the lock between
+managers in ``s3_lock``. This module is the ``Storage`` on top of them.
 
 S3 has no rename, so a version is made visible whole in three steps:
 
@@ -19,99 +17,31 @@ A version *exists* only once its manifest exists (``exists`` of a version folder
 for the manifest), and the manager only ever asks Triton to load versions it names, so a
 publish killed at any point leaves nothing that looks like a version; the next publish of
 that version removes the leftovers and starts again.
-
-Locks are objects created with a conditional write (``If-None-Match: *``): exactly one
-manager wins; the loser polls until the holder deletes it. The holder renews the object
-(``If-Match`` its ETag) every quarter lease, so a lock whose ETag stays the same for a
-whole lease (``lock_lease``, 20 s) belongs to a dead manager and is broken.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import logging
-import os
-import socket
 import threading
-import time
-import uuid
 from collections.abc import Callable, Hashable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any
 
-import boto3
-from boto3.s3.transfer import TransferConfig
-from botocore.config import Config
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    EndpointConnectionError,
-    NoCredentialsError,
-)
+from repo_manager.errors import StorageError
+from repo_manager.storage.s3_calls import MB, MISSING, S3Calls, S3Location, S3Settings, parse_s3_url
+from repo_manager.storage.s3_lock import hold_lock
 
-from repo_manager.errors import (
-    BucketNotFoundError,
-    InvalidInputError,
-    RepoManagerError,
-    StorageAccessError,
-    StorageError,
-    StorageUnavailableError,
-)
+if TYPE_CHECKING:
+    from boto3.s3.transfer import TransferConfig
 
 __all__ = ["S3Location", "S3Storage", "parse_s3_url"]
-
-logger = logging.getLogger(__name__)
 
 STAGING_PREFIX = ".staging-"
 MANIFEST = "manifest.json"
 CONFIG = "config.pbtxt"
-_MB = 1024 * 1024
-_ACCESS_CODES = {
-    "AccessDenied",
-    "InvalidAccessKeyId",
-    "SignatureDoesNotMatch",
-    "InvalidClientTokenId",
-    "ExpiredToken",
-    "InvalidToken",
-    "403",
-}
 
 Progress = Callable[[str], None]
-
-
-@dataclass(kw_only=True, frozen=True)
-class S3Location:
-    """``s3://bucket/prefix`` split into its parts (prefix without slashes at its ends)."""
-
-    bucket: str
-    prefix: str
-
-    def key(self, relative: str) -> str:
-        relative = relative.strip("/")
-        if not self.prefix:
-            return relative
-        return f"{self.prefix}/{relative}" if relative else self.prefix
-
-    def __str__(self) -> str:
-        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
-
-
-def parse_s3_url(url: str) -> S3Location:
-    """``s3://bucket[/prefix]`` -> S3Location (exit 2 on anything else)."""
-    if not url.startswith("s3://"):
-        raise InvalidInputError(f"not an s3:// repository: {url}")
-    rest = url[len("s3://") :]
-    bucket, _, prefix = rest.partition("/")
-    if not bucket or "://" in rest:
-        raise InvalidInputError(
-            f"invalid S3 repository {url!r}: use s3://bucket/prefix "
-            "(give the endpoint with --s3-endpoint or AWS_ENDPOINT_URL)"
-        )
-    return S3Location(bucket=bucket, prefix=prefix.strip("/"))
 
 
 def _local_etag(path: Path, *, threshold: int, chunk: int) -> str:
@@ -143,32 +73,8 @@ class _ByteProgress:
             if tenth != self.shown:
                 self.shown = tenth
                 self.progress(
-                    f"  uploading {self.name}: {self.sent / _MB:.1f}/{self.size / _MB:.1f} MB"
+                    f"  uploading {self.name}: {self.sent / MB:.1f}/{self.size / MB:.1f} MB"
                 )
-
-
-class _Lease(threading.Thread):
-    """Renews a held lock object so waiters can tell a live holder from a dead one."""
-
-    def __init__(self, storage: S3Storage, key: str, etag: str, *, every: float) -> None:
-        super().__init__(name="repo-manager-s3-lock", daemon=True)
-        self.storage, self.key, self.etag, self.every = storage, key, etag, every
-        self.stopped = threading.Event()
-
-    def run(self) -> None:
-        client, bucket = self.storage.client, self.storage.where.bucket
-        while not self.stopped.wait(self.every):
-            try:
-                response = client.put_object(
-                    Bucket=bucket, Key=self.key, Body=uuid.uuid4().hex.encode(), IfMatch=self.etag
-                )
-                self.etag = str(response["ETag"])
-            except (BotoCoreError, ClientError) as exc:
-                logger.warning("could not renew lock %s: %s", self.key, type(exc).__name__)
-
-    def stop(self) -> None:
-        self.stopped.set()
-        self.join(timeout=10)
 
 
 class S3Storage:
@@ -179,41 +85,37 @@ class S3Storage:
         url: str,
         *,
         endpoint_url: str | None = None,
-        multipart_threshold: int = 8 * _MB,
-        multipart_chunksize: int = 8 * _MB,
+        multipart_threshold: int = 8 * MB,
+        multipart_chunksize: int = 8 * MB,
         connect_timeout: float = 5.0,
         lock_timeout: float = 60.0,
         lock_lease: float = 20.0,
     ) -> None:
         self.where = parse_s3_url(url)
-        self.endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None
-        if self.endpoint_url is not None:
-            parts = urlsplit(self.endpoint_url)
-            if parts.scheme not in ("http", "https") or not parts.netloc:
-                raise InvalidInputError(
-                    f"invalid S3 endpoint {self.endpoint_url!r}: use http(s)://HOST:PORT"
-                )
-        self.transfer = TransferConfig(
+        settings = S3Settings.from_env(
+            endpoint_url,
             multipart_threshold=multipart_threshold,
             multipart_chunksize=multipart_chunksize,
-            max_concurrency=4,
-        )
-        self.lock_timeout = lock_timeout
-        self.lock_lease = lock_lease
-        config = Config(
             connect_timeout=connect_timeout,
-            read_timeout=60,
-            retries={"max_attempts": 2, "mode": "standard"},
-            s3={"addressing_style": "path"},
+            lock_timeout=lock_timeout,
+            lock_lease=lock_lease,
         )
-        try:
-            self.client: Any = boto3.session.Session().client(
-                "s3", endpoint_url=self.endpoint_url, config=config
-            )
-        except BotoCoreError as exc:
-            raise StorageError(f"cannot set up S3 client for {self.where}: {exc}") from exc
+        self.calls = S3Calls(self.where, settings)
 
     # -- names ---------------------------------------------------------------------------
+
+    @property
+    def endpoint_url(self) -> str | None:
+        return self.calls.settings.endpoint_url
+
+    @property
+    def client(self) -> Any:
+        """The boto3 client, for tests and tools; this module calls S3 through ``calls``."""
+        return self.calls.client
+
+    @property
+    def transfer(self) -> TransferConfig:
+        return self.calls.transfer
 
     @property
     def location(self) -> str:
@@ -228,88 +130,22 @@ class S3Storage:
             f"/{self.where.prefix}" if self.where.prefix else ""
         )
 
-    def _endpoint(self) -> str:
-        return self.endpoint_url or "the default AWS endpoint"
-
-    # -- error translation ------------------------------------------------------------------
-
-    def _translate(self, exc: Exception, what: str) -> RepoManagerError:
-        where = f"{self.where} at {self._endpoint()}"
-        if isinstance(exc, EndpointConnectionError) or (
-            isinstance(exc, BotoCoreError) and "connect" in type(exc).__name__.lower()
-        ):
-            return StorageUnavailableError(
-                f"cannot reach the S3 endpoint {self._endpoint()} to {what}"
-            )
-        if isinstance(exc, NoCredentialsError):
-            return StorageAccessError(
-                f"no S3 credentials to {what} {where}: set AWS_ACCESS_KEY_ID and "
-                "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE"
-            )
-        if isinstance(exc, ClientError):
-            error = exc.response.get("Error", {})
-            code = str(error.get("Code", ""))
-            if code in ("NoSuchBucket",) or (code == "404" and what == "open the bucket"):
-                return BucketNotFoundError(
-                    f"bucket {self.where.bucket} does not exist at {self._endpoint()}"
-                )
-            if code in _ACCESS_CODES:
-                return StorageAccessError(
-                    f"S3 refused the credentials to {what} {where} ({code}): "
-                    "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_PROFILE"
-                )
-            return StorageError(f"S3 failed to {what} {where}: {code or exc}")
-        return StorageError(f"S3 failed to {what} {where}: {type(exc).__name__}")
-
-    def _call(self, what: str, call: Callable[[], Any], *, missing_ok: bool = False) -> Any:
-        """``call()`` with botocore's errors translated; None for a missing key if allowed."""
-        try:
-            return call()
-        except ClientError as exc:
-            if missing_ok and self._missing(exc):
-                return None
-            raise self._translate(exc, what) from exc
-        except BotoCoreError as exc:
-            raise self._translate(exc, what) from exc
-
-    @staticmethod
-    def _missing(exc: ClientError) -> bool:
-        code = str(exc.response.get("Error", {}).get("Code", ""))
-        return code in ("NoSuchKey", "404", "NotFound")
-
     def check(self) -> None:
         """Fail early, in one line, on a missing bucket, bad credentials or no endpoint."""
-        self._call("open the bucket", lambda: self.client.head_bucket(Bucket=self.where.bucket))
+        self.calls.call("open the bucket", "head_bucket")
 
     # -- Storage interface ----------------------------------------------------------------
 
     def read_bytes(self, key: str) -> bytes | None:
-        # The body is read inside the call: a broken stream is translated like the GET.
-        data: bytes | None = self._call(
-            f"read {key} in",
-            lambda: bytes(
-                self.client.get_object(Bucket=self.where.bucket, Key=self.where.key(key))[
-                    "Body"
-                ].read()
-            ),
-            missing_ok=True,
-        )
-        return data
+        return self.calls.read(f"read {key} in", self.where.key(key))
 
     def write_bytes_atomic(self, key: str, data: bytes) -> None:
         # A PUT replaces an object whole: readers see the old or the new content.
-        self._call(
-            f"write {key} in",
-            lambda: self.client.put_object(
-                Bucket=self.where.bucket, Key=self.where.key(key), Body=data
-            ),
-        )
+        self.calls.call(f"write {key} in", "put_object", Key=self.where.key(key), Body=data)
 
     def _head(self, key: str) -> dict[str, Any] | None:
-        head: dict[str, Any] | None = self._call(
-            f"look up {key} in",
-            lambda: self.client.head_object(Bucket=self.where.bucket, Key=self.where.key(key)),
-            missing_ok=True,
+        head: dict[str, Any] | None = self.calls.call(
+            f"look up {key} in", "head_object", none_on=MISSING, Key=self.where.key(key)
         )
         return head
 
@@ -333,36 +169,32 @@ class S3Storage:
         if key and "/" not in key:
             # A model exists once its config (copied last for a new model) does.
             return self._head(f"{key}/{CONFIG}") is not None
-        return bool(self._list(key, limit=1))
+        listing = self.calls.call(
+            f"list {key or 'the root'} of", "list_objects_v2", Prefix=self._prefix(key), MaxKeys=1
+        )
+        return bool(listing.get("Contents"))
 
-    def _list(self, key: str, *, limit: int | None = None) -> list[dict[str, Any]]:
+    def _prefix(self, key: str) -> str:
+        """The listing prefix of a folder key ('' lists the whole bucket)."""
         prefix = self.where.key(key)
-        prefix = f"{prefix}/" if prefix else ""
-        found: list[dict[str, Any]] = []
-        paginator = self.client.get_paginator("list_objects_v2")
-        try:
-            for page in paginator.paginate(Bucket=self.where.bucket, Prefix=prefix):
-                found.extend(page.get("Contents", []))
-                if limit is not None and len(found) >= limit:
-                    break
-        except (BotoCoreError, ClientError) as exc:
-            raise self._translate(exc, f"list {key or 'the root'} of") from exc
-        return found
+        return f"{prefix}/" if prefix else ""
+
+    def _pages(self, key: str, **params: Any) -> list[dict[str, Any]]:
+        return self.calls.pages(
+            f"list {key or 'the root'} of", "list_objects_v2", Prefix=self._prefix(key), **params
+        )
+
+    def _list(self, key: str) -> list[dict[str, Any]]:
+        return [item for page in self._pages(key) for item in page.get("Contents", [])]
 
     def list_dir(self, key: str) -> list[str]:
-        prefix = self.where.key(key)
-        prefix = f"{prefix}/" if prefix else ""
+        prefix = self._prefix(key)
         names: set[str] = set()
-        paginator = self.client.get_paginator("list_objects_v2")
-        try:
-            pages = paginator.paginate(Bucket=self.where.bucket, Prefix=prefix, Delimiter="/")
-            for page in pages:
-                for common in page.get("CommonPrefixes", []):
-                    names.add(common["Prefix"][len(prefix) :].rstrip("/"))
-                for item in page.get("Contents", []):
-                    names.add(item["Key"][len(prefix) :])
-        except (BotoCoreError, ClientError) as exc:
-            raise self._translate(exc, f"list {key or 'the root'} of") from exc
+        for page in self._pages(key, Delimiter="/"):
+            for common in page.get("CommonPrefixes", []):
+                names.add(common["Prefix"][len(prefix) :].rstrip("/"))
+            for item in page.get("Contents", []):
+                names.add(item["Key"][len(prefix) :])
         names = {n for n in names if n and not n.startswith(STAGING_PREFIX)}
         if key and "/" not in key.strip("/"):
             # In a model folder, a numeric folder without its manifest is an unfinished
@@ -389,7 +221,7 @@ class S3Storage:
         self.remove_tree(staging)
         self.remove_tree(key)
         total = sum(p.stat().st_size for p in files)
-        say(f"uploading {len(files)} files ({total / _MB:.1f} MB) to {self.where}/{staging}")
+        say(f"uploading {len(files)} files ({total / MB:.1f} MB) to {self.where}/{staging}")
         for number, path in enumerate(files, 1):
             relative = path.relative_to(source).as_posix()
             self._upload(path, f"{staging}/{relative}", say)
@@ -398,51 +230,28 @@ class S3Storage:
         say("checksums verified; committing")
         for path in files:  # manifest, then config, last (sorted so above)
             relative = path.relative_to(source).as_posix()
-            self._copy(f"{staging}/{relative}", f"{key}/{relative}")
+            target = f"{key}/{relative}"
+            self.calls.copy(
+                f"commit {target} to",
+                self.where.key(f"{staging}/{relative}"),
+                self.where.key(target),
+            )
         self.remove_tree(staging)
         say(f"published {self.where}/{key}")
 
     def _abort_multipart(self, key: str) -> None:
         """Abort multipart uploads a killed publish left open (invisible, but billed)."""
-        prefix = self.where.key(key) + "/"
-        try:
-            listing = self.client.list_multipart_uploads(Bucket=self.where.bucket, Prefix=prefix)
-            for upload in listing.get("Uploads", []):
-                self.client.abort_multipart_upload(
-                    Bucket=self.where.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
-                )
-        except (BotoCoreError, ClientError) as exc:
-            raise self._translate(exc, f"clean up {key} in") from exc
+        what = f"clean up {key} in"
+        listing = self.calls.call(what, "list_multipart_uploads", Prefix=self.where.key(key) + "/")
+        for upload in listing.get("Uploads", []):
+            self.calls.call(
+                what, "abort_multipart_upload", Key=upload["Key"], UploadId=upload["UploadId"]
+            )
 
     def _upload(self, path: Path, key: str, say: Progress) -> None:
         size = path.stat().st_size
-        callback = _ByteProgress(path.name, size, say) if size >= _MB else None
-        try:
-            self.client.upload_file(
-                str(path),
-                self.where.bucket,
-                self.where.key(key),
-                Config=self.transfer,
-                Callback=callback,
-            )
-        except (BotoCoreError, ClientError) as exc:
-            raise self._translate(exc, f"upload {path.name} to") from exc
-        except Exception as exc:  # boto3's S3UploadFailedError wraps the ClientError
-            cause = exc.__cause__ or exc.__context__
-            if isinstance(cause, (BotoCoreError, ClientError)):
-                raise self._translate(cause, f"upload {path.name} to") from exc
-            raise
-
-    def _copy(self, source: str, target: str) -> None:
-        try:
-            self.client.copy(
-                {"Bucket": self.where.bucket, "Key": self.where.key(source)},
-                self.where.bucket,
-                self.where.key(target),
-                Config=self.transfer,
-            )
-        except (BotoCoreError, ClientError) as exc:
-            raise self._translate(exc, f"commit {target} to") from exc
+        callback = _ByteProgress(path.name, size, say) if size >= MB else None
+        self.calls.upload(f"upload {path.name} to", path, self.where.key(key), callback)
 
     def _verify(self, path: Path, key: str) -> None:
         head = self._head(key)
@@ -459,76 +268,17 @@ class S3Storage:
                 f"checksum mismatch for {self.where}/{key} after upload; publish again"
             )
 
-    def _delete_prefix(self, key: str) -> None:
+    def remove_tree(self, key: str) -> None:
+        key = key.strip("/")
         keys = [item["Key"] for item in self._list(key)]
         # Manifest and config first: the folder stops being a version before it shrinks.
         keys.sort(key=lambda k: (not k.endswith((f"/{MANIFEST}", f"/{CONFIG}")), k))
         for start in range(0, len(keys), 1000):
             batch = {"Objects": [{"Key": k} for k in keys[start : start + 1000]], "Quiet": True}
-            try:
-                self.client.delete_objects(Bucket=self.where.bucket, Delete=batch)
-            except (BotoCoreError, ClientError) as exc:
-                raise self._translate(exc, f"remove {key} from") from exc
+            self.calls.call(f"remove {key} from", "delete_objects", Delete=batch)
 
-    def remove_tree(self, key: str) -> None:
-        self._delete_prefix(key.strip("/"))
-
-    @contextmanager
-    def lock(self, name: str) -> Iterator[None]:
-        # A root-level *file*: Triton never lists it as a model.
-        relative = f".repo-manager-lock.{name}"
-        key = self.where.key(relative)
-        etag = self._acquire(relative, name)
-        lease = _Lease(self, key, etag, every=self.lock_lease / 4)
-        lease.start()
-        try:
-            yield
-        finally:
-            lease.stop()
-            try:
-                self.client.delete_object(Bucket=self.where.bucket, Key=key)
-            except (BotoCoreError, ClientError) as exc:
-                raise self._translate(exc, f"release lock {name} in") from exc
-
-    def _acquire(self, relative: str, name: str) -> str:
-        """Create the lock object if absent; break it when its holder stopped renewing it.
-
-        Staleness is judged by this process's own clock (the same ETag seen for longer
-        than the lease), so clock skew between hosts cannot break a live lock.
-        """
-        key = self.where.key(relative)
-        deadline = time.monotonic() + self.lock_timeout
-        seen: tuple[str, float] | None = None
-        while True:
-            body = json.dumps({"host": socket.gethostname(), "pid": os.getpid()}).encode()
-            try:
-                response = self.client.put_object(
-                    Bucket=self.where.bucket, Key=key, Body=body, IfNoneMatch="*"
-                )
-                return str(response["ETag"])
-            except ClientError as exc:
-                code = str(exc.response.get("Error", {}).get("Code", ""))
-                if code not in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
-                    raise self._translate(exc, f"take lock {name} in") from exc
-            except BotoCoreError as exc:
-                raise self._translate(exc, f"take lock {name} in") from exc
-            head = self._head(relative)
-            now = time.monotonic()
-            if head is not None:
-                etag = str(head.get("ETag"))
-                if seen is None or seen[0] != etag:
-                    seen = (etag, now)
-                elif now - seen[1] > self.lock_lease:
-                    # The holder died (a renewed lock changes its ETag every lease/4).
-                    self.client.delete_object(Bucket=self.where.bucket, Key=key)
-                    seen = None
-                    continue
-            if now >= deadline:
-                raise StorageError(
-                    f"lock {name} in {self.where} is held by another manager; "
-                    f"waited {self.lock_timeout:.0f}s"
-                )
-            time.sleep(0.2)
+    def lock(self, name: str) -> AbstractContextManager[None]:
+        return hold_lock(self.calls, name)
 
     def walk_files(self) -> Iterator[str]:
         prefix = self.where.key("")

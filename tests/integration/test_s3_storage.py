@@ -9,11 +9,13 @@ from pathlib import Path
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 
-from repo_manager.errors import StorageError
+from repo_manager.errors import StorageAccessError, StorageError
 from repo_manager.repository import ModelRepository
 from repo_manager.storage.s3 import S3Storage, _local_etag
 from tests.integration.conftest import MotoServer
+from tests.unit.test_s3_calls import refuse
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 MB = 1024 * 1024
@@ -110,18 +112,37 @@ def test_lock_admits_one_manager_at_a_time(storage: S3Storage) -> None:
     assert overlaps == [1, 1, 1]
 
 
-def test_lock_of_a_dead_manager_is_broken_after_its_lease(
-    storage: S3Storage, moto: MotoServer
-) -> None:
-    # A lock object nobody renews: its holder was killed.
+def plant_dead_lock(storage: S3Storage, moto: MotoServer) -> None:
+    """A lock object nobody renews: its holder was killed."""
     client = boto3.client("s3", endpoint_url=moto.endpoint)
     client.put_object(
         Bucket=storage.where.bucket, Key="repo/.repo-manager-lock.m.lock", Body=b"dead"
     )
+
+
+def test_lock_of_a_dead_manager_is_broken_after_its_lease(
+    storage: S3Storage, moto: MotoServer
+) -> None:
+    plant_dead_lock(storage, moto)
     started = time.monotonic()
     with storage.lock("m.lock"):
         waited = time.monotonic() - started
     assert 1.0 <= waited < 5.0
+
+
+def test_breaking_a_dead_lock_translates_a_refused_delete(
+    storage: S3Storage, moto: MotoServer
+) -> None:
+    # The delete that breaks a dead manager's lock is an S3 call like any other: refused,
+    # it is one StorageAccessError line naming the lock, never a botocore ClientError.
+    plant_dead_lock(storage, moto)
+    refuse(storage.client, "DeleteObject")
+    with (
+        pytest.raises(StorageAccessError, match=r"break lock m\.lock") as caught,
+        storage.lock("m.lock"),
+    ):
+        pass
+    assert isinstance(caught.value.__cause__, ClientError)
 
 
 def test_live_lock_is_renewed_and_not_broken(storage: S3Storage) -> None:
