@@ -48,7 +48,7 @@ from repo_manager.names import versions_model_name
 from repo_manager.shm import SharedMemoryChannel, SharedMemoryUnusable, is_local_url
 from repo_manager.state import RoutingTable, load_routing_table, state_key
 from repo_manager.storage import Storage, open_storage
-from repo_manager.transport import GrpcSecurity, make_grpc_client
+from repo_manager.transport import GrpcSecurity, is_unreachable, make_grpc_client
 
 __all__ = ["Detections", "RoutePlan", "RoutedResult", "Router", "key_point"]
 
@@ -261,16 +261,6 @@ def _parse_names(text: str) -> tuple[str, ...]:
 #: Statuses with which a server says it cannot serve the model or version *here*
 #: (UNAVAILABLE: version not ready; NOT_FOUND: model not loaded, e.g. after a restart).
 _MISSING_ON_SERVER = ("StatusCode.UNAVAILABLE", "StatusCode.NOT_FOUND")
-
-
-def _is_transport_failure(exc: InferenceServerException) -> bool:
-    """True when the server could not be reached, as opposed to Triton refusing the request.
-
-    Both come as gRPC UNAVAILABLE (Triton 2.51 answers "Request for unknown model: 'm'
-    version 2 is not at ready state" for an unloaded version); only Triton's own messages
-    name the model.
-    """
-    return exc.status() == "StatusCode.UNAVAILABLE" and "model" not in (exc.message() or "")
 
 
 class _Server:
@@ -671,7 +661,7 @@ class Router:
                     client_timeout=self._timeout,
                 )
             except InferenceServerException as exc:
-                if _is_transport_failure(exc):
+                if is_unreachable(exc):
                     raise TritonUnavailableError(f"Triton at {single.url}: {exc}") from exc
                 raise
         last: InferenceServerException | None = None
@@ -688,7 +678,7 @@ class Router:
             except InferenceServerException as exc:
                 if exc.status() not in _MISSING_ON_SERVER:
                     raise
-                if not _is_transport_failure(exc):
+                if not is_unreachable(exc):
                     # This server lacks the model or version (restarted, not yet
                     # reconciled): another server may have it.
                     answered = exc
@@ -779,7 +769,7 @@ class Router:
             try:
                 return server.client.get_model_config(self.triton_model).config
             except InferenceServerException as exc:
-                if not _is_transport_failure(exc):
+                if not is_unreachable(exc):
                     raise TritonError(f"cannot read config of model {self.model}: {exc}") from exc
                 last = exc
         raise TritonUnavailableError(
