@@ -20,7 +20,7 @@ from repo_manager.transport import (
     parse_headers,
 )
 from repo_manager.triton import TritonControl
-from tests.unit.test_routing import UNREACHABLE, make_router, write_state
+from tests.unit.routing_fakes import UNREACHABLE, make_router, write_state
 
 #: What tritonclient raised for a TLS handshake the server refused (measured, Triton 2.51).
 TLS_REFUSED = "failed to connect to all addresses; last error: UNAVAILABLE: ipv4:1: Socket closed"
