@@ -14,11 +14,12 @@ from typing import Any
 
 import tritonclient.grpc as grpcclient
 from tritonclient._plugin import InferenceServerClientPlugin
+from tritonclient.utils import InferenceServerException
 
 from repo_manager.discovery import DNS_SCHEME, resolve_name, split_url
 from repo_manager.errors import InvalidInputError
 
-__all__ = ["GrpcSecurity", "expand_urls", "make_grpc_client", "parse_headers"]
+__all__ = ["GrpcSecurity", "expand_urls", "is_unreachable", "make_grpc_client", "parse_headers"]
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -85,6 +86,24 @@ def make_grpc_client(url: str, security: GrpcSecurity | None = None) -> Any:
     if security.headers:
         client.register_plugin(_Headers(security.headers))
     return client
+
+
+def is_unreachable(exc: InferenceServerException) -> bool:
+    """True when the server could not be reached; False when it answered, even late.
+
+    The one rule for the manager (``triton.py``) and the ``Router``. gRPC UNAVAILABLE is
+    both a connection that failed and Triton's answer for a version that is not ready
+    ("Request for unknown model: 'm' version 2 is not at ready state"): only Triton's own
+    messages name the model. DEADLINE_EXCEEDED is *not* unreachable: it says only that the
+    answer came late, from a server that may be live and busy (a slow canary under the
+    Router's ``timeout``, a slow index call). Calling that unreachable would make the Router
+    mark a live server down for every version and skip the fallback to the other version,
+    which exists for exactly a version that fails. A server really out of reach fails fast
+    with UNAVAILABLE (measured: connection refused and a refused TLS handshake both in
+    well under a second), so that is the only status that counts.
+    """
+    message = exc.message() or str(exc)
+    return exc.status() == "StatusCode.UNAVAILABLE" and "model" not in message.lower()
 
 
 def parse_headers(values: Iterable[str]) -> dict[str, str]:

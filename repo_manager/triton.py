@@ -19,13 +19,11 @@ from tritonclient.utils import InferenceServerException
 
 from repo_manager.errors import TritonError, TritonUnavailableError, VersionNotReadyError
 from repo_manager.modelconfig import alias_target, config_to_json, with_version_policy
-from repo_manager.transport import GrpcSecurity, make_grpc_client
+from repo_manager.transport import GrpcSecurity, is_unreachable, make_grpc_client
 
 __all__ = ["ServerVersions", "TritonControl", "TritonFleet", "VersionState"]
 
 T = TypeVar("T")
-
-_UNREACHABLE_CODES = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED")
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -66,12 +64,9 @@ class TritonControl:
         try:
             return call()
         except InferenceServerException as exc:
-            status = str(exc.status() or "")
-            message = (exc.message() or str(exc)).strip().splitlines()[0]
-            # Triton also answers UNAVAILABLE for a version that is not ready: only a
-            # message that names no model means the server itself is out of reach.
-            if status in _UNREACHABLE_CODES and "model" not in message.lower():
+            if is_unreachable(exc):
                 raise TritonUnavailableError(f"Triton unreachable at {self.url}") from exc
+            message = (exc.message() or str(exc)).strip().splitlines()[0]
             raise TritonError(f"Triton at {self.url} refused to {what}: {message}") from exc
 
     def check_reachable(self) -> None:

@@ -16,7 +16,7 @@ from repo_manager import FleetResolutionError, Router, TritonUnavailableError
 from repo_manager.discovery import has_dns, resolve_urls
 from repo_manager.errors import InvalidInputError
 from repo_manager.triton import TritonFleet
-from tests.unit.test_routing import make_router, write_state
+from tests.unit.routing_fakes import make_router, write_state
 
 
 class Records:

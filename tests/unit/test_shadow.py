@@ -16,7 +16,7 @@ from repo_manager import Router
 from repo_manager.errors import InvalidInputError
 from repo_manager.metrics import shadow_metrics
 from repo_manager.yolo import match_count
-from tests.unit.test_routing import FakeClient, write_state
+from tests.unit.routing_fakes import FakeClient, write_state
 
 MODEL = "det"
 

@@ -8,10 +8,23 @@ from typing import Any
 
 import pytest
 from tritonclient._request import Request
+from tritonclient.utils import InferenceServerException
 
 from repo_manager import transport
-from repo_manager.errors import InvalidInputError
-from repo_manager.transport import GrpcSecurity, expand_urls, make_grpc_client, parse_headers
+from repo_manager.errors import InvalidInputError, TritonError, TritonUnavailableError
+from repo_manager.transport import (
+    GrpcSecurity,
+    expand_urls,
+    is_unreachable,
+    make_grpc_client,
+    parse_headers,
+)
+from repo_manager.triton import TritonControl
+from tests.unit.routing_fakes import UNREACHABLE, make_router, write_state
+
+#: What tritonclient raised for a TLS handshake the server refused (measured, Triton 2.51).
+TLS_REFUSED = "failed to connect to all addresses; last error: UNAVAILABLE: ipv4:1: Socket closed"
+NOT_READY = "Request for unknown model: 'det' version 2 is not at ready state"
 
 
 def test_headers_are_sent_on_every_call_with_lowercase_names() -> None:
@@ -89,3 +102,60 @@ def test_dns_names_expand_only_when_asked(monkeypatch: pytest.MonkeyPatch) -> No
     assert expand_urls(urls, resolve=True) == ["10.0.0.1:8001", "10.0.0.2:8001", "10.0.0.9:8001"]
     with pytest.raises(InvalidInputError):
         expand_urls(["no-port"], resolve=True)
+
+
+@pytest.mark.parametrize(
+    ("status", "message", "unreachable"),
+    [
+        ("StatusCode.UNAVAILABLE", UNREACHABLE, True),
+        ("StatusCode.UNAVAILABLE", TLS_REFUSED, True),
+        ("StatusCode.UNAVAILABLE", NOT_READY, False),  # Triton answered: version not ready
+        ("StatusCode.DEADLINE_EXCEEDED", "Deadline Exceeded", False),  # late, maybe live
+        ("StatusCode.NOT_FOUND", "Request for unknown model: 'det' is not found", False),
+        ("StatusCode.INTERNAL", "boom", False),
+    ],
+)
+def test_one_rule_says_when_a_server_is_unreachable(
+    status: str, message: str, unreachable: bool
+) -> None:
+    assert is_unreachable(InferenceServerException(message, status=status)) is unreachable
+
+
+class _Raising:
+    """A tritonclient stand-in whose every call raises ``exc``."""
+
+    def __init__(self, exc: InferenceServerException) -> None:
+        self.exc = exc
+
+    def is_server_live(self, **_: Any) -> bool:
+        raise self.exc
+
+    def close(self) -> None:
+        return None
+
+
+def test_the_manager_and_the_router_agree_that_a_deadline_is_not_unreachable(
+    tmp_path: Path,
+) -> None:
+    late = InferenceServerException("Deadline Exceeded", status="StatusCode.DEADLINE_EXCEEDED")
+    control = TritonControl("a:1")
+    control._client.close()
+    control._client = _Raising(late)
+    with pytest.raises(TritonError, match="refused to answer: Deadline Exceeded") as info:
+        control.check_reachable()
+    assert not isinstance(info.value, TritonUnavailableError)
+    control._client = _Raising(
+        InferenceServerException(UNREACHABLE, status="StatusCode.UNAVAILABLE")
+    )
+    with pytest.raises(TritonUnavailableError, match="Triton unreachable at a:1"):
+        control.check_reachable()
+
+    # The Router falls back to the other version and never marks the late server down:
+    # each request still tries version 2 on it first (a:1 then b:1, in round-robin turn).
+    write_state(tmp_path, {"1": 0, "2": 100}, generation=1)
+    router, clients = make_router(tmp_path, ["a:1", "b:1"])
+    clients[0].fail["2"] = late
+    with router:
+        results = [router.infer([]) for _ in range(4)]
+    assert [(r.version, r.fallback) for r in results] == [("1", True)] * 4
+    assert clients[0].calls == ["2"] * 4 and clients[1].calls == ["1"] * 4

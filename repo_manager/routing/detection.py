@@ -1,0 +1,225 @@
+"""YOLO pre- and post-processing around one routed request (``Router.detect``).
+
+The model config says what to send (input name, datatype, size) and how to name classes;
+``repo_manager.yolo`` letterboxes, decodes ``[B, 4+nc, N]`` and runs NMS in numpy, so no
+torch or Ultralytics is needed on the client.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import tritonclient.grpc as grpcclient
+from tritonclient.grpc import model_config_pb2
+from tritonclient.utils import InferenceServerException, triton_to_np_dtype
+
+from repo_manager import yolo
+from repo_manager.errors import InvalidInputError, TritonError
+from repo_manager.metrics import ShadowMetrics
+from repo_manager.routing.shadow import Compare
+
+__all__ = ["DetectRequest", "Detections", "Detector", "DetectorSpec", "Found"]
+
+#: Decoded detections in image pixels: boxes (N, 4) xyxy, scores (N,), class ids (N,).
+Found = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+@dataclass(kw_only=True, frozen=True, eq=False)
+class Detections:
+    """Detections of one image, in its own pixel coordinates."""
+
+    boxes: npt.NDArray[np.float32]  # (N, 4) xyxy
+    scores: npt.NDArray[np.float32]  # (N,)
+    class_ids: npt.NDArray[np.int64]  # (N,)
+    version: str
+    fallback: bool = False
+    class_names: tuple[str, ...] = ()
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+    @property
+    def names(self) -> dict[int, str]:
+        """Class id -> class name, for every class the model knows (as Ultralytics has it)."""
+        return dict(enumerate(self.class_names))
+
+    @property
+    def labels(self) -> list[str]:
+        """The class name of each detection."""
+        names = self.class_names
+        return [names[i] if 0 <= i < len(names) else str(i) for i in self.class_ids.tolist()]
+
+
+def _require_image(image: Any) -> None:
+    """Refuse anything but one HxWx3 BGR uint8 image (as ``cv2.imread`` gives it)."""
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
+        shape = getattr(image, "shape", None)
+        raise InvalidInputError(f"detect() needs an HxWx3 BGR image, got shape {shape}")
+    if image.dtype != np.uint8:
+        raise InvalidInputError(f"detect() needs a uint8 image, got {image.dtype}")
+
+
+@dataclass(kw_only=True, frozen=True)
+class DetectorSpec:
+    """What ``detect`` needs from the model config, read once."""
+
+    input_name: str
+    output_name: str
+    datatype: str
+    size: tuple[int, int]
+    class_names: tuple[str, ...]
+
+    @classmethod
+    def from_config(cls, config: Any) -> DetectorSpec:
+        if not config.input or not config.output:
+            raise TritonError(f"model {config.name!r} has no inputs or outputs in its config")
+        inp = config.input[0]
+        dims = [int(d) for d in inp.dims]
+        if config.max_batch_size == 0 and len(dims) == 4:
+            dims = dims[1:]
+        if len(dims) != 3 or dims[0] != 3:
+            raise TritonError(f"model {config.name!r} input {inp.name!r} is {dims}, not [3, H, W]")
+        params = config.parameters
+        height, width = dims[1], dims[2]
+        if height <= 0 or width <= 0:
+            height, width = _parse_imgsz(params["imgsz"].string_value if "imgsz" in params else "")
+        names: tuple[str, ...] = ()
+        if "class_names" in params:
+            names = _parse_names(params["class_names"].string_value)
+        return cls(
+            input_name=inp.name,
+            output_name=config.output[0].name,
+            datatype=model_config_pb2.DataType.Name(inp.data_type).removeprefix("TYPE_"),
+            size=(height, width),
+            class_names=names,
+        )
+
+    def request(
+        self, image: npt.NDArray[np.uint8], *, model: str, conf: float, iou: float, max_det: int
+    ) -> DetectRequest:
+        """The letterboxed tensor of ``image`` and how to read the answer back."""
+        tensor, info = yolo.preprocess(image, self.size, triton_to_np_dtype(self.datatype))
+        request = grpcclient.InferInput(self.input_name, list(tensor.shape), self.datatype)
+        request.set_data_from_numpy(tensor)
+        return DetectRequest(
+            model=model,
+            class_names=self.class_names,
+            inputs=[request],
+            outputs=[grpcclient.InferRequestedOutput(self.output_name)],
+            output_name=self.output_name,
+            letterbox=info,
+            conf=conf,
+            iou=iou,
+            max_det=max_det,
+        )
+
+
+@dataclass(kw_only=True, frozen=True, eq=False)
+class DetectRequest:
+    """One image's tensors for Triton and the settings that decode its answer."""
+
+    model: str
+    class_names: tuple[str, ...]
+    inputs: list[grpcclient.InferInput]
+    outputs: list[grpcclient.InferRequestedOutput]
+    output_name: str
+    letterbox: yolo.LetterboxInfo
+    conf: float
+    iou: float
+    max_det: int
+
+    def decode(self, result: Any) -> Found:
+        """Triton's answer -> detections in the original image's pixels."""
+        raw = result.as_numpy(self.output_name)
+        if raw is None:
+            raise TritonError(f"model {self.model} returned no output {self.output_name!r}")
+        decoded = yolo.decode(raw, conf=self.conf, iou=self.iou, max_det=self.max_det)
+        boxes, scores, class_ids = decoded[0]
+        return yolo.scale_boxes(boxes, self.letterbox), scores, class_ids
+
+    def detections(self, found: Found, *, version: str, fallback: bool) -> Detections:
+        boxes, scores, class_ids = found
+        return Detections(
+            boxes=boxes,
+            scores=scores,
+            class_ids=class_ids,
+            version=version,
+            fallback=fallback,
+            class_names=self.class_names,
+        )
+
+    def comparison(self, reference: Found) -> Compare:
+        """Records how many of a shadow answer's boxes match ``reference`` (the user's)."""
+
+        def compare(result: Any, sm: ShadowMetrics) -> None:
+            ref_boxes, _, ref_cls = reference
+            shadow = self.decode(result)
+            matched = yolo.match_count((ref_boxes, ref_cls), shadow)
+            sm.add(boxes_reference=len(ref_cls), boxes_shadow=len(shadow[2]), boxes_matched=matched)
+
+        return compare
+
+
+class Detector:
+    """Turns images into requests for one model, its config read once, when first needed."""
+
+    def __init__(self, model: str, read_config: Callable[[], Any]) -> None:
+        """``read_config`` returns the model config (``ServerPool.model_config``)."""
+        self.model = model
+        self._read_config = read_config
+        self._spec: DetectorSpec | None = None
+        self._lock = threading.Lock()
+
+    def spec(self) -> DetectorSpec:
+        spec = self._spec
+        if spec is not None:
+            return spec
+        with self._lock:
+            if self._spec is None:
+                try:
+                    config = self._read_config()
+                except InferenceServerException as exc:
+                    raise TritonError(f"cannot read config of model {self.model}: {exc}") from exc
+                self._spec = DetectorSpec.from_config(config)
+            return self._spec
+
+    def request(
+        self, image: npt.NDArray[np.uint8], *, conf: float, iou: float, max_det: int
+    ) -> DetectRequest:
+        """Checks ``image`` (before any server is asked) and letterboxes it."""
+        _require_image(image)
+        return self.spec().request(image, model=self.model, conf=conf, iou=iou, max_det=max_det)
+
+
+def _parse_imgsz(text: str) -> tuple[int, int]:
+    """``"640"``, ``"[480, 640]"`` or ``"480,640"`` -> (height, width); 640 when absent."""
+    if not text.strip():
+        return (640, 640)
+    try:
+        value = json.loads(text if not ("," in text and "[" not in text) else f"[{text}]")
+    except ValueError as exc:
+        raise TritonError(f"model parameter imgsz={text!r} is not a size") from exc
+    if isinstance(value, int):
+        return (value, value)
+    if isinstance(value, list) and len(value) == 2:
+        return (int(value[0]), int(value[1]))
+    raise TritonError(f"model parameter imgsz={text!r} is not a size")
+
+
+def _parse_names(text: str) -> tuple[str, ...]:
+    """A JSON list of names, or Ultralytics' ``{id: name}`` dict, as a tuple by id."""
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise TritonError(f"model parameter class_names is not JSON: {exc}") from exc
+    if isinstance(value, dict):
+        return tuple(str(value[k]) for k in sorted(value, key=int))
+    if isinstance(value, list):
+        return tuple(str(v) for v in value)
+    raise TritonError("model parameter class_names is neither a list nor a dict")

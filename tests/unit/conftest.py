@@ -1,0 +1,16 @@
+"""Fixtures shared by the unit tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.unit.routing_fakes import write_state
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A repository whose routing table sends 90% to version 1 and 10% to version 2."""
+    write_state(tmp_path, {"1": 90, "2": 10}, generation=1)
+    return tmp_path

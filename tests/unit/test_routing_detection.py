@@ -1,0 +1,65 @@
+"""Router.detect with a fake client: letterbox, decode, NMS and class names from the config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tritonclient.grpc import model_config_pb2
+
+from repo_manager.errors import InvalidInputError, TritonError
+from tests.unit.routing_fakes import MODEL, make_router
+
+
+def yolo_config(**params: str) -> model_config_pb2.ModelConfig:
+    config = model_config_pb2.ModelConfig(name=MODEL, max_batch_size=8)
+    config.input.add(name="images", data_type=model_config_pb2.TYPE_FP32, dims=[3, 64, 64])
+    config.output.add(name="output0", data_type=model_config_pb2.TYPE_FP32, dims=[6, 84])
+    for k, v in params.items():
+        config.parameters[k].string_value = v
+    return config
+
+
+def test_detect_maps_decoded_boxes_back_to_the_original_image(repo: Path) -> None:
+    config = yolo_config(class_names=json.dumps(["circle", "square"]))
+    router, [client] = make_router(repo, config=config)
+    # A 128x64 (w x h) image letterboxes into 64x64 at scale 0.5 with 16 rows of padding.
+    raw = np.zeros((1, 6, 84), np.float32)
+    raw[0, :, 0] = [32, 32, 16, 8, 0.1, 0.95]  # square centred in the letterboxed input
+    raw[0, :, 1] = [33, 32, 16, 8, 0.1, 0.60]  # overlapping duplicate: suppressed
+    client.outputs = {"output0": raw}
+    with router:
+        found = router.detect(np.zeros((64, 128, 3), np.uint8), version="2")
+    assert found.version == "2" and len(found) == 1
+    np.testing.assert_allclose(found.boxes, [[48, 24, 80, 40]])
+    assert found.labels == ["square"] and found.names == {0: "circle", 1: "square"}
+
+
+def test_detect_reads_size_and_names_from_parameters_when_dims_are_dynamic(repo: Path) -> None:
+    config = yolo_config(imgsz="[32, 48]", class_names=json.dumps({"0": "a", "1": "b"}))
+    config.input[0].dims[:] = [3, -1, -1]
+    router, [client] = make_router(repo, config=config)
+    client.outputs = {"output0": np.zeros((1, 6, 10), np.float32)}
+    with router:
+        found = router.detect(np.zeros((10, 10, 3), np.uint8))
+        spec = router._detector.spec()
+    assert spec.size == (32, 48) and spec.class_names == ("a", "b") and len(found) == 0
+
+
+def test_detect_rejects_images_that_are_not_hxwx3_uint8(repo: Path) -> None:
+    router, _ = make_router(repo, config=yolo_config())
+    with router:
+        with pytest.raises(InvalidInputError, match="HxWx3"):
+            router.detect(np.zeros((10, 10), np.uint8))
+        with pytest.raises(InvalidInputError, match="uint8"):
+            router.detect(np.zeros((10, 10, 3), np.float32))
+
+
+def test_detect_refuses_a_model_whose_input_is_not_an_image(repo: Path) -> None:
+    config = yolo_config()
+    config.input[0].dims[:] = [4]
+    router, _ = make_router(repo, config=config)
+    with router, pytest.raises(TritonError, match="not \\[3, H, W\\]"):
+        router.detect(np.zeros((10, 10, 3), np.uint8))
