@@ -14,7 +14,7 @@ import zlib
 from dataclasses import dataclass, field
 
 from repo_manager.errors import InvalidInputError, RoutingError
-from repo_manager.metrics import VersionMetrics, version_metrics
+from repo_manager.metrics.router import RouterMetrics, VersionMetrics
 from repo_manager.state import RoutingTable
 
 __all__ = ["Key", "RoutePlan", "key_point"]
@@ -68,7 +68,10 @@ class RoutePlan:
     metrics: dict[str, VersionMetrics] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, model: str, table: RoutingTable | None) -> RoutePlan:
+    def build(
+        cls, model: str, table: RoutingTable | None, metrics: RouterMetrics | None = None
+    ) -> RoutePlan:
+        """The plan of ``table``; each version's counters come from ``metrics``."""
         if table is None:
             return cls(table=None, versions=(), thresholds=(), fallback={})
         stable, canary = table.stable, table.canary
@@ -96,7 +99,7 @@ class RoutePlan:
             versions=tuple(v for v, _ in shares),
             thresholds=tuple(thresholds),
             fallback=fallback,
-            metrics={v: version_metrics(model, v) for v in order},
+            metrics={v: metrics.version(model, v) for v in order} if metrics else {},
         )
 
     def choose(self, key: Key | None = None) -> str:

@@ -23,7 +23,7 @@ from tritonclient.utils import InferenceServerException
 
 from repo_manager.discovery import has_dns, resolve_urls
 from repo_manager.errors import InvalidInputError, RoutingError, TritonUnavailableError
-from repo_manager.metrics import version_metrics
+from repo_manager.metrics.router import RouterMetrics, VersionMetrics
 from repo_manager.names import versions_model_name
 from repo_manager.routing.detection import Detections, Detector
 from repo_manager.routing.plan import Key, RoutePlan
@@ -85,6 +85,7 @@ class Router:
         s3_endpoint: str | None = None,
         resolve_interval: float = 10.0,
         shared_memory: bool | str = "auto",
+        metrics: RouterMetrics | None = None,
     ) -> None:
         """
         Args:
@@ -114,6 +115,8 @@ class Router:
                 a single server on this machine with the default client, and never for
                 a ``dns://`` fleet, which may change). Any
                 shared-memory failure falls back to plain gRPC.
+            metrics: where the per-version counters go (default: the process-wide
+                ``RouterMetrics.default()`` on prometheus-client's default registry).
         """
         urls = [url] if isinstance(url, str) else list(url)
         if not urls:
@@ -126,6 +129,7 @@ class Router:
         self.model = model
         #: The Triton model the Router calls: the one holding the version folders.
         self.triton_model = versions_model_name(model)
+        self.metrics = metrics or RouterMetrics.default()
         storage = open_storage(os.fspath(repository), s3_endpoint=s3_endpoint)
         factory = client_factory or (lambda u: make_grpc_client(u, security))
         clients = [(u, factory(u)) for u in urls]
@@ -155,8 +159,11 @@ class Router:
             storage,
             poll_interval=poll_interval,
             on_poll=self._servers.follow_dns if addresses else None,
+            metrics=self.metrics,
         )
-        self._shadow = ShadowMirror(model, self._servers.send, queue_size=shadow_queue)
+        self._shadow = ShadowMirror(
+            model, self._servers.send, queue_size=shadow_queue, metrics=self.metrics
+        )
         self._detector = Detector(model, self._servers.model_config)
         self._closed = False
         self.set_shadow(shadow)
@@ -237,7 +244,7 @@ class Router:
             alternative = plan.fallback.get(chosen)
         else:
             chosen, alternative = str(version), None
-        m = plan.metrics.get(chosen) or version_metrics(self.model, chosen)
+        m = self._series(plan, chosen)
         started = time.perf_counter()
         try:
             result = self._servers.send(chosen, inputs, outputs)
@@ -259,6 +266,10 @@ class Router:
             self._shadow.maybe_mirror(plan, chosen, inputs, outputs, None)
         return RoutedResult(result=result, version=chosen)
 
+    def _series(self, plan: RoutePlan, version: str) -> VersionMetrics:
+        """The version's counters: the plan's (looked up once per table), else the store's."""
+        return plan.metrics.get(version) or self.metrics.version(self.model, version)
+
     def _fall_back(
         self,
         plan: RoutePlan,
@@ -268,7 +279,7 @@ class Router:
         inputs: Inputs,
         outputs: Outputs,
     ) -> RoutedResult:
-        m, alt = plan.metrics[chosen], plan.metrics[alternative]
+        m, alt = self._series(plan, chosen), self._series(plan, alternative)
         m.fell_back()
         logger.debug(
             "model %s version %s failed (%s); trying %s", self.model, chosen, first, alternative

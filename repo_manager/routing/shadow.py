@@ -1,7 +1,7 @@
 """Shadow traffic: a share of stable's requests sent again to the canary, in the background.
 
 Judges a canary before any user sees it, even at weight 0: its answers are discarded
-(or compared with stable's by a callback) and counted in ``shadow_metrics``. A bounded
+(or compared with stable's by a callback) and counted in the Router's ``RouterMetrics``. A bounded
 queue and one worker thread keep a slow canary from ever slowing the users' requests:
 what does not fit is dropped, and counted.
 """
@@ -19,7 +19,7 @@ from typing import Any
 from tritonclient.utils import InferenceServerException
 
 from repo_manager.errors import InvalidInputError, TritonUnavailableError
-from repo_manager.metrics import ShadowMetrics, shadow_metrics
+from repo_manager.metrics.router import RouterMetrics, ShadowMetrics
 from repo_manager.routing.plan import RoutePlan
 from repo_manager.routing.servers import Inputs, Outputs
 
@@ -37,8 +37,11 @@ _random = random.random
 class ShadowMirror:
     """Mirrors ``share`` of the requests stable served to the canary of the same plan."""
 
-    def __init__(self, model: str, send: Send, *, queue_size: int) -> None:
+    def __init__(
+        self, model: str, send: Send, *, queue_size: int, metrics: RouterMetrics
+    ) -> None:
         self.model = model
+        self.metrics = metrics
         #: Share (0..1) of stable's requests mirrored; 0 mirrors nothing.
         self.share = 0.0
         self._send = send
@@ -73,7 +76,7 @@ class ShadowMirror:
         try:
             self._queue.put_nowait((table.canary, inputs, outputs, compare))
         except queue.Full:
-            shadow_metrics(self.model, table.canary).add(dropped=1)
+            self.metrics.shadow(self.model, table.canary).add(dropped=1)
 
     def _loop(self) -> None:
         while True:
@@ -81,7 +84,7 @@ class ShadowMirror:
             if item is None:
                 return
             version, inputs, outputs, compare = item
-            sm = shadow_metrics(self.model, version)
+            sm = self.metrics.shadow(self.model, version)
             started = time.perf_counter()
             try:
                 result = self._send(version, inputs, outputs)

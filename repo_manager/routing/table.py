@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable
 
 from repo_manager.errors import StorageError
+from repo_manager.metrics.router import RouterMetrics
 from repo_manager.routing.plan import RoutePlan
 from repo_manager.state import RoutingTable, load_routing_table, state_key
 from repo_manager.storage import Storage
@@ -34,10 +35,12 @@ class TableWatcher:
         *,
         poll_interval: float,
         on_poll: Callable[[], None] | None = None,
+        metrics: RouterMetrics | None = None,
     ) -> None:
         """``on_poll`` runs after every poll in the same thread (the Router follows a
         ``dns://`` fleet there); ``start`` begins polling."""
         self.model = model
+        self.metrics = metrics
         self.plan = RoutePlan.build(model, None)
         self._storage = storage
         self._key = state_key(model)
@@ -81,7 +84,7 @@ class TableWatcher:
             return table
 
     def _install(self, table: RoutingTable) -> None:
-        self.plan = RoutePlan.build(self.model, table)
+        self.plan = RoutePlan.build(self.model, table, self.metrics)
         logger.info(
             "model %s routing generation %d: %s", self.model, table.generation, table.weights
         )

@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from prometheus_client import CollectorRegistry
 from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
 from repo_manager import Router
+from repo_manager.metrics import RouterMetrics
 from repo_manager.phases import Phase
 from repo_manager.state import RolloutState, RoutingTable, state_key
 from repo_manager.storage import LocalStorage
@@ -86,5 +88,7 @@ def make_router(repo: Path, urls: list[str] | None = None, **kw: Any) -> tuple[R
         clients.append(FakeClient(url, config=config))
         return clients[-1]
 
+    # Each Router counts into its own registry: tests share no metrics.
+    kw.setdefault("metrics", RouterMetrics(CollectorRegistry()))
     router = Router(MODEL, ["a:1"] if urls is None else urls, repo, client_factory=factory, **kw)
     return router, clients

@@ -12,25 +12,25 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from prometheus_client import REGISTRY, generate_latest
 from tritonclient.utils import InferenceServerException
 
-from repo_manager import RoutingError
+from repo_manager import Router, RoutingError
 from repo_manager.errors import InvalidInputError
-from repo_manager.metrics import version_metrics
 from tests.unit.routing_fakes import MODEL, binomial_ok, make_router, write_state
 
 
-def sample(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, {"model": MODEL, **labels}) or 0.0
+def sample(router: Router, name: str, **labels: str) -> float:
+    registry = router.metrics.registry
+    assert registry is not None
+    return registry.get_sample_value(name, {"model": MODEL, **labels}) or 0.0
 
 
-def fallback_counts() -> tuple[float, float, float]:
+def fallback_counts(router: Router) -> tuple[float, float, float]:
     """(fallbacks away from 2, errors of 2, requests served by 1 as a fallback)."""
     return (
-        sample("repo_manager_router_fallbacks_total", version="2"),
-        sample("repo_manager_router_errors_total", version="2"),
-        sample("repo_manager_router_requests_total", version="1", outcome="fallback"),
+        sample(router, "repo_manager_router_fallbacks_total", version="2"),
+        sample(router, "repo_manager_router_errors_total", version="2"),
+        sample(router, "repo_manager_router_requests_total", version="1", outcome="fallback"),
     )
 
 
@@ -54,12 +54,12 @@ def test_failing_canary_falls_back_to_stable_and_is_counted(repo: Path) -> None:
     write_state(repo, {"1": 0, "2": 100}, generation=2)
     router, [client] = make_router(repo)
     client.fail["2"] = InferenceServerException("boom", status="StatusCode.INTERNAL")
-    before = fallback_counts()
+    before = fallback_counts(router)
     with router:
         result = router.infer([])
     assert (result.version, result.fallback) == ("1", True)
     assert client.calls == ["2", "1"]
-    after = fallback_counts()
+    after = fallback_counts(router)
     assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1, 1]
 
 
@@ -126,41 +126,6 @@ def test_close_stops_the_poller_and_closes_clients(repo: Path) -> None:
     assert client.closed and not router._table.poller.is_alive()
     with pytest.raises(RoutingError, match="closed"):
         router.infer([])
-
-
-def test_metric_series_are_created_once_per_version() -> None:
-    assert version_metrics(MODEL, "9") is version_metrics(MODEL, "9")
-
-
-def test_metrics_expose_outcomes_and_cumulative_latency_buckets() -> None:
-    series = version_metrics("metrics-model", "3")
-    series.served(0.0004)
-    series.served(0.003)
-    series.served(7.0, fallback=True)
-    series.attempt_failed()
-    series.fell_back()
-    series.request_failed()
-    labels = {"model": "metrics-model", "version": "3"}
-
-    def value(name: str, **extra: str) -> float | None:
-        return REGISTRY.get_sample_value(name, {**labels, **extra})
-
-    assert value("repo_manager_router_requests_total", outcome="ok") == 2
-    assert value("repo_manager_router_requests_total", outcome="fallback") == 1
-    assert value("repo_manager_router_requests_total", outcome="error") == 1
-    assert value("repo_manager_router_errors_total") == 1
-    assert value("repo_manager_router_fallbacks_total") == 1
-    bucket = "repo_manager_router_latency_seconds_bucket"
-    assert value(bucket, le="0.0005") == 1
-    assert value(bucket, le="0.005") == 2
-    assert value(bucket, le="5.0") == 2 and value(bucket, le="+Inf") == 3
-    assert value("repo_manager_router_latency_seconds_count") == 3
-    assert value("repo_manager_router_latency_seconds_sum") == pytest.approx(7.0034)
-    text = generate_latest(REGISTRY).decode()
-    assert "# TYPE repo_manager_router_latency_seconds histogram" in text
-    assert (
-        'repo_manager_router_requests_total{model="metrics-model",outcome="ok",version="3"}' in text
-    )
 
 
 def test_router_rejects_bad_arguments(repo: Path) -> None:

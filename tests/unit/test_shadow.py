@@ -14,7 +14,7 @@ from tritonclient.utils import InferenceServerException
 
 from repo_manager import Router
 from repo_manager.errors import InvalidInputError
-from repo_manager.metrics import shadow_metrics
+from repo_manager.metrics import RouterMetrics
 from repo_manager.yolo import match_count
 from tests.unit.routing_fakes import FakeClient, write_state
 
@@ -49,30 +49,39 @@ def test_every_stable_request_is_mirrored_to_a_canary_without_weight(tmp_path: P
         clients.append(FakeClient(url))
         return clients[-1]
 
-    shadow_metrics(MODEL, "2").values["ok"] = 0
-    with Router(MODEL, url="a:1", repository=tmp_path, client_factory=factory, shadow=1.0) as r:
+    metrics = RouterMetrics()
+    with Router(
+        MODEL,
+        url="a:1",
+        repository=tmp_path,
+        client_factory=factory,
+        shadow=1.0,
+        metrics=metrics,
+    ) as r:
         served = {r.infer([]).version for _ in range(20)}
         wait_for(lambda: clients[0].calls.count("2") == 20)
     assert served == {"1"}  # users never got the canary
-    assert shadow_metrics(MODEL, "2").snapshot()["ok"] == 20
+    assert metrics.shadow(MODEL, "2").snapshot()["ok"] == 20
 
 
 def test_a_failing_shadow_is_counted_and_never_reaches_the_user(tmp_path: Path) -> None:
     write_state(tmp_path, {"1": 100, "2": 0}, 1)
     client = FakeClient("a:1")
     client.fail["2"] = InferenceServerException("canary bug", status="StatusCode.INTERNAL")
-    before = shadow_metrics(MODEL, "2").snapshot()["error"]
-    with Router(MODEL, url="a:1", repository=tmp_path, client_factory=lambda u: client) as r:
+    metrics = RouterMetrics()
+    with Router(
+        MODEL, url="a:1", repository=tmp_path, client_factory=lambda u: client, metrics=metrics
+    ) as r:
         r.set_shadow(1.0)
         for _ in range(5):
             assert r.infer([]).version == "1"
-        wait_for(lambda: shadow_metrics(MODEL, "2").snapshot()["error"] == before + 5)
+        wait_for(lambda: metrics.shadow(MODEL, "2").snapshot()["error"] == 5)
 
 
 def test_a_full_shadow_queue_drops_mirrors_instead_of_waiting(tmp_path: Path) -> None:
     write_state(tmp_path, {"1": 100, "2": 0}, 1)
     client = BlockingClient("a:1")
-    before = shadow_metrics(MODEL, "2").snapshot()["dropped"]
+    metrics = RouterMetrics()
     with Router(
         MODEL,
         url="a:1",
@@ -80,12 +89,13 @@ def test_a_full_shadow_queue_drops_mirrors_instead_of_waiting(tmp_path: Path) ->
         client_factory=lambda u: client,
         shadow=1.0,
         shadow_queue=2,
+        metrics=metrics,
     ) as r:
         started = time.monotonic()
         for _ in range(10):
             r.infer([])
         assert time.monotonic() - started < 2.0
-        dropped = shadow_metrics(MODEL, "2").snapshot()["dropped"] - before
+        dropped = metrics.shadow(MODEL, "2").snapshot()["dropped"]
         client.release.set()
     assert dropped >= 7  # one in flight, two queued
 
