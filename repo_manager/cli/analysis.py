@@ -1,0 +1,92 @@
+"""``rollout``: the progressive analysis, one ``advance()`` per interval until the canary
+is promoted or rolled back (also run by ``publish --auto``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from repo_manager.cli.app import Context, cli, require_repository
+from repo_manager.cli.options import (
+    analysis_options,
+    drain_option,
+    parse_interval,
+    serve_manager_metrics,
+    stop_on_signals,
+    verbose_option,
+)
+from repo_manager.cli.render import decision_text, transition_text
+from repo_manager.errors import GateFailedError, InvalidGateError
+from repo_manager.gates import LiveGates, parse_gate_overrides
+from repo_manager.names import validate_model_name
+from repo_manager.phases import Phase
+from repo_manager.rollout import AnalysisPlan, RolloutManager, parse_steps
+
+__all__ = ["analysis_setup", "run_analysis"]
+
+
+def analysis_setup(options: dict[str, Any]) -> tuple[AnalysisPlan, Any]:
+    """Validate every analysis option before anything moves (bad input: exit 2)."""
+    from repo_manager.analysis import PromQLProvider, ScrapeProvider
+
+    parse_interval(options["interval"])
+    plan = AnalysisPlan(
+        steps=parse_steps(options["steps"]),
+        threshold=options["threshold"],
+        max_metrics_errors=options["max_metrics_errors"],
+        gates=parse_gate_overrides(LiveGates(), options["live_gates"]),
+    )
+    if options["prometheus"] and options["metrics_urls"]:
+        raise InvalidGateError("give --prometheus or --metrics-url, not both")
+    provider: Any = (
+        PromQLProvider(options["prometheus"])
+        if options["prometheus"]
+        else ScrapeProvider(list(options["metrics_urls"]) or ["localhost:8002"])
+    )
+    return plan, provider
+
+
+def run_analysis(
+    obj: Context,
+    manager: RolloutManager,
+    model: str,
+    plan: AnalysisPlan,
+    provider: Any,
+    options: dict[str, Any],
+) -> None:
+    """Advance once per interval until the canary is promoted or rolled back."""
+    interval = parse_interval(options["interval"])
+    stop = stop_on_signals()
+    state = manager.start_analysis(model, plan)
+    click.echo(decision_text(state))
+    while state.phase is Phase.ANALYZING:
+        if stop.wait(interval):
+            raise click.ClickException(f"stopped; {model} stays in analysis: run rollout to resume")
+        before = state.generation
+        state = manager.advance(model, provider)
+        for transition in state.history[len(state.history) - (state.generation - before) :]:
+            click.echo(transition_text(transition))
+    if state.phase is Phase.SUCCEEDED:
+        click.echo(f"{model}: version {state.stable} promoted by the analysis")
+        return
+    reason = next((t.reason for t in reversed(state.history) if t.action == "rollback"), "")
+    raise GateFailedError(
+        f"{model}: canary rolled back by the analysis ({reason}); stable {state.stable} serves 100%"
+    )
+
+
+@cli.command("rollout")
+@click.argument("model")
+@analysis_options
+@drain_option
+@verbose_option
+@click.pass_obj
+def rollout_command(obj: Context, model: str, drain_seconds: float | None, **analysis: Any) -> None:
+    """Progressive analysis: one step per interval; advance, roll back or promote."""
+    model = validate_model_name(model)
+    plan, provider = analysis_setup(analysis)
+    require_repository(obj)
+    metrics = serve_manager_metrics(analysis["metrics_port"], "127.0.0.1")
+    manager = obj.manager(drain_seconds=drain_seconds, metrics=metrics)
+    run_analysis(obj, manager, model, plan, provider, analysis)

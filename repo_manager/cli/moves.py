@@ -1,0 +1,66 @@
+"""The moves a person makes: ``set-weight``, ``promote``, ``rollback``, ``policy``."""
+
+from __future__ import annotations
+
+import click
+
+from repo_manager.cli.app import Context, cli, require_repository
+from repo_manager.cli.options import drain_option, verbose_option
+from repo_manager.rollout import parse_policy, parse_weight
+
+
+@cli.command("set-weight", context_settings={"ignore_unknown_options": True})
+@verbose_option
+@click.argument("model")
+@click.argument("percent")
+@click.pass_obj
+def set_weight(obj: Context, model: str, percent: str) -> None:
+    """Give the canary PERCENT of the traffic."""
+    weight = parse_weight(percent)
+    require_repository(obj)
+    state = obj.manager().set_weight(model, weight)
+    click.echo(
+        f"{model}: canary {state.canary} at {weight}%, stable {state.stable} at {100 - weight}%"
+    )
+
+
+@cli.command()
+@click.argument("model")
+@drain_option
+@verbose_option
+@click.pass_obj
+def promote(obj: Context, model: str, drain_seconds: float | None) -> None:
+    """Make the canary stable at 100% and unload the old stable."""
+    require_repository(obj)
+    state = obj.manager(drain_seconds=drain_seconds).promote(model)
+    click.echo(f"{model}: version {state.stable} promoted to stable")
+
+
+@cli.command()
+@click.argument("model")
+@drain_option
+@verbose_option
+@click.pass_obj
+def rollback(obj: Context, model: str, drain_seconds: float | None) -> None:
+    """Send all traffic to stable and unload the canary."""
+    require_repository(obj)
+    state = obj.manager(drain_seconds=drain_seconds).rollback(model)
+    click.echo(f"{model}: rolled back to stable version {state.stable}")
+
+
+@cli.command()
+@click.argument("model")
+@verbose_option
+@click.option("--latest", type=int, default=None, help="Also keep the latest N versions loaded.")
+@click.option("--all", "all_versions", is_flag=True, help="Keep every version loaded.")
+@click.option("--specific", default=None, help="Also keep these versions loaded: V[,V...].")
+@click.pass_obj
+def policy(
+    obj: Context, model: str, latest: int | None, all_versions: bool, specific: str | None
+) -> None:
+    """Set which versions Triton keeps loaded besides stable and canary."""
+    document = parse_policy(latest=latest, all_versions=all_versions, specific=specific)
+    require_repository(obj)
+    manager = obj.manager()
+    state = manager.set_policy(model, document)
+    click.echo(f"{model}: loaded versions {','.join(manager.desired_versions(state))}")

@@ -1,0 +1,247 @@
+"""Options several commands share (one definition each), and the helpers that go with
+them: the interval parser, the signal helper of the long-running commands, and serving the
+manager's metrics."""
+
+from __future__ import annotations
+
+import functools
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import click
+from prometheus_client import CollectorRegistry
+
+from repo_manager.cli.app import Context
+from repo_manager.errors import InvalidGateError
+from repo_manager.metrics import ManagerMetrics, start_metrics_server
+
+__all__ = [
+    "analysis_options",
+    "drain_option",
+    "export_options",
+    "json_option",
+    "parse_interval",
+    "serve_manager_metrics",
+    "serve_metrics_options",
+    "stop_on_signals",
+    "verbose_option",
+]
+
+
+def _set_verbose(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.ensure_object(Context).verbose = True
+
+
+def verbose_option(func: Any) -> Any:
+    """``-v/--verbose``: progress lines on stderr (errors stay one line without it)."""
+    return click.option(
+        "-v",
+        "--verbose",
+        is_flag=True,
+        expose_value=False,
+        callback=_set_verbose,
+        help="Print each step on stderr.",
+    )(func)
+
+
+def drain_option(func: Any) -> Any:
+    """``--drain-seconds``: time for live Routers to follow the table before an unload."""
+    return click.option(
+        "--drain-seconds",
+        type=click.FloatRange(0, 600),
+        default=None,
+        help="Wait between moving traffic and unloading [default: 1.5].",
+    )(func)
+
+
+def json_option(func: Any) -> Any:
+    """``--json`` on every read command."""
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(func)
+
+
+def stop_on_signals() -> threading.Event:
+    """An event that SIGINT and SIGTERM set: a long-running command waits on it between
+    its steps and stops cleanly (a container's stop, a Ctrl-C)."""
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    return stop
+
+
+def serve_manager_metrics(port: int | None, addr: str) -> ManagerMetrics | None:
+    """The manager's metrics on a registry of their own, served at ``addr:port`` (None:
+    no port asked for, so nothing is kept or served)."""
+    if port is None:
+        return None
+    registry = CollectorRegistry()
+    metrics = ManagerMetrics(registry)
+    start_metrics_server(port, addr=addr, registry=registry)
+    return metrics
+
+
+_EXPORT_PARAMETERS = (
+    "fmt",
+    "imgsz",
+    "max_batch",
+    "fp16",
+    "int8",
+    "calibration_images",
+    "cache_dir",
+    "workspace_gib",
+    "ort_tensorrt",
+)
+
+
+def parse_interval(text: str, option: str = "--interval") -> float:
+    """``30s``, ``2m``, ``500ms`` or plain seconds -> seconds (0.1 .. 86400)."""
+    raw = text.strip().lower()
+    scale = 1.0
+    for suffix, factor in (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0)):
+        if raw.endswith(suffix):
+            raw, scale = raw[: -len(suffix)], factor
+            break
+    try:
+        seconds = float(raw) * scale
+    except ValueError:
+        raise InvalidGateError(f"invalid {option} {text!r}: e.g. 30s, 2m, 500ms") from None
+    if not 0.1 <= seconds <= 86400:
+        raise InvalidGateError(f"invalid {option} {text!r}: must be 100ms .. 24h")
+    return seconds
+
+
+def analysis_options(func: Any) -> Any:
+    """Options of the progressive analysis (``rollout`` and ``publish --auto``)."""
+    for option in reversed(
+        [
+            click.option(
+                "--steps",
+                default="10,25,50,100",
+                show_default=True,
+                help="Canary weights, one per passed interval; the last promotes.",
+            ),
+            click.option(
+                "--interval",
+                default="30s",
+                show_default=True,
+                help="Time between analysis steps (30s, 2m, 500ms).",
+            ),
+            click.option(
+                "--threshold",
+                type=int,
+                default=2,
+                show_default=True,
+                help="Failed checks at which the canary is rolled back.",
+            ),
+            click.option(
+                "--max-metrics-errors",
+                type=int,
+                default=5,
+                show_default=True,
+                help="Unreadable metrics steps in a row before stopping "
+                "(the canary keeps its weight; never a rollback).",
+            ),
+            click.option(
+                "--metrics-url",
+                "metrics_urls",
+                multiple=True,
+                help="Prometheus text endpoint to scrape (repeatable): Triton's "
+                "metrics port, Routers' metrics ports.  [default: localhost:8002]",
+            ),
+            click.option(
+                "--prometheus",
+                default=None,
+                help="Prometheus server URL: read figures with PromQL instead.",
+            ),
+            click.option(
+                "--live-gate",
+                "live_gates",
+                multiple=True,
+                help="Live gate bound NAME=VALUE (repeatable), e.g. max_latency_ratio=1.3.",
+            ),
+            click.option(
+                "--metrics-port",
+                type=click.IntRange(1, 65535),
+                default=None,
+                help="Expose weight, phase, failed checks and gates on this port.",
+            ),
+        ]
+    ):
+        func = option(func)
+    return func
+
+
+def serve_metrics_options(port_help: str) -> Any:
+    """``--metrics-port`` and ``--metrics-addr`` of the long-running commands."""
+
+    def decorate(func: Any) -> Any:
+        func = click.option(
+            "--metrics-addr",
+            default="127.0.0.1",
+            show_default=True,
+            help="Address for --metrics-port (0.0.0.0: all, e.g. in a container).",
+        )(func)
+        return click.option(
+            "--metrics-port", type=click.IntRange(1, 65535), default=None, help=port_help
+        )(func)
+
+    return decorate
+
+
+def export_options(func: Any) -> Any:
+    """Options shared by ``export`` and ``publish``, handed over as one ``export_options``."""
+
+    @functools.wraps(func)
+    def with_export_options(*args: Any, **kwargs: Any) -> Any:
+        values = {name: kwargs.pop(name) for name in _EXPORT_PARAMETERS}
+        from export import ExportOptions
+
+        kwargs["export_options"] = ExportOptions(format=values.pop("fmt"), **values)
+        return func(*args, **kwargs)
+
+    wrapped: Any = with_export_options
+    for option in reversed(
+        [
+            click.option(
+                "--format",
+                "fmt",
+                type=click.Choice(["python", "onnx", "plan"]),
+                default="python",
+                show_default=True,
+                help="python: onnxruntime in Triton's python backend (CPU); "
+                "onnx: onnxruntime backend; plan: TensorRT (GPU).",
+            ),
+            click.option("--imgsz", type=click.IntRange(32, 4096), default=640, show_default=True),
+            click.option("--max-batch", type=click.IntRange(1, 1024), default=8, show_default=True),
+            click.option("--fp16", is_flag=True, help="FP16 engine (plan only)."),
+            click.option("--int8", is_flag=True, help="INT8 engine (plan only)."),
+            click.option(
+                "--calibration-images",
+                type=click.Path(exists=True, file_okay=False, path_type=Path),
+                default=None,
+                help="Images for INT8 calibration (plan only).",
+            ),
+            click.option(
+                "--cache-dir",
+                type=click.Path(file_okay=False, path_type=Path),
+                default=None,
+                help="TensorRT caches [default: ~/.cache/repo-manager/tensorrt].",
+            ),
+            click.option(
+                "--workspace-gib",
+                type=click.FloatRange(0.25, 1024),
+                default=4.0,
+                show_default=True,
+                help="TensorRT builder workspace limit (plan only).",
+            ),
+            click.option(
+                "--ort-tensorrt",
+                is_flag=True,
+                help="onnx format: run through onnxruntime's TensorRT accelerator on GPU.",
+            ),
+        ]
+    ):
+        wrapped = option(wrapped)
+    return wrapped

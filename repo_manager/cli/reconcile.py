@@ -1,0 +1,112 @@
+"""``reconcile`` (re-apply the desired state once) and ``reconcile --watch`` (the
+long-running manager, with its metrics)."""
+
+from __future__ import annotations
+
+import time
+
+import click
+
+from repo_manager.cli.app import Context, cli, emit, require_repository
+from repo_manager.cli.options import (
+    json_option,
+    serve_manager_metrics,
+    serve_metrics_options,
+    stop_on_signals,
+    verbose_option,
+)
+from repo_manager.cli.render import reconcile_text
+from repo_manager.discovery import has_dns, resolve_urls
+from repo_manager.errors import InvalidInputError, RepoManagerError, TritonUnavailableError
+from repo_manager.metrics import ManagerMetrics
+from repo_manager.rollout import RolloutManager
+
+
+@cli.command()
+@click.argument("model", required=False)
+@verbose_option
+@click.option("--watch", is_flag=True, help="Keep reconciling every --interval seconds.")
+@click.option("--interval", type=click.FloatRange(0.5, 3600), default=10.0, show_default=True)
+@serve_metrics_options(
+    "With --watch: serve every model's rollout state and reconcile counters at :PORT/metrics."
+)
+@json_option
+@click.pass_obj
+def reconcile(
+    obj: Context,
+    model: str | None,
+    watch: bool,
+    interval: float,
+    metrics_port: int | None,
+    metrics_addr: str,
+    as_json: bool,
+) -> None:
+    """Re-apply the desired state (after Triton or the manager restarted).
+
+    With --watch this is the long-running manager: each pass resolves dns:// fleets again
+    (a new replica gets the models), and a pass that fails prints one line and is
+    counted, then the next pass tries again.
+    """
+    if metrics_port is not None and not watch:
+        raise InvalidInputError("--metrics-port needs --watch")
+    require_repository(obj)
+    metrics = serve_manager_metrics(metrics_port, metrics_addr)
+    stop = stop_on_signals() if watch else None
+    manager: RolloutManager | None = None
+    while True:
+        try:
+            manager = _reconcile_pass(
+                obj, manager, model, metrics=metrics, as_json=as_json, watch=watch
+            )
+        except RepoManagerError as exc:
+            if not watch:
+                raise
+            click.echo(f"error: {exc}", err=True)
+        if stop is None or stop.wait(interval):
+            return
+
+
+def _reconcile_pass(
+    obj: Context,
+    manager: RolloutManager | None,
+    model: str | None,
+    *,
+    metrics: ManagerMetrics | None,
+    as_json: bool,
+    watch: bool,
+) -> RolloutManager:
+    """One pass: (re)resolve the fleet, reconcile, publish state and the pass's figures."""
+    started = time.monotonic()
+    try:
+        if manager is None:
+            manager = obj.manager(metrics=metrics)
+        elif has_dns(obj.urls):
+            manager.fleet.set_urls(resolve_urls(obj.urls))
+        reports = manager.reconcile(model)
+        manager.expose_states(model)
+    except RepoManagerError:
+        if metrics is not None:
+            metrics.reconcile_pass(seconds=time.monotonic() - started, ok=False)
+        raise
+    unreachable = sorted({u for r in reports for u in r.unreachable})
+    if metrics is not None:
+        metrics.reconcile_pass(
+            seconds=time.monotonic() - started,
+            ok=True,
+            actions={
+                r.model: sum(not a.startswith("unreachable") for a in r.actions) for r in reports
+            },
+            unreachable=len(unreachable),
+            servers=len(manager.fleet.servers),
+            finished_at=time.time(),
+        )
+    documents = [
+        {"model": r.model, "desired": r.desired, "actions": r.actions, "unreachable": r.unreachable}
+        for r in reports
+    ]
+    emit(documents, as_json, reconcile_text(documents))
+    if not watch and unreachable:
+        raise TritonUnavailableError(
+            f"Triton unreachable at {', '.join(unreachable)}; the others are reconciled"
+        )
+    return manager

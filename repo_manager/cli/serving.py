@@ -1,0 +1,126 @@
+"""``serve`` (the embedded tritonserver, reconciled) and ``traffic`` (Router load)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import click
+
+from repo_manager.cli.app import Context, cli, require_repository
+from repo_manager.cli.options import parse_interval, serve_metrics_options, stop_on_signals
+from repo_manager.errors import TritonUnavailableError
+from repo_manager.names import validate_model_name
+from repo_manager.storage import LocalStorage
+
+
+@cli.command()
+@click.option("--http-port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--grpc-port", type=click.IntRange(1, 65535), default=8001, show_default=True)
+@click.option("--metrics-port", type=click.IntRange(1, 65535), default=8002, show_default=True)
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0: all)."
+)
+@click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.pass_obj
+def serve(
+    obj: Context,
+    http_port: int,
+    grpc_port: int,
+    metrics_port: int,
+    host: str,
+    log_file: Path | None,
+) -> None:
+    """Run the embedded tritonserver on the repository (foreground) and reconcile it."""
+    from repo_manager.server import EmbeddedTriton, ServerPorts
+
+    storage = obj.storage()
+    if isinstance(storage, LocalStorage):
+        storage.root.mkdir(parents=True, exist_ok=True)
+    storage.check()
+    server = EmbeddedTriton(
+        storage.triton_location,
+        ports=ServerPorts(http=http_port, grpc=grpc_port, metrics=metrics_port),
+        log_path=log_file,
+        host=host,
+    )
+    stop = stop_on_signals()
+    server.start()
+    try:
+        server.wait_ready()
+        click.echo(
+            f"tritonserver ready: grpc {server.grpc_url}, http {server.http_url}, "
+            f"metrics {server.metrics_url}",
+            err=True,
+        )
+        local = Context(
+            repository=obj.repository, urls=[server.grpc_url], s3_endpoint=obj.s3_endpoint
+        )
+        for report in local.manager().reconcile():
+            click.echo(f"{report.model}: versions {','.join(report.desired)} loaded", err=True)
+        while not stop.wait(0.5):
+            if not server.is_alive():
+                raise click.ClickException("tritonserver exited")
+    finally:
+        server.stop()
+
+
+@cli.command()
+@click.argument("model")
+@click.option(
+    "--rate",
+    type=click.FloatRange(0.1, 10000),
+    default=10.0,
+    show_default=True,
+    help="Requests per second, all threads together.",
+)
+@click.option("--threads", type=click.IntRange(1, 64), default=2, show_default=True)
+@click.option("--duration", default=None, help="Stop after this long (30s, 5m) [default: never].")
+@click.option("--imgsz", type=click.IntRange(32, 4096), default=640, show_default=True)
+@serve_metrics_options("Serve the Router's per-version metrics at :PORT/metrics.")
+@click.pass_obj
+def traffic(
+    obj: Context,
+    model: str,
+    rate: float,
+    threads: int,
+    duration: str | None,
+    imgsz: int,
+    metrics_port: int | None,
+    metrics_addr: str,
+) -> None:
+    """Send Router.detect requests on random images: load for a rollout to judge."""
+    from repo_manager.loadgen import run_load
+    from repo_manager.metrics import start_metrics_server
+    from repo_manager.routing import Router
+
+    model = validate_model_name(model)
+    seconds = parse_interval(duration, "--duration") if duration else None
+    require_repository(obj)
+    if metrics_port is not None:
+        start_metrics_server(metrics_port, addr=metrics_addr)
+    stop = stop_on_signals()
+    if seconds is not None:
+        timer = threading.Timer(seconds, stop.set)
+        timer.daemon = True
+        timer.start()
+    started = time.monotonic()
+    with Router(
+        model,
+        url=obj.urls,
+        repository=obj.repository,
+        security=obj.security,
+        s3_endpoint=obj.s3_endpoint,
+    ) as router:
+        report = run_load(router, rate=rate, threads=threads, imgsz=imgsz, stop=stop)
+    served = sum(report.served.values())
+    shares = ", ".join(
+        f"v{v}: {n} ({100 * n / served:.1f}%)" for v, n in sorted(report.served.items())
+    )
+    click.echo(
+        f"{model}: {report.total} requests in {time.monotonic() - started:.1f}s; "
+        f"{shares or 'none served'}; {report.failures} failed"
+    )
+    if report.failures and not served:
+        raise TritonUnavailableError(f"no request served: {report.last_error}")
