@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from repo_manager.errors import StorageError
+from repo_manager.names import CONFIG_FILE, MANIFEST_FILE
 from repo_manager.storage.s3_calls import MB, MISSING, S3Calls, S3Location, S3Settings, parse_s3_url
 from repo_manager.storage.s3_lock import hold_lock
 
@@ -38,8 +39,6 @@ if TYPE_CHECKING:
 __all__ = ["S3Location", "S3Storage", "parse_s3_url"]
 
 STAGING_PREFIX = ".staging-"
-MANIFEST = "manifest.json"
-CONFIG = "config.pbtxt"
 
 Progress = Callable[[str], None]
 
@@ -163,12 +162,12 @@ class S3Storage:
         key = key.strip("/")
         if self._is_version_key(key):
             # A version exists once its manifest (copied last) does.
-            return self._head(f"{key}/{MANIFEST}") is not None
+            return self._head(f"{key}/{MANIFEST_FILE}") is not None
         if self._head(key) is not None:
             return True
         if key and "/" not in key:
             # A model exists once its config (copied last for a new model) does.
-            return self._head(f"{key}/{CONFIG}") is not None
+            return self._head(f"{key}/{CONFIG_FILE}") is not None
         listing = self.calls.call(
             f"list {key or 'the root'} of", "list_objects_v2", Prefix=self._prefix(key), MaxKeys=1
         )
@@ -207,7 +206,7 @@ class S3Storage:
         key = key.strip("/")
         files = sorted(
             (p for p in source.rglob("*") if p.is_file() and "__pycache__" not in p.parts),
-            key=lambda p: (p.name in (MANIFEST, CONFIG), p.name == CONFIG, str(p)),
+            key=lambda p: (p.name in (MANIFEST_FILE, CONFIG_FILE), p.name == CONFIG_FILE, str(p)),
         )
         if not files:
             raise StorageError(f"nothing to publish in {source}")
@@ -272,7 +271,7 @@ class S3Storage:
         key = key.strip("/")
         keys = [item["Key"] for item in self._list(key)]
         # Manifest and config first: the folder stops being a version before it shrinks.
-        keys.sort(key=lambda k: (not k.endswith((f"/{MANIFEST}", f"/{CONFIG}")), k))
+        keys.sort(key=lambda k: (not k.endswith((f"/{MANIFEST_FILE}", f"/{CONFIG_FILE}")), k))
         for start in range(0, len(keys), 1000):
             batch = {"Objects": [{"Key": k} for k in keys[start : start + 1000]], "Quiet": True}
             self.calls.call(f"remove {key} from", "delete_objects", Delete=batch)
