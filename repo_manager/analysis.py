@@ -21,12 +21,13 @@ monitoring, never a verdict on the canary.
 
 from __future__ import annotations
 
+import enum
 import json
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -38,6 +39,7 @@ from repo_manager.names import versions_model_name
 __all__ = [
     "QUERIES",
     "MetricsProvider",
+    "Outcome",
     "PromQLProvider",
     "ScrapeProvider",
     "Snapshot",
@@ -251,20 +253,36 @@ def windows(now: Snapshot, before: Snapshot, version: str) -> dict[str, Window]:
     }
 
 
-@dataclass(kw_only=True)
-class Verdict:
-    """One analysis step's judgement: ``pass``, ``fail`` or ``no-data``."""
+class Outcome(enum.StrEnum):
+    """What one analysis step concluded (its value is what the state document stores)."""
 
-    outcome: str
-    gates: list[GateResult] = field(default_factory=list)
+    PASS = "pass"  # every gate held: the canary moves on
+    FAIL = "fail"  # a gate failed: one more failed check
+    NO_DATA = "no-data"  # too few canary requests to judge: nothing moves
+
+
+@dataclass(kw_only=True, frozen=True)
+class Verdict:
+    """One analysis step's judgement and the gates behind it."""
+
+    outcome: Outcome
+    gates: tuple[GateResult, ...] = ()
     reason: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "outcome": self.outcome,
+            "outcome": self.outcome.value,
             "reason": self.reason,
             "gates": [g.to_dict() for g in self.gates],
         }
+
+    @classmethod
+    def from_dict(cls, document: Mapping[str, Any]) -> Verdict:
+        return cls(
+            outcome=Outcome(document["outcome"]),
+            reason=str(document.get("reason", "")),
+            gates=tuple(GateResult(**g) for g in document.get("gates", [])),
+        )
 
 
 def judge(
@@ -313,13 +331,14 @@ def judge(
             )
     if not judged:
         return Verdict(
-            outcome="no-data",
+            outcome=Outcome.NO_DATA,
             reason=f"fewer than {gates.min_requests} canary requests in the interval",
         )
     bad = [g for g in results if not g.passed]
     if bad:
-        return Verdict(outcome="fail", gates=results, reason="; ".join(g.describe() for g in bad))
-    return Verdict(outcome="pass", gates=results, reason="; ".join(judged))
+        reason = "; ".join(g.describe() for g in bad)
+        return Verdict(outcome=Outcome.FAIL, gates=tuple(results), reason=reason)
+    return Verdict(outcome=Outcome.PASS, gates=tuple(results), reason="; ".join(judged))
 
 
 def snapshot_to_json(snapshot: Snapshot) -> dict[str, dict[str, float]]:

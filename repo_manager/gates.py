@@ -1,8 +1,9 @@
 """Typed gate bounds for judging a canary, and the verdict of one gate.
 
 Bounds are plain dataclass fields (like argo-rollouts' ``analysis_types.go``): each field
-documents its default, overrides are parsed field by field against the field's type and
-range (``--gate NAME=VALUE``), and nothing is ever evaluated as an expression.
+documents its default, overrides are converted field by field to the field's type
+(``--gate NAME=VALUE``), the gates check every bound's range themselves when made (from
+options or from a state document alike), and nothing is ever evaluated as an expression.
 
 ``GoldenGates`` judge a golden-set run before any traffic (``validate``, ``publish
 --golden``); ``LiveGates`` judge live per-version figures at each analysis step
@@ -19,6 +20,26 @@ from typing import Any, TypeVar
 from repo_manager.errors import InvalidGateError
 
 __all__ = ["GateResult", "GoldenGates", "LiveGates", "parse_gate_overrides"]
+
+#: Each bound's allowed range (inclusive), by field name.
+_RANGES: dict[str, tuple[float, float]] = {
+    "max_map50_drop": (0.0, 1.0),
+    "max_map50_95_drop": (0.0, 1.0),
+    "min_agreement": (0.0, 1.0),
+    "max_latency_ratio": (1.0, 1000.0),
+    "max_error_rate": (0.0, 1.0),
+    "min_requests": (1, 1_000_000),
+}
+
+
+def _check_ranges(gates: GoldenGates | LiveGates) -> None:
+    """Every bound finite and within its field's range (the one check, wherever it came from)."""
+    for f in fields(gates):
+        value = getattr(gates, f.name)
+        low, high = _RANGES[f.name]
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or not math.isfinite(value) or not low <= value <= high:
+            raise InvalidGateError(f"gate {f.name}={value} outside {low:g}..{high:g}")
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -39,6 +60,9 @@ class GoldenGates:
     #: Highest allowed share of golden images the canary fails on. Default 0.0.
     max_error_rate: float = 0.0
 
+    def __post_init__(self) -> None:
+        _check_ranges(self)
+
 
 @dataclass(kw_only=True, frozen=True)
 class LiveGates:
@@ -57,21 +81,18 @@ class LiveGates:
     #: Default 0.8.
     min_agreement: float = 0.8
 
+    def __post_init__(self) -> None:
+        _check_ranges(self)
 
-_RANGES: dict[str, tuple[float, float]] = {
-    "max_map50_drop": (0.0, 1.0),
-    "max_map50_95_drop": (0.0, 1.0),
-    "min_agreement": (0.0, 1.0),
-    "max_latency_ratio": (1.0, 1000.0),
-    "max_error_rate": (0.0, 1.0),
-    "min_requests": (1, 1_000_000),
-}
 
 G = TypeVar("G", GoldenGates, LiveGates)
 
 
 def parse_gate_overrides(gates: G, overrides: Iterable[str]) -> G:
-    """Apply ``NAME=VALUE`` overrides to ``gates``; unknown names or bad values raise."""
+    """Apply ``NAME=VALUE`` overrides to ``gates``; unknown names or bad values raise.
+
+    Only converts each value to its field's type: the gates check their own ranges.
+    """
     known = {f.name: f for f in fields(gates)}
     changes: dict[str, Any] = {}
     for item in overrides:
@@ -86,9 +107,6 @@ def parse_gate_overrides(gates: G, overrides: Iterable[str]) -> G:
             value = kind(raw.strip())
         except ValueError:
             raise InvalidGateError(f"gate {name}={raw!r} is not a {kind.__name__}") from None
-        low, high = _RANGES[name]
-        if not (isinstance(value, int) or math.isfinite(value)) or not low <= value <= high:
-            raise InvalidGateError(f"gate {name}={raw} outside {low:g}..{high:g}")
         changes[name] = value
     return replace(gates, **changes)
 
