@@ -11,6 +11,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -110,13 +111,21 @@ class BenchStack:
     ) -> None:
         from export import ExportOptions
 
-        self.manager.publish(  # type: ignore[attr-defined]
-            model,
-            version,
-            weights=weights,
-            export_options=ExportOptions(format="python", imgsz=imgsz, max_batch=max_batch),
-            canary_weight=canary_weight,
-        )
+        options = ExportOptions(format="python", imgsz=imgsz, max_batch=max_batch)
+        publish_weights(self.manager, model, version, weights, options, canary_weight=canary_weight)
+
+
+def publish_weights(
+    manager: Any, model: str, version: str, weights: Path, options: Any, **publish: Any
+) -> None:
+    """Export ``weights`` into a staging folder and publish it (what the CLI's publish does:
+    the manager itself never exports)."""
+    from export import export_model
+
+    with tempfile.TemporaryDirectory(prefix="bench-stage-") as tmp:
+        staged = Path(tmp) / model
+        export_model(weights, staged, model_name=model, version=version, options=options)
+        manager.publish(model, version, staged=staged, **publish)
 
 
 @contextmanager
@@ -158,4 +167,4 @@ def reconfigure(stack: BenchStack, model: str, change: Callable[[Any], None]) ->
     repo.write_config(model, config)
     state = load_state(repo.storage, model)
     assert state is not None
-    manager._apply(state)  # type: ignore[attr-defined]
+    manager.applier.apply(state)  # type: ignore[attr-defined]

@@ -135,7 +135,7 @@ def memory_part(stack: BenchStack, weights: Path, model: str, imgsz: int, steady
     sampler.start()
     started = time.monotonic()
     stack.manager.publish(  # type: ignore[attr-defined]
-        model, "2", exported=exported, canary_weight=10
+        model, "2", staged=exported, canary_weight=10
     )
     published = time.monotonic() - started
     after_stubs = settled_stubs(server_pid)

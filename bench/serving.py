@@ -54,6 +54,7 @@ from bench.common import (  # noqa: E402
     median,
     met,
     pct,
+    publish_weights,
     reconfigure,
 )
 from repo_manager import Router  # noqa: E402
@@ -309,7 +310,7 @@ def plan_comparison(args: argparse.Namespace) -> None:
     for imgsz in args.imgsz:
         model = f"yolo{imgsz}_plan_{int(time.time())}"
         options = ExportOptions(format="plan", imgsz=imgsz, fp16=True, max_batch=8)
-        manager.publish(model, "1", weights=weights, export_options=options)
+        publish_weights(manager, model, "1", weights, options)
         runner = PlanRunner(Path(args.repository) / versions_model_name(model) / "1" / "model.plan")
         images = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
         inputs = request(images)

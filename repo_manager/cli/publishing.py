@@ -1,8 +1,12 @@
 """``publish`` (export, stage, load beside stable, gate, optionally analyse) and
-``validate`` (the golden-set report, changing nothing)."""
+``validate`` (the golden-set report, changing nothing).
+
+The export runs here, not in the manager: nothing below the CLI imports ``export``.
+"""
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -93,17 +97,17 @@ def publish(
     metrics = serve_manager_metrics(analysis["metrics_port"], "127.0.0.1") if auto else None
     manager = obj.manager(drain_seconds=drain_seconds, metrics=metrics)
     gated = golden is not None and manager.state(model) is not None
+    first_weight = 0 if gated else weight
+    # What can refuse the publish is refused before the export, which takes seconds to minutes.
+    manager.check_publish(model, version, canary_weight=first_weight)
     timer = PhaseTimer(progress=obj.progress, label=f"publish {model} {version}")
-    state = manager.publish(
-        model,
-        version,
-        weights=path,
-        exported=exported,
-        export_options=export_options,
-        canary_weight=0 if gated else weight,
-        force=force,
-        timer=timer,
-    )
+    with tempfile.TemporaryDirectory(prefix="repo-manager-stage-") as tmp:
+        staged = Path(tmp) / model
+        with timer.phase("export"):
+            _stage_version(obj, model, version, staged, path, exported, export_options)
+        state = manager.publish(
+            model, version, staged=staged, canary_weight=first_weight, force=force, timer=timer
+        )
     if state.stable == version:
         obj.progress(f"publish {model} {version} timings: {timer.summary()}")
         click.echo(f"{model} version {version} published as stable")
@@ -117,6 +121,27 @@ def publish(
     click.echo(f"{model} version {version} published as canary at {weight}%")
     if plan is not None and provider is not None:
         run_analysis(obj, manager, model, plan, provider, analysis)
+
+
+def _stage_version(
+    obj: Context,
+    model: str,
+    version: str,
+    staged: Path,
+    weights: Path | None,
+    exported: Path | None,
+    export_options: Any,
+) -> None:
+    """Write ``staged`` (config.pbtxt + VERSION/) for the manager: export ``weights``, or copy
+    VERSION of the folder ``export`` wrote, checked against its manifest again."""
+    from export import export_model, stage_exported  # heavy (torch): publish only
+
+    if exported is not None:
+        stage_exported(exported, staged, model=model, version=version)
+        return
+    assert weights is not None
+    obj.progress(f"exporting {weights} as {model} version {version}")
+    export_model(weights, staged, model_name=model, version=version, options=export_options)
 
 
 @cli.command()

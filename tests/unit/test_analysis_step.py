@@ -4,16 +4,18 @@ scripted metrics provider; the live figures themselves are tested against real s
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
 
-from repo_manager.analysis import Snapshot
+from repo_manager.analysis import Outcome, Snapshot
 from repo_manager.errors import IllegalTransitionError, MetricsUnavailableError
 from repo_manager.gates import LiveGates
 from repo_manager.phases import Phase
-from repo_manager.rollout import AnalysisPlan, RolloutManager
+from repo_manager.rollout import AnalysisPlan, AnalysisStatus, RolloutManager
+from repo_manager.rollout.analysis_step import Then, decide
 from repo_manager.state import RolloutState, load_state
 from tests.unit.test_rollout_ordering import Harness, RecordingFleet
 from tests.unit.test_rollout_ordering import manager as manager
@@ -217,3 +219,68 @@ def test_analysis_needs_a_canary(tmp_path: Path) -> None:
     rollout = RolloutManager(ModelRepository(storage), RecordingFleet(storage, "m"))  # type: ignore[arg-type]
     with pytest.raises(IllegalTransitionError):
         rollout.start_analysis("m", AnalysisPlan(gates=LiveGates()))
+
+
+def test_a_step_is_decided_from_the_status_alone() -> None:
+    provider = ScriptedProvider()
+    baseline = provider.snapshot("m")
+    provider.interval("failing")
+    reading = provider.snapshot("m")
+    status = AnalysisStatus(plan=PLAN, snapshot=baseline)
+    first = decide(status, reading, stable="1", canary="2", weight=10)
+    assert first.then is Then.STAY and first.weight == 10
+    assert first.status.failed_checks == 1 and first.status.snapshot == reading
+    assert first.status.last is not None and first.status.last.outcome is Outcome.FAIL
+    assert status.failed_checks == 0  # a new status; the old one is unchanged
+    second = decide(first.status, reading, stable="1", canary="2", weight=10)
+    assert second.status.last is not None and second.status.last.outcome is Outcome.NO_DATA
+    last = decide(
+        replace(first.status, snapshot=baseline), reading, stable="1", canary="2", weight=10
+    )
+    assert last.then is Then.ROLL_BACK and "2 failed checks (threshold 2)" in last.why
+    down = decide(
+        replace(status, metrics_errors=2),
+        MetricsUnavailableError("down"),
+        stable="1",
+        canary="2",
+        weight=10,
+    )
+    assert down.then is Then.STOP and down.status.snapshot == baseline and "limit 3" in down.why
+
+
+def test_an_analysis_persisted_before_the_typed_status_loads_unchanged() -> None:
+    document = {
+        "plan": {
+            "steps": [10, 50],
+            "threshold": 2,
+            "max_metrics_errors": 5,
+            "gates": {
+                "max_error_rate": 0.01,
+                "max_latency_ratio": 1.5,
+                "min_requests": 10,
+                "min_agreement": 0.8,
+            },
+        },
+        "step": 1,
+        "failed_checks": 1,
+        "metrics_errors": 0,
+        "snapshot": {"triton_success": {"1": 100.0, "2": 12.0}},
+        "last": {
+            "outcome": "fail",
+            "reason": "error_rate[triton]=0.2 (bound 0.01) FAILED",
+            "gates": [
+                {
+                    "name": "error_rate[triton]",
+                    "value": 0.2,
+                    "bound": 0.01,
+                    "passed": False,
+                    "detail": "",
+                }
+            ],
+        },
+    }
+    status = AnalysisStatus.from_json(document)
+    assert status.plan.steps == (10, 50) and status.last is not None
+    assert status.last.outcome is Outcome.FAIL and not status.last.gates[0].passed
+    assert status.to_json() == document
+    assert "snapshot" not in status.to_json(snapshot=False)

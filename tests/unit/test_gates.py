@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from repo_manager.errors import InvalidGateError
 from repo_manager.gates import GateResult, GoldenGates, LiveGates, parse_gate_overrides
-from repo_manager.rollout import parse_steps
 
 
 def test_overrides_are_parsed_by_field_type() -> None:
@@ -50,7 +51,15 @@ def test_a_gate_without_a_value_is_skipped_not_failed() -> None:
     assert "FAILED" in GateResult.at_least("agreement", 0.5, 0.8).describe()
 
 
-@pytest.mark.parametrize("text", ["", "0,0,50", "50,25", "10,x", "10,200", "-5,10"])
-def test_bad_steps_are_bad_input(text: str) -> None:
-    with pytest.raises(InvalidGateError):
-        parse_steps(text)
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: LiveGates(max_error_rate=2.0),
+        lambda: LiveGates(min_requests=0),
+        lambda: GoldenGates(max_latency_ratio=float("inf")),
+        lambda: GoldenGates(min_agreement=-0.1),
+    ],
+)
+def test_gates_check_their_ranges_however_they_are_made(make: Callable[[], object]) -> None:
+    with pytest.raises(InvalidGateError, match="outside"):
+        make()

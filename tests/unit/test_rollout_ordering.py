@@ -7,8 +7,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from tritonclient.grpc import model_config_pb2
 
-from repo_manager.errors import IllegalTransitionError, TritonError
+from repo_manager.errors import (
+    IllegalTransitionError,
+    IncompatibleModelError,
+    InvalidInputError,
+    TritonError,
+)
 from repo_manager.modelconfig import ModelConfig, alias_target, render_config
 from repo_manager.names import versions_model_name
 from repo_manager.phases import Phase
@@ -34,6 +40,9 @@ class RecordingFleet:
 
     def check_reachable(self) -> None:
         return None
+
+    def server_versions(self) -> dict[str, str]:
+        return {"fake": "2.51.0"}
 
     def apply(
         self,
@@ -137,3 +146,55 @@ def test_promote_twice_is_refused_after_the_first(manager: Harness) -> None:
     rollout.promote("m")
     with pytest.raises(IllegalTransitionError, match="no canary"):
         rollout.promote("m")
+
+
+def staged_version(root: Path, version: str, config: ModelConfig | None = None) -> Path:
+    """What a caller hands ``publish``: config.pbtxt + VERSION/manifest.json, exported."""
+    staged = root / f"staged-{version}" / "m"
+    (staged / version).mkdir(parents=True)
+    (staged / "config.pbtxt").write_bytes(render_config(config or ModelConfig(name="m")))
+    (staged / version / "manifest.json").write_text('{"format": "python"}')
+    return staged
+
+
+def test_publish_adds_a_staged_version_as_the_canary(manager: Harness, tmp_path: Path) -> None:
+    rollout, fleet, _ = manager
+    rollout.promote("m")
+    fleet.calls.clear()
+    state = rollout.publish("m", "3", staged=staged_version(tmp_path, "3"), canary_weight=20)
+    assert state.phase is Phase.PROGRESSING and (state.stable, state.canary) == ("2", "3")
+    assert state.weights == {"2": 80, "3": 20}
+    assert (tmp_path / "m.versions" / "3" / "manifest.json").is_file()
+    # Loaded beside stable while the table still sends it nothing; then the table moves.
+    assert fleet.calls == [(["2", "3"], [], {"2": 100})]
+    assert state.history[-1].action == "publish canary at 20%"
+    assert state.history[-1].reason.startswith("timings: stage ")
+
+
+@pytest.mark.parametrize("problem", ["no manifest", "other inputs", "other name"])
+def test_a_staged_folder_that_does_not_fit_is_refused_untouched(
+    manager: Harness, tmp_path: Path, problem: str
+) -> None:
+    rollout, fleet, storage = manager
+    rollout.promote("m")
+    fleet.calls.clear()
+    before = load_state(storage, "m")
+    config = ModelConfig(name="other" if problem == "other name" else "m")
+    if problem == "other inputs":
+        config.input.add(name="images", data_type=model_config_pb2.TYPE_FP32, dims=[3, 32, 32])
+    staged = staged_version(tmp_path, "3", config)
+    if problem == "no manifest":
+        (staged / "3" / "manifest.json").unlink()
+    error = IncompatibleModelError if problem == "other inputs" else InvalidInputError
+    with pytest.raises(error):
+        rollout.publish("m", "3", staged=staged)
+    assert load_state(storage, "m") == before and fleet.calls == []
+    assert not (tmp_path / "m.versions" / "3").exists()
+
+
+def test_check_publish_refuses_before_any_export(manager: Harness) -> None:
+    rollout, _, _ = manager
+    with pytest.raises(InvalidInputError, match="already exists"):
+        rollout.check_publish("m", "2")
+    request = rollout.check_publish("m", "3", canary_weight=5)
+    assert (request.version, request.weight) == ("3", 5)

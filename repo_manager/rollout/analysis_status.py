@@ -1,0 +1,62 @@
+"""Where a progressive analysis stands, as one typed value persisted in the rollout state.
+
+The state document keeps it as JSON (``RolloutState.analysis``) in the shape it has always
+had, so state files written before this type existed still load, and any process can take
+the next step from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from repo_manager.analysis import Snapshot, Verdict, snapshot_from_json, snapshot_to_json
+from repo_manager.errors import InvalidGateError, StorageError
+from repo_manager.rollout.settings import AnalysisPlan
+
+__all__ = ["AnalysisStatus"]
+
+
+@dataclass(kw_only=True, frozen=True)
+class AnalysisStatus:
+    """An analysis in charge of a canary: its plan and what its steps have seen so far."""
+
+    plan: AnalysisPlan
+    #: Index in ``plan.steps`` of the weight the canary is at (past the end: all passed).
+    step: int = 0
+    failed_checks: int = 0
+    #: Consecutive steps whose metrics source could not be read.
+    metrics_errors: int = 0
+    #: Cumulative counters at the previous step (None before the first reading).
+    snapshot: Snapshot | None = None
+    last: Verdict | None = None
+
+    def to_json(self, *, snapshot: bool = True) -> dict[str, Any]:
+        """The state document's ``analysis`` (``snapshot=False``: as ``status`` shows it)."""
+        document: dict[str, Any] = {
+            "plan": self.plan.to_dict(),
+            "step": self.step,
+            "failed_checks": self.failed_checks,
+            "metrics_errors": self.metrics_errors,
+            "snapshot": None if self.snapshot is None else snapshot_to_json(self.snapshot),
+            "last": None if self.last is None else self.last.to_dict(),
+        }
+        if not snapshot:
+            del document["snapshot"]
+        return document
+
+    @classmethod
+    def from_json(cls, document: dict[str, Any]) -> AnalysisStatus:
+        try:
+            before = document.get("snapshot")
+            last = document.get("last")
+            return cls(
+                plan=AnalysisPlan.from_dict(document["plan"]),
+                step=int(document.get("step", 0)),
+                failed_checks=int(document.get("failed_checks", 0)),
+                metrics_errors=int(document.get("metrics_errors", 0)),
+                snapshot=None if before is None else snapshot_from_json(before),
+                last=None if last is None else Verdict.from_dict(last),
+            )
+        except (KeyError, TypeError, ValueError, InvalidGateError) as exc:
+            raise StorageError(f"corrupt analysis in the rollout state: {exc}") from exc

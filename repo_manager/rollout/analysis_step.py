@@ -1,0 +1,194 @@
+"""The progressive analysis: start it, then one ``advance()`` step per interval.
+
+Like Flagger's scheduler, one step is called again each interval and any process can take
+it: the previous reading lives in the rollout state. A step first decides (``decide``: a
+pure function of the analysis status and the new reading), then records that decision in
+one write; only a decision that ends the analysis goes on to promote or roll back.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Protocol
+
+from repo_manager.analysis import Outcome, Snapshot, judge
+from repo_manager.errors import MetricsUnavailableError
+from repo_manager.names import validate_model_name
+from repo_manager.phases import Phase, check_transition
+from repo_manager.rollout.analysis_status import AnalysisStatus
+from repo_manager.rollout.ledger import Ledger, with_canary_at
+from repo_manager.state import RolloutState
+
+if TYPE_CHECKING:
+    from repo_manager.analysis import MetricsProvider
+    from repo_manager.rollout.settings import AnalysisPlan
+
+__all__ = ["Finish", "Step", "Then", "advance", "decide", "start_analysis"]
+
+
+class Then(enum.Enum):
+    """What follows once a step's decision is recorded."""
+
+    STAY = "stay"  # the analysis goes on (at the step's weight)
+    PROMOTE = "promote"  # passed the last step
+    ROLL_BACK = "roll back"  # failed checks reached the threshold
+    STOP = "stop"  # metrics unreadable too often: raise, the canary keeps its weight
+
+
+@dataclass(kw_only=True, frozen=True)
+class Step:
+    """One step's decision, before anything is persisted."""
+
+    status: AnalysisStatus
+    #: The canary's weight once the step is recorded.
+    weight: int
+    #: The history entry's action and reason.
+    action: str
+    reason: str
+    then: Then = Then.STAY
+    #: Why the analysis ends (the promote's or rollback's reason, or the stop's error).
+    why: str = ""
+
+
+class Finish(Protocol):
+    """Promote or roll back a state whose lock the caller holds."""
+
+    def __call__(self, state: RolloutState, *, reason: str) -> RolloutState: ...
+
+
+def decide(
+    status: AnalysisStatus,
+    reading: Snapshot | MetricsUnavailableError,
+    *,
+    stable: str,
+    canary: str,
+    weight: int,
+) -> Step:
+    """Judge the interval since the last reading: the new status and what follows.
+
+    Unreadable metrics count as metrics errors, never as failed checks; the first reading
+    is the baseline; too few canary requests give no verdict and nothing moves.
+    """
+    plan = status.plan
+    if isinstance(reading, MetricsUnavailableError):
+        errors, limit = status.metrics_errors + 1, plan.max_metrics_errors
+        return Step(
+            status=replace(status, metrics_errors=errors),
+            weight=weight,
+            action=f"analysis: metrics unavailable ({errors}/{limit})",
+            reason=str(reading),
+            then=Then.STOP if errors >= limit else Then.STAY,
+            why=f"{reading} ({errors} times in a row, limit {limit}); the canary keeps "
+            f"{weight}%: run rollout again once metrics are back",
+        )
+    read = replace(status, metrics_errors=0, snapshot=reading)
+    if status.snapshot is None:
+        return Step(
+            status=read,
+            weight=weight,
+            action="analysis: baseline",
+            reason="first reading of metrics",
+        )
+    verdict = judge(reading, status.snapshot, stable=stable, canary=canary, gates=plan.gates)
+    judged = replace(read, last=verdict)
+    if verdict.outcome is Outcome.NO_DATA:
+        return Step(
+            status=judged,
+            weight=weight,
+            action=f"analysis: no verdict at {weight}%",
+            reason=verdict.reason,
+        )
+    if verdict.outcome is Outcome.FAIL:
+        failed = status.failed_checks + 1
+        return Step(
+            status=replace(judged, failed_checks=failed),
+            weight=weight,
+            action=f"analysis: check failed at {weight}% ({failed}/{plan.threshold})",
+            reason=verdict.reason,
+            then=Then.ROLL_BACK if failed >= plan.threshold else Then.STAY,
+            why=f"{failed} failed checks (threshold {plan.threshold}): {verdict.reason}",
+        )
+    step = status.step + 1
+    passed = replace(judged, step=step)
+    if step >= len(plan.steps):
+        return Step(
+            status=passed,
+            weight=weight,
+            action=f"analysis: passed the last step at {weight}%",
+            reason=verdict.reason,
+            then=Then.PROMOTE,
+            why="analysis passed every step",
+        )
+    return Step(
+        status=passed,
+        weight=plan.steps[step],
+        action=f"analysis: passed at {weight}%, now {plan.steps[step]}%",
+        reason=verdict.reason,
+    )
+
+
+def start_analysis(ledger: Ledger, model: str, plan: AnalysisPlan) -> RolloutState:
+    """Put the analysis in charge of the canary at its first step (or resume it)."""
+    model = validate_model_name(model)
+    with ledger.locked(model):
+        state = ledger.require(model, action="start the analysis")
+        if state.phase is Phase.ANALYZING:
+            return state  # already in charge: resume where it stands
+        check_transition(state.phase, Phase.ANALYZING, action="start the analysis")
+        weight = plan.steps[0]
+        status = AnalysisStatus(plan=plan)
+        new = with_canary_at(state, weight, phase=Phase.ANALYZING, analysis=status.to_json())
+        return ledger.record(
+            state,
+            new,
+            action=f"analysis started at {weight}%",
+            reason=f"steps {','.join(map(str, plan.steps))}, threshold {plan.threshold}",
+        )
+
+
+def advance(
+    ledger: Ledger,
+    model: str,
+    provider: MetricsProvider,
+    *,
+    promote: Finish,
+    rollback: Finish,
+) -> RolloutState:
+    """One analysis step: read live figures, decide, record the decision and why.
+
+    Pass: next weight, or ``promote`` past the last step. Fail: one more failed check,
+    ``rollback`` at the threshold. No data: nothing moves. Unreadable metrics: one more
+    metrics error; at its own limit MetricsUnavailableError is raised and the canary keeps
+    its weight. Outside the analyzing phase it changes nothing, so calling it again is safe.
+    """
+    model = validate_model_name(model)
+    with ledger.locked(model):
+        state = ledger.require(model, action="advance")
+        if state.phase is not Phase.ANALYZING or state.analysis is None:
+            return state
+        assert state.stable is not None and state.canary is not None
+        reading: Snapshot | MetricsUnavailableError
+        try:
+            reading = provider.snapshot(model)
+        except MetricsUnavailableError as exc:
+            reading = exc
+        step = decide(
+            AnalysisStatus.from_json(state.analysis),
+            reading,
+            stable=state.stable,
+            canary=state.canary,
+            weight=state.weights.get(state.canary, 0),
+        )
+        new = with_canary_at(
+            state, step.weight, phase=Phase.ANALYZING, analysis=step.status.to_json()
+        )
+        new = ledger.record(state, new, action=step.action, reason=step.reason)
+        if step.then is Then.PROMOTE:
+            return promote(new, reason=step.why)
+        if step.then is Then.ROLL_BACK:
+            return rollback(new, reason=step.why)
+        if step.then is Then.STOP:
+            assert isinstance(reading, MetricsUnavailableError)
+            raise MetricsUnavailableError(step.why) from reading
+        return new

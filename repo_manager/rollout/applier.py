@@ -1,0 +1,104 @@
+"""Make the servers match a rollout state: the versions it needs, the public name on stable.
+
+Every move of a rollout ends in ``FleetApplier.apply``: it loads exactly the desired
+versions (the rollout's own plus those the version policy keeps) in the versions model,
+points the public name's alias at stable, and keeps the on-disk configs true for a Triton
+that restarts (after a restart only config.pbtxt counts).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from repo_manager.modelconfig import ModelConfig, build_alias_config, with_version_policy
+from repo_manager.names import versions_model_name
+from repo_manager.repository import ModelRepository
+from repo_manager.rollout.settings import RolloutSettings, VersionPolicy
+from repo_manager.state import RolloutState
+from repo_manager.triton import TritonFleet
+
+__all__ = ["FleetApplier", "Progress", "alias_config"]
+
+Progress = Callable[[str], None]
+
+
+def alias_config(model: str, config: ModelConfig, stable: str) -> ModelConfig:
+    """The public name's config: an ensemble whose one step pins ``stable``."""
+    return build_alias_config(
+        name=model, target_name=versions_model_name(model), target=config, version=stable
+    )
+
+
+class FleetApplier:
+    """Applies a rollout state to the repository's configs and to every Triton server."""
+
+    def __init__(
+        self,
+        repository: ModelRepository,
+        fleet: TritonFleet,
+        *,
+        settings: RolloutSettings,
+        progress: Progress,
+    ) -> None:
+        self.repository = repository
+        self.fleet = fleet
+        self.settings = settings
+        self.progress = progress
+
+    def desired_versions(self, state: RolloutState) -> list[str]:
+        """Versions Triton must hold: the rollout's own plus those the policy keeps."""
+        policy = VersionPolicy.from_document(state.policy)
+        extra = policy.keeps(self.repository.versions(state.model)) if policy else []
+        return sorted(set(state.serving_versions) | set(extra), key=int)
+
+    def apply(
+        self,
+        state: RolloutState,
+        *,
+        gone: list[str] | None = None,
+        only: list[str] | None = None,
+    ) -> list[str]:
+        """Make every server (or ``only`` those) hold exactly the desired versions, with the
+        public name answering from stable; returns the urls where the public name moved.
+
+        Also keeps the on-disk configs true (version policy, alias pin), for a Triton that
+        restarts. A version the public name still answers from must not be in ``gone``:
+        retirements re-point it first (``Retirement.finish``).
+        """
+        versions = self.desired_versions(state)
+        config = self.repository.require_config(state.model)
+        count = len(only) if only is not None else len(self.fleet.servers)
+        self.progress(f"loading {state.model} versions {','.join(versions)} on {count} server(s)")
+        self.fleet.apply(
+            versions_model_name(state.model),
+            config,
+            versions,
+            gone=gone or [],
+            timeout=self.settings.ready_timeout,
+            only=only,
+        )
+        on_disk = with_version_policy(config, versions)
+        if on_disk != config:
+            self.repository.write_config(state.model, on_disk)
+        return self._point_public(state, config, only=only)
+
+    def _point_public(
+        self, state: RolloutState, config: ModelConfig, *, only: list[str] | None
+    ) -> list[str]:
+        """The public name answers unpinned requests from stable (an ensemble pinning it)."""
+        assert state.stable is not None
+        alias = alias_config(state.model, config, state.stable)
+        if self.repository.alias_config(state.model) != alias:
+            self.repository.write_alias(state.model, alias)
+        moved = self.fleet.point_alias(
+            state.model, alias, timeout=self.settings.ready_timeout, only=only
+        )
+        if moved:
+            self.progress(f"public name {state.model} answers from version {state.stable}")
+        return moved
+
+    def drain(self) -> None:
+        """Give every live Router time to follow the new routing table."""
+        self.progress(f"draining for {self.settings.drain_seconds:.1f}s")
+        time.sleep(self.settings.drain_seconds)

@@ -1,0 +1,129 @@
+"""The persisted ledger of rollouts: one state document per model, one write per decision.
+
+Every decision goes through ``Ledger.record``: the move is checked against the phase
+table, a history entry says what happened and why, the whole document is replaced in one
+atomic write (so every reader, Routers included, sees one consistent state), and the new
+state is exposed as gauges. Callers hold ``Ledger.locked(model)`` around read-decide-record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Any
+
+from repo_manager.errors import IllegalTransitionError
+from repo_manager.metrics import publish_rollout_state
+from repo_manager.names import validate_model_name
+from repo_manager.phases import Phase, check_transition
+from repo_manager.rollout.analysis_status import AnalysisStatus
+from repo_manager.state import RolloutState, Transition, load_state, state_key, utc_now
+from repo_manager.storage import Storage
+
+__all__ = ["Ledger", "expose", "with_canary_at"]
+
+
+class Ledger:
+    """The rollout state of every model of one repository (in its storage)."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+
+    @contextmanager
+    def locked(self, model: str) -> Iterator[None]:
+        """One manager at a time decides for ``model`` (across processes and machines)."""
+        with self.storage.lock(f"{model}.lock"):
+            yield
+
+    def load(self, model: str) -> RolloutState | None:
+        return load_state(self.storage, validate_model_name(model))
+
+    def require(self, model: str, *, action: str) -> RolloutState:
+        state = self.load(model)
+        if state is None:
+            raise IllegalTransitionError(f"cannot {action}: {model} was never published")
+        return state
+
+    def record(
+        self,
+        state: RolloutState | None,
+        new: RolloutState,
+        *,
+        action: str,
+        reason: str = "",
+        check: bool = True,
+        public: str | None = None,
+    ) -> RolloutState:
+        """Check the move against the phase table, append history, persist atomically.
+
+        ``public`` is the version the public name answers from after this move, when the
+        move re-pointed it; otherwise the last entry's value is carried on. ``check=False``
+        records a change that moves no phase (a policy). Returns the state as persisted.
+        """
+        source = state.phase if state else None
+        if public is None and state is not None and state.history:
+            public = state.history[-1].public
+        if check:
+            check_transition(source, new.phase, action=action)
+        entry = Transition(
+            at=utc_now(),
+            action=action,
+            from_phase=source.value if source else None,
+            to_phase=new.phase.value,
+            stable=new.stable,
+            canary=new.canary,
+            weights=dict(new.weights),
+            reason=reason,
+            public=public,
+        )
+        recorded = replace(
+            new,
+            generation=(state.generation if state else 0) + 1,
+            history=[*(state.history if state else []), entry],
+        )
+        self.storage.write_bytes_atomic(state_key(recorded.model), recorded.to_json())
+        expose(recorded)
+        return recorded
+
+
+def with_canary_at(
+    state: RolloutState,
+    weight: int,
+    *,
+    phase: Phase,
+    canary: str | None = None,
+    analysis: dict[str, Any] | None = None,
+) -> RolloutState:
+    """``state``'s stable beside its canary (or the new ``canary``) at ``weight`` percent.
+
+    ``analysis`` is the analysis document in charge (None: nobody, e.g. a person set it).
+    """
+    canary = canary or state.canary
+    assert state.stable is not None and canary is not None
+    return RolloutState(
+        model=state.model,
+        phase=phase,
+        stable=state.stable,
+        canary=canary,
+        weights={state.stable: 100 - weight, canary: weight},
+        policy=state.policy,
+        analysis=analysis,
+    )
+
+
+def expose(state: RolloutState) -> None:
+    """The state as Prometheus gauges (weight, phase, failed checks, last gate values)."""
+    analysis = None if state.analysis is None else AnalysisStatus.from_json(state.analysis)
+    last = analysis.last if analysis else None
+    publish_rollout_state(
+        state.model,
+        phase=state.phase.value,
+        phases=[p.value for p in Phase],
+        canary_weight=state.weights.get(state.canary, 0) if state.canary else 0,
+        stable=state.stable,
+        canary=state.canary,
+        failed_checks=analysis.failed_checks if analysis else 0,
+        metrics_errors=analysis.metrics_errors if analysis else 0,
+        gates=[(g.name, g.value, g.passed) for g in (last.gates if last else ())],
+    )

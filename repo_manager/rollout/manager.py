@@ -1,0 +1,305 @@
+"""Canary rollouts inside Triton: publish, set-weight, promote, rollback, policy, reconcile.
+
+Ordering is what keeps requests from failing:
+- a canary gets traffic only after every server reports it READY (warm-up done);
+- a version loses traffic (routing table written) *before* it is unloaded, and the manager
+  waits ``drain_seconds`` in between so every live Router has followed the table;
+- transient phases are persisted before acting on Triton, so ``reconcile`` can finish a
+  move that a dead manager left half done.
+
+Each move is a few small steps and one ``Ledger.record`` per decision (like argo-rollouts'
+reconcile: steps, then one persist of the status).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from repo_manager.errors import GateFailedError, IllegalTransitionError, InvalidInputError
+from repo_manager.gates import GoldenGates
+from repo_manager.names import validate_model_name, validate_version, versions_model_name
+from repo_manager.phases import Phase, check_transition
+from repo_manager.repository import ModelRepository
+from repo_manager.rollout import analysis_step
+from repo_manager.rollout.applier import FleetApplier, Progress
+from repo_manager.rollout.ledger import Ledger, expose, with_canary_at
+from repo_manager.rollout.publishing import Publisher, PublishRequest
+from repo_manager.rollout.retirement import Retirement
+from repo_manager.rollout.settings import AnalysisPlan, RolloutSettings, VersionPolicy, parse_weight
+from repo_manager.rollout.status import status_document
+from repo_manager.state import RolloutState
+from repo_manager.timing import PhaseTimer
+from repo_manager.triton import TritonFleet
+
+if TYPE_CHECKING:
+    from repo_manager.analysis import MetricsProvider
+    from repo_manager.validation import ValidationReport
+
+__all__ = ["ReconcileReport", "RolloutManager"]
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
+@dataclass(kw_only=True)
+class ReconcileReport:
+    """What ``reconcile`` did for one model."""
+
+    model: str
+    desired: list[str]
+    actions: list[str] = field(default_factory=list)
+    #: Servers that could not be reached (reported, not fatal: the others are reconciled).
+    unreachable: list[str] = field(default_factory=list)
+
+
+class RolloutManager:
+    """Drives a model's rollout across the repository and every Triton server."""
+
+    def __init__(
+        self,
+        repository: ModelRepository,
+        fleet: TritonFleet,
+        *,
+        settings: RolloutSettings | None = None,
+        progress: Progress = _quiet,
+    ) -> None:
+        self.repository = repository
+        self.fleet = fleet
+        self.settings = settings or RolloutSettings()
+        self.progress = progress
+        self.ledger = Ledger(repository.storage)
+        self.applier = FleetApplier(repository, fleet, settings=self.settings, progress=progress)
+        self.retirement = Retirement(self.applier, self.ledger)
+        self.publisher = Publisher(self.applier, self.ledger)
+
+    def state(self, model: str) -> RolloutState | None:
+        return self.ledger.load(model)
+
+    def desired_versions(self, state: RolloutState) -> list[str]:
+        """Versions Triton must hold: the rollout's own plus those the policy keeps."""
+        return self.applier.desired_versions(state)
+
+    # -- publish ----------------------------------------------------------------------------
+
+    def check_publish(
+        self, model: str, version: str, *, canary_weight: int | None = None
+    ) -> PublishRequest:
+        """Refuse a publish before its (slow) export: names, weight, version, phase, servers.
+
+        ``publish`` checks all of it again; this is for callers that export first.
+        """
+        return self.publisher.check(model, version, canary_weight=canary_weight)
+
+    def publish(
+        self,
+        model: str,
+        version: str,
+        *,
+        staged: Path,
+        canary_weight: int | None = None,
+        force: bool = False,
+        timer: PhaseTimer | None = None,
+    ) -> RolloutState:
+        """Add the exported ``version`` staged at ``staged``; the first becomes stable, later
+        ones the canary at ``canary_weight`` (default: the settings').
+
+        ``staged`` holds ``config.pbtxt`` and ``<version>/`` with its ``manifest.json``, made
+        for this publish (the manager may change it; the caller removes it). ``force``
+        publishes a TensorRT plan even when the servers' release does not match. Each phase
+        (stage, load + warm-up, routing table; the caller times its export with the same
+        ``timer``) prints under ``--verbose``; the timings go into the history entry.
+        """
+        return self.publisher.publish(
+            model,
+            version,
+            staged=Path(staged),
+            canary_weight=canary_weight,
+            force=force,
+            timer=timer or PhaseTimer(progress=self.progress),
+        )
+
+    # -- traffic ----------------------------------------------------------------------------
+
+    def set_weight(self, model: str, percent: str | int, *, reason: str = "") -> RolloutState:
+        """Give the canary ``percent``; during an analysis a person takes over from it."""
+        weight = parse_weight(percent)
+        model = validate_model_name(model)
+        with self.ledger.locked(model):
+            state = self.ledger.require(model, action="set the weight")
+            check_transition(state.phase, Phase.PROGRESSING, action="set the weight")
+            if state.canary is None or state.stable is None:
+                raise IllegalTransitionError(f"cannot set the weight: {model} has no canary")
+            new = with_canary_at(state, weight, phase=Phase.PROGRESSING)
+            return self.ledger.record(state, new, action=f"set-weight {weight}%", reason=reason)
+
+    def promote(self, model: str, *, reason: str = "") -> RolloutState:
+        """Canary becomes stable at 100%; the old stable is drained, then unloaded."""
+        model = validate_model_name(model)
+        with self.ledger.locked(model):
+            state = self.ledger.require(model, action="promote")
+            return self.retirement.promote(state, reason=reason)
+
+    def rollback(self, model: str, *, reason: str = "") -> RolloutState:
+        """Stable back to 100%; the canary is drained, then unloaded."""
+        model = validate_model_name(model)
+        with self.ledger.locked(model):
+            state = self.ledger.require(model, action="roll back")
+            return self.retirement.rollback(state, reason=reason)
+
+    # -- golden-set gate (before any traffic) ------------------------------------------------
+
+    def validate(
+        self, model: str, version: str, golden: str | Path, gates: GoldenGates | None = None
+    ) -> ValidationReport:
+        """Run the golden set through stable and ``version`` (both must be loaded)."""
+        from repo_manager.routing import Router
+        from repo_manager.validation import load_golden_set, run_golden_set
+
+        model = validate_model_name(model)
+        version = validate_version(version)
+        load_golden_set(golden)  # bad input before touching anything
+        state = self.ledger.require(model, action="validate")
+        if version not in state.serving_versions:
+            raise InvalidInputError(
+                f"{model} version {version} is not loaded (serving: "
+                f"{', '.join(state.serving_versions) or 'none'})"
+            )
+        assert state.stable is not None
+        self.progress(f"running golden set {golden} through versions {state.stable}, {version}")
+        with Router(model, url=self.fleet.urls, repository=self.repository.location) as router:
+            return run_golden_set(
+                router, stable=state.stable, candidate=version, golden=golden, gates=gates
+            )
+
+    def gate_canary(
+        self, model: str, golden: str | Path, gates: GoldenGates, *, weight: int
+    ) -> ValidationReport:
+        """Judge a canary that has no traffic yet; pass: give it ``weight``; fail: roll back.
+
+        Raises GateFailedError (after the rollback: stable serves 100%) when a gate fails.
+        """
+        state = self.ledger.require(model, action="validate")
+        if state.canary is None:
+            raise IllegalTransitionError(f"cannot validate: {model} has no canary")
+        report = self.validate(model, state.canary, golden, gates)
+        summary = "; ".join(g.describe() for g in report.gates)
+        if report.passed:
+            self.set_weight(model, weight, reason=f"golden gates passed: {summary}")
+            return report
+        failures = "; ".join(g.describe() for g in report.failures())
+        self.rollback(model, reason=f"golden gate failed: {failures}")
+        raise GateFailedError(
+            f"{model} version {report.candidate.version} failed the golden gate ({failures}); "
+            f"rolled back, stable {report.stable.version} serves 100%"
+        )
+
+    # -- progressive analysis ----------------------------------------------------------------
+
+    def start_analysis(self, model: str, plan: AnalysisPlan) -> RolloutState:
+        """Put the analysis in charge of the canary at its first step (or resume it)."""
+        return analysis_step.start_analysis(self.ledger, model, plan)
+
+    def advance(self, model: str, provider: MetricsProvider) -> RolloutState:
+        """One analysis step (``analysis_step.advance``): promotes past the last step, rolls
+        back at the failed-check threshold."""
+        return analysis_step.advance(
+            self.ledger,
+            model,
+            provider,
+            promote=self.retirement.promote,
+            rollback=self.retirement.rollback,
+        )
+
+    # -- policy -----------------------------------------------------------------------------
+
+    def set_policy(self, model: str, policy: dict[str, Any] | None) -> RolloutState:
+        """Keep extra versions loaded (e.g. the previous stable, for a fast rollback)."""
+        model = validate_model_name(model)
+        checked = VersionPolicy.from_document(policy)
+        with self.ledger.locked(model):
+            state = self.ledger.require(model, action="set the policy")
+            named = checked.specific if checked and checked.specific else ()
+            missing = [v for v in named if not self.repository.has_version(model, v)]
+            if missing:
+                raise InvalidInputError(
+                    f"{model} has no version {', '.join(missing)} in {self.repository.location}"
+                )
+            self.fleet.check_reachable()
+            new = RolloutState(
+                model=model,
+                phase=state.phase,
+                stable=state.stable,
+                canary=state.canary,
+                retiring=state.retiring,
+                weights=dict(state.weights),
+                policy=None if checked is None else checked.to_document(),
+                analysis=state.analysis,
+            )
+            before = set(self.desired_versions(state))
+            after = set(self.desired_versions(new))
+            self.applier.apply(new, gone=sorted(before - after, key=int))
+            # The policy changes no phase: recorded without consulting the phase table.
+            return self.ledger.record(state, new, action=f"policy {policy}", check=False)
+
+    # -- reconcile --------------------------------------------------------------------------
+
+    def models(self) -> list[str]:
+        return [m for m in self.repository.models() if self.state(m) is not None]
+
+    def expose_states(self, model: str | None = None) -> None:
+        """Publish the persisted rollout state of each model as gauges, whichever process
+        wrote it (the watching manager serves them while others run rollouts)."""
+        for name in [validate_model_name(model)] if model else self.models():
+            state = self.state(name)
+            if state is not None:
+                expose(state)
+
+    def reconcile(self, model: str | None = None) -> list[ReconcileReport]:
+        """Re-apply desired state: finish half-done moves, reload what servers lack."""
+        models = [validate_model_name(model)] if model else self.models()
+        reports = []
+        for name in models:
+            with self.ledger.locked(name):
+                reports.append(self._reconcile_one(name))
+        return reports
+
+    def _reconcile_one(self, name: str) -> ReconcileReport:
+        state = self.ledger.require(name, action="reconcile")
+        report = ReconcileReport(model=name, desired=self.desired_versions(state))
+        if state.phase is Phase.PROMOTING:
+            self.retirement.finish(state, Phase.SUCCEEDED, action="promoted (reconcile)")
+            report.actions.append("finished promote")
+        elif state.phase is Phase.ROLLING_BACK:
+            self.retirement.finish(state, Phase.ROLLED_BACK, action="rolled back (reconcile)")
+            report.actions.append("finished rollback")
+        else:
+            desired = set(report.desired)
+            survey = self.fleet.survey(versions_model_name(name), alias=name)
+            report.unreachable = [s.url for s in survey if s.error]
+            # Only servers that lack the desired versions, or whose public name answers
+            # from another version, are touched.
+            stale = [
+                s.url
+                for s in survey
+                if not s.error and (s.ready != desired or s.public != state.stable)
+            ]
+            if stale:
+                self.applier.apply(state, gone=[], only=stale)
+                report.actions.append(f"loaded {','.join(report.desired)} on {', '.join(stale)}")
+            if report.unreachable:
+                report.actions.append(f"unreachable: {', '.join(report.unreachable)}")
+        return report
+
+    # -- status -----------------------------------------------------------------------------
+
+    def status(self, model: str) -> dict[str, Any]:
+        """The status document of DESIGN.md (plus per-server detail and last move)."""
+        model = validate_model_name(model)
+        state = self.state(model)
+        if state is None:
+            raise InvalidInputError(f"{model} was never published to {self.repository.location}")
+        survey = self.fleet.survey(versions_model_name(model), alias=model)
+        return status_document(state, survey, self.repository.versions(model))

@@ -1,0 +1,69 @@
+"""The status document of one model (``status --json``): a pure function of what was read.
+
+DESIGN.md fixes its core (``model``, ``stable``, ``canary``, ``weights``, ``phase``,
+``versions``); the rest says which Triton names clients call, what each server holds and
+answers from, the analysis in charge and the last recorded move.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from repo_manager.names import versions_model_name
+from repo_manager.rollout.analysis_status import AnalysisStatus
+from repo_manager.state import RolloutState
+
+if TYPE_CHECKING:
+    from repo_manager.triton import ServerVersions
+
+__all__ = ["status_document"]
+
+
+def status_document(
+    state: RolloutState, survey: Sequence[ServerVersions], on_disk: Sequence[str]
+) -> dict[str, Any]:
+    """The status of ``state.model`` from each server's ``survey`` and the versions on disk.
+
+    Versions are listed as the first server that answers reports them; one that does not
+    hold a version on disk shows it UNLOADED (UNAVAILABLE when no server answered).
+    """
+    model = state.model
+    first = next((s for s in survey if s.error is None), survey[0])
+    reported = {v.version: v.state for v in first.versions}
+    missing = "UNAVAILABLE" if first.error else "UNLOADED"
+    last = state.history[-1] if state.history else None
+    analysis = None if state.analysis is None else AnalysisStatus.from_json(state.analysis)
+    return {
+        "model": model,
+        "stable": state.stable,
+        "canary": state.canary,
+        "weights": state.weights,
+        "phase": state.phase.value,
+        "versions": [{"version": v, "state": reported.get(v, missing)} for v in on_disk],
+        "versions_model": versions_model_name(model),
+        # What a client that names no version gets (the alias on the first server).
+        "public": {"name": model, "version": None if first.error else first.public},
+        "generation": state.generation,
+        "policy": state.policy,
+        "servers": [
+            {
+                "url": s.url,
+                "error": s.error,
+                "public": s.public,
+                "versions": [{"version": v.version, "state": v.state} for v in s.versions],
+            }
+            for s in survey
+        ],
+        # The snapshot is raw counters for the next step, no news to a reader.
+        "analysis": analysis and analysis.to_json(snapshot=False),
+        "last_transition": None
+        if last is None
+        else {
+            "at": last.at,
+            "action": last.action,
+            "from": last.from_phase,
+            "to": last.to_phase,
+            "reason": last.reason,
+        },
+    }
