@@ -3,7 +3,8 @@
 Every decision goes through ``Ledger.record``: the move is checked against the phase
 table, a history entry says what happened and why, the whole document is replaced in one
 atomic write (so every reader, Routers included, sees one consistent state), and the new
-state is exposed as gauges. Callers hold ``Ledger.locked(model)`` around read-decide-record.
+state is exposed as gauges when the ledger was given the manager's metrics (a command
+that serves them). Callers hold ``Ledger.locked(model)`` around read-decide-record.
 """
 
 from __future__ import annotations
@@ -11,24 +12,27 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from repo_manager.errors import IllegalTransitionError
-from repo_manager.metrics import publish_rollout_state
 from repo_manager.names import validate_model_name
 from repo_manager.phases import Phase, check_transition
 from repo_manager.rollout.analysis_status import AnalysisStatus
 from repo_manager.state import RolloutState, Transition, load_state, state_key, utc_now
 from repo_manager.storage import Storage
 
-__all__ = ["Ledger", "expose", "with_canary_at"]
+if TYPE_CHECKING:
+    from repo_manager.metrics import ManagerMetrics
+
+__all__ = ["Ledger", "with_canary_at"]
 
 
 class Ledger:
     """The rollout state of every model of one repository (in its storage)."""
 
-    def __init__(self, storage: Storage) -> None:
+    def __init__(self, storage: Storage, *, metrics: ManagerMetrics | None = None) -> None:
         self.storage = storage
+        self.metrics = metrics
 
     @contextmanager
     def locked(self, model: str) -> Iterator[None]:
@@ -83,8 +87,26 @@ class Ledger:
             history=[*(state.history if state else []), entry],
         )
         self.storage.write_bytes_atomic(state_key(recorded.model), recorded.to_json())
-        expose(recorded)
+        self.expose(recorded)
         return recorded
+
+    def expose(self, state: RolloutState) -> None:
+        """The state as the manager's gauges (weight, phase, failed checks, last gates)."""
+        if self.metrics is None:
+            return
+        analysis = None if state.analysis is None else AnalysisStatus.from_json(state.analysis)
+        last = analysis.last if analysis else None
+        self.metrics.rollout_state(
+            state.model,
+            phase=state.phase.value,
+            phases=[p.value for p in Phase],
+            canary_weight=state.weights.get(state.canary, 0) if state.canary else 0,
+            stable=state.stable,
+            canary=state.canary,
+            failed_checks=analysis.failed_checks if analysis else 0,
+            metrics_errors=analysis.metrics_errors if analysis else 0,
+            gates=[(g.name, g.value, g.passed) for g in (last.gates if last else ())],
+        )
 
 
 def with_canary_at(
@@ -109,21 +131,4 @@ def with_canary_at(
         weights={state.stable: 100 - weight, canary: weight},
         policy=state.policy,
         analysis=analysis,
-    )
-
-
-def expose(state: RolloutState) -> None:
-    """The state as Prometheus gauges (weight, phase, failed checks, last gate values)."""
-    analysis = None if state.analysis is None else AnalysisStatus.from_json(state.analysis)
-    last = analysis.last if analysis else None
-    publish_rollout_state(
-        state.model,
-        phase=state.phase.value,
-        phases=[p.value for p in Phase],
-        canary_weight=state.weights.get(state.canary, 0) if state.canary else 0,
-        stable=state.stable,
-        canary=state.canary,
-        failed_checks=analysis.failed_checks if analysis else 0,
-        metrics_errors=analysis.metrics_errors if analysis else 0,
-        gates=[(g.name, g.value, g.passed) for g in (last.gates if last else ())],
     )

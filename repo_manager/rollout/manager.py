@@ -24,7 +24,7 @@ from repo_manager.phases import Phase, check_transition
 from repo_manager.repository import ModelRepository
 from repo_manager.rollout import analysis_step
 from repo_manager.rollout.applier import FleetApplier, Progress
-from repo_manager.rollout.ledger import Ledger, expose, with_canary_at
+from repo_manager.rollout.ledger import Ledger, with_canary_at
 from repo_manager.rollout.publishing import Publisher, PublishRequest
 from repo_manager.rollout.retirement import Retirement
 from repo_manager.rollout.settings import AnalysisPlan, RolloutSettings, VersionPolicy, parse_weight
@@ -35,6 +35,7 @@ from repo_manager.triton import TritonFleet
 
 if TYPE_CHECKING:
     from repo_manager.analysis import MetricsProvider
+    from repo_manager.metrics import ManagerMetrics
     from repo_manager.validation import ValidationReport
 
 __all__ = ["ReconcileReport", "RolloutManager"]
@@ -65,12 +66,15 @@ class RolloutManager:
         *,
         settings: RolloutSettings | None = None,
         progress: Progress = _quiet,
+        metrics: ManagerMetrics | None = None,
     ) -> None:
+        """``metrics``: where every recorded state is exposed (None: nowhere; a command
+        that serves the manager's metrics passes its own)."""
         self.repository = repository
         self.fleet = fleet
         self.settings = settings or RolloutSettings()
         self.progress = progress
-        self.ledger = Ledger(repository.storage)
+        self.ledger = Ledger(repository.storage, metrics=metrics)
         self.applier = FleetApplier(repository, fleet, settings=self.settings, progress=progress)
         self.retirement = Retirement(self.applier, self.ledger)
         self.publisher = Publisher(self.applier, self.ledger)
@@ -252,10 +256,12 @@ class RolloutManager:
     def expose_states(self, model: str | None = None) -> None:
         """Publish the persisted rollout state of each model as gauges, whichever process
         wrote it (the watching manager serves them while others run rollouts)."""
+        if self.ledger.metrics is None:
+            return
         for name in [validate_model_name(model)] if model else self.models():
             state = self.state(name)
             if state is not None:
-                expose(state)
+                self.ledger.expose(state)
 
     def reconcile(self, model: str | None = None) -> list[ReconcileReport]:
         """Re-apply desired state: finish half-done moves, reload what servers lack."""

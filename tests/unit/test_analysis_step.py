@@ -8,11 +8,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from prometheus_client import REGISTRY
+from prometheus_client import CollectorRegistry
 
 from repo_manager.analysis import Outcome, Snapshot
 from repo_manager.errors import IllegalTransitionError, MetricsUnavailableError
 from repo_manager.gates import LiveGates
+from repo_manager.metrics import ManagerMetrics
 from repo_manager.phases import Phase
 from repo_manager.rollout import AnalysisPlan, AnalysisStatus, RolloutManager
 from repo_manager.rollout.analysis_step import Then, decide
@@ -176,7 +177,14 @@ def test_advance_continues_from_persisted_counters_in_a_new_manager(
 
 
 def test_state_is_exposed_as_prometheus_gauges(manager: Harness) -> None:
-    rollout, _, _ = manager
+    plain, fleet, _ = manager
+    registry = CollectorRegistry()
+    rollout = RolloutManager(
+        plain.repository,
+        fleet,  # type: ignore[arg-type]
+        settings=plain.settings,
+        metrics=ManagerMetrics(registry),
+    )
     provider = ScriptedProvider()
     rollout.start_analysis("m", PLAN)
     rollout.advance("m", provider)
@@ -184,7 +192,7 @@ def test_state_is_exposed_as_prometheus_gauges(manager: Harness) -> None:
     rollout.advance("m", provider)
 
     def sample(name: str, **labels: str) -> float | None:
-        return REGISTRY.get_sample_value(name, {"model": "m", **labels})
+        return registry.get_sample_value(name, {"model": "m", **labels})
 
     assert sample("repo_manager_canary_weight") == 10
     assert sample("repo_manager_rollout_phase", phase="analyzing") == 1
