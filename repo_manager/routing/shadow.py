@@ -37,9 +37,7 @@ _random = random.random
 class ShadowMirror:
     """Mirrors ``share`` of the requests stable served to the canary of the same plan."""
 
-    def __init__(
-        self, model: str, send: Send, *, queue_size: int, metrics: RouterMetrics
-    ) -> None:
+    def __init__(self, model: str, send: Send, *, queue_size: int, metrics: RouterMetrics) -> None:
         self.model = model
         self.metrics = metrics
         #: Share (0..1) of stable's requests mirrored; 0 mirrors nothing.

@@ -66,4 +66,3 @@ def test_a_failed_pass_is_counted_but_keeps_the_last_good_figures() -> None:
     assert gauge("repo_manager_reconcile_unreachable_servers") == 1
     assert gauge("repo_manager_fleet_servers") == 3
     assert gauge("repo_manager_reconcile_actions_total", model="m-pass") == 2
-
