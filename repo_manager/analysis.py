@@ -34,6 +34,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from repo_manager.errors import MetricsUnavailableError
 from repo_manager.gates import GateResult, LiveGates
+from repo_manager.metrics import metric_names as names
 from repo_manager.names import versions_model_name
 
 __all__ = [
@@ -49,22 +50,22 @@ __all__ = [
 
 #: One counter per key: (metric sample name, extra label matchers). Summed by version.
 QUERIES: dict[str, tuple[str, dict[str, str]]] = {
-    "triton_success": ("nv_inference_request_success", {}),
-    "triton_failure": ("nv_inference_request_failure", {}),
-    "triton_duration_us": ("nv_inference_request_duration_us", {}),
-    "router_ok": ("repo_manager_router_requests_total", {"outcome": "ok"}),
-    "router_fallback_served": ("repo_manager_router_requests_total", {"outcome": "fallback"}),
-    "router_errors": ("repo_manager_router_errors_total", {}),
-    "router_fallbacks": ("repo_manager_router_fallbacks_total", {}),
-    "router_latency_sum": ("repo_manager_router_latency_seconds_sum", {}),
-    "router_latency_count": ("repo_manager_router_latency_seconds_count", {}),
-    "shadow_ok": ("repo_manager_router_shadow_requests_total", {"outcome": "ok"}),
-    "shadow_error": ("repo_manager_router_shadow_requests_total", {"outcome": "error"}),
-    "shadow_latency_sum": ("repo_manager_router_shadow_latency_seconds_sum", {}),
-    "shadow_latency_count": ("repo_manager_router_shadow_latency_seconds_count", {}),
-    "shadow_boxes_reference": ("repo_manager_router_shadow_boxes_total", {"side": "reference"}),
-    "shadow_boxes_shadow": ("repo_manager_router_shadow_boxes_total", {"side": "shadow"}),
-    "shadow_boxes_matched": ("repo_manager_router_shadow_boxes_total", {"side": "matched"}),
+    "triton_success": (names.TRITON_SUCCESS, {}),
+    "triton_failure": (names.TRITON_FAILURE, {}),
+    "triton_duration_us": (names.TRITON_DURATION_US, {}),
+    "router_ok": (f"{names.ROUTER_REQUESTS}_total", {"outcome": "ok"}),
+    "router_fallback_served": (f"{names.ROUTER_REQUESTS}_total", {"outcome": "fallback"}),
+    "router_errors": (f"{names.ROUTER_ERRORS}_total", {}),
+    "router_fallbacks": (f"{names.ROUTER_FALLBACKS}_total", {}),
+    "router_latency_sum": (f"{names.ROUTER_LATENCY}_sum", {}),
+    "router_latency_count": (f"{names.ROUTER_LATENCY}_count", {}),
+    "shadow_ok": (f"{names.SHADOW_REQUESTS}_total", {"outcome": "ok"}),
+    "shadow_error": (f"{names.SHADOW_REQUESTS}_total", {"outcome": "error"}),
+    "shadow_latency_sum": (f"{names.SHADOW_LATENCY}_sum", {}),
+    "shadow_latency_count": (f"{names.SHADOW_LATENCY}_count", {}),
+    "shadow_boxes_reference": (f"{names.SHADOW_BOXES}_total", {"side": "reference"}),
+    "shadow_boxes_shadow": (f"{names.SHADOW_BOXES}_total", {"side": "shadow"}),
+    "shadow_boxes_matched": (f"{names.SHADOW_BOXES}_total", {"side": "matched"}),
 }
 
 
@@ -72,7 +73,7 @@ def model_label(sample: str, model: str) -> str:
     """The ``model`` label a sample carries: Triton counts the versions model, which the
     Router calls pinned (the public name's own counters are the unpinned traffic); our
     Router's metrics carry the published name."""
-    return versions_model_name(model) if sample.startswith("nv_") else model
+    return versions_model_name(model) if sample.startswith(names.TRITON_PREFIX) else model
 
 
 #: key -> version -> cumulative value.

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from repo_manager.metrics.names import (
+from repo_manager.metrics.metric_names import (
     CANARY_VERSION,
     CANARY_WEIGHT,
     FAILED_CHECKS,

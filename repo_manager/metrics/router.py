@@ -43,7 +43,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from repo_manager.metrics.names import (
+from repo_manager.metrics.metric_names import (
     ROUTER_ERRORS,
     ROUTER_FALLBACKS,
     ROUTER_LATENCY,
