@@ -66,7 +66,8 @@ class TritonControl:
         except InferenceServerException as exc:
             if is_unreachable(exc):
                 raise TritonUnavailableError(f"Triton unreachable at {self.url}") from exc
-            message = (exc.message() or str(exc)).strip().splitlines()[0]
+            lines = (exc.message() or str(exc)).strip().splitlines()
+            message = lines[0] if lines else f"no message ({exc.status() or 'no status'})"
             raise TritonError(f"Triton at {self.url} refused to {what}: {message}") from exc
 
     def check_reachable(self) -> None:

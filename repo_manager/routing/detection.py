@@ -63,6 +63,8 @@ def _require_image(image: Any) -> None:
         raise InvalidInputError(f"detect() needs an HxWx3 BGR image, got shape {shape}")
     if image.dtype != np.uint8:
         raise InvalidInputError(f"detect() needs a uint8 image, got {image.dtype}")
+    if image.shape[0] == 0 or image.shape[1] == 0:  # the letterbox would divide by zero
+        raise InvalidInputError(f"detect() needs a non-empty image, got shape {image.shape}")
 
 
 @dataclass(kw_only=True, frozen=True)

@@ -55,6 +55,9 @@ def test_detect_rejects_images_that_are_not_hxwx3_uint8(repo: Path) -> None:
             router.detect(np.zeros((10, 10), np.uint8))
         with pytest.raises(InvalidInputError, match="uint8"):
             router.detect(np.zeros((10, 10, 3), np.float32))
+        for empty in ((0, 0, 3), (0, 10, 3), (10, 0, 3)):
+            with pytest.raises(InvalidInputError, match="non-empty"):
+                router.detect(np.zeros(empty, np.uint8))
 
 
 def test_detect_refuses_a_model_whose_input_is_not_an_image(repo: Path) -> None:

@@ -159,3 +159,11 @@ def test_the_manager_and_the_router_agree_that_a_deadline_is_not_unreachable(
         results = [router.infer([]) for _ in range(4)]
     assert [(r.version, r.fallback) for r in results] == [("1", True)] * 4
     assert clients[0].calls == ["2"] * 4 and clients[1].calls == ["1"] * 4
+
+
+def test_a_refusal_with_an_empty_message_is_still_one_line_naming_the_server() -> None:
+    control = TritonControl("a:1")
+    control._client.close()
+    control._client = _Raising(InferenceServerException(""))  # no message, no status
+    with pytest.raises(TritonError, match=r"^Triton at a:1 refused to answer: no message"):
+        control.check_reachable()
