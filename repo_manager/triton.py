@@ -24,6 +24,8 @@ from repo_manager.transport import GrpcSecurity, is_unreachable, make_grpc_clien
 __all__ = ["ServerVersions", "TritonControl", "TritonFleet", "VersionState"]
 
 T = TypeVar("T")
+#: Triton's repository index as tritonclient returns it in JSON form.
+Index = dict[str, Any]
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -103,9 +105,10 @@ class TritonControl:
         override = config_to_json(config)
         self._call(f"load {name}", lambda: self._client.load_model(name, config=override))
 
-    def alias_pin(self, name: str) -> str | None:
-        """The version the loaded alias ``name`` pins (None when it is not READY)."""
-        if not any(v.state == "READY" for v in self.versions(name)):
+    def alias_pin(self, name: str, *, index: Index | None = None) -> str | None:
+        """The version the loaded alias ``name`` pins (None when it is not READY);
+        ``index`` is a repository index already read (else it is read here)."""
+        if not any(v.state == "READY" for v in self.versions(name, index=index)):
             return None
         document: dict[str, Any] = self._call(
             f"report the config of {name}",
@@ -126,14 +129,20 @@ class TritonControl:
     def unload(self, model: str) -> None:
         self._call(f"unload {model}", lambda: self._client.unload_model(model))
 
-    def versions(self, model: str) -> tuple[VersionState, ...]:
-        """Versions of ``model`` that the server knows, from its repository index."""
-        index: dict[str, Any] = self._call(
+    def index(self) -> Index:
+        """The server's repository index: every model version it knows, with its state."""
+        index: Index = self._call(
             "list its repository",
             lambda: self._client.get_model_repository_index(
                 as_json=True, client_timeout=self.request_timeout
             ),
         )
+        return index
+
+    def versions(self, model: str, *, index: Index | None = None) -> tuple[VersionState, ...]:
+        """Versions of ``model`` that the server knows, from its repository index (``index``
+        when the caller already read it)."""
+        index = self.index() if index is None else index
         found = [
             VersionState(
                 version=str(entry["version"]),
@@ -317,11 +326,12 @@ class TritonFleet:
         report = []
         for server in self.servers:
             try:
+                index = server.index()  # one read serves both models
                 report.append(
                     ServerVersions(
                         url=server.url,
-                        versions=server.versions(model),
-                        public=server.alias_pin(alias) if alias else None,
+                        versions=server.versions(model, index=index),
+                        public=server.alias_pin(alias, index=index) if alias else None,
                     )
                 )
             except TritonError as exc:

@@ -31,7 +31,11 @@ class FakeServer:
     def wait_versions(self, model: str, **_: object) -> None:
         return None
 
-    def versions(self, model: str) -> tuple[VersionState, ...]:
+    def index(self) -> dict[str, object]:
+        self.check_reachable()
+        return {}
+
+    def versions(self, model: str, *, index: object = None) -> tuple[VersionState, ...]:
         self.check_reachable()
         latest = self.loaded[-1] if self.loaded else []
         return tuple(VersionState(version=v, state="READY") for v in latest)
