@@ -33,6 +33,7 @@ __all__ = [
     "config_to_json",
     "io_signature",
     "merge_cc_model_filenames",
+    "parse_class_names",
     "parse_config",
     "render_config",
     "ultralytics_metadata",
@@ -308,17 +309,28 @@ def build_alias_config(
     return alias
 
 
-def _class_names(config: ModelConfig) -> list[str]:
-    text = (
-        config.parameters["class_names"].string_value if "class_names" in config.parameters else ""
-    )
+def parse_class_names(text: str) -> tuple[str, ...]:
+    """The ``class_names`` parameter: a JSON list, or Ultralytics' ``{id: name}`` dict,
+    as a tuple by id. Raises ValueError saying what is wrong."""
     try:
-        names = json.loads(text) if text else []
+        value = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"model parameter class_names is not JSON: {exc}") from None
+    if isinstance(value, dict):
+        return tuple(str(value[k]) for k in sorted(value, key=int))
+    if isinstance(value, list):
+        return tuple(str(v) for v in value)
+    raise ValueError("model parameter class_names is neither a list nor a dict")
+
+
+def _class_names(config: ModelConfig) -> list[str]:
+    """Best effort for an old version's alias: unreadable names are no names."""
+    if "class_names" not in config.parameters:
+        return []
+    try:
+        return list(parse_class_names(config.parameters["class_names"].string_value))
     except ValueError:
         return []
-    if isinstance(names, dict):
-        return [str(names[k]) for k in sorted(names, key=int)]
-    return [str(n) for n in names] if isinstance(names, list) else []
 
 
 def alias_target(config: ModelConfig) -> str | None:

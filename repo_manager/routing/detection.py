@@ -22,6 +22,7 @@ from tritonclient.utils import InferenceServerException, triton_to_np_dtype
 from repo_manager import yolo
 from repo_manager.errors import InvalidInputError, TritonError
 from repo_manager.metrics import ShadowMetrics
+from repo_manager.modelconfig import parse_class_names
 from repo_manager.routing.shadow import Compare
 
 __all__ = ["DetectRequest", "Detections", "Detector", "DetectorSpec", "Found"]
@@ -93,7 +94,10 @@ class DetectorSpec:
             height, width = _parse_imgsz(params["imgsz"].string_value if "imgsz" in params else "")
         names: tuple[str, ...] = ()
         if "class_names" in params:
-            names = _parse_names(params["class_names"].string_value)
+            try:
+                names = parse_class_names(params["class_names"].string_value)
+            except ValueError as exc:
+                raise TritonError(str(exc)) from None
         return cls(
             input_name=inp.name,
             output_name=config.output[0].name,
@@ -212,16 +216,3 @@ def _parse_imgsz(text: str) -> tuple[int, int]:
     if isinstance(value, list) and len(value) == 2:
         return (int(value[0]), int(value[1]))
     raise TritonError(f"model parameter imgsz={text!r} is not a size")
-
-
-def _parse_names(text: str) -> tuple[str, ...]:
-    """A JSON list of names, or Ultralytics' ``{id: name}`` dict, as a tuple by id."""
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise TritonError(f"model parameter class_names is not JSON: {exc}") from exc
-    if isinstance(value, dict):
-        return tuple(str(value[k]) for k in sorted(value, key=int))
-    if isinstance(value, list):
-        return tuple(str(v) for v in value)
-    raise TritonError("model parameter class_names is neither a list nor a dict")
