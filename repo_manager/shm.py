@@ -6,19 +6,26 @@ Triton reads it in place (measured: 1.5x -> 1.15x of in-process onnxruntime at 3
 
 Each thread gets its own region (inputs, then outputs), registered with the server once
 and re-made when a request needs more room, so concurrent requests never share bytes.
-Regions are unregistered and unlinked on ``close``. Anything that goes wrong on the
-shared-memory side (server in another IPC namespace, a restarted server that forgot the
-registrations) falls back to plain gRPC: a slower request, never a failed one.
+Regions are unregistered and unlinked on ``close`` (the Router also closes at garbage
+collection and at interpreter exit), and when a signal whose default action would end the
+process arrives (SIGTERM, SIGHUP: the process then dies of it as before). A process killed
+outright cannot clean up: its region names carry their owner (``shm_owners``) and each
+channel reclaims dead owners' regions before it registers its first. Anything that goes
+wrong on the shared-memory side (server in another IPC namespace, a restarted server that
+forgot the registrations) falls back to plain gRPC: a slower request, never a failed one.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import math
 import os
+import signal
 import threading
 import uuid
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,13 +36,24 @@ import tritonclient.utils.shared_memory as shm
 from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException, triton_to_np_dtype
 
-__all__ = ["SharedMemoryChannel", "is_local_url", "leaked_regions"]
+from repo_manager.shm_owners import PREFIX, Owner, leftover_regions, reclaim_dead_regions
+
+__all__ = [
+    "SharedMemoryChannel",
+    "is_local_url",
+    "leaked_regions",
+    "leftover_regions",
+    "reclaim_dead_regions",
+]
 
 logger = logging.getLogger(__name__)
 
 _LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]", "0.0.0.0"})
 _ALIGN = 64
-_PREFIX = "repo-manager-shm"
+#: Signals whose default action ends the process without running any Python code.
+_FATAL_SIGNALS = ("SIGTERM", "SIGHUP", "SIGINT")
+#: Deadline of each unregistration made while the process is being terminated.
+_SIGNAL_RPC_TIMEOUT_S = 2.0
 
 
 def is_local_url(url: str) -> bool:
@@ -47,9 +65,9 @@ def is_local_url(url: str) -> bool:
 
 
 def leaked_regions() -> list[str]:
-    """Our regions still present in /dev/shm (for tests: none after ``close``)."""
+    """Our regions present in /dev/shm, live owners' included (for tests)."""
     try:
-        return sorted(n for n in os.listdir("/dev/shm") if n.startswith(_PREFIX))
+        return sorted(n for n in os.listdir("/dev/shm") if n.startswith(PREFIX))
     except OSError:
         return []
 
@@ -91,13 +109,18 @@ class SharedMemoryChannel:
         self._model = model
         self._local = _ThreadState()
         self._regions: list[_Region] = []
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # RLock: a finalizer may close from a holding thread
         self._generation = 0  # bumped when the server may have lost our registrations
         self._outputs: dict[str, _OutputSpec] | None = None
         self._batched = True
         self._counter = itertools.count()
-        self._tag = f"{_PREFIX}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        owner = Owner.current()
+        # Without /proc the name carries no owner: no sweep will ever judge it dead.
+        self._tag = f"{owner.tag() if owner else PREFIX}-{uuid.uuid4().hex[:8]}"
+        self._pid = os.getpid()  # a forked child inherits the channel, not the regions
+        self._reclaimed = False
         self.disabled = False
+        _exit_guard().watch(self)
 
     # ---- setup ---------------------------------------------------------------------------
 
@@ -127,6 +150,9 @@ class SharedMemoryChannel:
         if region is not None:
             self._drop(region)
             local.region = None
+        if not self._reclaimed:
+            self._reclaimed = True
+            reclaim_dead_regions(self._client)
         name = f"{self._tag}-{next(self._counter)}"
         region = _Region(name, max(size, region.size if region is not None else 0))
         with self._lock:
@@ -227,11 +253,80 @@ class SharedMemoryChannel:
         return SharedMemoryResult(result, arrays)
 
     def close(self) -> None:
-        """Unregister and unlink every region (all threads'); idempotent."""
+        """Unregister and unlink every region (all threads'); idempotent.
+
+        In a forked child it only forgets them: they are the parent's, still in use.
+        """
         with self._lock:
             regions, self._regions = self._regions, []
+        if os.getpid() != self._pid:
+            return
         for region in regions:
             self._drop(region)
+
+    def release_on_signal(self) -> None:
+        """Unlink every region, then unregister them, each within a short deadline.
+
+        Runs in a signal handler: it takes no lock (the interrupted thread may hold one),
+        unlinks first (local and instant), and stops at the first failed RPC (a server
+        that does not answer must not delay the process's end).
+        """
+        if os.getpid() != self._pid:
+            return
+        regions = list(self._regions)
+        for region in regions:
+            try:
+                region.handle._mpsm_handle.unlink()
+            except Exception as exc:
+                logger.debug("unlinking %s: %s", region.name, exc)
+        for region in regions:
+            try:
+                self._client.unregister_system_shared_memory(
+                    region.name, client_timeout=_SIGNAL_RPC_TIMEOUT_S
+                )
+            except Exception as exc:
+                logger.debug("unregistering %s: %s", region.name, exc)
+                return
+
+
+class _ExitGuard:
+    """Releases every live channel's regions when a fatal signal arrives.
+
+    Installed for a signal only while its handler is the default one (an application's
+    own handler is left alone: it ends the process through ``sys.exit``, so ``atexit``
+    and the Router's finalizers clean up), and only from the main thread, the one where
+    Python lets handlers be set. After the cleanup the signal's default action runs, so
+    the process still dies of it (its parent sees the same status).
+    """
+
+    def __init__(self) -> None:
+        self._channels: weakref.WeakSet[SharedMemoryChannel] = weakref.WeakSet()
+        self._installed: set[int] = set()
+
+    def watch(self, channel: SharedMemoryChannel) -> None:
+        self._channels.add(channel)
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for name in _FATAL_SIGNALS:
+            signum = getattr(signal, name, None)
+            if signum is None or signum in self._installed:
+                continue
+            if signal.getsignal(signum) == signal.SIG_DFL:
+                signal.signal(signum, self._on_signal)
+                self._installed.add(signum)
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        for channel in list(self._channels):
+            channel.release_on_signal()
+        signal.signal(signum, signal.SIG_DFL)
+        self._installed.discard(signum)
+        signal.raise_signal(signum)
+
+
+@functools.cache
+def _exit_guard() -> _ExitGuard:
+    """The process's one guard, made with its first channel (nothing happens at import)."""
+    return _ExitGuard()
 
 
 class SharedMemoryUnusable(Exception):
