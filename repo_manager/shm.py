@@ -150,9 +150,6 @@ class SharedMemoryChannel:
         if region is not None:
             self._drop(region)
             local.region = None
-        if not self._reclaimed:
-            self._reclaimed = True
-            reclaim_dead_regions(self._client)
         name = f"{self._tag}-{next(self._counter)}"
         region = _Region(name, max(size, region.size if region is not None else 0))
         with self._lock:
@@ -166,7 +163,17 @@ class SharedMemoryChannel:
             raise
         local.region = region
         local.generation = self._generation
+        self._reclaim_once()
         return region
+
+    def _reclaim_once(self) -> None:
+        """Reclaim dead owners' regions, once, after a registration succeeded: only then is
+        the server known to share this host's /dev/shm (and so its PIDs and namespaces)."""
+        with self._lock:
+            if self._reclaimed:
+                return
+            self._reclaimed = True
+            reclaim_dead_regions(self._client)
 
     def _drop(self, region: _Region) -> None:
         with self._lock:
@@ -177,7 +184,10 @@ class SharedMemoryChannel:
         except Exception as exc:  # the server may be gone: still unlink our side
             logger.debug("unregistering %s: %s", region.name, exc)
         region.view = None
-        shm.destroy_shared_memory_region(region.handle)
+        try:
+            shm.destroy_shared_memory_region(region.handle)
+        except BufferError:  # a request in flight still maps it (closing at exit)
+            region.handle._mpsm_handle.unlink()
 
     # ---- requests ------------------------------------------------------------------------
 

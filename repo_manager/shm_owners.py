@@ -122,13 +122,22 @@ def _our_registrations(client: Any) -> list[str]:
 
 
 def reclaim_dead_regions(client: Any | None = None) -> list[str]:
-    """Unlink dead owners' regions from /dev/shm and, given a Triton client, unregister
-    dead owners' registrations from that server; returns what it removed
-    (``/dev/shm/NAME``, ``registered NAME``).
+    """Unlink dead owners' regions from /dev/shm and, given a client of a Triton on this
+    host (one that mapped a region of ours), unregister dead owners' registrations from
+    it; returns what it removed (``/dev/shm/NAME``, ``registered NAME``).
 
     Never raises: what it could not reach (a server down, an old client) is left for the
-    next sweep.
+    next sweep. A sweep of others' leftovers must never fail the sweeper's request.
     """
+    removed = _unlink_dead_files()
+    if client is not None:
+        removed += _unregister_dead(client)
+    if removed:
+        logger.info("reclaimed %d shared-memory region(s) of dead processes", len(removed))
+    return removed
+
+
+def _unlink_dead_files() -> list[str]:
     removed = []
     for name in of_dead_owners(_our_files()):
         try:
@@ -139,22 +148,31 @@ def reclaim_dead_regions(client: Any | None = None) -> list[str]:
             logger.debug("cannot unlink %s: %s", name, exc)
             continue
         removed.append(f"{_SHM_DIR}/{name}")
-    if client is not None:
+    return removed
+
+
+def _unregister_dead(client: Any) -> list[str]:
+    try:
+        names = of_dead_owners(_our_registrations(client))
+    except Exception as exc:
+        logger.debug("listing registered regions: %s", exc)
+        return []
+    removed = []
+    for name in names:
         try:
-            for name in of_dead_owners(_our_registrations(client)):
-                client.unregister_system_shared_memory(name, client_timeout=_RPC_TIMEOUT_S)
-                removed.append(f"registered {name}")
-        except Exception as exc:  # a sweep of others' leftovers must never fail a request
-            logger.debug("reclaiming registered regions: %s", exc)
-    if removed:
-        logger.info("reclaimed %d shared-memory region(s) of dead processes", len(removed))
+            client.unregister_system_shared_memory(name, client_timeout=_RPC_TIMEOUT_S)
+        except Exception as exc:
+            logger.debug("unregistering %s: %s", name, exc)
+            continue
+        removed.append(f"registered {name}")
     return removed
 
 
 def leftover_regions(urls: Iterable[str] = ()) -> list[str]:
     """Our regions whose owner process is dead: files in /dev/shm (``/dev/shm/NAME``) and,
-    for each Triton gRPC url given, its registrations (``URL: NAME``). Empty when nothing
-    was left behind; a live process's regions are never listed.
+    for each Triton gRPC url given (servers on this host: PIDs are judged here), its
+    registrations (``URL: NAME``). Empty when nothing was left behind; a live process's
+    regions are never listed.
 
     Raises InferenceServerException when a url's server does not answer.
     """
