@@ -109,7 +109,8 @@ class SharedMemoryChannel:
         self._model = model
         self._local = _ThreadState()
         self._regions: list[_Region] = []
-        self._lock = threading.RLock()  # RLock: a finalizer may close from a holding thread
+        # Reentrant: a signal handler or a finalizer may run in a thread that holds it.
+        self._lock = threading.RLock()
         self._generation = 0  # bumped when the server may have lost our registrations
         self._outputs: dict[str, _OutputSpec] | None = None
         self._batched = True
@@ -119,6 +120,7 @@ class SharedMemoryChannel:
         self._tag = f"{owner.tag() if owner else PREFIX}-{uuid.uuid4().hex[:8]}"
         self._pid = os.getpid()  # a forked child inherits the channel, not the regions
         self._reclaimed = False
+        self._closed = False
         self.disabled = False
         _exit_guard().watch(self)
 
@@ -142,43 +144,51 @@ class SharedMemoryChannel:
         return specs
 
     def _region(self, size: int) -> _Region:
-        """This thread's region, (re)made and registered when too small or forgotten."""
+        """This thread's region, (re)made and registered when too small or forgotten.
+
+        Made under the lock, so that once the channel is closed no thread makes another.
+        """
         local = self._local
         region = local.region
         if region is not None and region.size >= size and local.generation == self._generation:
             return region
-        if region is not None:
-            self._drop(region)
-            local.region = None
-        name = f"{self._tag}-{next(self._counter)}"
-        region = _Region(name, max(size, region.size if region is not None else 0))
         with self._lock:
+            if self._closed:
+                raise SharedMemoryUnusable("the shared-memory channel is closed")
+            if region is not None:
+                local.region = None
+                if self._forget(region):
+                    self._release(region)
+            name = f"{self._tag}-{next(self._counter)}"
+            region = _Region(name, max(size, region.size if region is not None else 0))
             self._regions.append(region)
-        try:
-            self._client.register_system_shared_memory(name, "/" + name, region.size)
-        except BaseException:
-            # The server cannot map our regions (e.g. another IPC namespace): stop trying.
-            self.disabled = True
-            self._drop(region)
-            raise
-        local.region = region
-        local.generation = self._generation
-        self._reclaim_once()
+            try:
+                self._client.register_system_shared_memory(name, "/" + name, region.size)
+            except BaseException:
+                # The server cannot map our regions (e.g. another IPC namespace): stop trying.
+                self.disabled = True
+                self._forget(region)
+                self._release(region)
+                raise
+            local.region = region
+            local.generation = self._generation
+            if not self._reclaimed:
+                # Only now is the server known to share this host's /dev/shm (and so the
+                # PIDs and namespaces that region names carry).
+                self._reclaimed = True
+                reclaim_dead_regions(self._client)
         return region
 
-    def _reclaim_once(self) -> None:
-        """Reclaim dead owners' regions, once, after a registration succeeded: only then is
-        the server known to share this host's /dev/shm (and so its PIDs and namespaces)."""
+    def _forget(self, region: _Region) -> bool:
+        """Take ``region`` off the list; False when another thread (close) already did."""
         with self._lock:
-            if self._reclaimed:
-                return
-            self._reclaimed = True
-            reclaim_dead_regions(self._client)
+            if region not in self._regions:
+                return False
+            self._regions.remove(region)
+            return True
 
-    def _drop(self, region: _Region) -> None:
-        with self._lock:
-            if region in self._regions:
-                self._regions.remove(region)
+    def _release(self, region: _Region) -> None:
+        """Unregister and unlink one region that this thread took off the list."""
         try:
             self._client.unregister_system_shared_memory(region.name)
         except Exception as exc:  # the server may be gone: still unlink our side
@@ -224,6 +234,8 @@ class SharedMemoryChannel:
             raise SharedMemoryUnusable(str(exc)) from exc
 
         view = region.view
+        if view is None:  # closed meanwhile
+            raise SharedMemoryUnusable("the shared-memory channel is closed")
         offset = 0
         shm_inputs = []
         for inp, content, size in zip(inputs, contents, layout, strict=False):
@@ -262,28 +274,40 @@ class SharedMemoryChannel:
             arrays[name] = np.array(shm.get_contents_as_numpy(region.handle, dtype, shape, at))
         return SharedMemoryResult(result, arrays)
 
+    def _take_all(self) -> list[_Region]:
+        """Close the channel (no region is made after this) and take every region."""
+        self._closed = self.disabled = True
+        regions, self._regions = self._regions, []
+        return regions
+
     def close(self) -> None:
         """Unregister and unlink every region (all threads'); idempotent.
 
         In a forked child it only forgets them: they are the parent's, still in use.
         """
         with self._lock:
-            regions, self._regions = self._regions, []
+            regions = self._take_all()
         if os.getpid() != self._pid:
             return
         for region in regions:
-            self._drop(region)
+            self._release(region)
 
     def release_on_signal(self) -> None:
         """Unlink every region, then unregister them, each within a short deadline.
 
-        Runs in a signal handler: it takes no lock (the interrupted thread may hold one),
-        unlinks first (local and instant), and stops at the first failed RPC (a server
-        that does not answer must not delay the process's end).
+        Runs in a signal handler, in the main thread: it waits a bounded time for the lock
+        (a thread registering a region holds it; if the main thread does, the RLock lets
+        it in), unlinks first (local and instant) and stops at the first failed RPC, so a
+        server that does not answer cannot delay the process's end.
         """
         if os.getpid() != self._pid:
             return
-        regions = list(self._regions)
+        locked = self._lock.acquire(timeout=_SIGNAL_RPC_TIMEOUT_S)
+        try:
+            regions = self._take_all()
+        finally:
+            if locked:
+                self._lock.release()
         for region in regions:
             try:
                 region.handle._mpsm_handle.unlink()

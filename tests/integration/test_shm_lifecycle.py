@@ -19,6 +19,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,13 +195,23 @@ def test_a_router_dropped_without_close_leaves_no_region_in_dev_shm_or_triton(
     assert names & left_names == set(), "left registered in Triton"
 
 
-@pytest.mark.parametrize("ending", ["exit", "SIGTERM", "SIGINT"])
+@pytest.mark.parametrize(
+    ("ending", "mode"),
+    [
+        ("exit", "idle"),
+        ("SIGTERM", "idle"),
+        ("SIGINT", "idle"),
+        ("exit", "traffic"),
+        ("SIGTERM", "traffic"),
+    ],
+)
 def test_a_client_process_that_ends_without_close_leaves_no_region(
-    served: Served, ending: str
+    served: Served, ending: str, mode: str
 ) -> None:
-    client = start_client(served)
+    client = start_client(served, mode)
     files, names = regions_of(client.pid, served.url)
     assert files and names
+    time.sleep(0.5)  # with traffic: requests in flight in 3 threads as it ends
     if ending == "exit":
         _, err = client.communicate("exit\n", timeout=30)
         assert client.returncode == 0, err
