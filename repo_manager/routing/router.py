@@ -60,10 +60,13 @@ class RoutedResult:
 
 
 def _shut_down(table: TableWatcher, shadow: ShadowMirror, servers: ServerPool) -> None:
-    """What closing a Router does; holds no reference to the Router (its finalizer)."""
-    table.close()
-    shadow.close()
-    servers.close()
+    """What closing a Router does; holds no reference to the Router (its finalizer, which
+    the garbage collector may run in any thread: whatever fails, regions are released)."""
+    try:
+        table.close()
+        shadow.close()
+    finally:
+        servers.close()
 
 
 def _wants_shared_memory(setting: bool | str, url: str, *, custom_client: bool) -> bool:

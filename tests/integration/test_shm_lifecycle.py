@@ -236,6 +236,30 @@ def test_regions_of_a_client_killed_mid_traffic_are_reclaimed_by_the_next_router
         assert regions_of(client.pid, served.url) == (set(), set())
 
 
+def test_leftover_regions_lists_what_a_killed_client_left_and_nothing_of_a_live_one(
+    served: Served,
+) -> None:
+    from repo_manager.shm import leftover_regions, reclaim_dead_regions
+
+    def left_by(pid: int) -> set[str]:
+        return {n for n in leftover_regions([served.url]) if f"-{pid}-" in n}
+
+    live, killed = start_client(served), start_client(served)
+    try:
+        os.killpg(killed.pid, signal.SIGKILL)
+        killed.communicate(timeout=30)
+        files, names = regions_of(killed.pid, served.url)
+        assert left_by(killed.pid) == (
+            {f"/dev/shm/{n}" for n in files} | {f"{served.url}: {n}" for n in names}
+        )
+        assert all(regions_of(live.pid, served.url)) and left_by(live.pid) == set()
+        with grpcclient.InferenceServerClient(served.url) as triton:
+            reclaim_dead_regions(triton)
+        assert left_by(killed.pid) == set()
+    finally:
+        live.communicate("exit\n", timeout=30)
+
+
 def test_a_sweep_never_touches_the_regions_of_a_live_client(served: Served) -> None:
     from repo_manager.shm import reclaim_dead_regions
 
