@@ -6,19 +6,26 @@ Triton reads it in place (measured: 1.5x -> 1.15x of in-process onnxruntime at 3
 
 Each thread gets its own region (inputs, then outputs), registered with the server once
 and re-made when a request needs more room, so concurrent requests never share bytes.
-Regions are unregistered and unlinked on ``close``. Anything that goes wrong on the
-shared-memory side (server in another IPC namespace, a restarted server that forgot the
-registrations) falls back to plain gRPC: a slower request, never a failed one.
+Regions are unregistered and unlinked on ``close`` (the Router also closes at garbage
+collection and at interpreter exit), and when a signal whose default action would end the
+process arrives (SIGTERM, SIGHUP: the process then dies of it as before). A process killed
+outright cannot clean up: its region names carry their owner (``shm_owners``) and each
+channel reclaims dead owners' regions before it registers its first. Anything that goes
+wrong on the shared-memory side (server in another IPC namespace, a restarted server that
+forgot the registrations) falls back to plain gRPC: a slower request, never a failed one.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import math
 import os
+import signal
 import threading
 import uuid
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,13 +36,24 @@ import tritonclient.utils.shared_memory as shm
 from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException, triton_to_np_dtype
 
-__all__ = ["SharedMemoryChannel", "is_local_url", "leaked_regions"]
+from repo_manager.shm_owners import PREFIX, Owner, leftover_regions, reclaim_dead_regions
+
+__all__ = [
+    "SharedMemoryChannel",
+    "is_local_url",
+    "leaked_regions",
+    "leftover_regions",
+    "reclaim_dead_regions",
+]
 
 logger = logging.getLogger(__name__)
 
 _LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]", "0.0.0.0"})
 _ALIGN = 64
-_PREFIX = "repo-manager-shm"
+#: Signals whose default action ends the process without running any Python code.
+_FATAL_SIGNALS = ("SIGTERM", "SIGHUP", "SIGINT")
+#: Deadline of each unregistration made while the process is being terminated.
+_SIGNAL_RPC_TIMEOUT_S = 2.0
 
 
 def is_local_url(url: str) -> bool:
@@ -47,9 +65,9 @@ def is_local_url(url: str) -> bool:
 
 
 def leaked_regions() -> list[str]:
-    """Our regions still present in /dev/shm (for tests: none after ``close``)."""
+    """Our regions present in /dev/shm, live owners' included (for tests)."""
     try:
-        return sorted(n for n in os.listdir("/dev/shm") if n.startswith(_PREFIX))
+        return sorted(n for n in os.listdir("/dev/shm") if n.startswith(PREFIX))
     except OSError:
         return []
 
@@ -91,13 +109,20 @@ class SharedMemoryChannel:
         self._model = model
         self._local = _ThreadState()
         self._regions: list[_Region] = []
-        self._lock = threading.Lock()
+        # Reentrant: a signal handler or a finalizer may run in a thread that holds it.
+        self._lock = threading.RLock()
         self._generation = 0  # bumped when the server may have lost our registrations
         self._outputs: dict[str, _OutputSpec] | None = None
         self._batched = True
         self._counter = itertools.count()
-        self._tag = f"{_PREFIX}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        owner = Owner.current()
+        # Without /proc the name carries no owner: no sweep will ever judge it dead.
+        self._tag = f"{owner.tag() if owner else PREFIX}-{uuid.uuid4().hex[:8]}"
+        self._pid = os.getpid()  # a forked child inherits the channel, not the regions
+        self._reclaimed = False
+        self._closed = False
         self.disabled = False
+        _exit_guard().watch(self)
 
     # ---- setup ---------------------------------------------------------------------------
 
@@ -119,39 +144,60 @@ class SharedMemoryChannel:
         return specs
 
     def _region(self, size: int) -> _Region:
-        """This thread's region, (re)made and registered when too small or forgotten."""
+        """This thread's region, (re)made and registered when too small or forgotten.
+
+        Made under the lock, so that once the channel is closed no thread makes another.
+        """
         local = self._local
         region = local.region
         if region is not None and region.size >= size and local.generation == self._generation:
             return region
-        if region is not None:
-            self._drop(region)
-            local.region = None
-        name = f"{self._tag}-{next(self._counter)}"
-        region = _Region(name, max(size, region.size if region is not None else 0))
         with self._lock:
+            if self._closed:
+                raise SharedMemoryUnusable("the shared-memory channel is closed")
+            if region is not None:
+                local.region = None
+                if self._forget(region):
+                    self._release(region)
+            name = f"{self._tag}-{next(self._counter)}"
+            region = _Region(name, max(size, region.size if region is not None else 0))
             self._regions.append(region)
-        try:
-            self._client.register_system_shared_memory(name, "/" + name, region.size)
-        except BaseException:
-            # The server cannot map our regions (e.g. another IPC namespace): stop trying.
-            self.disabled = True
-            self._drop(region)
-            raise
-        local.region = region
-        local.generation = self._generation
+            try:
+                self._client.register_system_shared_memory(name, "/" + name, region.size)
+            except BaseException:
+                # The server cannot map our regions (e.g. another IPC namespace): stop trying.
+                self.disabled = True
+                self._forget(region)
+                self._release(region)
+                raise
+            local.region = region
+            local.generation = self._generation
+            if not self._reclaimed:
+                # Only now is the server known to share this host's /dev/shm (and so the
+                # PIDs and namespaces that region names carry).
+                self._reclaimed = True
+                reclaim_dead_regions(self._client)
         return region
 
-    def _drop(self, region: _Region) -> None:
+    def _forget(self, region: _Region) -> bool:
+        """Take ``region`` off the list; False when another thread (close) already did."""
         with self._lock:
-            if region in self._regions:
-                self._regions.remove(region)
+            if region not in self._regions:
+                return False
+            self._regions.remove(region)
+            return True
+
+    def _release(self, region: _Region) -> None:
+        """Unregister and unlink one region that this thread took off the list."""
         try:
             self._client.unregister_system_shared_memory(region.name)
         except Exception as exc:  # the server may be gone: still unlink our side
             logger.debug("unregistering %s: %s", region.name, exc)
         region.view = None
-        shm.destroy_shared_memory_region(region.handle)
+        try:
+            shm.destroy_shared_memory_region(region.handle)
+        except BufferError:  # a request in flight still maps it (closing at exit)
+            region.handle._mpsm_handle.unlink()
 
     # ---- requests ------------------------------------------------------------------------
 
@@ -188,6 +234,8 @@ class SharedMemoryChannel:
             raise SharedMemoryUnusable(str(exc)) from exc
 
         view = region.view
+        if view is None:  # closed meanwhile
+            raise SharedMemoryUnusable("the shared-memory channel is closed")
         offset = 0
         shm_inputs = []
         for inp, content, size in zip(inputs, contents, layout, strict=False):
@@ -226,12 +274,93 @@ class SharedMemoryChannel:
             arrays[name] = np.array(shm.get_contents_as_numpy(region.handle, dtype, shape, at))
         return SharedMemoryResult(result, arrays)
 
+    def _take_all(self) -> list[_Region]:
+        """Close the channel (no region is made after this) and take every region."""
+        self._closed = self.disabled = True
+        regions, self._regions = self._regions, []
+        return regions
+
     def close(self) -> None:
-        """Unregister and unlink every region (all threads'); idempotent."""
+        """Unregister and unlink every region (all threads'); idempotent.
+
+        In a forked child it only forgets them: they are the parent's, still in use.
+        """
         with self._lock:
-            regions, self._regions = self._regions, []
+            regions = self._take_all()
+        if os.getpid() != self._pid:
+            return
         for region in regions:
-            self._drop(region)
+            self._release(region)
+
+    def release_on_signal(self) -> None:
+        """Unlink every region, then unregister them, each within a short deadline.
+
+        Runs in a signal handler, in the main thread: it waits a bounded time for the lock
+        (a thread registering a region holds it; if the main thread does, the RLock lets
+        it in), unlinks first (local and instant) and stops at the first failed RPC, so a
+        server that does not answer cannot delay the process's end.
+        """
+        if os.getpid() != self._pid:
+            return
+        locked = self._lock.acquire(timeout=_SIGNAL_RPC_TIMEOUT_S)
+        try:
+            regions = self._take_all()
+        finally:
+            if locked:
+                self._lock.release()
+        for region in regions:
+            try:
+                region.handle._mpsm_handle.unlink()
+            except Exception as exc:
+                logger.debug("unlinking %s: %s", region.name, exc)
+        for region in regions:
+            try:
+                self._client.unregister_system_shared_memory(
+                    region.name, client_timeout=_SIGNAL_RPC_TIMEOUT_S
+                )
+            except Exception as exc:
+                logger.debug("unregistering %s: %s", region.name, exc)
+                return
+
+
+class _ExitGuard:
+    """Releases every live channel's regions when a fatal signal arrives.
+
+    Installed for a signal only while its handler is the default one (an application's
+    own handler is left alone: it ends the process through ``sys.exit``, so ``atexit``
+    and the Router's finalizers clean up), and only from the main thread, the one where
+    Python lets handlers be set. After the cleanup the signal's default action runs, so
+    the process still dies of it (its parent sees the same status).
+    """
+
+    def __init__(self) -> None:
+        self._channels: weakref.WeakSet[SharedMemoryChannel] = weakref.WeakSet()
+        self._installed: set[int] = set()
+
+    def watch(self, channel: SharedMemoryChannel) -> None:
+        self._channels.add(channel)
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for name in _FATAL_SIGNALS:
+            signum = getattr(signal, name, None)
+            if signum is None or signum in self._installed:
+                continue
+            if signal.getsignal(signum) == signal.SIG_DFL:
+                signal.signal(signum, self._on_signal)
+                self._installed.add(signum)
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        for channel in list(self._channels):
+            channel.release_on_signal()
+        signal.signal(signum, signal.SIG_DFL)
+        self._installed.discard(signum)
+        signal.raise_signal(signum)
+
+
+@functools.cache
+def _exit_guard() -> _ExitGuard:
+    """The process's one guard, made with its first channel (nothing happens at import)."""
+    return _ExitGuard()
 
 
 class SharedMemoryUnusable(Exception):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -56,6 +57,16 @@ class RoutedResult:
 
     def as_numpy(self, name: str) -> np.ndarray | None:
         return self.result.as_numpy(name)
+
+
+def _shut_down(table: TableWatcher, shadow: ShadowMirror, servers: ServerPool) -> None:
+    """What closing a Router does; holds no reference to the Router (its finalizer, which
+    the garbage collector may run in any thread: whatever fails, regions are released)."""
+    try:
+        table.close()
+        shadow.close()
+    finally:
+        servers.close()
 
 
 def _wants_shared_memory(setting: bool | str, url: str, *, custom_client: bool) -> bool:
@@ -166,6 +177,11 @@ class Router:
         )
         self._detector = Detector(model, self._servers.model_config)
         self._closed = False
+        # close() without the Router: a dropped Router, and every live one at interpreter
+        # exit, still stops its threads and releases its shared-memory regions.
+        self._finalizer = weakref.finalize(
+            self, _shut_down, self._table, self._shadow, self._servers
+        )
         self.set_shadow(shadow)
         self.refresh()
         self._table.start()
@@ -339,13 +355,10 @@ class Router:
     # ---- lifecycle -----------------------------------------------------------------------
 
     def close(self) -> None:
-        """Stop the poller and close the gRPC channels; idempotent."""
-        if self._closed:
-            return
+        """Stop the poller, release shared memory and close the gRPC channels; idempotent
+        (also done when the Router is garbage-collected or the interpreter exits)."""
         self._closed = True
-        self._table.close()
-        self._shadow.close()
-        self._servers.close()
+        self._finalizer()
 
     def __enter__(self) -> Router:
         return self

@@ -1,0 +1,185 @@
+"""Which process owns a shared-memory region, and reclaiming the regions of dead owners.
+
+A process killed outright (SIGKILL, the OOM killer, a container kill) runs no cleanup: its
+regions stay in /dev/shm and registered in Triton, which keeps its own mapping, so the
+memory stays taken until someone unregisters them. Every region name therefore carries its
+owner: the PID namespace (PIDs mean nothing across namespaces that share /dev/shm), the
+PID, and the process's start time from /proc (a reused PID has another one). A sweep
+removes only names of this format whose owner is in this namespace and provably gone; a
+region it cannot attribute (another namespace, another format, an unreadable /proc entry)
+is left alone, so a live process's regions are never touched.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["PREFIX", "Owner", "leftover_regions", "of_dead_owners", "reclaim_dead_regions"]
+
+logger = logging.getLogger(__name__)
+
+#: Every region name of ours starts with it (``Owner.tag`` adds the owner).
+PREFIX = "repo-manager-shm"
+_SHM_DIR = "/dev/shm"
+_NAME = re.compile(rf"^{PREFIX}-(\d+)-(\d+)-(\d+)-[0-9a-f]+-\d+$")
+#: A sweep's RPCs to Triton get this deadline: a hung server must not hang a Router.
+_RPC_TIMEOUT_S = 5.0
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """/proc/PID/stat from field 3 (state) on; ``comm`` may hold spaces and parentheses."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            text = stat.read()
+    except OSError:
+        return None
+    return text.rsplit(")", 1)[1].split()
+
+
+def _pid_namespace() -> int | None:
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
+
+
+@dataclass(kw_only=True, frozen=True)
+class Owner:
+    """A process, told apart from any later one that reuses its PID."""
+
+    namespace: int
+    pid: int
+    start: int  # clock ticks after boot (/proc/PID/stat field 22)
+
+    @classmethod
+    def current(cls) -> Owner | None:
+        """This process (None where /proc cannot say: its regions are then never swept)."""
+        namespace, fields = _pid_namespace(), _stat_fields(os.getpid())
+        if namespace is None or fields is None:
+            return None
+        return cls(namespace=namespace, pid=os.getpid(), start=int(fields[19]))
+
+    @classmethod
+    def of(cls, name: str) -> Owner | None:
+        """The owner a region name carries (None: not a name of this format)."""
+        match = _NAME.match(name)
+        if match is None:
+            return None
+        namespace, pid, start = (int(g) for g in match.groups())
+        return cls(namespace=namespace, pid=pid, start=start)
+
+    def tag(self) -> str:
+        """The start of every region name this owner makes."""
+        return f"{PREFIX}-{self.namespace}-{self.pid}-{self.start}"
+
+    def is_dead(self) -> bool:
+        """True only when this process provably ended (a zombie has ended)."""
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass  # another user's process: it exists; its start time says whether it is ours
+        fields = _stat_fields(self.pid)
+        if fields is None:
+            return False  # hidden by /proc's mount options, or racing its exit: keep
+        return fields[0] in ("Z", "X") or int(fields[19]) != self.start
+
+
+def of_dead_owners(names: Iterable[str]) -> list[str]:
+    """The names among ``names`` whose owner is in this PID namespace and dead."""
+    namespace = _pid_namespace()
+    verdicts: dict[Owner, bool] = {}
+    dead = []
+    for name in names:
+        owner = Owner.of(name)
+        if owner is None or namespace is None or owner.namespace != namespace:
+            continue
+        if owner not in verdicts:
+            verdicts[owner] = owner.is_dead()
+        if verdicts[owner]:
+            dead.append(name)
+    return sorted(dead)
+
+
+def _our_files() -> list[str]:
+    try:
+        return [n for n in os.listdir(_SHM_DIR) if n.startswith(PREFIX)]
+    except OSError:  # no /dev/shm here (not Linux): nothing to list
+        return []
+
+
+def _our_registrations(client: Any) -> list[str]:
+    """The names of our regions registered in one Triton."""
+    status = client.get_system_shared_memory_status(as_json=True, client_timeout=_RPC_TIMEOUT_S)
+    regions = status.get("regions", {}).values() if isinstance(status, dict) else ()
+    return [r["name"] for r in regions if str(r.get("name", "")).startswith(PREFIX)]
+
+
+def reclaim_dead_regions(client: Any | None = None) -> list[str]:
+    """Unlink dead owners' regions from /dev/shm and, given a client of a Triton on this
+    host (one that mapped a region of ours), unregister dead owners' registrations from
+    it; returns what it removed (``/dev/shm/NAME``, ``registered NAME``).
+
+    Never raises: what it could not reach (a server down, an old client) is left for the
+    next sweep. A sweep of others' leftovers must never fail the sweeper's request.
+    """
+    removed = _unlink_dead_files()
+    if client is not None:
+        removed += _unregister_dead(client)
+    if removed:
+        logger.info("reclaimed %d shared-memory region(s) of dead processes", len(removed))
+    return removed
+
+
+def _unlink_dead_files() -> list[str]:
+    removed = []
+    for name in of_dead_owners(_our_files()):
+        try:
+            os.unlink(os.path.join(_SHM_DIR, name))
+        except FileNotFoundError:
+            continue  # another sweep was first
+        except OSError as exc:  # e.g. another user's region in the sticky /dev/shm
+            logger.debug("cannot unlink %s: %s", name, exc)
+            continue
+        removed.append(f"{_SHM_DIR}/{name}")
+    return removed
+
+
+def _unregister_dead(client: Any) -> list[str]:
+    try:
+        names = of_dead_owners(_our_registrations(client))
+    except Exception as exc:
+        logger.debug("listing registered regions: %s", exc)
+        return []
+    removed = []
+    for name in names:
+        try:
+            client.unregister_system_shared_memory(name, client_timeout=_RPC_TIMEOUT_S)
+        except Exception as exc:
+            logger.debug("unregistering %s: %s", name, exc)
+            continue
+        removed.append(f"registered {name}")
+    return removed
+
+
+def leftover_regions(urls: Iterable[str] = ()) -> list[str]:
+    """Our regions whose owner process is dead: files in /dev/shm (``/dev/shm/NAME``) and,
+    for each Triton gRPC url given (servers on this host: PIDs are judged here), its
+    registrations (``URL: NAME``). Empty when nothing was left behind; a live process's
+    regions are never listed.
+
+    Raises InferenceServerException when a url's server does not answer.
+    """
+    import tritonclient.grpc as grpcclient
+
+    left = [f"{_SHM_DIR}/{name}" for name in of_dead_owners(_our_files())]
+    for url in urls:
+        with grpcclient.InferenceServerClient(url) as client:
+            left += [f"{url}: {name}" for name in of_dead_owners(_our_registrations(client))]
+    return left

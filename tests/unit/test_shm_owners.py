@@ -1,0 +1,184 @@
+"""Which regions a sweep may reclaim: only provably dead owners' in this PID namespace.
+
+Real files in /dev/shm and real processes (a finished child, a zombie, a reused PID);
+Triton's side is a small fake listing registrations (the real one is proven in
+tests/integration/test_shm_lifecycle.py).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from repo_manager.shm import SharedMemoryChannel
+from repo_manager.shm import _ExitGuard as ExitGuard
+from repo_manager.shm_owners import Owner, leftover_regions, reclaim_dead_regions
+
+SHM = Path("/dev/shm")
+pytestmark = pytest.mark.skipif(
+    not SHM.is_dir() or Owner.current() is None, reason="needs Linux /dev/shm and /proc"
+)
+
+
+def me() -> Owner:
+    owner = Owner.current()
+    assert owner is not None
+    return owner
+
+
+def finished_child() -> Owner:
+    """A process that ran and was reaped: its PID is free."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    owner = replace(me(), pid=child.pid)
+    child.wait()
+    return owner
+
+
+def name_for(owner: Owner) -> str:
+    return f"{owner.tag()}-{uuid.uuid4().hex[:8]}-0"
+
+
+@pytest.fixture
+def files() -> Iterator[list[str]]:
+    """Makes /dev/shm files by name; removes whatever is left of them afterwards."""
+    made: list[str] = []
+    yield made
+    for name in made:
+        (SHM / name).unlink(missing_ok=True)
+
+
+def make(files: list[str], owner: Owner) -> str:
+    name = name_for(owner)
+    (SHM / name).write_bytes(b"\0" * 64)
+    files.append(name)
+    return name
+
+
+class Registrations:
+    """Triton's system shared-memory status and unregister, for the sweep."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = list(names)
+        self.unregistered: list[str] = []
+
+    def get_system_shared_memory_status(self, **kw: Any) -> dict[str, Any]:
+        return {"regions": {n: {"name": n, "key": "/" + n} for n in self.names}}
+
+    def unregister_system_shared_memory(self, name: str = "", **kw: Any) -> None:
+        self.unregistered.append(name)
+        self.names.remove(name)
+
+
+def test_a_region_name_carries_its_owner() -> None:
+    owner = me()
+    assert Owner.of(name_for(owner)) == owner
+    assert owner.pid == os.getpid() and not owner.is_dead()
+    for foreign in ("repo-manager-shm-123-0a1b2c3d-0", "triton_python_backend_shm_region_1"):
+        assert Owner.of(foreign) is None
+
+
+def test_dead_owners_regions_are_reclaimed_and_live_ones_kept(files: list[str]) -> None:
+    mine = make(files, me())
+    gone = make(files, finished_child())
+    reused = make(files, replace(me(), start=me().start + 1))  # my PID, another process
+    assert f"/dev/shm/{gone}" in leftover_regions() and f"/dev/shm/{mine}" not in leftover_regions()
+    removed = reclaim_dead_regions()
+    assert {f"/dev/shm/{gone}", f"/dev/shm/{reused}"} <= set(removed)
+    assert (SHM / mine).exists() and not (SHM / gone).exists() and not (SHM / reused).exists()
+
+
+def test_a_zombie_owner_is_dead() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        owner = replace(me(), pid=child.pid)
+        os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)  # exited, not reaped
+        assert owner.is_dead()
+    finally:
+        child.wait()
+
+
+def test_regions_of_another_pid_namespace_or_format_are_never_touched(
+    files: list[str],
+) -> None:
+    elsewhere = make(files, replace(finished_child(), namespace=me().namespace + 1))
+    legacy = f"repo-manager-shm-{finished_child().pid}-0a1b2c3d-0"
+    (SHM / legacy).write_bytes(b"\0")
+    files.append(legacy)
+    reclaim_dead_regions()
+    assert (SHM / elsewhere).exists() and (SHM / legacy).exists()
+
+
+def test_the_sweep_unregisters_only_dead_owners_registrations_from_triton() -> None:
+    live, dead = name_for(me()), name_for(finished_child())
+    other = name_for(replace(finished_child(), namespace=me().namespace + 1))
+    triton = Registrations([live, dead, other, "someone-elses-region"])
+    assert reclaim_dead_regions(triton) == [f"registered {dead}"]
+    assert triton.unregistered == [dead]
+
+
+def test_a_server_that_cannot_list_registrations_fails_no_sweep(files: list[str]) -> None:
+    gone = make(files, finished_child())
+    assert reclaim_dead_regions(object()) == [f"/dev/shm/{gone}"]
+
+
+class RecordingClient(Registrations):
+    def __init__(self) -> None:
+        super().__init__([])
+        self.registered: list[str] = []
+
+    def register_system_shared_memory(self, name: str, key: str, size: int, **kw: Any) -> None:
+        self.registered.append(name)
+        self.names.append(name)
+
+
+def test_a_forked_child_closing_the_channel_leaves_the_parents_regions() -> None:
+    client = RecordingClient()
+    channel = SharedMemoryChannel(client, "det-versions")
+    region = channel._region(64)
+    pid = os.fork()
+    if pid == 0:  # the child: close, then report what it unregistered
+        channel.close()
+        os._exit(len(client.unregistered) + 10 * (not (SHM / region.name).exists()))
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert (SHM / region.name).exists()
+    channel.close()
+    assert not (SHM / region.name).exists() and client.unregistered == [region.name]
+
+
+def test_the_exit_guard_leaves_an_applications_own_signal_handler_alone() -> None:
+    def mine(signum: int, frame: object) -> None:
+        pass
+
+    channel = SharedMemoryChannel(RecordingClient(), "det-versions")
+    previous = signal.signal(signal.SIGHUP, mine)
+    try:
+        ExitGuard().watch(channel)
+        assert signal.getsignal(signal.SIGHUP) is mine
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
+def test_the_exit_guard_is_installed_only_from_the_main_thread() -> None:
+    channel = SharedMemoryChannel(RecordingClient(), "det-versions")
+    previous = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    try:
+        guard = ExitGuard()
+        thread = threading.Thread(target=guard.watch, args=(channel,))
+        thread.start()
+        thread.join()
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_DFL
+        guard.watch(channel)
+        assert signal.getsignal(signal.SIGHUP) == guard._on_signal
+    finally:
+        signal.signal(signal.SIGHUP, previous)
