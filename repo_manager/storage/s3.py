@@ -37,7 +37,15 @@ from typing import TYPE_CHECKING, Any
 
 from repo_manager.errors import StorageError
 from repo_manager.names import CONFIG_FILE, MANIFEST_FILE
-from repo_manager.storage.s3_calls import MB, MISSING, S3Calls, S3Location, S3Settings, parse_s3_url
+from repo_manager.storage.s3_calls import (
+    CONDITION_FAILED,
+    MB,
+    MISSING,
+    S3Calls,
+    S3Location,
+    S3Settings,
+    parse_s3_url,
+)
 from repo_manager.storage.s3_lock import Lease, hold_lock
 
 if TYPE_CHECKING:
@@ -50,7 +58,6 @@ STAGING_PREFIX = ".staging-"
 #: folder: Triton never takes it for a model, and ``models()`` skips dot names.
 SERVABLE_MARKER = ".repo-manager.keep"
 _MARKER_BODY = b"repo-manager: keeps this prefix a directory for Triton; do not delete\n"
-_PRESENT = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict"})
 
 Progress = Callable[[str], None]
 
@@ -154,7 +161,7 @@ class S3Storage:
         self.calls.call(
             f"write {SERVABLE_MARKER} in",
             "put_object",
-            none_on=_PRESENT,
+            none_on=CONDITION_FAILED,
             Key=self.where.key(SERVABLE_MARKER),
             Body=_MARKER_BODY,
             IfNoneMatch="*",

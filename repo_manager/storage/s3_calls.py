@@ -47,7 +47,15 @@ from repo_manager.errors import (
     StorageUnavailableError,
 )
 
-__all__ = ["MB", "MISSING", "S3Calls", "S3Location", "S3Settings", "parse_s3_url"]
+__all__ = [
+    "CONDITION_FAILED",
+    "MB",
+    "MISSING",
+    "S3Calls",
+    "S3Location",
+    "S3Settings",
+    "parse_s3_url",
+]
 
 MB = 1024 * 1024
 _ACCESS_CODES = frozenset(
@@ -62,6 +70,8 @@ _ACCESS_CODES = frozenset(
     }
 )
 MISSING = frozenset({"NoSuchKey", "404", "NotFound"})  # the codes of a key that is not there
+#: The codes of a conditional write (If-None-Match, If-Match) whose condition did not hold.
+CONDITION_FAILED = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict"})
 _SETUP = "client"  # the operation name under which building the client is translated
 #: S3's rules for bucket names (general purpose buckets; MinIO applies the same).
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")

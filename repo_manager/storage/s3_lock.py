@@ -38,15 +38,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from repo_manager.errors import RepoManagerError, StorageError
-from repo_manager.storage.s3_calls import MISSING, S3Calls
+from repo_manager.storage.s3_calls import CONDITION_FAILED, MISSING, S3Calls
 
 __all__ = ["LOCK_PREFIX", "Lease", "hold_lock"]
 
 logger = logging.getLogger(__name__)
 
 LOCK_PREFIX = ".repo-manager-lock."  # a root-level *file*: Triton never lists it as a model
-_TAKEN = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict"})
-_CHANGED = _TAKEN | MISSING  # the condition failed: the lock is another's, or gone
+_CHANGED = CONDITION_FAILED | MISSING  # the lock is another's now, or gone
 _POLL = 0.2  # seconds between two attempts of a waiter
 _TRUST = 0.75  # of a lease: how long the holder trusts an unconfirmed lock
 
