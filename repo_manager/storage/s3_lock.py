@@ -99,7 +99,7 @@ def _acquire(calls: S3Calls, key: str, name: str) -> Lease:
         write = _write(calls, verb, name, key, **condition)
         if write.etag is not None:
             if verb == "break":
-                logger.warning("broke lock %s in %s: its holder stopped renewing", name, key)
+                logger.info("broke lock %s in %s: its holder stopped renewing", name, key)
             return Lease(calls=calls, key=key, name=name, etag=write.etag, confirmed=write.sent)
         condition, verb = {"IfNoneMatch": "*"}, "take"
         now = time.monotonic()
@@ -161,7 +161,8 @@ class Lease:
     def _lose(self, reason: str) -> None:
         with self._mutex:
             self._lost = self._lost or reason
-        logger.warning("lost lock %s: %s", self.key, reason)
+        # Info only: the holder's next write raises with the reason (the CLI's one line).
+        logger.info("lost lock %s: %s", self.key, reason)
 
     def _renew_until_stopped(self) -> None:
         while not self._stopped.wait(self._lease / 4):
@@ -192,6 +193,4 @@ class Lease:
             IfMatch=etag,
         )
         if deleted is None:
-            logger.warning(
-                "lock %s was taken over before its release; left to its holder", self.key
-            )
+            logger.info("lock %s was taken over before its release; left to its holder", self.key)

@@ -7,6 +7,7 @@ parsing, retries and error classes still run), or the request goes to a closed p
 from __future__ import annotations
 
 import ast
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -269,6 +270,7 @@ def test_breaking_a_dead_lock_translates_a_refused_takeover() -> None:
 def test_a_failed_renewal_stops_the_holder_at_its_next_write(
     caplog: pytest.LogCaptureFixture, status: int, code: str, reason: str
 ) -> None:
+    caplog.set_level(logging.INFO, logger="repo_manager.storage.s3_lock")
     storage = make_storage(lock_lease=0.2)
     answer(storage.client, "PutObject", 200, headers={"ETag": '"first"'})
     answer(storage.client, "HeadObject", 200, headers={"ETag": '"someone-else"'})
