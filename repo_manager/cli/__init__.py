@@ -4,6 +4,7 @@ app.py         the group, its global options, the entry point (one line per erro
 options.py     options several commands share; the signal helper; manager metrics
 render.py      pure text renderers of the answers
 serving.py     serve, traffic
+initialize.py  init (the repository made servable before any Triton starts)
 exporting.py   export
 publishing.py  publish, validate
 analysis.py    rollout (the progressive analysis; also publish --auto)
@@ -18,6 +19,7 @@ from __future__ import annotations
 from repo_manager.cli import (  # noqa: F401
     analysis,
     exporting,
+    initialize,
     moves,
     publishing,
     reconcile,

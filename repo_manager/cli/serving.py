@@ -9,10 +9,10 @@ from pathlib import Path
 import click
 
 from repo_manager.cli.app import Context, cli, require_repository
+from repo_manager.cli.initialize import prepare_repository
 from repo_manager.cli.options import parse_interval, serve_metrics_options, stop_on_signals
 from repo_manager.errors import TritonUnavailableError
 from repo_manager.names import validate_model_name
-from repo_manager.storage import LocalStorage
 
 
 @cli.command()
@@ -35,10 +35,7 @@ def serve(
     """Run the embedded tritonserver on the repository (foreground) and reconcile it."""
     from repo_manager.server import EmbeddedTriton, ServerPorts
 
-    storage = obj.storage()
-    if isinstance(storage, LocalStorage):
-        storage.root.mkdir(parents=True, exist_ok=True)
-    storage.check()
+    storage = prepare_repository(obj)
     server = EmbeddedTriton(
         storage.triton_location,
         ports=ServerPorts(http=http_port, grpc=grpc_port, metrics=metrics_port),

@@ -25,6 +25,14 @@ class Storage(Protocol):
         """Fail with one line when the repository cannot be used at all."""
         ...
 
+    def prepare(self) -> None:
+        """Make the repository servable before any Triton starts (idempotent).
+
+        Triton refuses a repository path that is not a directory: a missing folder, or an
+        S3 prefix no object lies under yet (a fleet started before the first publish).
+        """
+        ...
+
     def read_bytes(self, key: str) -> bytes | None:
         """The file's content, or None when it does not exist."""
         ...

@@ -34,6 +34,15 @@ class LocalStorage:
         if not self.root.is_dir():
             raise InvalidInputError(f"repository {self.root} does not exist")
 
+    def prepare(self) -> None:
+        """Create the folder (and its parents) when missing: mkdir is atomic."""
+        if self.root.exists() and not self.root.is_dir():
+            raise InvalidInputError(f"repository {self.root} is not a folder")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create repository {self.root}: {exc.strerror}") from exc
+
     def path(self, key: str) -> Path:
         return self.root / key if key else self.root
 

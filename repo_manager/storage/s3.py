@@ -13,6 +13,13 @@ S3 has no rename, so a version is made visible whole in three steps:
 3. the objects are copied server-side to ``<model>/<version>/`` with ``manifest.json``
    copied last, then (new model only) ``config.pbtxt``; the staging prefix is deleted.
 
+Triton calls a prefix a directory only when some object lies under it, and refuses to start
+on a repository that is not one: ``prepare`` writes ``SERVABLE_MARKER`` at the root (once,
+atomically: a PUT If-None-Match), so a fresh prefix is servable before the first publish.
+
+Writes made under a lock (``lock``) first check that the lock is still this manager's
+(``Lease.check``): a manager whose lock was lost stops instead of writing.
+
 A version *exists* only once its manifest exists (``exists`` of a version folder key asks
 for the manifest), and the manager only ever asks Triton to load versions it names, so a
 publish killed at any point leaves nothing that looks like a version; the next publish of
@@ -24,21 +31,33 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Callable, Hashable, Iterator
-from contextlib import AbstractContextManager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from repo_manager.errors import StorageError
 from repo_manager.names import CONFIG_FILE, MANIFEST_FILE
-from repo_manager.storage.s3_calls import MB, MISSING, S3Calls, S3Location, S3Settings, parse_s3_url
-from repo_manager.storage.s3_lock import hold_lock
+from repo_manager.storage.s3_calls import (
+    CONDITION_FAILED,
+    MB,
+    MISSING,
+    S3Calls,
+    S3Location,
+    S3Settings,
+    parse_s3_url,
+)
+from repo_manager.storage.s3_lock import Lease, hold_lock
 
 if TYPE_CHECKING:
     from boto3.s3.transfer import TransferConfig
 
-__all__ = ["S3Location", "S3Storage", "parse_s3_url"]
+__all__ = ["SERVABLE_MARKER", "S3Location", "S3Storage", "parse_s3_url"]
 
 STAGING_PREFIX = ".staging-"
+#: The root object that makes the repository prefix a directory for Triton. A file, not a
+#: folder: Triton never takes it for a model, and ``models()`` skips dot names.
+SERVABLE_MARKER = ".repo-manager.keep"
+_MARKER_BODY = b"repo-manager: keeps this prefix a directory for Triton; do not delete\n"
 
 Progress = Callable[[str], None]
 
@@ -89,6 +108,7 @@ class S3Storage:
         connect_timeout: float = 5.0,
         lock_timeout: float = 60.0,
         lock_lease: float = 20.0,
+        reconnect_timeout: float = 10.0,
     ) -> None:
         self.where = parse_s3_url(url)
         settings = S3Settings.from_env(
@@ -98,8 +118,10 @@ class S3Storage:
             connect_timeout=connect_timeout,
             lock_timeout=lock_timeout,
             lock_lease=lock_lease,
+            reconnect_timeout=reconnect_timeout,
         )
         self.calls = S3Calls(self.where, settings)
+        self._held = threading.local()  # the leases this thread holds (``lock``)
 
     # -- names ---------------------------------------------------------------------------
 
@@ -133,6 +155,29 @@ class S3Storage:
         """Fail early, in one line, on a missing bucket, bad credentials or no endpoint."""
         self.calls.call("open the bucket", "head_bucket")
 
+    def prepare(self) -> None:
+        """Make the prefix a directory for Triton (idempotent: an existing marker stays)."""
+        self.check()
+        self.calls.call(
+            f"write {SERVABLE_MARKER} in",
+            "put_object",
+            none_on=CONDITION_FAILED,
+            Key=self.where.key(SERVABLE_MARKER),
+            Body=_MARKER_BODY,
+            IfNoneMatch="*",
+        )
+
+    def _leases(self) -> list[Lease]:
+        held: list[Lease] | None = getattr(self._held, "leases", None)
+        if held is None:
+            held = self._held.leases = []
+        return held
+
+    def _guard(self, what: str) -> None:
+        """Before a write: stop if a lock this thread holds was lost."""
+        for lease in self._leases():
+            lease.check(what)
+
     # -- Storage interface ----------------------------------------------------------------
 
     def read_bytes(self, key: str) -> bytes | None:
@@ -140,6 +185,7 @@ class S3Storage:
 
     def write_bytes_atomic(self, key: str, data: bytes) -> None:
         # A PUT replaces an object whole: readers see the old or the new content.
+        self._guard(f"writing {key}")
         self.calls.call(f"write {key} in", "put_object", Key=self.where.key(key), Body=data)
 
     def _head(self, key: str) -> dict[str, Any] | None:
@@ -216,6 +262,7 @@ class S3Storage:
         staging = f"{model}/{STAGING_PREFIX}{version or 'model'}"
         # Leftovers of an interrupted publish: never a version (no manifest), removed now.
         # (``key`` does not exist, so whatever is under it is an unfinished commit.)
+        self._guard(f"publishing {key}")
         self._abort_multipart(staging)
         self.remove_tree(staging)
         self.remove_tree(key)
@@ -230,6 +277,7 @@ class S3Storage:
         for path in files:  # manifest, then config, last (sorted so above)
             relative = path.relative_to(source).as_posix()
             target = f"{key}/{relative}"
+            self._guard(f"committing {target}")
             self.calls.copy(
                 f"commit {target} to",
                 self.where.key(f"{staging}/{relative}"),
@@ -269,6 +317,7 @@ class S3Storage:
 
     def remove_tree(self, key: str) -> None:
         key = key.strip("/")
+        self._guard(f"removing {key or 'the root'}")
         keys = [item["Key"] for item in self._list(key)]
         # Manifest and config first: the folder stops being a version before it shrinks.
         keys.sort(key=lambda k: (not k.endswith((f"/{MANIFEST_FILE}", f"/{CONFIG_FILE}")), k))
@@ -276,8 +325,15 @@ class S3Storage:
             batch = {"Objects": [{"Key": k} for k in keys[start : start + 1000]], "Quiet": True}
             self.calls.call(f"remove {key} from", "delete_objects", Delete=batch)
 
-    def lock(self, name: str) -> AbstractContextManager[None]:
-        return hold_lock(self.calls, name)
+    @contextmanager
+    def lock(self, name: str) -> Iterator[None]:
+        with hold_lock(self.calls, name) as lease:
+            held = self._leases()
+            held.append(lease)
+            try:
+                yield
+            finally:
+                held.remove(lease)
 
     def walk_files(self) -> Iterator[str]:
         prefix = self.where.key("")

@@ -7,11 +7,17 @@ only place where botocore's and boto3's errors are caught. They leave it as one-
 credential (credentials come from boto3's usual chain: the standard AWS variables,
 profiles, instance roles). The S3 modules never call the client directly, so no new
 call can forget the translation.
+
+A request that cannot reach the endpoint (refused, reset, closed: a restarting S3 server)
+is sent again for up to ``reconnect_timeout`` seconds before it fails; every request we
+send is safe to repeat (conditional writes say so themselves: see ``s3_lock``).
 """
 
 from __future__ import annotations
 
 import os
+import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +31,12 @@ from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
+    ConnectionClosedError,
     EndpointConnectionError,
     NoCredentialsError,
+    ResponseStreamingError,
 )
+from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from repo_manager.errors import (
     BucketNotFoundError,
@@ -38,7 +47,15 @@ from repo_manager.errors import (
     StorageUnavailableError,
 )
 
-__all__ = ["MB", "MISSING", "S3Calls", "S3Location", "S3Settings", "parse_s3_url"]
+__all__ = [
+    "CONDITION_FAILED",
+    "MB",
+    "MISSING",
+    "S3Calls",
+    "S3Location",
+    "S3Settings",
+    "parse_s3_url",
+]
 
 MB = 1024 * 1024
 _ACCESS_CODES = frozenset(
@@ -53,7 +70,14 @@ _ACCESS_CODES = frozenset(
     }
 )
 MISSING = frozenset({"NoSuchKey", "404", "NotFound"})  # the codes of a key that is not there
+#: The codes of a conditional write (If-None-Match, If-Match) whose condition did not hold.
+CONDITION_FAILED = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict"})
 _SETUP = "client"  # the operation name under which building the client is translated
+#: S3's rules for bucket names (general purpose buckets; MinIO applies the same).
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_IP_ADDRESS = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
+#: Errors of a request that never reached a live server (or lost it midway): sent again.
+_RECONNECTABLE = (BotoConnectionError, ConnectionClosedError, ResponseStreamingError)
 
 T = TypeVar("T")
 
@@ -86,6 +110,11 @@ def parse_s3_url(url: str) -> S3Location:
             f"invalid S3 repository {url!r}: use s3://bucket/prefix "
             "(give the endpoint with --s3-endpoint or AWS_ENDPOINT_URL)"
         )
+    if not _BUCKET.match(bucket) or ".." in bucket or _IP_ADDRESS.match(bucket):
+        raise InvalidInputError(
+            f"invalid S3 bucket name {bucket!r} in {url}: 3 to 63 lowercase letters, digits, "
+            "'.' or '-', starting and ending with a letter or digit"
+        )
     return S3Location(bucket=bucket, prefix=prefix.strip("/"))
 
 
@@ -99,6 +128,7 @@ class S3Settings:
     connect_timeout: float = 5.0
     lock_timeout: float = 60.0
     lock_lease: float = 20.0
+    reconnect_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         if self.endpoint_url is not None:
@@ -110,7 +140,7 @@ class S3Settings:
         for name in ("multipart_threshold", "multipart_chunksize"):
             if getattr(self, name) < 1:
                 raise InvalidInputError(f"S3 {name} must be at least 1 byte")
-        for name in ("connect_timeout", "lock_timeout", "lock_lease"):
+        for name in ("connect_timeout", "lock_timeout", "lock_lease", "reconnect_timeout"):
             if getattr(self, name) <= 0:
                 raise InvalidInputError(f"S3 {name} must be positive")
 
@@ -224,12 +254,23 @@ class S3Calls:
         request: Callable[[], T],
         none_on: frozenset[str] = frozenset(),
     ) -> T | None:
-        try:
-            return request()
-        except (BotoCoreError, ClientError, Boto3Error) as exc:
-            if _code(exc) in none_on:
-                return None
-            raise self.translate(exc, what, operation) from exc
+        give_up: float | None = None
+        pause = 0.2
+        while True:
+            try:
+                return request()
+            except (BotoCoreError, ClientError, Boto3Error) as exc:
+                if _code(exc) in none_on:
+                    return None
+                if operation != _SETUP and _reconnectable(exc):
+                    now = time.monotonic()
+                    if give_up is None:
+                        give_up = now + self.settings.reconnect_timeout
+                    if now < give_up:
+                        time.sleep(min(pause, give_up - now))
+                        pause = min(2 * pause, 2.0)
+                        continue
+                raise self.translate(exc, what, operation) from exc
 
     def translate(self, exc: Exception, what: str, operation: str) -> RepoManagerError:
         """botocore's (or boto3's) error -> the project's, in one line without a secret."""
@@ -245,7 +286,8 @@ class S3Calls:
             isinstance(exc, BotoCoreError) and "connect" in type(exc).__name__.lower()
         ):
             return StorageUnavailableError(
-                f"cannot reach the S3 endpoint {self.endpoint} to {what}"
+                f"cannot reach the S3 endpoint {self.endpoint} to {what} {self.where} "
+                f"(tried for {self.settings.reconnect_timeout:.0f}s)"
             )
         if isinstance(exc, NoCredentialsError):
             return StorageAccessError(
@@ -265,6 +307,14 @@ class S3Calls:
                 )
             return StorageError(f"S3 failed to {what} {where}: {code or exc}")
         return StorageError(f"S3 failed to {what} {where}: {type(exc).__name__}")
+
+
+def _reconnectable(exc: Exception) -> bool:
+    """Whether the request failed for want of a live server (boto3 wraps transfer errors)."""
+    if isinstance(exc, Boto3Error):
+        cause = exc.__cause__ or exc.__context__
+        return cause is not None and _reconnectable(cause)
+    return isinstance(exc, _RECONNECTABLE)
 
 
 def _code(exc: Exception) -> str:

@@ -261,10 +261,11 @@ def bucket(moto: MotoServer, s3_env: dict[str, str], request: pytest.FixtureRequ
 
     name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-")
     name = f"{name}-{uuid.uuid4().hex[:8]}"
-    client = boto3.client("s3", endpoint_url=moto.endpoint)
-    client.create_bucket(Bucket=name)
-    # Triton wants the repository prefix to exist before it starts.
-    client.put_object(Bucket=name, Key="repo/.repo-manager.keep", Body=b"")
+    from repo_manager.storage.s3 import S3Storage
+
+    boto3.client("s3", endpoint_url=moto.endpoint).create_bucket(Bucket=name)
+    # What `repo-manager init` does: Triton refuses a prefix no object lies under yet.
+    S3Storage(f"s3://{name}/repo", endpoint_url=moto.endpoint).prepare()
     return name
 
 

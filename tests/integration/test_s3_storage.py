@@ -6,16 +6,18 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
+from botocore.awsrequest import AWSPreparedRequest
 from botocore.exceptions import ClientError
 
 from repo_manager.errors import StorageAccessError, StorageError
 from repo_manager.repository import ModelRepository
 from repo_manager.storage.s3 import S3Storage, _local_etag
 from tests.integration.conftest import MotoServer
-from tests.unit.test_s3_calls import refuse
+from tests.unit.test_s3_calls import answer_if_match
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 MB = 1024 * 1024
@@ -130,19 +132,111 @@ def test_lock_of_a_dead_manager_is_broken_after_its_lease(
     assert 1.0 <= waited < 5.0
 
 
-def test_breaking_a_dead_lock_translates_a_refused_delete(
+def test_breaking_a_dead_lock_translates_a_refused_takeover(
     storage: S3Storage, moto: MotoServer
 ) -> None:
-    # The delete that breaks a dead manager's lock is an S3 call like any other: refused,
-    # it is one StorageAccessError line naming the lock, never a botocore ClientError.
+    # The conditional PUT that takes a dead manager's lock over is an S3 call like any
+    # other: refused, it is one StorageAccessError line naming the lock, never a ClientError.
     plant_dead_lock(storage, moto)
-    refuse(storage.client, "DeleteObject")
+    storage.client.meta.events.register_first(
+        "before-send.s3.PutObject", answer_if_match(403, "AccessDenied")
+    )
     with (
         pytest.raises(StorageAccessError, match=r"break lock m\.lock") as caught,
         storage.lock("m.lock"),
     ):
         pass
     assert isinstance(caught.value.__cause__, ClientError)
+
+
+def hold_first_break_until(storage: S3Storage, judged: threading.Barrier, go: Any) -> None:
+    """Make ``storage``'s first break of a stale lock wait: for every waiter to have judged
+    it stale (``judged``), then for ``go()``. A break is the request that removes or
+    replaces a lock this waiter does not hold: a DELETE, or a PUT If-Match."""
+    first = threading.Event()
+
+    def hold(request: AWSPreparedRequest, **_: object) -> None:
+        if request.method == "PUT" and "If-Match" not in request.headers:
+            return
+        if not first.is_set():
+            first.set()
+            judged.wait(timeout=30)
+            go()
+
+    for operation in ("PutObject", "DeleteObject"):
+        storage.client.meta.events.register_first(f"before-send.s3.{operation}", hold)
+
+
+def test_two_waiters_breaking_one_stale_lock_at_once_admit_exactly_one(
+    storage: S3Storage, moto: MotoServer
+) -> None:
+    plant_dead_lock(storage, moto)
+    waiters = [
+        S3Storage(storage.location, endpoint_url=storage.endpoint_url, lock_lease=1.0)
+        for _ in range(2)
+    ]
+    judged = threading.Barrier(len(waiters))
+    order = threading.Lock()
+    first_inside = threading.Event()
+    breakers: list[int] = []
+
+    def go(index: int) -> Any:
+        def wait_turn() -> None:
+            # The first to break goes at once; the other sends its break only once the
+            # first holds the lock: the order that let the second remove the first's lock.
+            with order:
+                breakers.append(index)
+                second = len(breakers) > 1
+            if second:
+                first_inside.wait(timeout=30)
+                time.sleep(0.2)
+
+        return wait_turn
+
+    for index, waiter in enumerate(waiters):
+        hold_first_break_until(waiter, judged, go(index))
+    inside: list[int] = []
+    overlaps: list[int] = []
+    mutex = threading.Lock()
+
+    def work(waiter: S3Storage) -> None:
+        with waiter.lock("m.lock"):
+            with mutex:
+                inside.append(1)
+                overlaps.append(len(inside))
+            first_inside.set()
+            time.sleep(1.5)
+            waiter.write_bytes_atomic("state.json", b"{}")  # still its lock: no error
+            with mutex:
+                inside.pop()
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in waiters]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(breakers) == [0, 1]  # both judged the same lock stale
+    assert overlaps == [1, 1]  # and one after the other held it
+
+
+def test_a_holder_whose_lock_was_taken_over_stops_before_writing(
+    storage: S3Storage, moto: MotoServer, tmp_path: Path
+) -> None:
+    client = boto3.client("s3", endpoint_url=moto.endpoint)
+    key = "repo/.repo-manager-lock.m.lock"
+    with storage.lock("m.lock"):
+        # Another manager judged this lock stale (this one stalled) and took it over.
+        client.put_object(Bucket=storage.where.bucket, Key=key, Body=b"the other manager")
+        time.sleep(0.6)  # a renewal (every lease/4) finds the lock is not ours any more
+        with pytest.raises(StorageError, match=r"lost lock m\.lock .*took it over"):
+            storage.write_bytes_atomic("state.json", b"{}")
+        with pytest.raises(StorageError, match="lost lock"):
+            storage.publish_dir(model_folder(tmp_path, "1"), "m.versions")
+    assert storage.read_bytes("state.json") is None
+    assert not storage.exists("m.versions")
+    # The release left the other manager's lock alone.
+    body = client.get_object(Bucket=storage.where.bucket, Key=key)["Body"].read()
+    assert body == b"the other manager"
 
 
 def test_live_lock_is_renewed_and_not_broken(storage: S3Storage) -> None:

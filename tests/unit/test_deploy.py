@@ -169,7 +169,10 @@ def test_triton_and_exporter_images_name_the_same_release_known_to_the_compat_ta
         c["image"]
         for _name, doc in manifests()
         if doc["kind"] in ("StatefulSet", "Deployment")
-        for c in doc["spec"]["template"]["spec"]["containers"]
+        for c in (
+            doc["spec"]["template"]["spec"]["containers"]
+            + doc["spec"]["template"]["spec"].get("initContainers", [])
+        )
     }
     assert images == {f"nvcr.io/nvidia/tritonserver:{release}-py3", f"repo-manager:{release}"}
 
@@ -272,3 +275,45 @@ def test_a_typo_in_a_function_or_a_metric_is_caught() -> None:
         "repo_manager_router_request_total",
         "repo_manager_weight",
     }
+
+
+# -- the repository is servable before any tritonserver starts -------------------------------
+
+
+def test_kubernetes_tritonservers_start_only_after_the_repository_init_step() -> None:
+    docs = {doc["metadata"]["name"] + "/" + doc["kind"]: doc for _n, doc in manifests()}
+    pod = docs["triton/StatefulSet"]["spec"]["template"]["spec"]
+    manager = docs["repo-manager/Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    init = [c for c in pod.get("initContainers", []) if c.get("args") == ["init"]]
+    assert len(init) == 1, "no initContainer runs `repo-manager init` before tritonserver"
+    step = init[0]
+    triton = pod["containers"][0]
+    # The manager's image and the same repository, endpoint and credentials as tritonserver.
+    assert step["image"] == manager["image"]
+    assert step["envFrom"] == triton["envFrom"] == manager["envFrom"]
+    secrets = {e["name"]: e for e in step["env"]}
+    assert secrets == {e["name"]: e for e in triton["env"]}
+    config = docs["repo-manager-s3/ConfigMap"]["data"]
+    bucket_prefix = config["REPO_MANAGER_REPOSITORY"].removeprefix("s3://")
+    assert config["TRITON_MODEL_REPOSITORY"] == (
+        f"s3://{config['AWS_ENDPOINT_URL'].rstrip('/')}/{bucket_prefix}"
+    )
+
+
+def test_compose_triton_starts_only_after_the_repository_init_step() -> None:
+    services = compose()["services"]
+    assert services["init"]["command"] == ["init"]
+    assert services["init"]["image"] == services["manager"]["image"]
+    assert services["init"]["environment"] == services["manager"]["environment"]
+    assert services["init"]["volumes"] == services["manager"]["volumes"]
+    assert services["triton"]["depends_on"]["init"] == {
+        "condition": "service_completed_successfully"
+    }
+    # With the s3 profile, init runs once the bucket exists; without it, alone.
+    assert services["init"]["depends_on"]["minio-setup"] == {
+        "condition": "service_completed_successfully",
+        "required": False,
+    }
+    # One rule in one place: the marker is init's to write, not a shell line's.
+    setup = " ".join(services["minio-setup"]["command"])
+    assert "mc mb" in setup and ".repo-manager.keep" not in setup

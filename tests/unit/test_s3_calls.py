@@ -7,7 +7,9 @@ parsing, retries and error classes still run), or the request goes to a closed p
 from __future__ import annotations
 
 import ast
+import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,13 +17,13 @@ from typing import Any
 import pytest
 from boto3.exceptions import Boto3Error
 from botocore.awsrequest import AWSPreparedRequest, AWSResponse
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 
 import repo_manager.storage as storage_package
 from repo_manager import errors
 from repo_manager.server import free_port
 from repo_manager.storage.s3 import S3Storage
-from repo_manager.storage.s3_calls import MISSING, S3Calls, S3Location, S3Settings
+from repo_manager.storage.s3_calls import MISSING, S3Calls, S3Location, S3Settings, parse_s3_url
 
 SECRET = "unit-secret-never-printed"
 ENDPOINT = "http://127.0.0.1:9"  # never reached: the hooks answer first
@@ -124,6 +126,19 @@ def test_a_404_of_the_bucket_check_is_a_missing_bucket() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "bucket", ["Models", "my_models", "a", "ab", "-models", "models-", "a..b", "1.2.3.4", "x" * 64]
+)
+def test_a_bucket_name_s3_would_refuse_is_bad_input(bucket: str) -> None:
+    with pytest.raises(errors.InvalidInputError, match="invalid S3 bucket name"):
+        parse_s3_url(f"s3://{bucket}/repo")
+
+
+@pytest.mark.parametrize("bucket", ["abc", "models", "my-models.v2", "0" * 63])
+def test_a_valid_bucket_name_is_taken(bucket: str) -> None:
+    assert parse_s3_url(f"s3://{bucket}/a/b/").bucket == bucket
+
+
 def test_a_missing_key_is_none_only_where_asked() -> None:
     calls = make_calls()
     answer(calls.client, "HeadObject", 404)
@@ -134,7 +149,7 @@ def test_a_missing_key_is_none_only_where_asked() -> None:
 
 def test_unreachable_endpoint_is_unavailable() -> None:
     endpoint = f"http://127.0.0.1:{free_port()}"
-    calls = make_calls(endpoint)
+    calls = make_calls(endpoint, reconnect_timeout=0.5)
     error = translated(lambda: calls.call("open the bucket", "head_bucket"))
     assert isinstance(error, errors.StorageUnavailableError) and endpoint in str(error)
 
@@ -176,6 +191,7 @@ def test_an_unknown_profile_fails_while_setting_up_the_client(
         {"multipart_chunksize": 0},
         {"lock_lease": 0},
         {"connect_timeout": -1},
+        {"reconnect_timeout": 0},
     ],
 )
 def test_settings_refuse_bad_values(settings: dict[str, Any]) -> None:
@@ -199,6 +215,7 @@ def _lock(storage: S3Storage, _: Path) -> None:
 
 OPERATIONS: dict[str, Callable[[S3Storage, Path], object]] = {
     "check": lambda s, _: s.check(),
+    "prepare": lambda s, _: s.prepare(),
     "read_bytes": lambda s, _: s.read_bytes("m/config.pbtxt"),
     "write_bytes_atomic": lambda s, _: s.write_bytes_atomic("state.json", b"{}"),
     "change_token": lambda s, _: s.change_token("state.json"),
@@ -219,36 +236,106 @@ def test_every_storage_operation_translates_a_refusal(operation: str, tmp_path: 
     assert isinstance(error, errors.StorageAccessError) and "s3://models/repo" in str(error)
 
 
-def test_breaking_a_dead_lock_translates_a_refused_delete() -> None:
-    # Someone holds the lock (412) and never renews it (same ETag): it is broken after
-    # the lease, and the delete that breaks it is refused.
+def answer_if_match(status: int, code: str, seen: threading.Event | None = None) -> Any:
+    """A before-send hook answering only the requests that carry If-Match."""
+
+    def send(request: AWSPreparedRequest, **_: object) -> AWSResponse | None:
+        if "If-Match" not in request.headers:
+            return None
+        if seen is not None:
+            seen.set()
+        body = f"<Error><Code>{code}</Code></Error>".encode()
+        return AWSResponse(request.url, status, {}, _Raw(body))
+
+    return send
+
+
+def test_breaking_a_dead_lock_translates_a_refused_takeover() -> None:
+    # Someone holds the lock (412) and never renews it (same ETag): after the lease it is
+    # taken over with a PUT If-Match that ETag, and that PUT is refused.
     storage = make_storage(lock_lease=0.1, lock_timeout=5)
     answer(storage.client, "PutObject", 412, "PreconditionFailed")
+    storage.client.meta.events.register_first(
+        "before-send.s3.PutObject", answer_if_match(403, "AccessDenied")
+    )
     answer(storage.client, "HeadObject", 200, headers={"ETag": '"dead"'})
-    refuse(storage.client, "DeleteObject")
     error = translated(lambda: _lock(storage, Path()))
     assert isinstance(error, errors.StorageAccessError) and "break lock m.lock" in str(error)
 
 
-def test_a_refused_renewal_is_logged_and_the_lock_still_released(
-    caplog: pytest.LogCaptureFixture,
+@pytest.mark.parametrize(
+    ("status", "code", "reason"),
+    [(403, "AccessDenied", "renewal failed"), (412, "PreconditionFailed", "took it over")],
+)
+def test_a_failed_renewal_stops_the_holder_at_its_next_write(
+    caplog: pytest.LogCaptureFixture, status: int, code: str, reason: str
 ) -> None:
+    caplog.set_level(logging.INFO, logger="repo_manager.storage.s3_lock")
     storage = make_storage(lock_lease=0.2)
     answer(storage.client, "PutObject", 200, headers={"ETag": '"first"'})
+    answer(storage.client, "HeadObject", 200, headers={"ETag": '"someone-else"'})
     renewed = threading.Event()
+    storage.client.meta.events.register_first(
+        "before-send.s3.PutObject", answer_if_match(status, code, renewed)
+    )
+    deletes: list[bytes] = []
 
-    def refused_renewal(request: AWSPreparedRequest, **_: object) -> AWSResponse | None:
-        if "If-Match" not in request.headers:
-            return None
-        renewed.set()
-        return AWSResponse(request.url, 403, {}, _Raw(b"<Error><Code>AccessDenied</Code></Error>"))
+    def delete(request: AWSPreparedRequest, **_: object) -> AWSResponse:
+        deletes.append(request.headers.get("If-Match", b""))
+        return AWSResponse(request.url, 204, {}, _Raw(b""))
 
-    storage.client.meta.events.register_first("before-send.s3.PutObject", refused_renewal)
-    answer(storage.client, "DeleteObject", 204)
+    storage.client.meta.events.register("before-send.s3.DeleteObject", delete)
     with storage.lock("m.lock"):
         assert renewed.wait(5)
-    assert any("could not renew lock" in r.getMessage() for r in caplog.records)
+        time.sleep(0.1)  # the renewer records the failure
+        with pytest.raises(errors.StorageError, match=rf"lost lock m\.lock .*{reason}"):
+            storage.write_bytes_atomic("state.json", b"{}")
+    assert any("lost lock" in r.getMessage() for r in caplog.records)
     assert not any(SECRET in r.getMessage() for r in caplog.records)
+    assert deletes == [b'"first"']  # released only if still ours: DELETE If-Match our ETag
+
+
+def test_a_renewal_that_hangs_past_the_trusted_part_of_the_lease_stops_the_holder() -> None:
+    storage = make_storage(lock_lease=0.4)
+    answer(storage.client, "PutObject", 200, headers={"ETag": '"first"'})
+    answer(storage.client, "DeleteObject", 204)
+    hanging = threading.Event()
+
+    def hang(request: AWSPreparedRequest, **_: object) -> AWSResponse | None:
+        if "If-Match" in request.headers:
+            hanging.set()
+            time.sleep(1.0)  # an endpoint that accepts the renewal and does not answer
+        return None
+
+    storage.client.meta.events.register_first("before-send.s3.PutObject", hang)
+    with storage.lock("m.lock"):
+        assert hanging.wait(5)
+        time.sleep(0.4)  # past 3/4 of the lease since the last confirmed write
+        with pytest.raises(errors.StorageError, match="no renewal confirmed"):
+            storage.write_bytes_atomic("state.json", b"{}")
+
+
+def test_a_request_is_sent_again_while_the_endpoint_restarts() -> None:
+    calls = make_calls(reconnect_timeout=10)
+    sent: list[float] = []
+
+    def down_then_up(request: AWSPreparedRequest, **_: object) -> AWSResponse:
+        sent.append(time.monotonic())
+        if len(sent) < 6:  # botocore's own retry takes two of them each time
+            raise EndpointConnectionError(endpoint_url=request.url)
+        return AWSResponse(request.url, 200, {}, _Raw(b""))
+
+    calls.client.meta.events.register("before-send.s3.HeadBucket", down_then_up)
+    calls.call("open the bucket", "head_bucket")
+    assert len(sent) == 6 and sent[-1] - sent[0] < 5
+
+
+def test_an_endpoint_down_for_good_fails_after_the_reconnect_window() -> None:
+    calls = make_calls(f"http://127.0.0.1:{free_port()}", reconnect_timeout=1)
+    started = time.monotonic()
+    error = translated(lambda: calls.call("open the bucket", "head_bucket"))
+    assert isinstance(error, errors.StorageUnavailableError) and "tried for 1s" in str(error)
+    assert 1 <= time.monotonic() - started < 5
 
 
 # -- and no module can bypass it ---------------------------------------------------------
