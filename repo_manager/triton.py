@@ -24,6 +24,8 @@ from repo_manager.transport import GrpcSecurity, is_unreachable, make_grpc_clien
 __all__ = ["ServerVersions", "TritonControl", "TritonFleet", "VersionState"]
 
 T = TypeVar("T")
+#: gRPC's status when a call's client-side deadline passed.
+DEADLINE_EXCEEDED = "StatusCode.DEADLINE_EXCEEDED"
 #: Triton's repository index as tritonclient returns it in JSON form.
 Index = dict[str, Any]
 
@@ -62,10 +64,15 @@ class TritonControl:
         self.request_timeout = request_timeout
         self._client = make_grpc_client(url, security)
 
-    def _call(self, what: str, call: Callable[[], T]) -> T:
+    def _call(
+        self, what: str, call: Callable[[], T], *, late: Callable[[], TritonError] | None = None
+    ) -> T:
+        """``call``, its errors translated; ``late`` makes the error of a passed deadline."""
         try:
             return call()
         except InferenceServerException as exc:
+            if late is not None and exc.status() == DEADLINE_EXCEEDED:
+                raise late() from exc
             if is_unreachable(exc):
                 raise TritonUnavailableError(f"Triton unreachable at {self.url}") from exc
             lines = (exc.message() or str(exc)).strip().splitlines()
@@ -91,19 +98,56 @@ class TritonControl:
         return metadata
 
     def load(
-        self, model: str, config: model_config_pb2.ModelConfig, versions: Sequence[str]
+        self,
+        model: str,
+        config: model_config_pb2.ModelConfig,
+        versions: Sequence[str],
+        *,
+        timeout: float,
     ) -> None:
-        """Load exactly ``versions`` of ``model`` (others are unloaded by Triton)."""
+        """Load exactly ``versions`` of ``model`` (others are unloaded by Triton), within
+        ``timeout`` seconds: Triton answers a load call only when the load (and warm-up)
+        ended, and a load that never ends (a python stub that died starting) would hold
+        the caller for ever."""
         override = config_to_json(with_version_policy(config, versions))
         self._call(
             f"load {model} versions {','.join(versions)}",
-            lambda: self._client.load_model(model, config=override),
+            lambda: self._client.load_model(model, config=override, client_timeout=timeout),
+            late=lambda: self._not_loaded(model, versions, timeout),
         )
 
-    def load_alias(self, name: str, config: model_config_pb2.ModelConfig) -> None:
+    def load_alias(
+        self, name: str, config: model_config_pb2.ModelConfig, *, timeout: float
+    ) -> None:
         """Load the public name's ensemble as ``config`` says (it pins one version)."""
         override = config_to_json(config)
-        self._call(f"load {name}", lambda: self._client.load_model(name, config=override))
+        self._call(
+            f"load {name}",
+            lambda: self._client.load_model(name, config=override, client_timeout=timeout),
+            late=lambda: self._not_loaded(name, ["1"], timeout),
+        )
+
+    def _not_loaded(self, model: str, versions: Sequence[str], timeout: float) -> TritonError:
+        """The error of a load past its deadline: each version not READY, as Triton says."""
+        try:
+            states = {v.version: v for v in self.versions(model)}
+        except TritonError as exc:
+            said = f"its index did not answer either: {exc}"
+        else:
+            said = (
+                "; ".join(
+                    f"version {v} {states[v].state}"
+                    + (f" ({states[v].reason.splitlines()[0]})" if states[v].reason else "")
+                    if v in states
+                    else f"version {v} not in its index"
+                    for v in versions
+                    if v not in states or states[v].state != "READY"
+                )
+                or "every version READY once the deadline passed"
+            )
+        return VersionNotReadyError(
+            f"{model} on {self.url}: load not done within {timeout:g}s (Triton: {said})"
+        )
 
     def alias_pin(self, name: str, *, index: Index | None = None) -> str | None:
         """The version the loaded alias ``name`` pins (None when it is not READY);
@@ -127,7 +171,10 @@ class TritonControl:
         return alias_target(config)
 
     def unload(self, model: str) -> None:
-        self._call(f"unload {model}", lambda: self._client.unload_model(model))
+        self._call(
+            f"unload {model}",
+            lambda: self._client.unload_model(model, client_timeout=self.request_timeout),
+        )
 
     def index(self) -> Index:
         """The server's repository index: every model version it knows, with its state."""
@@ -263,7 +310,7 @@ class TritonFleet:
         loaded = []
         for server in targets:
             try:
-                server.load(model, config, versions)
+                server.load(model, config, versions, timeout=timeout)
                 loaded.append(server)
             except TritonError as exc:
                 failures.append(exc)
@@ -296,7 +343,7 @@ class TritonFleet:
             try:
                 if server.alias_pin(name) == wanted:
                     continue
-                server.load_alias(name, config)
+                server.load_alias(name, config, timeout=timeout)
                 server.wait_versions(name, ready=["1"], timeout=timeout)
                 moved.append(server.url)
             except TritonError as exc:
