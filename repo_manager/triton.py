@@ -354,18 +354,21 @@ class TritonFleet:
     def _targets(self, only: Sequence[str] | None) -> list[TritonControl]:
         return [s for s in self.servers if only is None or s.url in only]
 
-    def unload(self, *models: str) -> None:
+    def unload(self, *models: str, timeout: float) -> None:
         """Unload each of ``models`` on every server (the public name first, then its
-        versions model, so no client is left with an alias to nothing)."""
+        versions model, so no client is left with an alias to nothing), and wait until
+        Triton let go of every version (a load in flight ends first: only then may the
+        files go, or a python stub starting on them hangs the model)."""
         failures: list[TritonError] = []
         for server in self.servers:
             for model in models:
                 try:
                     server.unload(model)
+                    known = [v.version for v in server.versions(model)]
+                    server.wait_versions(model, ready=[], gone=known, timeout=timeout)
                 except TritonError as exc:
                     failures.append(exc)
-        if failures:
-            raise failures[0]
+        _raise_failures(failures, len(self.servers))
 
     def survey(self, model: str, *, alias: str | None = None) -> list[ServerVersions]:
         """Each server's view of ``model`` (and of the public name ``alias`` pointing into

@@ -63,12 +63,13 @@ class FleetApplier:
         """Make every server (or ``only`` those) hold exactly the desired versions, with the
         public name answering from stable; returns the urls where the public name moved.
         Each load has a deadline: ``timeout`` seconds, else the settings' ready timeout.
+        A version in ``gone`` is unloaded even where a version policy would keep it.
 
         Also keeps the on-disk configs true (version policy, alias pin), for a Triton that
         restarts. A version the public name still answers from must not be in ``gone``:
         retirements re-point it first (``Retirement.finish``).
         """
-        versions = self.desired_versions(state)
+        versions = [v for v in self.desired_versions(state) if v not in (gone or [])]
         deadline = self.settings.ready_timeout if timeout is None else timeout
         config = self.repository.require_config(state.model)
         count = len(only) if only is not None else len(self.fleet.servers)

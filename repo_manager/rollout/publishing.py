@@ -19,7 +19,6 @@ from repo_manager.errors import (
     IllegalTransitionError,
     InvalidInputError,
     RepoManagerError,
-    TritonError,
     WeightsError,
 )
 from repo_manager.modelconfig import (
@@ -222,13 +221,10 @@ class Publisher:
                     reason=_reason(request, timer),
                     public=new.stable,
                 )
-        except RepoManagerError as exc:
-            undone = self._undo_unless_recorded(model, version, state, creating, previous_config)
-            if undone is None:
-                raise
-            raise type(exc)(f"{exc}; publish undone: {undone}") from exc
-        except BaseException:
-            self._undo_unless_recorded(model, version, state, creating, previous_config)
+        except BaseException as exc:
+            outcome = self._undo_unless_recorded(model, version, state, creating, previous_config)
+            if isinstance(exc, RepoManagerError) and outcome is not None:
+                raise type(exc)(f"{exc}; {outcome}") from exc
             raise
         self.ledger.end_publish(model)
         return done
@@ -245,7 +241,15 @@ class Publisher:
             self.ledger.end_publish(model)
             return None
         created = pending.created_model and state is None
-        undone = self._undo(model, pending.version, state, created=created, previous_config=None)
+        try:
+            undone = self._undo(
+                model, pending.version, state, created=created, previous_config=None
+            )
+        except RepoManagerError as exc:
+            raise type(exc)(
+                f"the interrupted publish of {model} version {pending.version} is not undone "
+                f"yet: {exc}"
+            ) from exc
         return f"undid the interrupted publish of version {pending.version}: {undone}"
 
     def _map_new_gpu_kinds(self, model: str, current: ModelConfig, candidate: ModelConfig) -> None:
@@ -262,12 +266,19 @@ class Publisher:
         created: bool,
         previous_config: ModelConfig | None,
     ) -> str | None:
-        """Undo a publish that failed or was interrupted before its decision was recorded
-        (None when it was: interrupted after its record, the publish stands)."""
+        """Undo a publish that failed or was interrupted before its decision was recorded;
+        says how that went (None when it was recorded: the publish stands)."""
         if recorded(self.ledger.load(model), version):
             self.ledger.end_publish(model)
             return None
-        return self._undo(model, version, state, created=created, previous_config=previous_config)
+        try:
+            undone = self._undo(
+                model, version, state, created=created, previous_config=previous_config
+            )
+        except RepoManagerError as exc:
+            self.progress(f"undo not finished: {exc}")
+            return f"publish not undone yet ({exc}); run reconcile"
+        return f"publish undone: {undone}"
 
     def _undo(
         self,
@@ -278,33 +289,25 @@ class Publisher:
         created: bool,
         previous_config: ModelConfig | None,
     ) -> str:
-        """Put files and servers back as they were before ``version`` was added.
+        """Put servers and files back as they were before ``version`` was added.
 
-        The files go first (so no policy counts the version any more, and a restarted
-        Triton cannot find it), then the servers get the versions of ``state`` within
-        ``RESTORE_TIMEOUT`` (a Triton stuck loading the version answers late or never;
-        ``reconcile`` finishes the restore once it answers). Returns what was done.
+        The servers first, within ``RESTORE_TIMEOUT``: Triton finishes a load in flight
+        before it unloads, and a version's files must not go while Triton may be loading
+        them (a python stub starting on a vanished model.py hangs the model until Triton
+        restarts). Then the files, then the journal. Raises (the journal kept, so that
+        ``reconcile`` tries again) when Triton does not let go in time.
         """
         self.progress(f"undoing the publish of {model} version {version}")
-        self.repository.remove_version(model, version, created_model=created)
         if previous_config is not None:
             self.repository.write_config(model, previous_config)
-        if state is not None:
-            # The files are as before: what is left on Triton, reconcile's survey puts right.
-            self.ledger.end_publish(model)
         timeout = min(RESTORE_TIMEOUT, self.applier.settings.ready_timeout)
-        try:
-            if state is None:
-                self.fleet.unload(model, versions_model_name(model))
-                # A model without a state is no reconcile's business: done only now.
-                self.ledger.end_publish(model)
-            else:
-                self.applier.apply(state, gone=[version], timeout=timeout)
-        except TritonError as exc:
-            restored = f"servers not restored ({exc}); run reconcile"
+        if state is None:
+            self.fleet.unload(model, versions_model_name(model), timeout=timeout)
         else:
-            restored = "servers restored"
-        return f"version {version} removed from {self.repository.location}, {restored}"
+            self.applier.apply(state, gone=[version], timeout=timeout)
+        self.repository.remove_version(model, version, created_model=created)
+        self.ledger.end_publish(model)
+        return f"version {version} unloaded and removed from {self.repository.location}"
 
 
 def _action(request: PublishRequest) -> str:

@@ -203,7 +203,7 @@ def test_check_publish_refuses_before_any_export(manager: Harness) -> None:
 def test_a_canary_in_progress_is_replaced_only_when_asked_and_the_history_says_so(
     manager: Harness, tmp_path: Path
 ) -> None:
-    rollout, fleet, storage = manager
+    rollout, _fleet, storage = manager
     rollout.set_weight("m", 30)
     before = load_state(storage, "m")
     with pytest.raises(IllegalTransitionError, match="canary 2 at 30% in progress.*--replace"):
