@@ -19,7 +19,7 @@ from repo_manager.modelconfig import parse_config, render_config
 from repo_manager.names import versions_model_name
 from repo_manager.repository import ModelRepository
 from repo_manager.rollout import RolloutManager, RolloutSettings
-from repo_manager.state import load_state, publish_journal_key
+from repo_manager.state import load_state
 from repo_manager.storage import LocalStorage
 from repo_manager.triton import TritonFleet
 from tests.integration.conftest import CLI, Stack, publish_args, snapshot
@@ -28,6 +28,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 MODEL = "yolov8n"
 VERSIONS = versions_model_name(MODEL)
+JOURNAL = f".repo-manager.{MODEL}.publishing.json"
 
 
 def triton_states(stack: Stack) -> dict[str, str]:
@@ -184,7 +185,7 @@ def test_a_publish_interrupted_during_its_load_is_undone_and_can_be_repeated(
     else:
         # Killed: its version and journal are left until reconcile settles them.
         assert (stack.repository / VERSIONS / "2").exists()
-        assert json.loads((stack.repository / publish_journal_key(MODEL)).read_text())["pending"]
+        assert json.loads((stack.repository / JOURNAL).read_text())["pending"]
         report = json.loads(stack.cli("reconcile", "--json").stdout)
         assert report[0]["actions"][0].startswith("undid the interrupted publish of version 2")
         assert not (stack.repository / VERSIONS / "2").exists()
