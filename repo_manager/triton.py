@@ -24,8 +24,7 @@ from repo_manager.transport import GrpcSecurity, is_unreachable, make_grpc_clien
 __all__ = ["ServerVersions", "TritonControl", "TritonFleet", "VersionState"]
 
 T = TypeVar("T")
-#: gRPC's status when a call's client-side deadline passed.
-DEADLINE_EXCEEDED = "StatusCode.DEADLINE_EXCEEDED"
+DEADLINE_EXCEEDED = "StatusCode.DEADLINE_EXCEEDED"  # gRPC: a client deadline passed
 #: Triton's repository index as tritonclient returns it in JSON form.
 Index = dict[str, Any]
 
@@ -105,10 +104,8 @@ class TritonControl:
         *,
         timeout: float,
     ) -> None:
-        """Load exactly ``versions`` of ``model`` (others are unloaded by Triton), within
-        ``timeout`` seconds: Triton answers a load call only when the load (and warm-up)
-        ended, and a load that never ends (a python stub that died starting) would hold
-        the caller for ever."""
+        """Load exactly ``versions`` of ``model`` (Triton unloads the others) within
+        ``timeout`` s: Triton answers when the load ended, maybe never (a dead stub)."""
         override = config_to_json(with_version_policy(config, versions))
         self._call(
             f"load {model} versions {','.join(versions)}",
@@ -128,23 +125,13 @@ class TritonControl:
         )
 
     def _not_loaded(self, model: str, versions: Sequence[str], timeout: float) -> TritonError:
-        """The error of a load past its deadline: each version not READY, as Triton says."""
+        """The error of a load past its deadline: each version, as Triton's index says."""
         try:
             states = {v.version: v for v in self.versions(model)}
         except TritonError as exc:
             said = f"its index did not answer either: {exc}"
         else:
-            said = (
-                "; ".join(
-                    f"version {v} {states[v].state}"
-                    + (f" ({states[v].reason.splitlines()[0]})" if states[v].reason else "")
-                    if v in states
-                    else f"version {v} not in its index"
-                    for v in versions
-                    if v not in states or states[v].state != "READY"
-                )
-                or "every version READY once the deadline passed"
-            )
+            said = "; ".join(_said(v, states.get(v)) for v in versions) or "nothing"
         return VersionNotReadyError(
             f"{model} on {self.url}: load not done within {timeout:g}s (Triton: {said})"
         )
@@ -391,6 +378,14 @@ class TritonFleet:
     def close(self) -> None:
         for server in self.servers:
             server.close()
+
+
+def _said(version: str, state: VersionState | None) -> str:
+    """What Triton's index says of one version (its first reason line)."""
+    if state is None:
+        return f"version {version} not in its index"
+    reason = state.reason.splitlines()[0] if state.reason else ""
+    return f"version {version} {state.state}" + (f" ({reason})" if reason else "")
 
 
 def _raise_failures(failures: list[TritonError], targets: int) -> None:

@@ -206,7 +206,7 @@ def test_a_canary_in_progress_is_replaced_only_when_asked_and_the_history_says_s
     rollout, _fleet, storage = manager
     rollout.set_weight("m", 30)
     before = load_state(storage, "m")
-    with pytest.raises(IllegalTransitionError, match="canary 2 at 30% in progress.*--replace"):
+    with pytest.raises(IllegalTransitionError, match=r"canary 2 at 30% in progress.*--replace"):
         rollout.publish("m", "3", staged=staged_version(tmp_path, "3"))
     assert load_state(storage, "m") == before
     assert not (tmp_path / "m.versions" / "3").exists()
