@@ -38,7 +38,13 @@ from repo_manager.names import (
 )
 from repo_manager.storage import Storage
 
-__all__ = ["ModelRepository", "block_bytecode", "validate_model_name", "validate_version"]
+__all__ = [
+    "ModelRepository",
+    "block_bytecode",
+    "serving_kind",
+    "validate_model_name",
+    "validate_version",
+]
 
 #: A plain *file* where the python backend's stub would create its bytecode folder.
 BYTECODE_FOLDER = "__pycache__"
@@ -47,6 +53,15 @@ ALIAS_README = (
     "The public name of this model: an ensemble whose one step pins the stable version of\n"
     "the versions model (config.pbtxt). Triton needs one version folder; this is it.\n"
 )
+
+
+def serving_kind(config: model_config_pb2.ModelConfig) -> str:
+    """What serves a config's versions, as Triton picks it: backend and/or platform."""
+    parts = [
+        f"backend {config.backend!r}" if config.backend else "",
+        f"platform {config.platform!r}" if config.platform else "",
+    ]
+    return " and ".join(p for p in parts if p) or "no backend or platform"
 
 
 def block_bytecode(version_dir: Path) -> None:
@@ -98,6 +113,10 @@ class ModelRepository:
             n for n in self.storage.list_dir(versions_model_name(model)) if is_version_folder(n)
         ]
         return sorted(names, key=int)
+
+    def has_versions_model(self, model: str) -> bool:
+        """True once the model's versions folder exists (its first version was added)."""
+        return self.storage.exists(versions_model_name(model))
 
     def has_version(self, model: str, version: str) -> bool:
         return self.storage.exists(f"{versions_model_name(model)}/{version}")
@@ -167,10 +186,20 @@ class ModelRepository:
         return manifest
 
     def check_compatible(self, model: str, candidate: model_config_pb2.ModelConfig) -> None:
-        """A new version must match the model's inputs/outputs: one config serves all."""
+        """A new version must match the model's backend and inputs/outputs: one config
+        serves all its versions. A version of another format would be loaded with the
+        model's backend and find no file of its own (the python backend then hangs the
+        load for good: "Python model file not found", the version LOADING until Triton
+        restarts)."""
         current = self.config(model)
         if current is None:
             return
+        if serving_kind(current) != serving_kind(candidate):
+            raise IncompatibleModelError(
+                f"the new version is served by {serving_kind(candidate)} but {model} is "
+                f"served by {serving_kind(current)} (one config serves all its versions); "
+                "export it in the model's format or publish it under a new model name"
+            )
         if io_signature(current) != io_signature(candidate):
             raise IncompatibleModelError(
                 f"the new version's inputs/outputs differ from {model}'s config "

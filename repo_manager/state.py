@@ -19,11 +19,13 @@ from repo_manager.phases import Phase
 from repo_manager.storage import Storage
 
 __all__ = [
+    "PendingPublish",
     "RolloutState",
     "RoutingTable",
     "Transition",
     "load_routing_table",
     "load_state",
+    "publish_journal_key",
     "state_key",
 ]
 
@@ -35,24 +37,68 @@ def state_key(model: str) -> str:
     return f".repo-manager.{model}.json"
 
 
+def publish_journal_key(model: str) -> str:
+    """The storage key of a model's publish journal (the publish under way, if any)."""
+    return f".repo-manager.{model}.publishing.json"
+
+
 def utc_now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
+#: A history entry's kinds: a phase move (checked against the phase table), or a change
+#: of a setting that moves no phase (a version policy), which names no phases.
+MOVE = "move"
+SETTING = "setting"
+
+
 @dataclass(kw_only=True, frozen=True)
 class Transition:
-    """One recorded decision: what happened, when, and from which phase."""
+    """One recorded decision: what happened, when, and from which phase to which (a
+    setting change names none: it moves no phase)."""
 
     at: str
     action: str
     from_phase: str | None
-    to_phase: str
+    to_phase: str | None
     stable: str | None
     canary: str | None
     weights: dict[str, int]
     reason: str = ""
     #: The version the public name answered unpinned requests from after this move.
     public: str | None = None
+    kind: str = MOVE
+
+
+@dataclass(kw_only=True, frozen=True)
+class PendingPublish:
+    """A publish between writing its version and recording its decision.
+
+    Written before the version reaches the repository, cleared once the decision is
+    recorded or the publish undone: a manager killed in between leaves it, and
+    ``reconcile`` undoes that publish (a version no decision names never got traffic).
+    """
+
+    version: str
+    #: True when this publish created the model (the undo removes the whole model).
+    created_model: bool
+    pid: int
+    at: str
+
+    def to_json(self) -> bytes:
+        return (json.dumps({"pending": asdict(self)}, indent=1) + "\n").encode()
+
+    @staticmethod
+    def cleared() -> bytes:
+        return b'{"pending": null}\n'
+
+    @classmethod
+    def from_json(cls, data: bytes, *, source: str) -> PendingPublish | None:
+        try:
+            pending = json.loads(data).get("pending")
+            return None if pending is None else cls(**pending)
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise StorageError(f"corrupt publish journal {source}: {exc}") from exc
 
 
 @dataclass(kw_only=True, frozen=True)

@@ -24,6 +24,7 @@ from repo_manager.transport import GrpcSecurity, is_unreachable, make_grpc_clien
 __all__ = ["ServerVersions", "TritonControl", "TritonFleet", "VersionState"]
 
 T = TypeVar("T")
+DEADLINE_EXCEEDED = "StatusCode.DEADLINE_EXCEEDED"  # gRPC: a client deadline passed
 #: Triton's repository index as tritonclient returns it in JSON form.
 Index = dict[str, Any]
 
@@ -62,10 +63,15 @@ class TritonControl:
         self.request_timeout = request_timeout
         self._client = make_grpc_client(url, security)
 
-    def _call(self, what: str, call: Callable[[], T]) -> T:
+    def _call(
+        self, what: str, call: Callable[[], T], *, late: Callable[[], TritonError] | None = None
+    ) -> T:
+        """``call``, its errors translated; ``late`` makes the error of a passed deadline."""
         try:
             return call()
         except InferenceServerException as exc:
+            if late is not None and exc.status() == DEADLINE_EXCEEDED:
+                raise late() from exc
             if is_unreachable(exc):
                 raise TritonUnavailableError(f"Triton unreachable at {self.url}") from exc
             lines = (exc.message() or str(exc)).strip().splitlines()
@@ -91,19 +97,44 @@ class TritonControl:
         return metadata
 
     def load(
-        self, model: str, config: model_config_pb2.ModelConfig, versions: Sequence[str]
+        self,
+        model: str,
+        config: model_config_pb2.ModelConfig,
+        versions: Sequence[str],
+        *,
+        timeout: float,
     ) -> None:
-        """Load exactly ``versions`` of ``model`` (others are unloaded by Triton)."""
+        """Load exactly ``versions`` of ``model`` (Triton unloads the others) within
+        ``timeout`` s: Triton answers when the load ended, maybe never (a dead stub)."""
         override = config_to_json(with_version_policy(config, versions))
         self._call(
             f"load {model} versions {','.join(versions)}",
-            lambda: self._client.load_model(model, config=override),
+            lambda: self._client.load_model(model, config=override, client_timeout=timeout),
+            late=lambda: self._not_loaded(model, versions, timeout),
         )
 
-    def load_alias(self, name: str, config: model_config_pb2.ModelConfig) -> None:
+    def load_alias(
+        self, name: str, config: model_config_pb2.ModelConfig, *, timeout: float
+    ) -> None:
         """Load the public name's ensemble as ``config`` says (it pins one version)."""
         override = config_to_json(config)
-        self._call(f"load {name}", lambda: self._client.load_model(name, config=override))
+        self._call(
+            f"load {name}",
+            lambda: self._client.load_model(name, config=override, client_timeout=timeout),
+            late=lambda: self._not_loaded(name, ["1"], timeout),
+        )
+
+    def _not_loaded(self, model: str, versions: Sequence[str], timeout: float) -> TritonError:
+        """The error of a load past its deadline: each version, as Triton's index says."""
+        try:
+            states = {v.version: v for v in self.versions(model)}
+        except TritonError as exc:
+            said = f"its index did not answer either: {exc}"
+        else:
+            said = "; ".join(_said(v, states.get(v)) for v in versions) or "nothing"
+        return VersionNotReadyError(
+            f"{model} on {self.url}: load not done within {timeout:g}s (Triton: {said})"
+        )
 
     def alias_pin(self, name: str, *, index: Index | None = None) -> str | None:
         """The version the loaded alias ``name`` pins (None when it is not READY);
@@ -127,7 +158,10 @@ class TritonControl:
         return alias_target(config)
 
     def unload(self, model: str) -> None:
-        self._call(f"unload {model}", lambda: self._client.unload_model(model))
+        self._call(
+            f"unload {model}",
+            lambda: self._client.unload_model(model, client_timeout=self.request_timeout),
+        )
 
     def index(self) -> Index:
         """The server's repository index: every model version it knows, with its state."""
@@ -263,7 +297,7 @@ class TritonFleet:
         loaded = []
         for server in targets:
             try:
-                server.load(model, config, versions)
+                server.load(model, config, versions, timeout=timeout)
                 loaded.append(server)
             except TritonError as exc:
                 failures.append(exc)
@@ -296,7 +330,7 @@ class TritonFleet:
             try:
                 if server.alias_pin(name) == wanted:
                     continue
-                server.load_alias(name, config)
+                server.load_alias(name, config, timeout=timeout)
                 server.wait_versions(name, ready=["1"], timeout=timeout)
                 moved.append(server.url)
             except TritonError as exc:
@@ -307,18 +341,21 @@ class TritonFleet:
     def _targets(self, only: Sequence[str] | None) -> list[TritonControl]:
         return [s for s in self.servers if only is None or s.url in only]
 
-    def unload(self, *models: str) -> None:
+    def unload(self, *models: str, timeout: float) -> None:
         """Unload each of ``models`` on every server (the public name first, then its
-        versions model, so no client is left with an alias to nothing)."""
+        versions model, so no client is left with an alias to nothing), and wait until
+        Triton let go of every version (a load in flight ends first: only then may the
+        files go, or a python stub starting on them hangs the model)."""
         failures: list[TritonError] = []
         for server in self.servers:
             for model in models:
                 try:
                     server.unload(model)
+                    known = [v.version for v in server.versions(model)]
+                    server.wait_versions(model, ready=[], gone=known, timeout=timeout)
                 except TritonError as exc:
                     failures.append(exc)
-        if failures:
-            raise failures[0]
+        _raise_failures(failures, len(self.servers))
 
     def survey(self, model: str, *, alias: str | None = None) -> list[ServerVersions]:
         """Each server's view of ``model`` (and of the public name ``alias`` pointing into
@@ -341,6 +378,14 @@ class TritonFleet:
     def close(self) -> None:
         for server in self.servers:
             server.close()
+
+
+def _said(version: str, state: VersionState | None) -> str:
+    """What Triton's index says of one version (its first reason line)."""
+    if state is None:
+        return f"version {version} not in its index"
+    reason = state.reason.splitlines()[0] if state.reason else ""
+    return f"version {version} {state.state}" + (f" ({reason})" if reason else "")
 
 
 def _raise_failures(failures: list[TritonError], targets: int) -> None:

@@ -6,7 +6,12 @@ The export runs here, not in the manager: nothing below the CLI imports ``export
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import signal
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +28,7 @@ from repo_manager.cli.options import (
     verbose_option,
 )
 from repo_manager.cli.render import report_text
-from repo_manager.errors import GateFailedError, InvalidInputError
+from repo_manager.errors import GateFailedError, InvalidInputError, RepoManagerError
 from repo_manager.gates import GoldenGates, parse_gate_overrides
 from repo_manager.names import validate_model_name, validate_version
 from repo_manager.rollout import parse_weight, resolve_weights
@@ -50,6 +55,11 @@ from repo_manager.timing import PhaseTimer
 )
 @click.option("--force", is_flag=True, help="Publish a plan even if the servers' TensorRT differs.")
 @click.option(
+    "--replace",
+    is_flag=True,
+    help="Replace the canary in progress (refused without: promote or roll it back first).",
+)
+@click.option(
     "--golden",
     type=click.Path(path_type=Path),
     default=None,
@@ -74,6 +84,7 @@ def publish(
     export_options: Any,
     canary_weight: str,
     force: bool,
+    replace: bool,
     golden: Path | None,
     gates: tuple[str, ...],
     auto: bool,
@@ -99,15 +110,24 @@ def publish(
     gated = golden is not None and manager.state(model) is not None
     first_weight = 0 if gated else weight
     # What can refuse the publish is refused before the export, which takes seconds to minutes.
-    manager.check_publish(model, version, canary_weight=first_weight)
+    request = manager.check_publish(model, version, canary_weight=first_weight, replace=replace)
     timer = PhaseTimer(progress=obj.progress, label=f"publish {model} {version}")
-    with tempfile.TemporaryDirectory(prefix="repo-manager-stage-") as tmp:
-        staged = Path(tmp) / model
+    sweep_stale_staging()
+    with interrupts_undone(model, version), staging_folder() as tmp:
+        staged = tmp / model
         with timer.phase("export"):
             _stage_version(obj, model, version, staged, path, exported, export_options)
         state = manager.publish(
-            model, version, staged=staged, canary_weight=first_weight, force=force, timer=timer
+            model,
+            version,
+            staged=staged,
+            canary_weight=first_weight,
+            force=force,
+            timer=timer,
+            replace=replace,
         )
+    if request.replaces:
+        click.echo(f"{model}: replaced {request.replaces} (unloaded)")
     if state.stable == version:
         obj.progress(f"publish {model} {version} timings: {timer.summary()}")
         click.echo(f"{model} version {version} published as stable")
@@ -121,6 +141,55 @@ def publish(
     click.echo(f"{model} version {version} published as canary at {weight}%")
     if plan is not None and provider is not None:
         run_analysis(obj, manager, model, plan, provider, analysis)
+
+
+STAGING_PREFIX = "repo-manager-stage-"
+
+
+@contextlib.contextmanager
+def staging_folder() -> Iterator[Path]:
+    """A private folder for the export, removed afterwards; its name carries this process's
+    id, so that ``sweep_stale_staging`` can tell the folders of killed runs."""
+    with tempfile.TemporaryDirectory(prefix=f"{STAGING_PREFIX}{os.getpid()}-") as tmp:
+        yield Path(tmp)
+
+
+def sweep_stale_staging() -> None:
+    """Remove the staging folders of publishes whose process is gone (SIGKILL)."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{STAGING_PREFIX}*-*"):
+        owner = folder.name[len(STAGING_PREFIX) :].split("-", 1)[0]
+        if owner.isdigit() and not _alive(int(owner)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def interrupts_undone(model: str, version: str) -> Iterator[None]:
+    """SIGTERM (a container's stop) interrupts like Ctrl-C, so that an interrupted publish
+    undoes itself and removes its staging folder; either ends in one line."""
+
+    def interrupt(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise RepoManagerError(
+            f"publish {model} {version} interrupted; nothing of it was kept unless its "
+            "decision was recorded (see status)"
+        ) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _stage_version(

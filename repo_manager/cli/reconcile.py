@@ -3,7 +3,10 @@ long-running manager, with its metrics)."""
 
 from __future__ import annotations
 
+import functools
+import threading
 import time
+from collections.abc import Callable
 
 import click
 
@@ -53,17 +56,48 @@ def reconcile(
     metrics = serve_manager_metrics(metrics_port, metrics_addr)
     stop = stop_on_signals() if watch else None
     manager: RolloutManager | None = None
+    if stop is None:
+        _reconcile_pass(obj, None, model, metrics=metrics, as_json=as_json, watch=False)
+        return
     while True:
-        try:
-            manager = _reconcile_pass(
-                obj, manager, model, metrics=metrics, as_json=as_json, watch=watch
-            )
-        except RepoManagerError as exc:
-            if not watch:
-                raise
-            click.echo(f"error: {exc}", err=True)
-        if stop is None or stop.wait(interval):
+        work = functools.partial(
+            _reconcile_pass, obj, manager, model, metrics=metrics, as_json=as_json, watch=True
+        )
+        outcome = _until_stopped(stop, work)
+        if isinstance(outcome, RepoManagerError):
+            click.echo(f"error: {outcome}", err=True)
+        elif outcome is not None:
+            manager = outcome
+        if stop.is_set() or stop.wait(interval):
             return
+
+
+def _until_stopped(
+    stop: threading.Event, work: Callable[[], RolloutManager]
+) -> RolloutManager | RepoManagerError | None:
+    """``work``'s result (or its error), or None as soon as ``stop`` is set: a pass runs
+    in a thread of its own, so that a signal stops the manager even while a load call is
+    slow (Triton answers a load only when it ended; the process exits, the load goes on
+    in Triton and the next manager's survey sees how it ended)."""
+    results: list[RolloutManager | RepoManagerError] = []
+    crashed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            results.append(work())
+        except RepoManagerError as exc:
+            results.append(exc)
+        except BaseException as exc:  # raised again in the main thread, as if it ran there
+            crashed.append(exc)
+
+    worker = threading.Thread(target=run, name="reconcile-pass", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        if stop.wait(0.1):
+            return None
+    if crashed:
+        raise crashed[0]
+    return results[0] if results else None
 
 
 def _reconcile_pass(

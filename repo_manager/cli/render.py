@@ -44,7 +44,8 @@ def status_text(doc: dict[str, Any]) -> str:
             lines.append(f"  last analysis: {last['outcome']} {last['reason']}")
     if doc["last_transition"]:
         t = doc["last_transition"]
-        lines.append(f"  last: {t['action']} ({t['from']} -> {t['to']}) at {t['at']}")
+        moved = "" if t.get("kind") == "setting" else f" ({t['from']} -> {t['to']})"
+        lines.append(f"  last: {t['action']}{moved} at {t['at']}")
     return "\n".join(lines)
 
 

@@ -58,15 +58,19 @@ class FleetApplier:
         *,
         gone: list[str] | None = None,
         only: list[str] | None = None,
+        timeout: float | None = None,
     ) -> list[str]:
         """Make every server (or ``only`` those) hold exactly the desired versions, with the
         public name answering from stable; returns the urls where the public name moved.
+        Each load has a deadline: ``timeout`` seconds, else the settings' ready timeout.
+        A version in ``gone`` is unloaded even where a version policy would keep it.
 
         Also keeps the on-disk configs true (version policy, alias pin), for a Triton that
         restarts. A version the public name still answers from must not be in ``gone``:
         retirements re-point it first (``Retirement.finish``).
         """
-        versions = self.desired_versions(state)
+        versions = [v for v in self.desired_versions(state) if v not in (gone or [])]
+        deadline = self.settings.ready_timeout if timeout is None else timeout
         config = self.repository.require_config(state.model)
         count = len(only) if only is not None else len(self.fleet.servers)
         self.progress(f"loading {state.model} versions {','.join(versions)} on {count} server(s)")
@@ -75,25 +79,23 @@ class FleetApplier:
             config,
             versions,
             gone=gone or [],
-            timeout=self.settings.ready_timeout,
+            timeout=deadline,
             only=only,
         )
         on_disk = with_version_policy(config, versions)
         if on_disk != config:
             self.repository.write_config(state.model, on_disk)
-        return self._point_public(state, config, only=only)
+        return self._point_public(state, config, only=only, timeout=deadline)
 
     def _point_public(
-        self, state: RolloutState, config: ModelConfig, *, only: list[str] | None
+        self, state: RolloutState, config: ModelConfig, *, only: list[str] | None, timeout: float
     ) -> list[str]:
         """The public name answers unpinned requests from stable (an ensemble pinning it)."""
         assert state.stable is not None
         alias = alias_config(state.model, config, state.stable)
         if self.repository.alias_config(state.model) != alias:
             self.repository.write_alias(state.model, alias)
-        moved = self.fleet.point_alias(
-            state.model, alias, timeout=self.settings.ready_timeout, only=only
-        )
+        moved = self.fleet.point_alias(state.model, alias, timeout=timeout, only=only)
         if moved:
             self.progress(f"public name {state.model} answers from version {state.stable}")
         return moved

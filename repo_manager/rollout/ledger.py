@@ -1,14 +1,18 @@
 """The persisted ledger of rollouts: one state document per model, one write per decision.
 
-Every decision goes through ``Ledger.record``: the move is checked against the phase
-table, a history entry says what happened and why, the whole document is replaced in one
-atomic write (so every reader, Routers included, sees one consistent state), and the new
-state is exposed as gauges when the ledger was given the manager's metrics (a command
-that serves them). Callers hold ``Ledger.locked(model)`` around read-decide-record.
+Every decision goes through ``Ledger.record`` (a phase move, checked against the phase
+table) or ``Ledger.record_setting`` (a change that moves no phase): a history entry says
+what happened and why, the whole document is replaced in one atomic write (so every
+reader, Routers included, sees one consistent state), and the new state is exposed as
+gauges when the ledger was given the manager's metrics (a command that serves them).
+Callers hold ``Ledger.locked(model)`` around read-decide-record. A publish also keeps a
+journal from writing its version to recording it, so that ``reconcile`` can undo one
+whose manager was killed.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -18,7 +22,17 @@ from repo_manager.errors import IllegalTransitionError
 from repo_manager.names import validate_model_name
 from repo_manager.phases import Phase, check_transition
 from repo_manager.rollout.analysis_status import AnalysisStatus
-from repo_manager.state import RolloutState, Transition, load_state, state_key, utc_now
+from repo_manager.state import (
+    MOVE,
+    SETTING,
+    PendingPublish,
+    RolloutState,
+    Transition,
+    load_state,
+    publish_journal_key,
+    state_key,
+    utc_now,
+)
 from repo_manager.storage import Storage
 
 if TYPE_CHECKING:
@@ -56,30 +70,57 @@ class Ledger:
         *,
         action: str,
         reason: str = "",
-        check: bool = True,
         public: str | None = None,
     ) -> RolloutState:
         """Check the move against the phase table, append history, persist atomically.
 
         ``public`` is the version the public name answers from after this move, when the
-        move re-pointed it; otherwise the last entry's value is carried on. ``check=False``
-        records a change that moves no phase (a policy). Returns the state as persisted.
+        move re-pointed it; otherwise the last entry's value is carried on. Returns the
+        state as persisted.
         """
         source = state.phase if state else None
+        check_transition(source, new.phase, action=action)
+        return self._persist(
+            state,
+            new,
+            action=action,
+            reason=reason,
+            public=public,
+            phases=(source.value if source else None, new.phase.value),
+        )
+
+    def record_setting(
+        self, state: RolloutState, new: RolloutState, *, action: str
+    ) -> RolloutState:
+        """Record a change that moves no phase (a version policy): its history entry names
+        no phases, so every entry that names them is a move the phase table allows."""
+        if new.phase is not state.phase:
+            raise IllegalTransitionError(f"cannot {action}: a setting change moves no phase")
+        return self._persist(state, new, action=action, reason="", public=None, phases=None)
+
+    def _persist(
+        self,
+        state: RolloutState | None,
+        new: RolloutState,
+        *,
+        action: str,
+        reason: str,
+        public: str | None,
+        phases: tuple[str | None, str] | None,
+    ) -> RolloutState:
         if public is None and state is not None and state.history:
             public = state.history[-1].public
-        if check:
-            check_transition(source, new.phase, action=action)
         entry = Transition(
             at=utc_now(),
             action=action,
-            from_phase=source.value if source else None,
-            to_phase=new.phase.value,
+            from_phase=phases[0] if phases else None,
+            to_phase=phases[1] if phases else None,
             stable=new.stable,
             canary=new.canary,
             weights=dict(new.weights),
             reason=reason,
             public=public,
+            kind=MOVE if phases else SETTING,
         )
         recorded = replace(
             new,
@@ -89,6 +130,37 @@ class Ledger:
         self.storage.write_bytes_atomic(state_key(recorded.model), recorded.to_json())
         self.expose(recorded)
         return recorded
+
+    # -- the publish journal ----------------------------------------------------------------
+
+    def pending_publish(self, model: str) -> PendingPublish | None:
+        """The publish of ``model`` a manager began and neither recorded nor undid."""
+        key = publish_journal_key(model)
+        data = self.storage.read_bytes(key)
+        if data is None:
+            return None
+        return PendingPublish.from_json(data, source=f"{self.storage.location}/{key}")
+
+    def begin_publish(self, model: str, version: str, *, created_model: bool) -> None:
+        """Journal the publish before its version reaches the repository."""
+        pending = PendingPublish(
+            version=version, created_model=created_model, pid=os.getpid(), at=utc_now()
+        )
+        self.storage.write_bytes_atomic(publish_journal_key(model), pending.to_json())
+
+    def end_publish(self, model: str) -> None:
+        """The publish was recorded or undone: nothing is pending any more."""
+        if self.storage.read_bytes(publish_journal_key(model)) is not None:
+            self.storage.write_bytes_atomic(publish_journal_key(model), PendingPublish.cleared())
+
+    def journaled_models(self) -> list[str]:
+        """Models that have a publish journal (a first publish may have no state yet)."""
+        prefix, suffix = publish_journal_key("\0").split("\0")
+        return sorted(
+            name[len(prefix) : -len(suffix)]
+            for name in self.storage.list_dir("")
+            if name.startswith(prefix) and name.endswith(suffix)
+        )
 
     def expose(self, state: RolloutState) -> None:
         """The state as the manager's gauges (weight, phase, failed checks, last gates)."""

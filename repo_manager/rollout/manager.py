@@ -89,13 +89,19 @@ class RolloutManager:
     # -- publish ----------------------------------------------------------------------------
 
     def check_publish(
-        self, model: str, version: str, *, canary_weight: int | None = None
+        self,
+        model: str,
+        version: str,
+        *,
+        canary_weight: int | None = None,
+        replace: bool = False,
     ) -> PublishRequest:
-        """Refuse a publish before its (slow) export: names, weight, version, phase, servers.
+        """Refuse a publish before its (slow) export: names, weight, version, phase, a
+        canary in progress (unless ``replace``), servers.
 
         ``publish`` checks all of it again; this is for callers that export first.
         """
-        return self.publisher.check(model, version, canary_weight=canary_weight)
+        return self.publisher.check(model, version, canary_weight=canary_weight, replace=replace)
 
     def publish(
         self,
@@ -106,6 +112,7 @@ class RolloutManager:
         canary_weight: int | None = None,
         force: bool = False,
         timer: PhaseTimer | None = None,
+        replace: bool = False,
     ) -> RolloutState:
         """Add the exported ``version`` staged at ``staged``; the first becomes stable, later
         ones the canary at ``canary_weight`` (default: the settings').
@@ -114,7 +121,8 @@ class RolloutManager:
         for this publish (the manager may change it; the caller removes it). ``force``
         publishes a TensorRT plan even when the servers' release does not match. Each phase
         (stage, load + warm-up, routing table; the caller times its export with the same
-        ``timer``) prints under ``--verbose``; the timings go into the history entry.
+        ``timer``) prints under ``--verbose``; the timings go into the history entry. A
+        canary in progress is replaced only with ``replace`` (the history says which).
         """
         return self.publisher.publish(
             model,
@@ -123,6 +131,7 @@ class RolloutManager:
             canary_weight=canary_weight,
             force=force,
             timer=timer or PhaseTimer(progress=self.progress),
+            replace=replace,
         )
 
     # -- traffic ----------------------------------------------------------------------------
@@ -245,13 +254,18 @@ class RolloutManager:
             before = set(self.desired_versions(state))
             after = set(self.desired_versions(new))
             self.applier.apply(new, gone=sorted(before - after, key=int))
-            # The policy changes no phase: recorded without consulting the phase table.
-            return self.ledger.record(state, new, action=f"policy {policy}", check=False)
+            # A policy is a setting, not a phase move: recorded as one.
+            return self.ledger.record_setting(state, new, action=f"policy {policy}")
 
     # -- reconcile --------------------------------------------------------------------------
 
     def models(self) -> list[str]:
         return [m for m in self.repository.models() if self.state(m) is not None]
+
+    def _reconciled_models(self) -> list[str]:
+        """Published models, and models whose first publish a killed manager left."""
+        pending = [m for m in self.ledger.journaled_models() if self.ledger.pending_publish(m)]
+        return sorted(set(self.models()) | set(pending))
 
     def expose_states(self, model: str | None = None) -> None:
         """Publish the persisted rollout state of each model as gauges, whichever process
@@ -264,8 +278,9 @@ class RolloutManager:
                 self.ledger.expose(state)
 
     def reconcile(self, model: str | None = None) -> list[ReconcileReport]:
-        """Re-apply desired state: finish half-done moves, reload what servers lack."""
-        models = [validate_model_name(model)] if model else self.models()
+        """Re-apply desired state: undo publishes a killed manager left, finish half-done
+        moves, reload what servers lack."""
+        models = [validate_model_name(model)] if model else self._reconciled_models()
         reports = []
         for name in models:
             with self.ledger.locked(name):
@@ -273,8 +288,14 @@ class RolloutManager:
         return reports
 
     def _reconcile_one(self, name: str) -> ReconcileReport:
+        undone = self.publisher.settle(name)
+        state = self.ledger.load(name)
+        if state is None and undone is not None:
+            return ReconcileReport(model=name, desired=[], actions=[undone])
         state = self.ledger.require(name, action="reconcile")
         report = ReconcileReport(model=name, desired=self.desired_versions(state))
+        if undone is not None:
+            report.actions.append(undone)
         if state.phase is Phase.PROMOTING:
             self.retirement.finish(state, Phase.SUCCEEDED, action="promoted (reconcile)")
             report.actions.append("finished promote")

@@ -19,7 +19,6 @@ from repo_manager.errors import (
     IllegalTransitionError,
     InvalidInputError,
     RepoManagerError,
-    TritonError,
     WeightsError,
 )
 from repo_manager.modelconfig import (
@@ -78,6 +77,11 @@ def read_staged(staged: Path, model: str, version: str) -> tuple[ModelConfig, di
     return config, manifest
 
 
+#: Seconds the undo of a failed publish may take to put the servers back: the versions it
+#: loads were loaded already, so a longer wait means Triton is stuck on the model.
+RESTORE_TIMEOUT = 30.0
+
+
 @dataclass(kw_only=True, frozen=True)
 class PublishRequest:
     """A publish that passed the checks that need no export, and the state they saw."""
@@ -87,10 +91,43 @@ class PublishRequest:
     #: The new canary's weight (unused for a model's first version: stable at 100%).
     weight: int
     state: RolloutState | None
+    #: The canary in progress that this publish replaces ("canary 8 at 30%"), if any.
+    replaces: str | None = None
+
+
+def replaced_canary(state: RolloutState | None, version: str, *, replace: bool) -> str | None:
+    """The canary in progress a publish would replace; refused unless ``replace``."""
+    if state is None or state.canary is None or state.phase not in REPLACEABLE:
+        return None
+    shown = f"canary {state.canary} at {state.weights.get(state.canary, 0)}%"
+    if not replace:
+        raise IllegalTransitionError(
+            f"cannot publish {version}: {state.model} has {shown} in progress; promote or "
+            "roll it back first, or publish with --replace to replace it"
+        )
+    return shown
+
+
+#: Phases whose canary a new publish replaces (only with ``replace``).
+REPLACEABLE = frozenset({Phase.PROGRESSING, Phase.ANALYZING})
+
+
+def recorded(state: RolloutState | None, version: str) -> bool:
+    """True when a recorded decision names ``version`` (its publish was recorded)."""
+    return state is not None and any(version in (t.stable, t.canary) for t in state.history)
 
 
 class Publisher:
-    """Adds versions to one repository and loads them on the fleet."""
+    """Adds versions to one repository and loads them on the fleet.
+
+    A publish journals itself (``Ledger.begin_publish``) before its version reaches the
+    repository and clears the journal once its decision is recorded or it is undone. One
+    that fails or is interrupted (Ctrl-C, SIGTERM: the CLI turns both into
+    KeyboardInterrupt) undoes itself; one whose manager was killed is undone by ``settle``
+    (``reconcile``, or the next publish of the model). Undone, not finished: a version
+    that no decision names never got traffic, and finishing it would skip what the user
+    asked to come after the load (a golden gate before any traffic, an analysis).
+    """
 
     def __init__(self, applier: FleetApplier, ledger: Ledger) -> None:
         self.applier = applier
@@ -99,19 +136,28 @@ class Publisher:
         self.fleet = applier.fleet
         self.progress = applier.progress
 
-    def check(self, model: str, version: str, *, canary_weight: int | None) -> PublishRequest:
+    def check(
+        self, model: str, version: str, *, canary_weight: int | None, replace: bool = False
+    ) -> PublishRequest:
         """Everything that can refuse a publish before an export: names, weight, a new
-        version number, the phase, and servers that answer."""
+        version number, the phase, a canary in progress, and servers that answer. A publish
+        a killed manager left half done is undone first."""
         model = validate_model_name(model)
         version = validate_version(version)
         settings = self.applier.settings
         weight = check_weight(settings.canary_weight if canary_weight is None else canary_weight)
+        if self.ledger.pending_publish(model) is not None:
+            with self.ledger.locked(model):
+                self.settle(model)
         self.repository.require_new_version(model, version)
         state = self.ledger.load(model)
         target = Phase.INITIALIZED if state is None else Phase.PROGRESSING
         check_transition(state.phase if state else None, target, action=f"publish {version}")
+        replaces = replaced_canary(state, version, replace=replace)
         self.fleet.check_reachable()
-        return PublishRequest(model=model, version=version, weight=weight, state=state)
+        return PublishRequest(
+            model=model, version=version, weight=weight, state=state, replaces=replaces
+        )
 
     def publish(
         self,
@@ -122,9 +168,10 @@ class Publisher:
         canary_weight: int | None,
         force: bool,
         timer: PhaseTimer,
+        replace: bool = False,
     ) -> RolloutState:
-        """Check the staged folder (IO, TensorRT release), then add and load it."""
-        request = self.check(model, version, canary_weight=canary_weight)
+        """Check the staged folder (backend, IO, TensorRT release), then add and load it."""
+        request = self.check(model, version, canary_weight=canary_weight, replace=replace)
         config, manifest = read_staged(staged, request.model, request.version)
         self.repository.check_compatible(request.model, config)
         check_plan_compatible(manifest, self.fleet.server_versions(), force=force)
@@ -154,25 +201,56 @@ class Publisher:
         else:
             new = with_canary_at(state, request.weight, phase=Phase.PROGRESSING, canary=version)
         previous_config = None if state is None else self.repository.require_config(model)
-        with timer.phase("stage"):
-            created = self.repository.add_version(
-                model, version, staged, progress=self.progress, alias=alias
-            )
+        creating = not self.repository.has_versions_model(model)
+        self.ledger.begin_publish(model, version, created_model=creating)
         try:
+            with timer.phase("stage"):
+                self.repository.add_version(
+                    model, version, staged, progress=self.progress, alias=alias
+                )
             if previous_config is not None:
                 self._map_new_gpu_kinds(model, previous_config, staged_config)
             # Triton runs the config's model_warmup inside the load call: one phase.
             with timer.phase("load + warm-up"):
                 self.applier.apply(new)
-        except RepoManagerError:
-            self._undo(model, version, state, created=created)
-            if previous_config is not None:
-                self.repository.write_config(model, previous_config)
+            with timer.phase("routing table"):
+                done = self.ledger.record(
+                    state,
+                    new,
+                    action=_action(request),
+                    reason=_reason(request, timer),
+                    public=new.stable,
+                )
+        except BaseException as exc:
+            outcome = self._undo_unless_recorded(model, version, state, creating, previous_config)
+            if isinstance(exc, RepoManagerError) and outcome is not None:
+                raise type(exc)(f"{exc}; {outcome}") from exc
             raise
-        action = "publish stable" if state is None else f"publish canary at {request.weight}%"
-        reason = f"timings: {timer.summary()}"
-        with timer.phase("routing table"):
-            return self.ledger.record(state, new, action=action, reason=reason, public=new.stable)
+        self.ledger.end_publish(model)
+        return done
+
+    def settle(self, model: str) -> str | None:
+        """Undo the publish of ``model`` that a killed manager left journaled (the caller
+        holds the lock, so its publisher is gone); returns what was done, None if nothing
+        was pending or its decision had been recorded."""
+        pending = self.ledger.pending_publish(model)
+        if pending is None:
+            return None
+        state = self.ledger.load(model)
+        if recorded(state, pending.version):
+            self.ledger.end_publish(model)
+            return None
+        created = pending.created_model and state is None
+        try:
+            undone = self._undo(
+                model, pending.version, state, created=created, previous_config=None
+            )
+        except RepoManagerError as exc:
+            raise type(exc)(
+                f"the interrupted publish of {model} version {pending.version} is not undone "
+                f"yet: {exc}"
+            ) from exc
+        return f"undid the interrupted publish of version {pending.version}: {undone}"
 
     def _map_new_gpu_kinds(self, model: str, current: ModelConfig, candidate: ModelConfig) -> None:
         """A version with plans for more GPU kinds extends the model's ``cc_model_filenames``."""
@@ -180,15 +258,64 @@ class Publisher:
         if merged != current:
             self.repository.write_config(model, merged)
 
-    def _undo(self, model: str, version: str, state: RolloutState | None, *, created: bool) -> None:
-        """Triton refused the new version: put servers and files back as they were."""
-        self.progress(f"Triton refused {model} version {version}; restoring")
+    def _undo_unless_recorded(
+        self,
+        model: str,
+        version: str,
+        state: RolloutState | None,
+        created: bool,
+        previous_config: ModelConfig | None,
+    ) -> str | None:
+        """Undo a publish that failed or was interrupted before its decision was recorded;
+        says how that went (None when it was recorded: the publish stands)."""
+        if recorded(self.ledger.load(model), version):
+            self.ledger.end_publish(model)
+            return None
         try:
-            if state is None:
-                self.fleet.unload(model, versions_model_name(model))
-            else:
-                self.applier.apply(state, gone=[version])
-        except TritonError as exc:
-            self.progress(f"restore on Triton failed ({exc}); run reconcile")
-        finally:
-            self.repository.remove_version(model, version, created_model=created)
+            undone = self._undo(
+                model, version, state, created=created, previous_config=previous_config
+            )
+        except RepoManagerError as exc:
+            self.progress(f"undo not finished: {exc}")
+            return f"publish not undone yet ({exc}); run reconcile"
+        return f"publish undone: {undone}"
+
+    def _undo(
+        self,
+        model: str,
+        version: str,
+        state: RolloutState | None,
+        *,
+        created: bool,
+        previous_config: ModelConfig | None,
+    ) -> str:
+        """Put servers and files back as they were before ``version`` was added.
+
+        The servers first, within ``RESTORE_TIMEOUT``: Triton finishes a load in flight
+        before it unloads, and a version's files must not go while Triton may be loading
+        them (a python stub starting on a vanished model.py hangs the model until Triton
+        restarts). Then the files, then the journal. Raises (the journal kept, so that
+        ``reconcile`` tries again) when Triton does not let go in time.
+        """
+        self.progress(f"undoing the publish of {model} version {version}")
+        if previous_config is not None:
+            self.repository.write_config(model, previous_config)
+        timeout = min(RESTORE_TIMEOUT, self.applier.settings.ready_timeout)
+        if state is None:
+            self.fleet.unload(model, versions_model_name(model), timeout=timeout)
+        else:
+            self.applier.apply(state, gone=[version], timeout=timeout)
+        self.repository.remove_version(model, version, created_model=created)
+        self.ledger.end_publish(model)
+        return f"version {version} unloaded and removed from {self.repository.location}"
+
+
+def _action(request: PublishRequest) -> str:
+    if request.state is None:
+        return "publish stable"
+    return f"publish canary at {request.weight}%"
+
+
+def _reason(request: PublishRequest, timer: PhaseTimer) -> str:
+    replaced = f"replaced {request.replaces}; " if request.replaces else ""
+    return f"{replaced}timings: {timer.summary()}"

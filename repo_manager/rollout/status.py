@@ -62,6 +62,7 @@ def status_document(
         else {
             "at": last.at,
             "action": last.action,
+            "kind": last.kind,
             "from": last.from_phase,
             "to": last.to_phase,
             "reason": last.reason,

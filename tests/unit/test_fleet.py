@@ -22,7 +22,9 @@ class FakeServer:
         if self.down:
             raise TritonUnavailableError(f"Triton unreachable at {self.url}")
 
-    def load(self, model: str, config: ModelConfig, versions: Sequence[str]) -> None:
+    def load(
+        self, model: str, config: ModelConfig, versions: Sequence[str], *, timeout: float
+    ) -> None:
         self.check_reachable()
         if self.refuse:
             raise TritonError(f"Triton at {self.url} refused to load {model}")

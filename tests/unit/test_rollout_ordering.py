@@ -17,7 +17,7 @@ from repo_manager.errors import (
 )
 from repo_manager.modelconfig import ModelConfig, alias_target, render_config
 from repo_manager.names import versions_model_name
-from repo_manager.phases import Phase
+from repo_manager.phases import Phase, check_transition
 from repo_manager.repository import ModelRepository
 from repo_manager.rollout import RolloutManager, RolloutSettings
 from repo_manager.state import RolloutState, load_state, state_key
@@ -196,5 +196,40 @@ def test_check_publish_refuses_before_any_export(manager: Harness) -> None:
     rollout, _, _ = manager
     with pytest.raises(InvalidInputError, match="already exists"):
         rollout.check_publish("m", "2")
-    request = rollout.check_publish("m", "3", canary_weight=5)
+    request = rollout.check_publish("m", "3", canary_weight=5, replace=True)
     assert (request.version, request.weight) == ("3", 5)
+
+
+def test_a_canary_in_progress_is_replaced_only_when_asked_and_the_history_says_so(
+    manager: Harness, tmp_path: Path
+) -> None:
+    rollout, _fleet, storage = manager
+    rollout.set_weight("m", 30)
+    before = load_state(storage, "m")
+    with pytest.raises(IllegalTransitionError, match=r"canary 2 at 30% in progress.*--replace"):
+        rollout.publish("m", "3", staged=staged_version(tmp_path, "3"))
+    assert load_state(storage, "m") == before
+    assert not (tmp_path / "m.versions" / "3").exists()
+    again = staged_version(tmp_path / "again", "3")
+    state = rollout.publish("m", "3", staged=again, replace=True)
+    assert (state.stable, state.canary, state.weights) == ("1", "3", {"1": 90, "3": 10})
+    assert state.history[-1].reason.startswith("replaced canary 2 at 30%; timings: ")
+
+
+def test_every_recorded_history_entry_is_a_move_the_phase_table_allows(
+    manager: Harness, tmp_path: Path
+) -> None:
+    rollout, _, _ = manager
+    rollout.promote("m")
+    rollout.set_policy("m", {"latest": 2})
+    rollout.publish("m", "3", staged=staged_version(tmp_path, "3"))
+    rollout.set_policy("m", None)
+    state = rollout.promote("m")
+    state = rollout.set_policy("m", {"specific": ["1"]})
+    for entry in state.history:
+        if entry.to_phase is None:  # a setting: it names no phases
+            assert entry.from_phase is None and entry.action.startswith("policy"), entry
+            continue
+        source = None if entry.from_phase is None else Phase(entry.from_phase)
+        check_transition(source, Phase(entry.to_phase), action=entry.action)
+    assert [t.kind for t in state.history].count("setting") == 3
