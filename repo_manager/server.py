@@ -29,7 +29,7 @@ from typing import Any
 
 from repo_manager.errors import RepoManagerError, TritonUnavailableError
 
-__all__ = ["EmbeddedTriton", "ServerPorts", "find_tritonserver", "free_port"]
+__all__ = ["EmbeddedTriton", "ServerPorts", "connect_address", "find_tritonserver", "free_port"]
 
 _PR_SET_PDEATHSIG = 1
 
@@ -56,6 +56,17 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+#: Wildcard binds (every address) and the loopback address that reaches them.
+_WILDCARDS = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
+
+
+def connect_address(host: str, port: int) -> str:
+    """``HOST:PORT`` that reaches a server bound to ``host``: a wildcard bind (0.0.0.0,
+    ::) through loopback, a concrete address (or name) at itself; IPv6 in brackets."""
+    target = _WILDCARDS.get(host, host)
+    return f"[{target}]:{port}" if ":" in target else f"{target}:{port}"
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -149,17 +160,18 @@ class EmbeddedTriton:
         self._process: subprocess.Popen[bytes] | None = None
         self._log_handle: int | None = None
 
+    # Reported, waited on and reconciled through: where the server listens (``host``).
     @property
     def grpc_url(self) -> str:
-        return f"127.0.0.1:{self.ports.grpc}"
+        return connect_address(self.host, self.ports.grpc)
 
     @property
     def http_url(self) -> str:
-        return f"127.0.0.1:{self.ports.http}"
+        return connect_address(self.host, self.ports.http)
 
     @property
     def metrics_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports.metrics}/metrics"
+        return f"http://{connect_address(self.host, self.ports.metrics)}/metrics"
 
     def command(self, install: TritonInstallation, backends: Path) -> list[str]:
         return [

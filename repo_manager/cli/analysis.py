@@ -87,6 +87,6 @@ def rollout_command(obj: Context, model: str, drain_seconds: float | None, **ana
     model = validate_model_name(model)
     plan, provider = analysis_setup(analysis)
     require_repository(obj)
-    metrics = serve_manager_metrics(analysis["metrics_port"], "127.0.0.1")
+    metrics = serve_manager_metrics(analysis["metrics_port"], analysis["metrics_addr"])
     manager = obj.manager(drain_seconds=drain_seconds, metrics=metrics)
     run_analysis(obj, manager, model, plan, provider, analysis)

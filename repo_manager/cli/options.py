@@ -113,7 +113,8 @@ def parse_interval(text: str, option: str = "--interval") -> float:
 
 
 def analysis_options(func: Any) -> Any:
-    """Options of the progressive analysis (``rollout`` and ``publish --auto``)."""
+    """Options of the progressive analysis (``rollout`` and ``publish --auto``), with
+    ``--metrics-port``/``--metrics-addr`` of ``serve_metrics_options``."""
     for option in reversed(
         [
             click.option(
@@ -161,16 +162,13 @@ def analysis_options(func: Any) -> Any:
                 multiple=True,
                 help="Live gate bound NAME=VALUE (repeatable), e.g. max_latency_ratio=1.3.",
             ),
-            click.option(
-                "--metrics-port",
-                type=click.IntRange(1, 65535),
-                default=None,
-                help="Expose weight, phase, failed checks and gates on this port.",
-            ),
         ]
     ):
         func = option(func)
-    return func
+    # The same pair as every long-running command: a container's manager binds 0.0.0.0.
+    return serve_metrics_options("Expose weight, phase, failed checks and gates on this port.")(
+        func
+    )
 
 
 def serve_metrics_options(port_help: str) -> Any:

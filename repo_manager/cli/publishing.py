@@ -105,7 +105,9 @@ def publish(
         raise InvalidInputError("give --weights or --exported, not both")
     path = None if exported is not None else resolve_weights(model, weights)
     require_repository(obj)
-    metrics = serve_manager_metrics(analysis["metrics_port"], "127.0.0.1") if auto else None
+    metrics = (
+        serve_manager_metrics(analysis["metrics_port"], analysis["metrics_addr"]) if auto else None
+    )
     manager = obj.manager(drain_seconds=drain_seconds, metrics=metrics)
     gated = golden is not None and manager.state(model) is not None
     first_weight = 0 if gated else weight
