@@ -27,6 +27,7 @@ translated where they enter and chained with ``from``.
     │   └── VersionNotReadyError          a version did not become READY (or unloaded) in time
     ├── RoutingError                      exit 1: the Router has no version it can send to
     ├── GateFailedError                   exit 1: a canary failed a validation gate
+    ├── GateUndecidedError                exit 1: the gates cannot judge the canary (no verdict)
     └── MetricsUnavailableError           exit 1: a metrics source could not be read
 """
 
@@ -37,6 +38,7 @@ __all__ = [
     "ExportError",
     "FleetResolutionError",
     "GateFailedError",
+    "GateUndecidedError",
     "GoldenSetError",
     "IllegalTransitionError",
     "IncompatibleModelError",
@@ -151,6 +153,11 @@ class GoldenSetError(InvalidInputError):
 
 class GateFailedError(RepoManagerError):
     """A canary failed a validation gate; it was unloaded and stable serves 100%."""
+
+
+class GateUndecidedError(RepoManagerError):
+    """The gates cannot judge the canary (stable, the reference, scores nothing on the
+    golden set): no verdict, so neither a pass nor a rollback; the canary keeps its weight."""
 
 
 class MetricsUnavailableError(RepoManagerError):

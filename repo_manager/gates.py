@@ -28,6 +28,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "min_agreement": (0.0, 1.0),
     "max_latency_ratio": (1.0, 1000.0),
     "max_error_rate": (0.0, 1.0),
+    "min_stable_map50": (0.0, 1.0),
     "min_requests": (1, 1_000_000),
 }
 
@@ -59,6 +60,10 @@ class GoldenGates:
     max_latency_ratio: float = 2.0
     #: Highest allowed share of golden images the canary fails on. Default 0.0.
     max_error_rate: float = 0.0
+    #: Lowest mAP50 stable, the reference, must score on a labelled golden set for the
+    #: gates to judge at all: below it (a stable exported at the wrong image size, labels of
+    #: other classes) there is no verdict, neither a pass nor a failure. Default 0.01.
+    min_stable_map50: float = 0.01
 
     def __post_init__(self) -> None:
         _check_ranges(self)

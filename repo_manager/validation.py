@@ -3,7 +3,8 @@
 For each version it measures mAP50 and mAP50-95 against the YOLO labels (Ultralytics'
 own ``ap_per_class`` and its prediction-to-label matching, so the figure agrees with
 ``yolo val``), latency p50/p95 and errors; for the canary also the agreement of its
-detections with stable's. ``GoldenGates`` turn the report into a verdict.
+detections with stable's. ``GoldenGates`` turn the report into a verdict, or into no
+verdict at all when stable, the reference, gives them nothing to judge against.
 
 numpy/torch/Ultralytics are imported lazily here; the Router stays light.
 """
@@ -19,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from repo_manager.errors import GoldenSetError, RoutingError, TritonError
+from repo_manager.errors import GateUndecidedError, GoldenSetError, RoutingError, TritonError
 from repo_manager.gates import GateResult, GoldenGates
 from repo_manager.routing import Detections, Router
 
@@ -27,6 +28,7 @@ __all__ = [
     "GoldenImage",
     "ValidationReport",
     "VersionReport",
+    "agreement",
     "evaluate_golden_gates",
     "load_golden_set",
     "mean_average_precision",
@@ -170,6 +172,18 @@ def _agreement_counts(stable: Detections, canary: Detections) -> tuple[int, int,
     return int(correct[:, 0].sum()), len(s_cls), len(c_cls)
 
 
+def agreement(*, matched: int, stable: int, candidate: int) -> float | None:
+    """F1 of the candidate's detections against stable's: ``matched`` over the mean count.
+
+    None when stable, the reference, detected nothing: empty against empty is no
+    agreement (two detectors that see nothing are not shown to agree), and a candidate
+    cannot be judged against nothing either.
+    """
+    if stable == 0:
+        return None
+    return 2.0 * matched / (stable + candidate)
+
+
 @dataclass(kw_only=True)
 class VersionReport:
     """What one version did on the golden set."""
@@ -302,7 +316,7 @@ def run_golden_set(
             continue
         m, ns, nc = _agreement_counts(s, c)
         matched, n_stable, n_cand = matched + m, n_stable + ns, n_cand + nc
-    cand_report.agreement = 1.0 if n_stable + n_cand == 0 else 2.0 * matched / (n_stable + n_cand)
+    cand_report.agreement = agreement(matched=matched, stable=n_stable, candidate=n_cand)
     report = ValidationReport(
         model=router.model,
         golden=str(golden),
@@ -315,8 +329,41 @@ def run_golden_set(
     return report
 
 
+def _undecided(report: ValidationReport, gates: GoldenGates) -> str | None:
+    """Why the gates cannot judge the candidate at all, or None when they can.
+
+    A labelled set judges by mAP: a stable scoring (next to) nothing there (wrong image
+    size, wrong classes, a broken export) makes every drop meaningless. An unlabelled set
+    judges by agreement only, which has no reference when stable detected nothing.
+    """
+    s = report.stable
+    if report.labelled and (s.map50 or 0.0) < gates.min_stable_map50:
+        return (
+            f"stable version {s.version} scores mAP50 {s.map50 or 0.0:.3g} (below "
+            f"min_stable_map50 {gates.min_stable_map50:g}) on the {report.labelled} "
+            "labelled images"
+        )
+    if not report.labelled and report.candidate.agreement is None:
+        return (
+            f"stable version {s.version} detects nothing (confidence >= {AGREEMENT_CONF:g}) "
+            f"on the {report.images} images"
+        )
+    return None
+
+
 def evaluate_golden_gates(report: ValidationReport, gates: GoldenGates) -> list[GateResult]:
-    """Every golden gate's verdict on a report."""
+    """Every golden gate's verdict on a report.
+
+    Raises GateUndecidedError (not a failure of the candidate) when stable gives the gates
+    nothing to judge against (``_undecided``).
+    """
+    reason = _undecided(report, gates)
+    if reason is not None:
+        raise GateUndecidedError(
+            f"the golden gate cannot judge version {report.candidate.version} of "
+            f"{report.model}: {reason} of {report.golden} (exported at another image size? "
+            "labels of other classes?)"
+        )
     s, c = report.stable, report.candidate
     no_labels = "no labels in the golden set"
 
@@ -339,7 +386,12 @@ def evaluate_golden_gates(report: ValidationReport, gates: GoldenGates) -> list[
             gates.max_map50_95_drop,
             "" if s.map50_95 is not None else no_labels,
         ),
-        GateResult.at_least("agreement", c.agreement, gates.min_agreement),
+        GateResult.at_least(
+            "agreement",
+            c.agreement,
+            gates.min_agreement,
+            "" if c.agreement is not None else "stable detected nothing to agree with",
+        ),
         GateResult.at_most(
             "latency_ratio", ratio, gates.max_latency_ratio, "canary p50 / stable p50"
         ),

@@ -17,7 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from repo_manager.errors import GateFailedError, IllegalTransitionError, InvalidInputError
+from repo_manager.errors import (
+    GateFailedError,
+    GateUndecidedError,
+    IllegalTransitionError,
+    InvalidInputError,
+)
 from repo_manager.gates import GoldenGates
 from repo_manager.names import validate_model_name, validate_version, versions_model_name
 from repo_manager.phases import Phase, check_transition
@@ -36,6 +41,7 @@ from repo_manager.triton import TritonFleet
 if TYPE_CHECKING:
     from repo_manager.analysis import MetricsProvider
     from repo_manager.metrics import ManagerMetrics
+    from repo_manager.routing import Router
     from repo_manager.validation import ValidationReport
 
 __all__ = ["ReconcileReport", "RolloutManager"]
@@ -162,13 +168,40 @@ class RolloutManager:
             state = self.ledger.require(model, action="roll back")
             return self.retirement.rollback(state, reason=reason)
 
+    # -- the manager's own Router -----------------------------------------------------------
+
+    def router(self, model: str, **options: Any) -> Router:
+        """A Router on exactly what this manager reaches: its servers, with their TLS files
+        and headers, the fleet's per-request deadline, and its repository with the S3
+        endpoint that repository was opened with (not the environment's).
+
+        The one way the manager makes a Router (``validate``, the golden gate), so no
+        setting given to the manager is dropped on the way. ``options``: further Router
+        keyword arguments.
+        """
+        from repo_manager.routing import Router
+
+        storage = self.repository.storage
+        return Router(
+            model,
+            url=self.fleet.urls,
+            repository=storage.location,
+            security=self.fleet.security,
+            # Only S3Storage has one; a folder has none (boto3 stays out of the import).
+            s3_endpoint=getattr(storage, "endpoint_url", None),
+            timeout=self.fleet.request_timeout,
+            **options,
+        )
+
     # -- golden-set gate (before any traffic) ------------------------------------------------
 
     def validate(
         self, model: str, version: str, golden: str | Path, gates: GoldenGates | None = None
     ) -> ValidationReport:
-        """Run the golden set through stable and ``version`` (both must be loaded)."""
-        from repo_manager.routing import Router
+        """Run the golden set through stable and ``version`` (both must be loaded).
+
+        Raises GateUndecidedError when stable gives the gates nothing to judge against.
+        """
         from repo_manager.validation import load_golden_set, run_golden_set
 
         model = validate_model_name(model)
@@ -182,7 +215,7 @@ class RolloutManager:
             )
         assert state.stable is not None
         self.progress(f"running golden set {golden} through versions {state.stable}, {version}")
-        with Router(model, url=self.fleet.urls, repository=self.repository.location) as router:
+        with self.router(model) as router:
             return run_golden_set(
                 router, stable=state.stable, candidate=version, golden=golden, gates=gates
             )
@@ -192,12 +225,21 @@ class RolloutManager:
     ) -> ValidationReport:
         """Judge a canary that has no traffic yet; pass: give it ``weight``; fail: roll back.
 
-        Raises GateFailedError (after the rollback: stable serves 100%) when a gate fails.
+        Raises GateFailedError (after the rollback: stable serves 100%) when a gate fails,
+        GateUndecidedError (nothing moved: the canary keeps its weight) when the gates
+        cannot judge it.
         """
         state = self.ledger.require(model, action="validate")
         if state.canary is None:
             raise IllegalTransitionError(f"cannot validate: {model} has no canary")
-        report = self.validate(model, state.canary, golden, gates)
+        try:
+            report = self.validate(model, state.canary, golden, gates)
+        except GateUndecidedError as exc:
+            held = state.weights.get(state.canary, 0)
+            raise GateUndecidedError(
+                f"{exc}; canary {state.canary} stays at {held}%: fix stable or the golden "
+                f"set and run validate, or roll back"
+            ) from exc
         summary = "; ".join(g.describe() for g in report.gates)
         if report.passed:
             self.set_weight(model, weight, reason=f"golden gates passed: {summary}")

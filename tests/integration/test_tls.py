@@ -110,3 +110,28 @@ def test_mutual_tls_and_headers_reach_triton_from_cli_and_router(
 
     with Router("m", url=server.grpc_url, repository=repository, security=mutual) as router:
         assert router.infer(image_input()).version == "1"
+
+
+def test_validate_and_the_golden_gate_speak_mutual_tls_and_headers(
+    pki: Pki, tls_server: tuple[EmbeddedTriton, Path], trained_detector: Path, golden_set: Path
+) -> None:
+    server, repository = tls_server
+    tls_args = [
+        "--repository", str(repository), "--url", server.grpc_url,
+        "--tls-ca", str(pki.ca), "--tls-cert", str(pki.client_cert),
+        "--tls-key", str(pki.client_key), "--header", "x-api-key=proxy-token",
+    ]  # fmt: skip
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run([*CLI, *tls_args, *args], capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, f"{' '.join(args)}: {done.stderr}"
+        assert "proxy-token" not in done.stdout + done.stderr
+        return done
+
+    cli(*publish_args("shapes", "1", trained_detector))
+    gated = cli(*publish_args("shapes", "2", trained_detector), "--golden", str(golden_set))
+    assert "published as canary at 10%" in gated.stdout
+    report = json.loads(
+        cli("validate", "shapes", "2", "--golden", str(golden_set), "--json").stdout
+    )
+    assert report["passed"] and report["candidate"]["errors"] == 0
