@@ -11,7 +11,7 @@ Prints rounds, faults by kind, requests sent and failed, invariant violations; e
 any failed Router request, any failed unpinned request to a server that stayed up, or any
 violation.
 
-    python bench/soak.py --rounds 30 --seed 1 [--max-seconds 1800] [--keep DIR]
+    python bench/soak.py --rounds 30 --seed 1 [--max-seconds 3600] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -56,7 +56,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--max-seconds", type=float, default=1800.0, help="stop after this")
+    parser.add_argument(
+        "--max-seconds", type=float, default=3600.0, help="start no round after this"
+    )
     parser.add_argument("--servers", type=int, default=2)
     parser.add_argument("--router-threads", type=int, default=4)
     parser.add_argument("--unpinned-threads", type=int, default=2)
@@ -135,6 +137,7 @@ def soak(args: argparse.Namespace, root: Path, template: Path, started: float) -
                     next_version=lambda: str(next(versions)),
                 )
                 reconciled = game.play()
+                world.unstage()
                 state = read_state(world)
                 found = [*game.problems, *check_phase(state)]
                 found += check_servers(world, state, reconciled)

@@ -241,6 +241,9 @@ class World:
         with self._lock:
             self.outputs += [stdout, stderr]
             self.steps.append(outcome)
+            with open(self.root / "managers.txt", "a") as log:
+                log.write(f"$ repo-manager {' '.join(args)}\n")
+                log.write(f"-> exit {code} in {outcome.seconds:.1f}s\n{stdout}{stderr}\n")
         return outcome
 
     def stage(self, version: str) -> Path:
@@ -256,6 +259,10 @@ class World:
         manifest["version"] = version
         manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         return folder
+
+    def unstage(self) -> None:
+        """Drop the staged exports (each 12 MB; ``stage`` makes one again on demand)."""
+        shutil.rmtree(self.root / "exports", ignore_errors=True)
 
     def publish_args(self, version: str, weight: int) -> tuple[str, ...]:
         exported = str(self.stage(version))
