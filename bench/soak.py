@@ -93,6 +93,7 @@ def soak(args: argparse.Namespace, root: Path, template: Path, started: float) -
     world = World(root, template, servers=args.servers)
     versions = iter(range(2, 1_000_000))
     violations: list[str] = []
+    known: set[str] = set()
     faults: Counter[str] = Counter()
     played = 0
     try:
@@ -152,8 +153,14 @@ def soak(args: argparse.Namespace, root: Path, template: Path, started: float) -
                     for o in world.steps[mark:]
                 )
                 notes = [steps, *game.notes]
-                print(round_line(number, kind, began, before, after, state, notes, found))
-                violations += [f"round {number} ({kind}): {line}" for line in found]
+                # A violation that persists (a leaked region) is reported in its first round.
+                fresh = [line for line in found if line not in known]
+                known.update(found)
+                persisting = len(found) - len(fresh)
+                print(
+                    round_line(number, kind, began, before, after, state, notes, fresh, persisting)
+                )
+                violations += [f"round {number} ({kind}): {line}" for line in fresh]
         finally:
             routed.stop()
             unpinned.stop()
@@ -172,6 +179,7 @@ def round_line(
     state: object,
     notes: list[str],
     found: list[str],
+    persisting: int,
 ) -> str:
     routed = (after[0][0] - before[0][0], after[0][1] - before[0][1])
     unpinned = (after[1][0] - before[1][0], after[1][1] - before[1][1])
@@ -182,7 +190,8 @@ def round_line(
         f"round {number:2d} {kind:16s} {time.monotonic() - began:5.1f} s  "
         f"router {routed[0]} sent {routed[1]} failed, unpinned {unpinned[0]} sent "
         f"{unpinned[1]} failed; {where}; "
-        + ("invariants held" if not found else f"{len(found)} VIOLATED")
+        + (f"{len(found)} VIOLATED" if found else "invariants held" if not persisting else "")
+        + (f" ({persisting} earlier violation(s) persist)" if persisting else "")
     ]
     lines += [f"    {note}" for note in notes]
     lines += [f"    VIOLATION {line}" for line in found]
