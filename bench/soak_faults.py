@@ -233,6 +233,8 @@ class Round:
         self.world.start_server(index)
         reconciled = self.reconcile_now()
         self.downtime.mark_up(index)
+        if outcome.code != 0 and self.applies(step):
+            self.clean(step)  # refused while the server was down: it must work now
         self.notes.append(
             f"triton_kill: server {index} killed {delay}s into {step} (exit {outcome.code}),"
             f" reconcile exit {reconciled.code}"
