@@ -23,12 +23,11 @@ from typing import Any
 
 from bench.soak_world import MODEL, SECRET, Outcome, World
 from repo_manager.names import MANIFEST_FILE, versions_model_name
+from repo_manager.shm import leftover_regions
 
 __all__ = ["ProcessWatch", "check_phase", "check_repository", "check_secrets", "check_servers"]
 
 STUB = "triton_python_backend_stub"
-BACKEND_REGION = "triton_python_backend_shm_region_"
-ROUTER_REGION = "repo-manager-shm-"
 RESUMABLE = frozenset({"initialized", "succeeded", "rolled_back", "progressing", "analyzing"})
 
 
@@ -181,7 +180,7 @@ class ProcessWatch:
         """Remember the regions the live servers' stubs use (call before a kill too)."""
         for _pid, argv in self._processes():
             if Path(argv[0]).name == STUB and len(argv) > 5 and argv[5].isdigit():
-                region = next((a for a in argv if a.startswith(BACKEND_REGION)), None)
+                region = argv[2]  # stub MODEL.py REGION ...: the region it shares
                 if region and int(argv[5]) in self.world.server_pids:
                     self.backend_regions[region] = int(argv[5])
 
@@ -211,14 +210,6 @@ class ProcessWatch:
         for region, owner in sorted(self.backend_regions.items()):
             if owner not in live and region in names:
                 problems.append(f"shared memory: {region} of dead tritonserver {owner}")
-        owners = {os.getpid(), *self.manager_pids}
-        for name in sorted(n for n in names if n.startswith(ROUTER_REGION)):
-            pid = name[len(ROUTER_REGION) :].split("-", 1)[0]
-            if pid.isdigit() and int(pid) in owners and not self._owned_live(int(pid)):
-                problems.append(f"shared memory: {name} of dead client {pid}")
+        # Router regions (the Routers' own rule: owner tagged in the name, judged by /proc).
+        problems += [f"shared memory: {name} of a dead client" for name in leftover_regions()]
         return problems
-
-    @staticmethod
-    def _owned_live(pid: int) -> bool:
-        # This process's Routers run on a fleet of two: no shared memory (one server only).
-        return pid != os.getpid() and _alive(pid)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from repo_manager.errors import RepoManagerError, TritonUnavailableError
+from repo_manager.shm_owners import backend_region_prefix, reclaim_dead_regions, unlink_regions
 
 __all__ = ["EmbeddedTriton", "ServerPorts", "connect_address", "find_tritonserver", "free_port"]
 
@@ -159,6 +160,9 @@ class EmbeddedTriton:
         self.extra_args = extra_args
         self._process: subprocess.Popen[bytes] | None = None
         self._log_handle: int | None = None
+        # The python backend's regions of the running process: unlinked once it has exited,
+        # since a killed tritonserver leaves them in /dev/shm (seen in bench/soak.py).
+        self._region_prefix: str | None = None
 
     # Reported, waited on and reconciled through: where the server listens (``host``).
     @property
@@ -188,6 +192,11 @@ class EmbeddedTriton:
             "--exit-on-error=false",
             "--strict-readiness=false",
             "--log-verbose=0",
+            *(
+                [f"--backend-config=python,shm-region-prefix-name={self._region_prefix}"]
+                if self._region_prefix
+                else []
+            ),
             *self.extra_args,
         ]
 
@@ -205,6 +214,9 @@ class EmbeddedTriton:
             raise RuntimeError(f"tritonserver already running (pid {self.pid})")
         install = find_tritonserver()
         backends = _private_backends(install)
+        self._release_regions()  # of an earlier run of this server that died on its own
+        reclaim_dead_regions()  # of servers whose launcher was killed with them
+        self._region_prefix = backend_region_prefix()
         output: int | None = None
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -266,13 +278,22 @@ class EmbeddedTriton:
                 process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 self._kill_group(process)
+        self._release_regions()
         self._close_log()
 
     def kill(self) -> None:
         """SIGKILL, as a crash would (for restart tests), with its backend stubs."""
         if self._process is not None and self._process.poll() is None:
             self._kill_group(self._process)
+        self._release_regions()
         self._close_log()
+
+    def _release_regions(self) -> None:
+        """Unlink the exited process's python-backend regions (and its stubs': the group
+        was killed or shut down with it)."""
+        if self._region_prefix is not None and not self.is_alive():
+            unlink_regions(self._region_prefix)
+            self._region_prefix = None
 
     @staticmethod
     def _kill_group(process: subprocess.Popen[bytes]) -> None:

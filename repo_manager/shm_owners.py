@@ -12,21 +12,33 @@ is left alone, so a live process's regions are never touched.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
+import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["PREFIX", "Owner", "leftover_regions", "of_dead_owners", "reclaim_dead_regions"]
+__all__ = [
+    "PREFIX",
+    "Owner",
+    "backend_region_prefix",
+    "leftover_regions",
+    "of_dead_owners",
+    "reclaim_dead_regions",
+    "unlink_regions",
+]
 
 logger = logging.getLogger(__name__)
 
 #: Every region name of ours starts with it (``Owner.tag`` adds the owner).
 PREFIX = "repo-manager-shm"
 _SHM_DIR = "/dev/shm"
-_NAME = re.compile(rf"^{PREFIX}-(\d+)-(\d+)-(\d+)-[0-9a-f]+-\d+$")
+# A name starts with its owner's tag and a hex token; the Router adds ``-N``, Triton's
+# python backend (given a tagged ``shm-region-prefix-name``) its own suffix.
+_NAME = re.compile(rf"^{PREFIX}-(\d+)-(\d+)-(\d+)-[0-9a-f]+")
 #: A sweep's RPCs to Triton get this deadline: a hung server must not hang a Router.
 _RPC_TIMEOUT_S = 5.0
 
@@ -105,6 +117,29 @@ def of_dead_owners(names: Iterable[str]) -> list[str]:
         if verdicts[owner]:
             dead.append(name)
     return sorted(dead)
+
+
+def backend_region_prefix() -> str | None:
+    """A ``shm-region-prefix-name`` for the python backend of a tritonserver this process
+    launches: tagged with this process, so that when both die (the server dies with its
+    launcher) a sweep can tell the regions are orphans. None where /proc cannot say."""
+    owner = Owner.current()
+    return None if owner is None else f"{owner.tag()}-{secrets.token_hex(4)}-triton"
+
+
+def unlink_regions(prefix: str) -> list[str]:
+    """Unlink every region whose name starts with ``prefix``: the regions of a server this
+    process launched, once it has exited (a SIGKILLed tritonserver unlinks nothing)."""
+    removed = []
+    try:
+        names = [n for n in os.listdir(_SHM_DIR) if n.startswith(prefix)]
+    except OSError:
+        return []
+    for name in names:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(_SHM_DIR, name))
+            removed.append(f"{_SHM_DIR}/{name}")
+    return removed
 
 
 def _our_files() -> list[str]:

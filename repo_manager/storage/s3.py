@@ -284,13 +284,18 @@ class S3Storage:
                 self.where.key(target),
             )
         self.remove_tree(staging)
+        # A part upload whose connection died (an S3 restart mid-upload) was sent again and
+        # landed, but boto3's abort of the first one may have failed too: none is left open.
+        self._abort_multipart(staging)
         say(f"published {self.where}/{key}")
 
     def _abort_multipart(self, key: str) -> None:
-        """Abort multipart uploads a killed publish left open (invisible, but billed)."""
+        """Abort multipart uploads left open under ``key`` (invisible, but billed): by a
+        killed publish, or by a part whose connection died. Only the lock holder uploads
+        there, so every one found is an orphan."""
         what = f"clean up {key} in"
-        listing = self.calls.call(what, "list_multipart_uploads", Prefix=self.where.key(key) + "/")
-        for upload in listing.get("Uploads", []):
+        pages = self.calls.pages(what, "list_multipart_uploads", Prefix=self.where.key(key) + "/")
+        for upload in (u for page in pages for u in page.get("Uploads", [])):
             self.calls.call(
                 what, "abort_multipart_upload", Key=upload["Key"], UploadId=upload["UploadId"]
             )

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import tritonclient.grpc as grpcclient
 
 from repo_manager.errors import TritonUnavailableError
 from repo_manager.server import EmbeddedTriton, ServerPorts
@@ -68,3 +69,48 @@ def test_the_server_dies_with_its_parent(tmp_path: Path) -> None:
     while _alive(child) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _alive(child)
+
+
+IDENTITY_MODEL = """
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        out = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "x").as_numpy()
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("y", x)]))
+        return out
+"""
+IDENTITY_CONFIG = """
+name: "identity"
+backend: "python"
+max_batch_size: 0
+input [{ name: "x", data_type: TYPE_FP32, dims: [1] }]
+output [{ name: "y", data_type: TYPE_FP32, dims: [1] }]
+instance_group [{ kind: KIND_CPU, count: 1 }]
+"""
+
+
+def _shm() -> set[str]:
+    return set(os.listdir("/dev/shm"))
+
+
+@pytest.mark.parametrize("end", ["kill", "stop"])
+def test_a_killed_or_stopped_server_leaves_no_python_backend_region_in_dev_shm(
+    tmp_path: Path, end: str
+) -> None:
+    (tmp_path / "identity" / "1").mkdir(parents=True)
+    (tmp_path / "identity" / "1" / "model.py").write_text(IDENTITY_MODEL)
+    (tmp_path / "identity" / "config.pbtxt").write_text(IDENTITY_CONFIG)
+    before = _shm()
+    server = EmbeddedTriton(tmp_path, ports=ServerPorts.free(), log_path=tmp_path / "log")
+    server.start()
+    server.wait_ready(timeout=60)
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        client.load_model("identity")
+    made = _shm() - before
+    assert made, "the python backend made no region: nothing to prove"
+    getattr(server, end)()  # a SIGKILL unlinks nothing itself
+    assert _shm() & made == set()
