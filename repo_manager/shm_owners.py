@@ -21,6 +21,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from repo_manager.processes import ProcessId, pid_namespace
+
 __all__ = [
     "PREFIX",
     "Owner",
@@ -43,38 +45,15 @@ _NAME = re.compile(rf"^{PREFIX}-(\d+)-(\d+)-(\d+)-[0-9a-f]+")
 _RPC_TIMEOUT_S = 5.0
 
 
-def _stat_fields(pid: int) -> list[str] | None:
-    """/proc/PID/stat from field 3 (state) on; ``comm`` may hold spaces and parentheses."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            text = stat.read()
-    except OSError:
-        return None
-    return text.rsplit(")", 1)[1].split()
-
-
-def _pid_namespace() -> int | None:
-    try:
-        return os.stat("/proc/self/ns/pid").st_ino
-    except OSError:
-        return None
-
-
 @dataclass(kw_only=True, frozen=True)
-class Owner:
-    """A process, told apart from any later one that reuses its PID."""
-
-    namespace: int
-    pid: int
-    start: int  # clock ticks after boot (/proc/PID/stat field 22)
+class Owner(ProcessId):
+    """A region's owner: the process whose tag starts the region's name."""
 
     @classmethod
     def current(cls) -> Owner | None:
         """This process (None where /proc cannot say: its regions are then never swept)."""
-        namespace, fields = _pid_namespace(), _stat_fields(os.getpid())
-        if namespace is None or fields is None:
-            return None
-        return cls(namespace=namespace, pid=os.getpid(), start=int(fields[19]))
+        found: Owner | None = super().current()
+        return found
 
     @classmethod
     def of(cls, name: str) -> Owner | None:
@@ -89,23 +68,10 @@ class Owner:
         """The start of every region name this owner makes."""
         return f"{PREFIX}-{self.namespace}-{self.pid}-{self.start}"
 
-    def is_dead(self) -> bool:
-        """True only when this process provably ended (a zombie has ended)."""
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            pass  # another user's process: it exists; its start time says whether it is ours
-        fields = _stat_fields(self.pid)
-        if fields is None:
-            return False  # hidden by /proc's mount options, or racing its exit: keep
-        return fields[0] in ("Z", "X") or int(fields[19]) != self.start
-
 
 def of_dead_owners(names: Iterable[str]) -> list[str]:
     """The names among ``names`` whose owner is in this PID namespace and dead."""
-    namespace = _pid_namespace()
+    namespace = pid_namespace()
     verdicts: dict[Owner, bool] = {}
     dead = []
     for name in names:

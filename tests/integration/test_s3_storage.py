@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -130,6 +133,52 @@ def test_lock_of_a_dead_manager_is_broken_after_its_lease(
     with storage.lock("m.lock"):
         waited = time.monotonic() - started
     assert 1.0 <= waited < 5.0
+
+
+HOLD_LOCK = """
+import sys, time
+from repo_manager.storage.s3 import S3Storage
+storage = S3Storage(sys.argv[1], endpoint_url=sys.argv[2], lock_lease=30.0)
+with storage.lock("m.lock"):
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_the_lock_of_a_killed_manager_on_this_host_is_taken_without_waiting_its_lease(
+    storage: S3Storage, moto: MotoServer
+) -> None:
+    # A SIGKILLed manager (the soak's manager_kill) made the next command wait a whole
+    # lease (20 s by default) before it could reconcile.
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(storage.where), moto.endpoint],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    waiter = S3Storage(str(storage.where), endpoint_url=moto.endpoint, lock_lease=30.0)
+    started = time.monotonic()
+    with waiter.lock("m.lock"):
+        waited = time.monotonic() - started
+    assert waited < 2.0  # a lease is 30 s, and the holder renewed it just now
+
+
+def test_a_live_holder_on_this_host_keeps_its_lock(storage: S3Storage, moto: MotoServer) -> None:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(storage.where), moto.endpoint],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        quick = S3Storage(str(storage.where), endpoint_url=moto.endpoint, lock_timeout=2.0)
+        with pytest.raises(StorageError, match="held by another manager"), quick.lock("m.lock"):
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_breaking_a_dead_lock_translates_a_refused_takeover(
