@@ -65,11 +65,14 @@ def is_local_url(url: str) -> bool:
 
 
 def leaked_regions() -> list[str]:
-    """Our regions present in /dev/shm, live owners' included (for tests)."""
+    """Router regions present in /dev/shm, live owners' included (for tests); the python
+    backend regions of a tritonserver this process launched (``…-triton…``) are not ours
+    to close and are left out."""
     try:
-        return sorted(n for n in os.listdir("/dev/shm") if n.startswith(PREFIX))
+        names = os.listdir("/dev/shm")
     except OSError:
         return []
+    return sorted(n for n in names if n.startswith(PREFIX) and "-triton" not in n)
 
 
 def _aligned(size: int) -> int:
