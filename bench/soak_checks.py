@@ -23,6 +23,7 @@ from typing import Any
 
 from bench.soak_world import MODEL, SECRET, Outcome, World
 from repo_manager.names import MANIFEST_FILE, versions_model_name
+from repo_manager.rollout.applier import desired_route
 from repo_manager.shm import leftover_regions
 
 __all__ = ["ProcessWatch", "check_phase", "check_repository", "check_secrets", "check_servers"]
@@ -73,9 +74,10 @@ def check_servers(world: World, state: Any, reconciled: Outcome) -> list[str]:
             if server.ready != set(desired):
                 ready = ",".join(sorted(server.ready, key=int)) or "none"
                 problems.append(f"servers: {server.url} READY {ready}, desired {','.join(desired)}")
-            if state is not None and server.public != state.stable:
+            if state is not None and server.public != desired_route(state):
                 problems.append(
-                    f"servers: {server.url} public name on {server.public}, stable {state.stable}"
+                    f"servers: {server.url} public name on {server.public}, "
+                    f"desired {desired_route(state)}"
                 )
     finally:
         fleet.close()

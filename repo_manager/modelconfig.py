@@ -35,6 +35,7 @@ __all__ = [
     "merge_cc_model_filenames",
     "parse_class_names",
     "parse_config",
+    "public_config_base",
     "render_config",
     "ultralytics_metadata",
     "with_version_policy",
@@ -288,25 +289,36 @@ def build_alias_config(
     """
     if not str(version).isdigit() or int(version) < 1:
         raise InvalidVersionError(f"version {version!r} is not a positive integer")
-    alias = ModelConfig(name=name, platform="ensemble", max_batch_size=target.max_batch_size)
+    alias = public_config_base(name=name, target=target)
+    alias.platform = "ensemble"
     step = alias.ensemble_scheduling.step.add(model_name=target_name, model_version=int(version))
     for tensor in target.input:
-        alias.input.add(name=tensor.name, data_type=tensor.data_type, dims=list(tensor.dims))
         step.input_map[tensor.name] = tensor.name
     for tensor in target.output:
-        alias.output.add(name=tensor.name, data_type=tensor.data_type, dims=list(tensor.dims))
         step.output_map[tensor.name] = tensor.name
+    return alias
+
+
+def public_config_base(*, name: str, target: ModelConfig) -> ModelConfig:
+    """What every config of a public name shares with the versions model it answers for:
+    inputs, outputs, max batch and parameters (class names, ``metadata`` for Ultralytics'
+    client), so that a client cannot tell the public name from the model."""
+    public = ModelConfig(name=name, max_batch_size=target.max_batch_size)
+    for tensor in target.input:
+        public.input.add(name=tensor.name, data_type=tensor.data_type, dims=list(tensor.dims))
+    for tensor in target.output:
+        public.output.add(name=tensor.name, data_type=tensor.data_type, dims=list(tensor.dims))
     for key in sorted(target.parameters):
-        alias.parameters[key].string_value = target.parameters[key].string_value
+        public.parameters[key].string_value = target.parameters[key].string_value
     if "metadata" not in target.parameters:  # a version exported before the parameter existed
-        alias.parameters["metadata"].string_value = ultralytics_metadata(
+        public.parameters["metadata"].string_value = ultralytics_metadata(
             class_names=_class_names(target),
             imgsz=int(target.parameters["imgsz"].string_value or 640)
             if "imgsz" in target.parameters
             else 640,
             max_batch_size=target.max_batch_size,
         )
-    return alias
+    return public
 
 
 def parse_class_names(text: str) -> tuple[str, ...]:

@@ -166,14 +166,26 @@ class ModelRepository:
         folder = versions_model_name(model)
         self.storage.write_bytes_atomic(f"{folder}/{CONFIG_FILE}", render_config(config))
 
-    def alias_config(self, model: str) -> model_config_pb2.ModelConfig | None:
-        """The public name's config (an ensemble pinning stable), None before the first
-        publish."""
+    def public_config(self, model: str) -> model_config_pb2.ModelConfig | None:
+        """The public name's config (an ensemble pinning stable, or the weighted model),
+        None before the first publish."""
         return self._read_config(model)
 
-    def write_alias(self, model: str, config: model_config_pb2.ModelConfig) -> None:
-        """Replace the public name's config (it exists once the model is published)."""
-        self.storage.write_bytes_atomic(f"{model}/{CONFIG_FILE}", render_config(config))
+    def write_public(
+        self,
+        model: str,
+        config: model_config_pb2.ModelConfig,
+        files: dict[str, bytes] | None = None,
+    ) -> None:
+        """Replace the public name's config (it exists once the model is published), after
+        the ``files`` its version folder needs (the weighted model's), each written only
+        when it differs."""
+        for name, data in (files or {}).items():
+            key = f"{model}/{ALIAS_VERSION}/{name}"
+            if self.storage.read_bytes(key) != data:
+                self.storage.write_bytes_atomic(key, data)
+        if self.public_config(model) != config:
+            self.storage.write_bytes_atomic(f"{model}/{CONFIG_FILE}", render_config(config))
 
     def manifest(self, model: str, version: str) -> dict[str, Any] | None:
         data = self.storage.read_bytes(f"{versions_model_name(model)}/{version}/{MANIFEST_FILE}")
@@ -236,7 +248,7 @@ class ModelRepository:
             self.storage.publish_dir(staged_model_dir, folder, progress)
         else:
             self.storage.publish_dir(staged_version, f"{folder}/{version}", progress)
-        if alias is not None and self.alias_config(model) is None:
+        if alias is not None and self.public_config(model) is None:
             try:
                 self._publish_alias(model, alias, progress)
             except BaseException:

@@ -142,6 +142,9 @@ class RolloutState:
     #: it is at, failed checks, metrics-source errors, last snapshot and last verdict.
     #: Persisted so that ``advance()`` continues in any process.
     analysis: dict[str, Any] | None = None
+    #: What the public name does with requests that name no version: "stable" (answer
+    #: from stable only) or "weighted" (by ``weights``; ``policy --unpinned``).
+    unpinned: str = "stable"
 
     @property
     def serving_versions(self) -> list[str]:
@@ -171,6 +174,7 @@ class RolloutState:
             "generation": self.generation,
             "history": [asdict(t) for t in self.history],
             "analysis": self.analysis,
+            "unpinned": self.unpinned,
         }
         return (json.dumps(document, indent=1) + "\n").encode()
 
@@ -189,6 +193,7 @@ class RolloutState:
                 generation=int(document.get("generation", 0)),
                 history=[Transition(**t) for t in document.get("history", [])],
                 analysis=document.get("analysis"),
+                unpinned=str(document.get("unpinned", "stable")),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise StorageError(f"corrupt rollout state {source}: {exc}") from exc

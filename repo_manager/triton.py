@@ -18,8 +18,9 @@ from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException
 
 from repo_manager.errors import TritonError, TritonUnavailableError, VersionNotReadyError
-from repo_manager.modelconfig import alias_target, config_to_json, with_version_policy
+from repo_manager.modelconfig import config_to_json, with_version_policy
 from repo_manager.transport import GrpcSecurity, is_unreachable, make_grpc_client
+from repo_manager.unpinned.config import public_route
 
 __all__ = ["ServerVersions", "TritonControl", "TritonFleet", "VersionState"]
 
@@ -44,7 +45,8 @@ class ServerVersions:
 
     url: str
     versions: tuple[VersionState, ...] = ()
-    #: The version the public name (the alias) answers from; None when it is not READY.
+    #: What the public name does with unpinned requests (``unpinned.public_route``: the
+    #: stable version it pins, or "weighted ..."); None when it is not READY.
     public: str | None = None
     error: str | None = None
 
@@ -113,10 +115,11 @@ class TritonControl:
             late=lambda: self._not_loaded(model, versions, timeout),
         )
 
-    def load_alias(
+    def load_public(
         self, name: str, config: model_config_pb2.ModelConfig, *, timeout: float
     ) -> None:
-        """Load the public name's ensemble as ``config`` says (it pins one version)."""
+        """Load the public name as ``config`` says (an ensemble pinning stable, or the
+        weighted model); Triton answers with the loaded one until the new one is ready."""
         override = config_to_json(config)
         self._call(
             f"load {name}",
@@ -136,9 +139,10 @@ class TritonControl:
             f"{model} on {self.url}: load not done within {timeout:g}s (Triton: {said})"
         )
 
-    def alias_pin(self, name: str, *, index: Index | None = None) -> str | None:
-        """The version the loaded alias ``name`` pins (None when it is not READY);
-        ``index`` is a repository index already read (else it is read here)."""
+    def public_route(self, name: str, *, index: Index | None = None) -> str | None:
+        """What the loaded public name ``name`` does with an unpinned request
+        (``unpinned.public_route``; None when it is not READY); ``index`` is a repository
+        index already read (else it is read here)."""
         if not any(v.state == "READY" for v in self.versions(name, index=index)):
             return None
         document: dict[str, Any] = self._call(
@@ -155,7 +159,7 @@ class TritonControl:
             )
         except json_format.ParseError as exc:
             raise TritonError(f"Triton at {self.url} sent an unreadable config of {name}") from exc
-        return alias_target(config)
+        return public_route(config)
 
     def unload(self, model: str) -> None:
         self._call(
@@ -308,7 +312,7 @@ class TritonFleet:
                 failures.append(exc)
         _raise_failures(failures, len(targets))
 
-    def point_alias(
+    def point_public(
         self,
         name: str,
         config: model_config_pb2.ModelConfig,
@@ -316,21 +320,21 @@ class TritonFleet:
         timeout: float,
         only: Sequence[str] | None = None,
     ) -> list[str]:
-        """Make the public name ``name`` answer from the version ``config`` pins, everywhere.
+        """Make the public name ``name`` route unpinned requests as ``config`` does, everywhere.
 
-        A server whose alias already pins it is left alone (a load call would re-create the
-        ensemble for nothing). Returns the urls where the alias moved; like ``apply``, every
+        A server whose public name already routes so is left alone (a load call would
+        re-create it for nothing). Returns the urls where it moved; like ``apply``, every
         server is tried and one error names each that failed.
         """
-        wanted = alias_target(config)
+        wanted = public_route(config)
         targets = self._targets(only)
         failures: list[TritonError] = []
         moved = []
         for server in targets:
             try:
-                if server.alias_pin(name) == wanted:
+                if server.public_route(name) == wanted:
                     continue
-                server.load_alias(name, config, timeout=timeout)
+                server.load_public(name, config, timeout=timeout)
                 server.wait_versions(name, ready=["1"], timeout=timeout)
                 moved.append(server.url)
             except TritonError as exc:
@@ -368,7 +372,7 @@ class TritonFleet:
                     ServerVersions(
                         url=server.url,
                         versions=server.versions(model, index=index),
-                        public=server.alias_pin(alias, index=index) if alias else None,
+                        public=server.public_route(alias, index=index) if alias else None,
                     )
                 )
             except TritonError as exc:

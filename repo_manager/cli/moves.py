@@ -7,6 +7,7 @@ import click
 from repo_manager.cli.app import Context, cli, require_repository
 from repo_manager.cli.options import drain_option, verbose_option
 from repo_manager.rollout import parse_policy, parse_weight
+from repo_manager.unpinned import MODES, WEIGHTED
 
 
 @cli.command("set-weight", context_settings={"ignore_unknown_options": True})
@@ -54,13 +55,39 @@ def rollback(obj: Context, model: str, drain_seconds: float | None) -> None:
 @click.option("--latest", type=int, default=None, help="Also keep the latest N versions loaded.")
 @click.option("--all", "all_versions", is_flag=True, help="Keep every version loaded.")
 @click.option("--specific", default=None, help="Also keep these versions loaded: V[,V...].")
+@click.option(
+    "--unpinned",
+    type=click.Choice(MODES),
+    default=None,
+    help="What the public name does with requests that name no version: answer from "
+    "stable (the default) or split them by the rollout's weights, inside Triton.",
+)
 @click.pass_obj
 def policy(
-    obj: Context, model: str, latest: int | None, all_versions: bool, specific: str | None
+    obj: Context,
+    model: str,
+    latest: int | None,
+    all_versions: bool,
+    specific: str | None,
+    unpinned: str | None,
 ) -> None:
-    """Set which versions Triton keeps loaded besides stable and canary."""
-    document = parse_policy(latest=latest, all_versions=all_versions, specific=specific)
+    """Set which versions Triton keeps loaded besides stable and canary, and what the
+    public name does with requests that name no version."""
+    versions_given = latest is not None or all_versions or specific is not None
+    document = (
+        parse_policy(latest=latest, all_versions=all_versions, specific=specific)
+        if versions_given or unpinned is None
+        else None
+    )
     require_repository(obj)
     manager = obj.manager()
-    state = manager.set_policy(model, document)
-    click.echo(f"{model}: loaded versions {','.join(manager.desired_versions(state))}")
+    if document is not None:
+        state = manager.set_policy(model, document)
+        click.echo(f"{model}: loaded versions {','.join(manager.desired_versions(state))}")
+    if unpinned is not None:
+        state = manager.set_unpinned(model, unpinned)
+        click.echo(f"{model}: unpinned requests {_unpinned_words(state.unpinned)}")
+
+
+def _unpinned_words(mode: str) -> str:
+    return "follow the rollout's weights" if mode == WEIGHTED else "are answered by stable"

@@ -17,8 +17,9 @@ from repo_manager.repository import ModelRepository
 from repo_manager.rollout.settings import RolloutSettings, VersionPolicy
 from repo_manager.state import RolloutState
 from repo_manager.triton import TritonFleet
+from repo_manager.unpinned import WEIGHTED, describe, public_config, unpinned_route, weighted_files
 
-__all__ = ["FleetApplier", "Progress", "alias_config"]
+__all__ = ["FleetApplier", "Progress", "alias_config", "desired_route"]
 
 Progress = Callable[[str], None]
 
@@ -28,6 +29,12 @@ def alias_config(model: str, config: ModelConfig, stable: str) -> ModelConfig:
     return build_alias_config(
         name=model, target_name=versions_model_name(model), target=config, version=stable
     )
+
+
+def desired_route(state: RolloutState) -> str | None:
+    """What the public name must do with unpinned requests in ``state`` (compared with
+    each server's ``ServerVersions.public``)."""
+    return unpinned_route(state.unpinned, state.routing_table())
 
 
 class FleetApplier:
@@ -85,19 +92,28 @@ class FleetApplier:
         on_disk = with_version_policy(config, versions)
         if on_disk != config:
             self.repository.write_config(state.model, on_disk)
-        return self._point_public(state, config, only=only, timeout=deadline)
+        return self.point_public(state, config, only=only, timeout=deadline)
 
-    def _point_public(
-        self, state: RolloutState, config: ModelConfig, *, only: list[str] | None, timeout: float
+    def point_public(
+        self,
+        state: RolloutState,
+        config: ModelConfig | None = None,
+        *,
+        only: list[str] | None = None,
+        timeout: float | None = None,
     ) -> list[str]:
-        """The public name answers unpinned requests from stable (an ensemble pinning it)."""
+        """Make the public name route unpinned requests as ``state`` says: from stable
+        (an ensemble pinning it) or, in weighted mode, by its weights; returns the urls
+        where it moved. ``config`` is the versions model's (read when not given)."""
         assert state.stable is not None
-        alias = alias_config(state.model, config, state.stable)
-        if self.repository.alias_config(state.model) != alias:
-            self.repository.write_alias(state.model, alias)
-        moved = self.fleet.point_alias(state.model, alias, timeout=timeout, only=only)
+        target = config if config is not None else self.repository.require_config(state.model)
+        public = public_config(state.unpinned, target=target, table=state.routing_table())
+        files = weighted_files() if state.unpinned == WEIGHTED else None
+        self.repository.write_public(state.model, public, files)
+        deadline = self.settings.ready_timeout if timeout is None else timeout
+        moved = self.fleet.point_public(state.model, public, timeout=deadline, only=only)
         if moved:
-            self.progress(f"public name {state.model} answers from version {state.stable}")
+            self.progress(f"public name {state.model} {describe(desired_route(state))}")
         return moved
 
     def drain(self) -> None:

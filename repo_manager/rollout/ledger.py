@@ -13,7 +13,7 @@ whose manager was killed.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -44,9 +44,18 @@ __all__ = ["Ledger", "with_canary_at"]
 class Ledger:
     """The rollout state of every model of one repository (in its storage)."""
 
-    def __init__(self, storage: Storage, *, metrics: ManagerMetrics | None = None) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        metrics: ManagerMetrics | None = None,
+        recorded: Callable[[RolloutState], None] | None = None,
+    ) -> None:
+        """``recorded`` is called with every state once it is persisted (the weighted
+        public name follows each recorded weight through it)."""
         self.storage = storage
         self.metrics = metrics
+        self.recorded = recorded
 
     @contextmanager
     def locked(self, model: str) -> Iterator[None]:
@@ -129,6 +138,8 @@ class Ledger:
         )
         self.storage.write_bytes_atomic(state_key(recorded.model), recorded.to_json())
         self.expose(recorded)
+        if self.recorded is not None:
+            self.recorded(recorded)
         return recorded
 
     # -- the publish journal ----------------------------------------------------------------
@@ -203,4 +214,5 @@ def with_canary_at(
         weights={state.stable: 100 - weight, canary: weight},
         policy=state.policy,
         analysis=analysis,
+        unpinned=state.unpinned,
     )

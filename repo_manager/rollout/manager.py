@@ -13,7 +13,7 @@ reconcile: steps, then one persist of the status).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +28,7 @@ from repo_manager.names import validate_model_name, validate_version, versions_m
 from repo_manager.phases import Phase, check_transition
 from repo_manager.repository import ModelRepository
 from repo_manager.rollout import analysis_step
-from repo_manager.rollout.applier import FleetApplier, Progress
+from repo_manager.rollout.applier import FleetApplier, Progress, desired_route
 from repo_manager.rollout.ledger import Ledger, with_canary_at
 from repo_manager.rollout.publishing import Publisher, PublishRequest
 from repo_manager.rollout.retirement import Retirement
@@ -37,6 +37,7 @@ from repo_manager.rollout.status import status_document
 from repo_manager.state import RolloutState
 from repo_manager.timing import PhaseTimer
 from repo_manager.triton import TritonFleet
+from repo_manager.unpinned import WEIGHTED, check_mode
 
 if TYPE_CHECKING:
     from repo_manager.analysis import MetricsProvider
@@ -80,13 +81,19 @@ class RolloutManager:
         self.fleet = fleet
         self.settings = settings or RolloutSettings()
         self.progress = progress
-        self.ledger = Ledger(repository.storage, metrics=metrics)
         self.applier = FleetApplier(repository, fleet, settings=self.settings, progress=progress)
+        self.ledger = Ledger(repository.storage, metrics=metrics, recorded=self._follow_weights)
         self.retirement = Retirement(self.applier, self.ledger)
         self.publisher = Publisher(self.applier, self.ledger)
 
     def state(self, model: str) -> RolloutState | None:
         return self.ledger.load(model)
+
+    def _follow_weights(self, state: RolloutState) -> None:
+        """A weighted public name follows every recorded move (set-weight, each analysis
+        step, promote, rollback) on every server; in stable mode only ``apply`` moves it."""
+        if state.unpinned == WEIGHTED and state.stable is not None:
+            self.applier.point_public(state)
 
     def desired_versions(self, state: RolloutState) -> list[str]:
         """Versions Triton must hold: the rollout's own plus those the policy keeps."""
@@ -292,12 +299,25 @@ class RolloutManager:
                 weights=dict(state.weights),
                 policy=None if checked is None else checked.to_document(),
                 analysis=state.analysis,
+                unpinned=state.unpinned,
             )
             before = set(self.desired_versions(state))
             after = set(self.desired_versions(new))
             self.applier.apply(new, gone=sorted(before - after, key=int))
             # A policy is a setting, not a phase move: recorded as one.
             return self.ledger.record_setting(state, new, action=f"policy {policy}")
+
+    def set_unpinned(self, model: str, mode: str) -> RolloutState:
+        """What the public name does with requests that name no version: answer from
+        stable only, or follow the rollout's weights (``unpinned`` package)."""
+        mode = check_mode(mode)
+        model = validate_model_name(model)
+        with self.ledger.locked(model):
+            state = self.ledger.require(model, action="set the unpinned mode")
+            self.fleet.check_reachable()
+            new = replace(state, unpinned=mode)
+            self.applier.point_public(new)
+            return self.ledger.record_setting(state, new, action=f"unpinned {mode}")
 
     # -- reconcile --------------------------------------------------------------------------
 
@@ -353,7 +373,7 @@ class RolloutManager:
             stale = [
                 s.url
                 for s in survey
-                if not s.error and (s.ready != desired or s.public != state.stable)
+                if not s.error and (s.ready != desired or s.public != desired_route(state))
             ]
             if stale:
                 self.applier.apply(state, gone=[], only=stale)

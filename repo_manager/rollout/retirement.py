@@ -80,6 +80,7 @@ class Retirement:
             weights={keep: 100},
             policy=state.policy,
             analysis=state.analysis,
+            unpinned=state.unpinned,
         )
         moving = self.ledger.record(state, moving, action=ending.started, reason=reason)
         return self.finish(moving, ending.final, action=ending.done)
@@ -102,6 +103,7 @@ class Retirement:
             weights=dict(state.weights),
             policy=state.policy,
             analysis=state.analysis,  # kept: status shows the analysis that decided
+            unpinned=state.unpinned,
         )
         gone = [] if retiring in self.applier.desired_versions(done) else [retiring]
         self.applier.apply(done, gone=gone)

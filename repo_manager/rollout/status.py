@@ -42,10 +42,11 @@ def status_document(
         "phase": state.phase.value,
         "versions": [{"version": v, "state": reported.get(v, missing)} for v in on_disk],
         "versions_model": versions_model_name(model),
-        # What a client that names no version gets (the alias on the first server).
+        # What a client that names no version gets (the public name on the first server).
         "public": {"name": model, "version": None if first.error else first.public},
         "generation": state.generation,
         "policy": state.policy,
+        "unpinned": state.unpinned,
         "servers": [
             {
                 "url": s.url,

@@ -11,74 +11,30 @@ stayed loaded means Triton initialized it again (a second copy in memory while i
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import tritonclient.grpc as grpcclient
 
 from export.shapes import CLASS_NAMES, generate_shapes_image
-from repo_manager.names import versions_model_name
-from tests.integration.conftest import (
-    IMGSZ,
-    MotoServer,
-    S3Fleet,
-    Stack,
-    running_fleet,
+from tests.integration.conftest import MotoServer, S3Fleet, Stack, running_fleet
+from tests.integration.public_clients import (
+    MODEL,
+    SIZE,
+    VERSIONS,
+    UnpinnedTraffic,
+    inputs,
+    matches,
+    published,
+    request,
+    unpinned,
 )
 from tests.integration.stubs import stub_pids
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
-
-MODEL = "yolov8n"
-VERSIONS = versions_model_name(MODEL)
-SIZE = int(IMGSZ)
-
-
-def inputs(count: int, seed: int = 0) -> list[np.ndarray]:
-    """Letterboxed-size float images, as a client would send them."""
-    rng = np.random.default_rng(seed)
-    return [rng.random((1, 3, SIZE, SIZE), dtype=np.float32) for _ in range(count)]
-
-
-def request(images: np.ndarray) -> list[grpcclient.InferInput]:
-    tensor = grpcclient.InferInput("images", list(images.shape), "FP32")
-    tensor.set_data_from_numpy(images)
-    return [tensor]
-
-
-def unpinned(client: grpcclient.InferenceServerClient, images: np.ndarray) -> np.ndarray:
-    """What a client that is not our Router gets: the public name, no version."""
-    output = client.infer(MODEL, request(images)).as_numpy("output0")
-    assert output is not None
-    return output
-
-
-class Reference:
-    """One version's own ``model.onnx`` run in-process by onnxruntime."""
-
-    def __init__(self, repository: Path, version: str) -> None:
-        onnx = repository / VERSIONS / version / "model.onnx"
-        self.session = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
-
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        return np.asarray(self.session.run(["output0"], {"images": images})[0])
-
-
-def matches(served: np.ndarray, reference: np.ndarray) -> bool:
-    return served.shape == reference.shape and bool(
-        np.allclose(served, reference, rtol=1e-4, atol=1e-3)
-    )
-
-
-def published(stack: Stack, trained: Path, untrained: Path) -> tuple[Reference, Reference]:
-    stack.publish(MODEL, "1", trained)
-    stack.publish(MODEL, "2", untrained)
-    return Reference(stack.repository, "1"), Reference(stack.repository, "2")
 
 
 def test_unpinned_requests_equal_stables_own_onnx_at_10_and_50_percent_then_the_new_stables(
@@ -104,51 +60,6 @@ def test_unpinned_requests_equal_stables_own_onnx_at_10_and_50_percent_then_the_
     assert status["public"] == {"name": MODEL, "version": "2"}
     history = json.loads((stack.repository / f".repo-manager.{MODEL}.json").read_text())
     assert [t["public"] for t in history["history"]] == ["1", "1", "1", "1", "2"]
-
-
-class UnpinnedTraffic:
-    """Client threads calling the public name with no version until stopped; ``pause``
-    holds them while the only server is down (a restart drops every connection)."""
-
-    def __init__(self, url: str, threads: int) -> None:
-        self.url = url
-        self.images = inputs(4, seed=1)
-        self.sent = 0
-        self.failures: list[str] = []
-        self.answers: list[tuple[float, int, np.ndarray]] = []
-        self.running = threading.Event()
-        self.running.set()
-        self.stopped = threading.Event()
-        self.lock = threading.Lock()
-        self.workers = [threading.Thread(target=self.loop, daemon=True) for _ in range(threads)]
-
-    def loop(self) -> None:
-        with grpcclient.InferenceServerClient(self.url) as client:
-            i = 0
-            while not self.stopped.is_set():
-                if not self.running.wait(timeout=0.1):
-                    continue
-                x = i % len(self.images)
-                try:
-                    output = unpinned(client, self.images[x])
-                    with self.lock:
-                        self.sent += 1
-                        self.answers.append((time.monotonic(), x, output))
-                except Exception as exc:  # every failure is the finding
-                    with self.lock:
-                        self.sent += 1
-                        self.failures.append(str(exc).splitlines()[0])
-                i += 1
-
-    def __enter__(self) -> UnpinnedTraffic:
-        for worker in self.workers:
-            worker.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.stopped.set()
-        for worker in self.workers:
-            worker.join(timeout=30)
 
 
 def test_no_unpinned_request_fails_through_a_rollout_and_a_restart_with_reconcile(

@@ -1,0 +1,127 @@
+"""Triton python-backend model of a weighted public name: each request that names no
+version is forwarded (BLS) to the versions model, pinned to the version it draws.
+
+Copied into the public name's ``1/`` folder with ``routing_split.py`` (the Router's own
+split rule, ``repo_manager/routing/split.py``) beside it; imports nothing of
+repo_manager, which a stock tritonserver image does not have.
+
+Config parameters (strings) it reads:
+    versions_model   the Triton model holding the version folders (``yolov8s.versions``)
+    routing          the routing table, JSON: {"stable", "canary", "weights", "generation"}
+
+A request parameter ``key`` (tritonclient ``infer(..., parameters={"key": "cam-17"})``)
+makes the choice sticky: same key, same version, by the Router's rule. A canary request
+that fails is sent again to stable, and counted (``repo_manager_unpinned_retries_total``).
+Weights change by a reload of this model with a new ``routing`` (the manager does it on
+every server): Triton serves with the old instance until the new one is ready.
+
+Tensors are passed through as they arrived: with ``FORCE_CPU_ONLY_INPUT_TENSORS`` "no"
+a GPU input stays on the GPU through the BLS call, and the versions model's outputs are
+returned as they came.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import sys
+from typing import Any
+
+import triton_python_backend_utils as pb_utils
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import routing_split  # the file beside this one
+
+_random = random.random
+
+
+def _parameter(config: dict[str, Any], key: str) -> str:
+    value = config.get("parameters", {}).get(key, {}).get("string_value", "")
+    if not value:
+        raise ValueError(f"weighted public name: config parameter {key} is missing")
+    return str(value)
+
+
+def _key_bytes(key: object) -> bytes:
+    """A ``key`` request parameter as the Router hashes it (an int as its decimal text)."""
+    if isinstance(key, str):
+        return key.encode()
+    if isinstance(key, int) and not isinstance(key, bool):
+        return str(key).encode()
+    raise ValueError(f"request parameter key must be a string or an integer, not {key!r}")
+
+
+class TritonPythonModel:
+    """One instance: the routing table of its config, one BLS call per request."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        config = json.loads(args["model_config"])
+        self.name = config["name"]
+        self.target = _parameter(config, "versions_model")
+        table = json.loads(_parameter(config, "routing"))
+        self.stable = str(table["stable"])
+        self.canary = None if table.get("canary") is None else str(table["canary"])
+        weights = {str(k): int(v) for k, v in table.get("weights", {}).items()}
+        _, versions, thresholds = routing_split.layout(self.stable, self.canary, weights)
+        self.versions, self.thresholds = tuple(versions), tuple(thresholds)
+        self.input_names = [item["name"] for item in config["input"]]
+        self.output_names = [item["name"] for item in config["output"]]
+        labels = {"model": self.name}
+        # Kept on the instance: a family deleted before its metrics breaks every increment.
+        self.family = pb_utils.MetricFamily(
+            name="repo_manager_unpinned_requests_total",
+            description="Unpinned requests the weighted public name forwarded, by version "
+            "and outcome (ok, retried: answered by stable after the canary failed, error)",
+            kind=pb_utils.MetricFamily.COUNTER,
+        )
+        self.counters = {
+            (v, outcome): self.family.Metric(labels={**labels, "version": v, "outcome": outcome})
+            for v in self.versions + ((self.stable,) if self.stable not in self.versions else ())
+            for outcome in ("ok", "retried", "error")
+        }
+
+    def _choose(self, request: Any) -> str:
+        if len(self.versions) == 1:
+            return self.versions[0]
+        key = json.loads(request.parameters() or "{}").get("key")
+        at = _random() * 100.0 if key is None else routing_split.point(_key_bytes(key))
+        return routing_split.choose(self.versions, self.thresholds, at)
+
+    async def _forward(self, request: Any, inputs: list[Any], version: str) -> Any:
+        call = pb_utils.InferenceRequest(
+            model_name=self.target,
+            model_version=int(version),
+            inputs=inputs,
+            requested_output_names=self.output_names,
+        )
+        return await call.async_exec()
+
+    async def _one(self, request: Any) -> Any:
+        try:
+            version = self._choose(request)
+        except ValueError as exc:
+            return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc)))
+        inputs = [pb_utils.get_input_tensor_by_name(request, n) for n in self.input_names]
+        inputs = [t for t in inputs if t is not None]
+        response = await self._forward(request, inputs, version)
+        outcome = "ok"
+        if response.has_error() and version != self.stable:
+            self.counters[(version, "retried")].increment(1)
+            version, outcome = self.stable, "retried"
+            response = await self._forward(request, inputs, version)
+        if response.has_error():
+            self.counters[(version, "error")].increment(1)
+            return pb_utils.InferenceResponse(
+                error=pb_utils.TritonError(
+                    f"{self.target} version {version}: {response.error().message()}"
+                )
+            )
+        if outcome == "ok":
+            self.counters[(version, "ok")].increment(1)
+        return pb_utils.InferenceResponse(output_tensors=response.output_tensors())
+
+    async def execute(self, requests: list[Any]) -> list[Any]:
+        """Every request of a dynamic batch is forwarded at once and awaited together."""
+        return list(await asyncio.gather(*(self._one(r) for r in requests)))
