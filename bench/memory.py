@@ -13,10 +13,12 @@ Part 2 (alias latency): for each ``--alias-imgsz`` one detector is published as 
 only; its two names are read from its status (``model`` and ``versions_model``).
 Alternating round by round, on one fixed input through one tritonclient.grpc client:
 requests to the public name with no version vs requests pinned to the stable version of
-the versions model.
-Goal: median alias / pinned <= 1.02 at each size.
+the versions model. Then the same public name in weighted mode (``policy --unpinned
+weighted``: a python BLS model forwarding each request) against pinned, the same way.
+Goals: median alias / pinned <= 1.02, weighted / pinned <= 1.10 (at 640 px), each size.
 
     python bench/memory.py [--imgsz 320] [--alias-imgsz 320 640] [--rounds 300] [--quick]
+        [--parts memory alias]
 """
 
 from __future__ import annotations
@@ -226,6 +228,21 @@ def alias_part(stack: BenchStack, weights: Path, sizes: list[int], rounds: int) 
                 f"{pct(pinned_ns, 90) / 1e6:7.2f} ms\n"
                 f"    goal median alias/pinned {ratio:.3f} <= 1.02: {met(ratio, 1.02)}"
             )
+            # The same public name in weighted mode (policy --unpinned weighted): a python
+            # BLS model forwarding each request, pinned, to the version it draws.
+            stack.manager.set_unpinned(model, "weighted")  # type: ignore[attr-defined]
+            weighted = alias  # the same call: the public name now routes by weight
+            interleaved([weighted, pinned], max(10, rounds // 10))
+            weighted_ns, pinned_ns = interleaved([weighted, pinned], rounds)
+            ratio = median(weighted_ns) / median(pinned_ns)
+            fixed_ms = (median(weighted_ns) - median(pinned_ns)) / 1e6
+            print(
+                f"    weighted median {median(weighted_ns) / 1e6:7.2f} ms, p90 "
+                f"{pct(weighted_ns, 90) / 1e6:7.2f} ms; pinned median "
+                f"{median(pinned_ns) / 1e6:7.2f} ms ({load_now()})\n"
+                f"    fixed cost per request {fixed_ms:+.2f} ms; goal median weighted/pinned "
+                f"{ratio:.3f} <= 1.10: {met(ratio, 1.10)}"
+            )
     finally:
         client.close()
 
@@ -239,6 +256,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=300, help="part 2 rounds per size")
     parser.add_argument("--steady", type=float, default=3.0, help="seconds per steady RSS")
     parser.add_argument("--quick", action="store_true", help="few rounds: a smoke run")
+    parser.add_argument(
+        "--parts", nargs="+", choices=("memory", "alias"), default=["memory", "alias"]
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.steady = 40, 1.0
@@ -248,8 +268,10 @@ def main(argv: list[str] | None = None) -> None:
         tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp,
         bench_stack(Path(tmp)) as stack,
     ):
-        memory_part(stack, weights, args.model, args.imgsz, args.steady)
-        alias_part(stack, weights, args.alias_imgsz, args.rounds)
+        if "memory" in args.parts:
+            memory_part(stack, weights, args.model, args.imgsz, args.steady)
+        if "alias" in args.parts:
+            alias_part(stack, weights, args.alias_imgsz, args.rounds)
 
 
 if __name__ == "__main__":
