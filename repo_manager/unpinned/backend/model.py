@@ -89,7 +89,7 @@ class TritonPythonModel:
         at = _random() * 100.0 if key is None else routing_split.point(_key_bytes(key))
         return routing_split.choose(self.versions, self.thresholds, at)
 
-    async def _forward(self, request: Any, inputs: list[Any], version: str) -> Any:
+    async def _forward(self, inputs: list[Any], version: str) -> Any:
         call = pb_utils.InferenceRequest(
             model_name=self.target,
             model_version=int(version),
@@ -105,12 +105,12 @@ class TritonPythonModel:
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc)))
         inputs = [pb_utils.get_input_tensor_by_name(request, n) for n in self.input_names]
         inputs = [t for t in inputs if t is not None]
-        response = await self._forward(request, inputs, version)
+        response = await self._forward(inputs, version)
         outcome = "ok"
         if response.has_error() and version != self.stable:
             self.counters[(version, "retried")].increment(1)
             version, outcome = self.stable, "retried"
-            response = await self._forward(request, inputs, version)
+            response = await self._forward(inputs, version)
         if response.has_error():
             self.counters[(version, "error")].increment(1)
             return pb_utils.InferenceResponse(
