@@ -1,4 +1,4 @@
-"""What a canary costs in memory, and what the public name costs in latency (one Triton).
+"""What a canary costs in memory (one Triton).
 
 Part 1 (memory): ``MODEL`` version 1 is published as stable into a fresh embedded Triton;
 once its stubs have settled, the steady resident memory of tritonserver plus every process
@@ -9,16 +9,9 @@ from the start of the publish (stage, load, warm-up) until the stubs have settle
 both versions loaded. Goal: peak during the load / steady with both <= 1.05. The stable's
 stub PID must be the same before and after (a new PID: Triton re-initialized the stable).
 
-Part 2 (alias latency): for each ``--alias-imgsz`` one detector is published as stable
-only; its two names are read from its status (``model`` and ``versions_model``).
-Alternating round by round, on one fixed input through one tritonclient.grpc client:
-requests to the public name with no version vs requests pinned to the stable version of
-the versions model. Then the same public name in weighted mode (``policy --unpinned
-weighted``: a python BLS model forwarding each request) against pinned, the same way.
-Goals: median alias / pinned <= 1.02, weighted / pinned <= 1.10 (at 640 px), each size.
+The public name's latency (alias and weighted) is item 8 of ``bench/serving.py``.
 
-    python bench/memory.py [--imgsz 320] [--alias-imgsz 320 640] [--rounds 300] [--quick]
-        [--parts memory alias]
+    python bench/memory.py [--imgsz 320] [--quick]
 """
 
 from __future__ import annotations
@@ -28,25 +21,20 @@ import sys
 import tempfile
 import threading
 import time
-from functools import partial
 from pathlib import Path
 
 _ROOT = Path(__file__).resolve().parents[1]
 sys.path[:] = [str(_ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != _ROOT / "bench"]
 
-import numpy as np  # noqa: E402
-import tritonclient.grpc as grpcclient  # noqa: E402
 
 from bench.common import (  # noqa: E402
     BenchStack,
     bench_stack,
     detector_weights,
-    interleaved,
     load_now,
     machine,
     median,
     met,
-    pct,
 )
 from tests.integration.stubs import StubProcess, stub_processes, tree_rss_bytes  # noqa: E402
 
@@ -189,89 +177,23 @@ def memory_part(stack: BenchStack, weights: Path, model: str, imgsz: int, steady
     )
 
 
-def alias_part(stack: BenchStack, weights: Path, sizes: list[int], rounds: int) -> None:
-    print(
-        f"\n[alias] unpinned requests to the public name vs pinned to the versions model, "
-        f"batch 1, {rounds} rounds alternating, one fixed input, tritonclient.grpc"
-    )
-    client = grpcclient.InferenceServerClient(stack.url)
-    rng = np.random.default_rng(0)
-    try:
-        for imgsz in sizes:
-            model = f"alias{imgsz}"
-            stack.publish(model, "1", weights, imgsz=imgsz)
-            status = stack.manager.status(model)  # type: ignore[attr-defined]
-            public, versions, stable = status["model"], status["versions_model"], status["stable"]
-            metadata = client.get_model_metadata(public)
-            inputs = []
-            for spec in metadata.inputs:
-                shape = [1, *(int(d) for d in spec.shape[1:])]
-                tensor = grpcclient.InferInput(spec.name, shape, spec.datatype)
-                tensor.set_data_from_numpy(rng.random(shape, dtype=np.float32))
-                inputs.append(tensor)
-            outputs = [grpcclient.InferRequestedOutput(spec.name) for spec in metadata.outputs]
-
-            alias = partial(client.infer, public, inputs, outputs=outputs)
-            pinned = partial(client.infer, versions, inputs, model_version=stable, outputs=outputs)
-            same = np.array_equal(
-                alias().as_numpy(outputs[0].name()),
-                pinned().as_numpy(outputs[0].name()),
-            )
-            interleaved([alias, pinned], max(10, rounds // 10))
-            alias_ns, pinned_ns = interleaved([alias, pinned], rounds)
-            ratio = median(alias_ns) / median(pinned_ns)
-            print(f"  {imgsz} px: {public} -> {versions} v{stable}; same: {same}; {load_now()}")
-            print(
-                f"    alias  median {median(alias_ns) / 1e6:7.2f} ms, p90 "
-                f"{pct(alias_ns, 90) / 1e6:7.2f} ms\n"
-                f"    pinned median {median(pinned_ns) / 1e6:7.2f} ms, p90 "
-                f"{pct(pinned_ns, 90) / 1e6:7.2f} ms\n"
-                f"    goal median alias/pinned {ratio:.3f} <= 1.02: {met(ratio, 1.02)}"
-            )
-            # The same public name in weighted mode (policy --unpinned weighted): a python
-            # BLS model forwarding each request, pinned, to the version it draws.
-            stack.manager.set_unpinned(model, "weighted")  # type: ignore[attr-defined]
-            weighted = alias  # the same call: the public name now routes by weight
-            interleaved([weighted, pinned], max(10, rounds // 10))
-            weighted_ns, pinned_ns = interleaved([weighted, pinned], rounds)
-            ratio = median(weighted_ns) / median(pinned_ns)
-            fixed_ms = (median(weighted_ns) - median(pinned_ns)) / 1e6
-            print(
-                f"    weighted median {median(weighted_ns) / 1e6:7.2f} ms, p90 "
-                f"{pct(weighted_ns, 90) / 1e6:7.2f} ms; pinned median "
-                f"{median(pinned_ns) / 1e6:7.2f} ms ({load_now()})\n"
-                f"    fixed cost per request {fixed_ms:+.2f} ms; goal median weighted/pinned "
-                f"{ratio:.3f} <= 1.10: {met(ratio, 1.10)}"
-            )
-    finally:
-        client.close()
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--weights", type=Path, default=None)
     parser.add_argument("--model", default="yolo")
     parser.add_argument("--imgsz", type=int, default=320, help="part 1's detector size")
-    parser.add_argument("--alias-imgsz", type=int, nargs="+", default=[320, 640])
-    parser.add_argument("--rounds", type=int, default=300, help="part 2 rounds per size")
     parser.add_argument("--steady", type=float, default=3.0, help="seconds per steady RSS")
     parser.add_argument("--quick", action="store_true", help="few rounds: a smoke run")
-    parser.add_argument(
-        "--parts", nargs="+", choices=("memory", "alias"), default=["memory", "alias"]
-    )
     args = parser.parse_args(argv)
     if args.quick:
-        args.rounds, args.steady = 40, 1.0
+        args.steady = 1.0
     print(machine())
     weights = detector_weights(args.weights)
     with (
         tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp,
         bench_stack(Path(tmp)) as stack,
     ):
-        if "memory" in args.parts:
-            memory_part(stack, weights, args.model, args.imgsz, args.steady)
-        if "alias" in args.parts:
-            alias_part(stack, weights, args.alias_imgsz, args.rounds)
+        memory_part(stack, weights, args.model, args.imgsz, args.steady)
 
 
 if __name__ == "__main__":

@@ -17,11 +17,15 @@ Item 3 (throughput): ``--concurrency`` client threads through one Router (dynami
 as the exported config has it) vs one in-process session looping at batch 1, in
 alternating windows of ``--window`` seconds. Goal: served/in-process >= 1.0.
 
+Item 8 (``--parts public``, in ``bench/public_names.py``): pinned vs the public name (alias) vs
+the weighted public name, side by side at each ``--imgsz``.
+
 Item 7 (``--plan``): the same for a TensorRT FP16 plan served by a Triton with the TensorRT
 backend (``--url``/``--repository``) vs the TensorRT runtime in-process; skipped, with
 why, where there is no GPU or TensorRT.
 
     python bench/serving.py [--imgsz 320 640] [--rounds 300] [--levers] [--quick]
+        [--parts latency throughput public]
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ from bench.common import (  # noqa: E402
     publish_weights,
     reconfigure,
 )
+from bench.public_names import public_names  # noqa: E402
 from repo_manager import Router  # noqa: E402
 from repo_manager.names import versions_model_name  # noqa: E402
 
@@ -87,6 +92,7 @@ LEVERS = {
     "shm + queue delay 500us": Served(suffix="q500", queue_delay_us=500),
 }
 DEFAULT_SIDES = ("plain gRPC (no shm)", "shm (default)")
+PARTS = ("latency", "throughput", "public")
 
 
 def ort_session(onnx: Path, threads: int, *, spinning: bool) -> Any:
@@ -346,6 +352,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--url", default=None, help="--plan: Triton with the TensorRT backend")
     parser.add_argument("--repository", default=None, help="--plan: that Triton's repository")
     parser.add_argument("--quick", action="store_true", help="a few rounds: a smoke run")
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        choices=PARTS,
+        default=list(PARTS),
+        help="latency (item 2), throughput (item 3), public (item 8)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.imgsz, args.rounds, args.warmup = [160], 10, 3
@@ -362,10 +375,14 @@ def main(argv: list[str] | None = None) -> None:
         tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp,
         bench_stack(Path(tmp)) as stack,
     ):
-        for imgsz in args.imgsz:
-            latency(stack, weights, imgsz, args)
-        for imgsz in args.imgsz:
-            throughput(stack, weights, imgsz, args)
+        if "latency" in args.parts:
+            for imgsz in args.imgsz:
+                latency(stack, weights, imgsz, args)
+        if "throughput" in args.parts:
+            for imgsz in args.imgsz:
+                throughput(stack, weights, imgsz, args)
+        if "public" in args.parts:
+            public_names(stack, weights, args.imgsz, args.rounds)
 
 
 if __name__ == "__main__":

@@ -145,6 +145,10 @@ class RolloutState:
     #: What the public name does with requests that name no version: "stable" (answer
     #: from stable only) or "weighted" (by ``weights``; ``policy --unpinned``).
     unpinned: str = "stable"
+    #: Share (0..1) of the unpinned requests stable answers that the weighted public name
+    #: also sends to the canary in the background (``policy --shadow``): the Router's
+    #: shadow, for clients that cannot use the Router.
+    unpinned_shadow: float = 0.0
 
     @property
     def serving_versions(self) -> list[str]:
@@ -175,6 +179,7 @@ class RolloutState:
             "history": [asdict(t) for t in self.history],
             "analysis": self.analysis,
             "unpinned": self.unpinned,
+            "unpinned_shadow": self.unpinned_shadow,
         }
         return (json.dumps(document, indent=1) + "\n").encode()
 
@@ -194,6 +199,7 @@ class RolloutState:
                 history=[Transition(**t) for t in document.get("history", [])],
                 analysis=document.get("analysis"),
                 unpinned=str(document.get("unpinned", "stable")),
+                unpinned_shadow=float(document.get("unpinned_shadow", 0.0)),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise StorageError(f"corrupt rollout state {source}: {exc}") from exc

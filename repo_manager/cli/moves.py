@@ -7,6 +7,7 @@ import click
 from repo_manager.cli.app import Context, cli, require_repository
 from repo_manager.cli.options import drain_option, verbose_option
 from repo_manager.rollout import parse_policy, parse_weight
+from repo_manager.state import RolloutState
 from repo_manager.unpinned import MODES, WEIGHTED
 
 
@@ -62,6 +63,13 @@ def rollback(obj: Context, model: str, drain_seconds: float | None) -> None:
     help="What the public name does with requests that name no version: answer from "
     "stable (the default) or split them by the rollout's weights, inside Triton.",
 )
+@click.option(
+    "--shadow",
+    type=click.FloatRange(0.0, 1.0),
+    default=None,
+    help="With --unpinned weighted: share (0..1) of the unpinned requests stable answers "
+    "that are also sent to the canary in the background, for the analysis (0: none).",
+)
 @click.pass_obj
 def policy(
     obj: Context,
@@ -70,13 +78,14 @@ def policy(
     all_versions: bool,
     specific: str | None,
     unpinned: str | None,
+    shadow: float | None,
 ) -> None:
     """Set which versions Triton keeps loaded besides stable and canary, and what the
     public name does with requests that name no version."""
     versions_given = latest is not None or all_versions or specific is not None
     document = (
         parse_policy(latest=latest, all_versions=all_versions, specific=specific)
-        if versions_given or unpinned is None
+        if versions_given or (unpinned is None and shadow is None)
         else None
     )
     require_repository(obj)
@@ -84,10 +93,14 @@ def policy(
     if document is not None:
         state = manager.set_policy(model, document)
         click.echo(f"{model}: loaded versions {','.join(manager.desired_versions(state))}")
-    if unpinned is not None:
-        state = manager.set_unpinned(model, unpinned)
-        click.echo(f"{model}: unpinned requests {_unpinned_words(state.unpinned)}")
+    if unpinned is not None or shadow is not None:
+        state = manager.set_unpinned(model, unpinned, shadow=shadow)
+        click.echo(f"{model}: unpinned requests {_unpinned_words(state)}")
 
 
-def _unpinned_words(mode: str) -> str:
-    return "follow the rollout's weights" if mode == WEIGHTED else "are answered by stable"
+def _unpinned_words(state: RolloutState) -> str:
+    if state.unpinned != WEIGHTED:
+        return "are answered by stable"
+    mirrored = state.unpinned_shadow
+    shadow = f"; {mirrored:g} of stable's mirrored to the canary" if mirrored else ""
+    return f"follow the rollout's weights{shadow}"

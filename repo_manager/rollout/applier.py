@@ -34,7 +34,7 @@ def alias_config(model: str, config: ModelConfig, stable: str) -> ModelConfig:
 def desired_route(state: RolloutState) -> str | None:
     """What the public name must do with unpinned requests in ``state`` (compared with
     each server's ``ServerVersions.public``)."""
-    return unpinned_route(state.unpinned, state.routing_table())
+    return unpinned_route(state.unpinned, state.routing_table(), state.unpinned_shadow)
 
 
 class FleetApplier:
@@ -107,7 +107,12 @@ class FleetApplier:
         where it moved. ``config`` is the versions model's (read when not given)."""
         assert state.stable is not None
         target = config if config is not None else self.repository.require_config(state.model)
-        public = public_config(state.unpinned, target=target, table=state.routing_table())
+        public = public_config(
+            state.unpinned,
+            target=target,
+            table=state.routing_table(),
+            shadow=state.unpinned_shadow,
+        )
         files = weighted_files() if state.unpinned == WEIGHTED else None
         self.repository.write_public(state.model, public, files)
         deadline = self.settings.ready_timeout if timeout is None else timeout

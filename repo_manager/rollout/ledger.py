@@ -215,4 +215,5 @@ def with_canary_at(
         policy=state.policy,
         analysis=analysis,
         unpinned=state.unpinned,
+        unpinned_shadow=state.unpinned_shadow,
     )

@@ -37,7 +37,7 @@ from repo_manager.rollout.status import status_document
 from repo_manager.state import RolloutState
 from repo_manager.timing import PhaseTimer
 from repo_manager.triton import TritonFleet
-from repo_manager.unpinned import WEIGHTED, check_mode
+from repo_manager.unpinned import WEIGHTED, check_mode, check_shadow
 
 if TYPE_CHECKING:
     from repo_manager.analysis import MetricsProvider
@@ -300,6 +300,7 @@ class RolloutManager:
                 policy=None if checked is None else checked.to_document(),
                 analysis=state.analysis,
                 unpinned=state.unpinned,
+                unpinned_shadow=state.unpinned_shadow,
             )
             before = set(self.desired_versions(state))
             after = set(self.desired_versions(new))
@@ -307,17 +308,28 @@ class RolloutManager:
             # A policy is a setting, not a phase move: recorded as one.
             return self.ledger.record_setting(state, new, action=f"policy {policy}")
 
-    def set_unpinned(self, model: str, mode: str) -> RolloutState:
+    def set_unpinned(
+        self, model: str, mode: str | None, *, shadow: float | None = None
+    ) -> RolloutState:
         """What the public name does with requests that name no version: answer from
-        stable only, or follow the rollout's weights (``unpinned`` package)."""
-        mode = check_mode(mode)
+        stable only, or follow the rollout's weights (``unpinned`` package), mirroring
+        ``shadow`` of stable's answers to the canary; None keeps what is set."""
         model = validate_model_name(model)
+        shadow = None if shadow is None else check_shadow(shadow)
         with self.ledger.locked(model):
             state = self.ledger.require(model, action="set the unpinned mode")
+            mode = check_mode(state.unpinned if mode is None else mode)
+            share = state.unpinned_shadow if shadow is None else shadow
+            if share and mode != WEIGHTED:
+                raise InvalidInputError(
+                    f"--shadow needs --unpinned {WEIGHTED}: with {mode} the public name "
+                    "answers from stable only (the Router has its own shadow option)"
+                )
             self.fleet.check_reachable()
-            new = replace(state, unpinned=mode)
+            new = replace(state, unpinned=mode, unpinned_shadow=share)
             self.applier.point_public(new)
-            return self.ledger.record_setting(state, new, action=f"unpinned {mode}")
+            words = f"unpinned {mode}" + (f", shadow {share:g}" if share else "")
+            return self.ledger.record_setting(state, new, action=words)
 
     # -- reconcile --------------------------------------------------------------------------
 

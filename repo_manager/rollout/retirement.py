@@ -81,6 +81,7 @@ class Retirement:
             policy=state.policy,
             analysis=state.analysis,
             unpinned=state.unpinned,
+            unpinned_shadow=state.unpinned_shadow,
         )
         moving = self.ledger.record(state, moving, action=ending.started, reason=reason)
         return self.finish(moving, ending.final, action=ending.done)
@@ -104,6 +105,7 @@ class Retirement:
             policy=state.policy,
             analysis=state.analysis,  # kept: status shows the analysis that decided
             unpinned=state.unpinned,
+            unpinned_shadow=state.unpinned_shadow,
         )
         gone = [] if retiring in self.applier.desired_versions(done) else [retiring]
         self.applier.apply(done, gone=gone)

@@ -47,6 +47,7 @@ def status_document(
         "generation": state.generation,
         "policy": state.policy,
         "unpinned": state.unpinned,
+        "unpinned_shadow": state.unpinned_shadow,
         "servers": [
             {
                 "url": s.url,

@@ -22,6 +22,7 @@ __all__ = [
     "STABLE",
     "WEIGHTED",
     "check_mode",
+    "check_shadow",
     "describe",
     "public_config",
     "public_route",
@@ -58,16 +59,32 @@ def weighted_files() -> dict[str, bytes]:
     }
 
 
-def _routing(table: RoutingTable) -> str:
-    """The routing parameter: only what decides a request's version (no generation, so
+def check_shadow(share: float) -> float:
+    """A shadow share between 0 and 1, or one line saying so."""
+    if not 0.0 <= share <= 1.0:
+        raise InvalidInputError(f"shadow share must be between 0 and 1, got {share:g}")
+    return float(share)
+
+
+def _routing(table: RoutingTable, shadow: float) -> str:
+    """The routing parameter: only what decides where a request goes (no generation, so
     that a move that changes no weight reloads nothing)."""
     weights = {v: table.weights[v] for v in sorted(table.weights, key=int)}
-    document = {"stable": table.stable, "canary": table.canary, "weights": weights}
+    document: dict[str, object] = {
+        "stable": table.stable,
+        "canary": table.canary,
+        "weights": weights,
+    }
+    if shadow and table.canary is not None:
+        document["shadow"] = shadow
     return json.dumps(document, sort_keys=True, separators=(",", ":"))
 
 
-def public_config(mode: str, *, target: ModelConfig, table: RoutingTable) -> ModelConfig:
-    """The public name's config: an ensemble pinning stable, or the weighted model."""
+def public_config(
+    mode: str, *, target: ModelConfig, table: RoutingTable, shadow: float = 0.0
+) -> ModelConfig:
+    """The public name's config: an ensemble pinning stable, or the weighted model (which
+    mirrors ``shadow`` of stable's answers to the canary)."""
     assert table.stable is not None
     name, target_name = table.model, versions_model_name(table.model)
     if check_mode(mode) == STABLE:
@@ -77,7 +94,7 @@ def public_config(mode: str, *, target: ModelConfig, table: RoutingTable) -> Mod
     public = public_config_base(name=name, target=target)
     public.backend = "python"
     public.parameters["versions_model"].string_value = target_name
-    public.parameters["routing"].string_value = _routing(table)
+    public.parameters["routing"].string_value = _routing(table, check_shadow(shadow))
     # Inputs arrive where the client put them: a GPU tensor stays on the GPU through BLS.
     public.parameters["FORCE_CPU_ONLY_INPUT_TENSORS"].string_value = "no"
     public.instance_group.add(count=_INSTANCES, kind=ModelInstanceGroup.KIND_CPU)
@@ -86,14 +103,16 @@ def public_config(mode: str, *, target: ModelConfig, table: RoutingTable) -> Mod
     return public
 
 
-def unpinned_route(mode: str, table: RoutingTable) -> str | None:
-    """What a public name built by ``public_config(mode, table=table)`` does with an
-    unpinned request, in words that compare (``public_route`` reads them back)."""
+def unpinned_route(mode: str, table: RoutingTable, shadow: float = 0.0) -> str | None:
+    """What a public name built by ``public_config(mode, table=table, shadow=shadow)``
+    does with an unpinned request, in words that compare (``public_route`` reads them
+    back)."""
     if table.stable is None:
         return None
     if check_mode(mode) == STABLE:
         return table.stable
-    return _weighted_words(table.stable, table.canary, table.weights)
+    shadow = shadow if table.canary is not None else 0.0
+    return _weighted_words(table.stable, table.canary, table.weights, shadow)
 
 
 def public_route(config: ModelConfig) -> str | None:
@@ -109,16 +128,18 @@ def public_route(config: ModelConfig) -> str | None:
         table = json.loads(config.parameters["routing"].string_value)
         stable, canary = str(table["stable"]), table.get("canary")
         weights = {str(k): int(v) for k, v in table["weights"].items()}
+        shadow = float(table.get("shadow", 0.0))
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
-    return _weighted_words(stable, None if canary is None else str(canary), weights)
+    return _weighted_words(stable, None if canary is None else str(canary), weights, shadow)
 
 
-def _weighted_words(stable: str, canary: str | None, weights: dict[str, int]) -> str:
+def _weighted_words(stable: str, canary: str | None, weights: dict[str, int], shadow: float) -> str:
     order = [stable, *sorted((v for v in weights if v not in (stable, canary)), key=int)]
     if canary is not None and canary != stable:
         order.append(canary)
-    return f"{WEIGHTED} " + ",".join(f"{v}:{weights.get(v, 0)}" for v in order)
+    words = f"{WEIGHTED} " + ",".join(f"{v}:{weights.get(v, 0)}" for v in order)
+    return f"{words} shadow {shadow:g}" if shadow else words
 
 
 def describe(route: str | None) -> str:

@@ -24,6 +24,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from export.shapes import generate_shapes_image
+from repo_manager.analysis import ScrapeProvider
 from repo_manager.routing.plan import RoutePlan
 from repo_manager.state import RoutingTable
 from tests.integration.conftest import MotoServer, S3Fleet, Stack, running_fleet
@@ -203,6 +204,51 @@ def test_a_failed_canary_request_is_answered_by_stable_and_counted(
     reconciled = stack.cli("reconcile", MODEL)
     assert "loaded 1,2" in reconciled.stdout, reconciled.stdout
     assert spread(stack.url, versions, 20, threads=1) == Counter({"2": 20})
+
+
+def test_weighted_public_name_mirrors_a_shadow_share_to_the_canary_for_the_analysis(
+    stack: Stack, trained_detector: Path, weights: Path
+) -> None:
+    stack.publish(MODEL, "1", trained_detector)
+    stack.publish(MODEL, "2", weights, "--canary-weight", "0")
+    refused = stack.cli("policy", MODEL, "--shadow", "0.5", check=False)
+    assert refused.returncode == 2 and "--shadow needs --unpinned weighted" in refused.stderr
+    stack.cli("policy", MODEL, "--unpinned", "weighted", "--shadow", "1")
+    document = status(stack)
+    assert document["unpinned_shadow"] == 1.0
+    assert document["public"]["version"] == "weighted 1:100,2:0 shadow 1"
+    versions = Versions(stack.url, inputs(4, seed=7), ["1", "2"])
+    before = triton_counts(stack.server.metrics_url)
+    # Every user answer comes from stable (weight 0); each is also sent to the canary.
+    assert spread(stack.url, versions, 30, threads=1) == Counter({"1": 30})
+    provider = ScrapeProvider([stack.server.metrics_url])
+    deadline = time.monotonic() + 10
+    while True:  # mirrors finish after the user's answer
+        snapshot = provider.snapshot(MODEL)
+        mirrored = snapshot["shadow_ok"].get("2", 0) + snapshot["shadow_error"].get("2", 0)
+        dropped = shadow_dropped(stack.server.metrics_url)
+        if mirrored + dropped >= 30 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert mirrored + dropped == 30 and snapshot["shadow_ok"]["2"] >= 20, (snapshot, dropped)
+    assert snapshot["shadow_latency_count"]["2"] == snapshot["shadow_ok"]["2"]
+    after = triton_counts(stack.server.metrics_url)
+    assert after["2"] - before["2"] == snapshot["shadow_ok"]["2"]  # Triton counts them too
+    stack.cli("policy", MODEL, "--shadow", "0")
+    assert status(stack)["public"]["version"] == "weighted 1:100,2:0"
+    before = triton_counts(stack.server.metrics_url)
+    spread(stack.url, versions, 10, threads=1)
+    time.sleep(0.5)
+    assert triton_counts(stack.server.metrics_url)["2"] == before["2"]
+
+
+def shadow_dropped(metrics_url: str) -> float:
+    text = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("repo_manager_router_shadow_requests") and 'outcome="dropped"' in line
+    )
 
 
 @pytest.fixture

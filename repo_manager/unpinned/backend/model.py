@@ -7,11 +7,15 @@ repo_manager, which a stock tritonserver image does not have.
 
 Config parameters (strings) it reads:
     versions_model   the Triton model holding the version folders (``yolov8s.versions``)
-    routing          the routing table, JSON: {"stable", "canary", "weights", "generation"}
+    routing          the routing table, JSON: {"stable", "canary", "weights", "shadow"}
 
 A request parameter ``key`` (tritonclient ``infer(..., parameters={"key": "cam-17"})``)
 makes the choice sticky: same key, same version, by the Router's rule. A canary request
 that fails is sent again to stable, and counted (``repo_manager_unpinned_retries_total``).
+With a ``shadow`` share, that share of the requests stable answered is also sent to the
+canary in the background (a copy of the inputs; the user's answer never waits on it, and
+at most ``_SHADOW_IN_FLIGHT`` mirrors run at once: more are dropped and counted), counted
+under the Router's shadow metric names so the analysis's ``shadow`` source reads both.
 Weights change by a reload of this model with a new ``routing`` (the manager does it on
 every server): Triton serves with the old instance until the new one is ready.
 
@@ -27,6 +31,7 @@ import json
 import os
 import random
 import sys
+import time
 from typing import Any
 
 import triton_python_backend_utils as pb_utils
@@ -35,6 +40,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import routing_split  # the file beside this one
 
 _random = random.random
+#: Mirrors running at once per instance; a slow canary makes the rest be dropped (counted).
+_SHADOW_IN_FLIGHT = 4
+#: The Router's shadow metric names (``repo_manager/metrics/metric_names.py``).
+_SHADOW_REQUESTS = "repo_manager_router_shadow_requests"
+_SHADOW_LATENCY = "repo_manager_router_shadow_latency_seconds"
 
 
 def _parameter(config: dict[str, Any], key: str) -> str:
@@ -64,6 +74,8 @@ class TritonPythonModel:
         self.stable = str(table["stable"])
         self.canary = None if table.get("canary") is None else str(table["canary"])
         weights = {str(k): int(v) for k, v in table.get("weights", {}).items()}
+        self.shadow = float(table.get("shadow", 0.0)) if self.canary is not None else 0.0
+        self.mirrors: set[asyncio.Task[None]] = set()
         _, versions, thresholds = routing_split.layout(self.stable, self.canary, weights)
         self.versions, self.thresholds = tuple(versions), tuple(thresholds)
         self.input_names = [item["name"] for item in config["input"]]
@@ -81,6 +93,37 @@ class TritonPythonModel:
             for v in self.versions + ((self.stable,) if self.stable not in self.versions else ())
             for outcome in ("ok", "retried", "error")
         }
+        self.shadow_counters: dict[str, Any] = {}
+        if self.shadow:
+            self._shadow_metrics(labels)
+
+    def _shadow_metrics(self, labels: dict[str, str]) -> None:
+        assert self.canary is not None
+        labels = {**labels, "version": self.canary}
+        self.shadow_families = (
+            pb_utils.MetricFamily(
+                name=_SHADOW_REQUESTS,
+                description="Requests mirrored to the canary, by outcome",
+                kind=pb_utils.MetricFamily.COUNTER,
+            ),
+            pb_utils.MetricFamily(
+                name=f"{_SHADOW_LATENCY}_sum",
+                description="Seconds mirrored requests took, summed",
+                kind=pb_utils.MetricFamily.COUNTER,
+            ),
+            pb_utils.MetricFamily(
+                name=f"{_SHADOW_LATENCY}_count",
+                description="Mirrored requests timed",
+                kind=pb_utils.MetricFamily.COUNTER,
+            ),
+        )
+        requests, seconds, timed = self.shadow_families
+        self.shadow_counters = {
+            outcome: requests.Metric(labels={**labels, "outcome": outcome})
+            for outcome in ("ok", "error", "dropped")
+        }
+        self.shadow_counters["latency_sum"] = seconds.Metric(labels=labels)
+        self.shadow_counters["latency_count"] = timed.Metric(labels=labels)
 
     def _choose(self, request: Any) -> str:
         if len(self.versions) == 1:
@@ -120,7 +163,34 @@ class TritonPythonModel:
             )
         if outcome == "ok":
             self.counters[(version, "ok")].increment(1)
+            if version == self.stable and self.shadow and _random() < self.shadow:
+                self._mirror(inputs)
         return pb_utils.InferenceResponse(output_tensors=response.output_tensors())
+
+    def _mirror(self, inputs: list[Any]) -> None:
+        """Send a copy of a request stable answered to the canary, in the background."""
+        if len(self.mirrors) >= _SHADOW_IN_FLIGHT:
+            self.shadow_counters["dropped"].increment(1)
+            return
+        # The request's tensors are released once execute returns: the mirror keeps a copy.
+        copies = [pb_utils.Tensor(t.name(), t.as_numpy().copy()) for t in inputs]
+        task = asyncio.get_running_loop().create_task(self._shadow(copies))
+        self.mirrors.add(task)
+        task.add_done_callback(self.mirrors.discard)
+
+    async def _shadow(self, inputs: list[Any]) -> None:
+        assert self.canary is not None
+        started = time.perf_counter()
+        try:
+            response = await self._forward(inputs, self.canary)
+            failed = response.has_error()
+        except Exception:  # a mirror must never hurt the instance
+            failed = True
+        counters = self.shadow_counters
+        counters["error" if failed else "ok"].increment(1)
+        if not failed:
+            counters["latency_sum"].increment(time.perf_counter() - started)
+            counters["latency_count"].increment(1)
 
     async def execute(self, requests: list[Any]) -> list[Any]:
         """Every request of a dynamic batch is forwarded at once and awaited together."""
