@@ -3,6 +3,8 @@ PYTHON  ?= python3
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 DETECTOR := .cache/detector/detector.pt
+# The demo's v2: the same recipe with another seed (a second, different detector).
+DETECTOR_V2 := .cache/detector-seed1/detector.pt
 export YOLO_OFFLINE := 1
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
@@ -20,10 +22,12 @@ $(VENV)/.installed: pyproject.toml
 # A small real detector (YOLOv8n trained on generated shapes; about 2.5 min on 2 cores).
 detector: $(DETECTOR)
 $(DETECTOR): | setup
-	$(PY) -m export.tiny_detector --out $(dir $(DETECTOR))
+	$(PY) -m export.tiny_detector --out $(dir $(DETECTOR)) --quiet
+$(DETECTOR_V2): | setup
+	$(PY) -m export.tiny_detector --out $(dir $(DETECTOR_V2)) --seed 1 --epochs 10 --quiet
 
-demo: setup $(DETECTOR)
-	$(PY) -m repo_manager.demo --weights $(DETECTOR)
+demo: setup $(DETECTOR) $(DETECTOR_V2)
+	$(PY) -m repo_manager.demo --weights $(DETECTOR) --weights-v2 $(DETECTOR_V2)
 
 lint: setup
 	$(VENV)/bin/ruff check repo_manager export tests bench

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import logging
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from copy import deepcopy
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -202,6 +203,18 @@ def train_tiny_detector(
     return report
 
 
+def _quietly(train: Callable[[], TrainingReport], log: Path) -> TrainingReport:
+    """Run ``train`` with Ultralytics' output (its logger and progress bars) in ``log``."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with (
+        log.open("w", encoding="utf-8") as sink,
+        contextlib.redirect_stdout(sink),
+        contextlib.redirect_stderr(sink),
+        _ultralytics_log_level(logging.WARNING),
+    ):
+        return train()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m export.tiny_detector",
@@ -213,8 +226,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=160, help="training images")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="one line per detector; Ultralytics' epoch log goes to OUT/train.log",
+    )
     args = parser.parse_args(argv)
-    report = train_tiny_detector(
+    train = functools.partial(
+        train_tiny_detector,
         args.out,
         epochs=args.epochs,
         imgsz=args.imgsz,
@@ -222,6 +241,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
         batch=args.batch,
     )
+    if args.quiet:
+        print(
+            f"training a YOLOv8n shapes detector (seed {args.seed}, {args.epochs} epochs at "
+            f"{args.imgsz} px) into {args.out} ...",
+            flush=True,
+        )
+        report = _quietly(train, args.out / "train.log")
+    else:
+        report = train()
     print(
         f"wrote {report.weights}: mAP50 {report.map50:.3f}, mAP50-95 {report.map50_95:.3f}, "
         f"{report.seconds:.0f} s"

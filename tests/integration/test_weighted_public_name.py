@@ -212,7 +212,7 @@ def test_weighted_public_name_mirrors_a_shadow_share_to_the_canary_for_the_analy
     stack.publish(MODEL, "1", trained_detector)
     stack.publish(MODEL, "2", weights, "--canary-weight", "0")
     refused = stack.cli("policy", MODEL, "--shadow", "0.5", check=False)
-    assert refused.returncode == 2 and "--shadow needs --unpinned weighted" in refused.stderr
+    assert refused.code == 2 and "--shadow needs --unpinned weighted" in refused.stderr
     stack.cli("policy", MODEL, "--unpinned", "weighted", "--shadow", "1")
     document = status(stack)
     assert document["unpinned_shadow"] == 1.0
