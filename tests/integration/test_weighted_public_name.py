@@ -257,26 +257,30 @@ def fleet2(moto: MotoServer, bucket: str, tmp_path: Path) -> Iterator[S3Fleet]:
         yield running
 
 
-@pytest.mark.xfail(
-    reason="open (issue 14): right after rollback on a weighted fleet of 2, status read "
-    "server 2's public name as not READY (route None) in the one run so far",
-    strict=False,
-)
 def test_no_unpinned_request_fails_on_a_weighted_fleet_through_moves_and_a_restart(
     fleet2: S3Fleet, trained_detector: Path, weights: Path
 ) -> None:
     fleet2.publish(MODEL, "1", trained_detector)
     fleet2.publish(MODEL, "2", weights)
     fleet2.cli("policy", MODEL, "--unpinned", "weighted")
+    seen: list[tuple[str, str, list[str | None], list[str | None]]] = []
 
-    def routes() -> list[str]:
-        return [s["public"] for s in status(fleet2)["servers"]]
+    def routes_after(step: str, wanted: str) -> None:
+        """Each server's public route right after ``step``; a wrong one is looked at again
+        for up to 10 s, so the finding says whether it settles by itself."""
+        first = [s["public"] for s in status(fleet2)["servers"]]
+        later = first
+        deadline = time.monotonic() + 10
+        while later != [wanted] * 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
+            later = [s["public"] for s in status(fleet2)["servers"]]
+        seen.append((step, wanted, first, later))
 
-    assert routes() == ["weighted 1:90,2:10"] * 2
+    routes_after("policy", "weighted 1:90,2:10")
     with UnpinnedTraffic(fleet2.urls, threads=3) as traffic:
         time.sleep(1.0)
         fleet2.cli("set-weight", MODEL, "50")
-        assert routes() == ["weighted 1:50,2:50"] * 2
+        routes_after("set-weight 50", "weighted 1:50,2:50")
         time.sleep(1.0)
         traffic.running.clear()  # the server going away drops its clients' connections
         time.sleep(0.5)
@@ -285,21 +289,23 @@ def test_no_unpinned_request_fails_on_a_weighted_fleet_through_moves_and_a_resta
         reconciled = fleet2.cli("reconcile", MODEL)
         assert "loaded 1,2" in reconciled.stdout, reconciled.stdout
         traffic.running.set()
-        assert routes() == ["weighted 1:50,2:50"] * 2
+        routes_after("restart + reconcile", "weighted 1:50,2:50")
         time.sleep(1.0)
         fleet2.cli("promote", MODEL)
-        assert routes() == ["weighted 2:100"] * 2
+        routes_after("promote", "weighted 2:100")
         time.sleep(1.0)
         fleet2.publish(MODEL, "3", trained_detector, "--canary-weight", "40")
-        assert routes() == ["weighted 2:60,3:40"] * 2
+        routes_after("publish 3", "weighted 2:60,3:40")
         published = time.monotonic()
         time.sleep(2.0)
         fleet2.cli("rollback", MODEL)
         rolled_back = time.monotonic()
-        assert routes() == ["weighted 2:100"] * 2
+        routes_after("rollback", "weighted 2:100")
         time.sleep(1.0)
     assert traffic.failures == [], traffic.failures[:5]
     assert traffic.sent > 50, traffic.sent
+    wrong = [(step, first, later) for step, wanted, first, later in seen if first != [wanted] * 2]
+    assert not wrong, f"public routes right after a move, and 10 s later: {wrong}"
     two = Versions(fleet2.urls[0], traffic.images, ["2"]).answers["2"]
     during = [
         matches(out, two[x]) for at, x, out in traffic.answers if published < at < rolled_back
