@@ -169,10 +169,11 @@ class TritonPythonModel:
 
     def _mirror(self, inputs: list[Any]) -> None:
         """Send a copy of a request stable answered to the canary, in the background."""
-        if len(self.mirrors) >= _SHADOW_IN_FLIGHT:
+        # The request's tensors are released once execute returns: the mirror keeps a copy,
+        # made on the host (the stub has no GPU array library: a GPU input is not mirrored).
+        if len(self.mirrors) >= _SHADOW_IN_FLIGHT or not all(t.is_cpu() for t in inputs):
             self.shadow_counters["dropped"].increment(1)
             return
-        # The request's tensors are released once execute returns: the mirror keeps a copy.
         copies = [pb_utils.Tensor(t.name(), t.as_numpy().copy()) for t in inputs]
         task = asyncio.get_running_loop().create_task(self._shadow(copies))
         self.mirrors.add(task)
