@@ -13,7 +13,7 @@ it, storage requests counted at the S3 server (``bench/propagation_fleet.py``).
 
     python bench/propagation.py [--routers 8] [--changes 60] [--quick]
     python bench/propagation.py --fleet [--watchers 200] [--processes 4] [--changes 30]
-        [--idle 60] [--fallback-idle 120] [--poll-idle 30] [--quick]
+        [--idle 60] [--fallback-idle 120] [--poll-idle 30] [--poll-changes 10] [--quick]
 """
 
 from __future__ import annotations
@@ -65,13 +65,14 @@ def main(argv: list[str] | None = None) -> None:
     fleet.add_argument("--idle", type=float, default=60, help="seconds idle, watch up")
     fleet.add_argument("--fallback-idle", type=float, default=120, help="... manager killed")
     fleet.add_argument("--poll-idle", type=float, default=30, help="... without the watch")
+    fleet.add_argument("--poll-changes", type=int, default=10, help="changes without it")
     args = parser.parse_args(argv)
     print(machine())
     if args.fleet:
         from bench import propagation_fleet
 
         if args.quick:
-            args.watchers, args.processes, args.changes = 6, 2, 3
+            args.watchers, args.processes, args.changes, args.poll_changes = 6, 2, 3, 3
             args.idle, args.fallback_idle, args.poll_idle = 3, 5, 3
         elif args.changes == 60:
             args.changes = 30

@@ -106,7 +106,9 @@ def subscribe(kind: str, count: int, port: int, reports: Any, stop: Any) -> None
         subscriber.close()
 
 
-def block(kind: str, args: Any, port: int, server: Any, generation: int) -> tuple[list[float], float, int]:
+def block(
+    kind: str, args: Any, port: int, server: Any, generation: int
+) -> tuple[list[float], float, int]:
     """One block of changes to subscribers of ``kind``: delays, CPU per change, generation."""
     context = mp.get_context("spawn")
     reports, stop = context.Queue(), context.Event()

@@ -141,8 +141,8 @@ class Router:
                 reads storage only while the endpoint is unreachable (said once in the
                 log and in ``repo_manager_router_table_source``).
             fallback_interval: seconds between storage checks while the watch endpoint is
-                unreachable, jittered by +-25% (default: 30 on S3, where each is a request;
-                ``poll_interval`` for a folder, where it is a stat).
+                unreachable, jittered up to 25% longer (default: 30 on S3, where each is
+                a request; ``poll_interval`` for a folder, where it is a stat).
         """
         urls = [url] if isinstance(url, str) else list(url)
         if not urls:

@@ -10,6 +10,7 @@ does not reconnect in one burst. Standard library only: a gRPC client installs l
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import logging
@@ -89,10 +90,8 @@ class WatchSubscriber:
         self._stop.set()
         sock = self._socket
         if sock is not None:
-            try:
+            with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         if self.thread.is_alive() and self.thread is not threading.current_thread():
             self.thread.join(timeout=5)
 
@@ -122,7 +121,9 @@ class WatchSubscriber:
     def _follow(self) -> None:
         """Open the stream and read it until it ends."""
         parts = urlsplit(self.url)
-        kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        kind = (
+            http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        )
         connection = kind(parts.hostname or "", parts.port, timeout=CONNECT_TIMEOUT)
         self._connection = connection
         path = f"{parts.path.rstrip('/')}/watch/{quote(self.model)}?after={self.generation()}"
@@ -155,7 +156,9 @@ class WatchSubscriber:
         try:
             table = RoutingTable.from_document(json.loads(data))
         except (ValueError, KeyError, TypeError) as exc:
-            logger.warning("watch %s sent an unreadable table for %s: %s", self.url, self.model, exc)
+            logger.warning(
+                "watch %s sent an unreadable table for %s: %s", self.url, self.model, exc
+            )
             return
         if table.model == self.model:
             self.on_table(table)

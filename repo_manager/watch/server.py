@@ -18,10 +18,11 @@ One asyncio loop in a daemon thread serves every connection: 10,000 idle subscri
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -50,6 +51,10 @@ _SSE_HEAD = (
     b"Connection: close\r\nX-Accel-Buffering: no\r\n\r\n"
 )
 _KEEP_ALIVE = b": keep-alive\n\n"
+#: Bytes queued to one subscriber before it counts as stuck and is dropped.
+_MAX_BACKLOG = 1 << 20
+#: What a connection waiting on a model does with its next table and the table's event.
+_Listener = Callable[[RoutingTable, bytes], None]
 
 
 def table_event(table: RoutingTable) -> bytes:
@@ -132,8 +137,9 @@ class WatchServer:
             target=self._loop.run_forever, name="watch-server", daemon=True
         )
         self._server: asyncio.Server | None = None
-        #: Per model, the events of the connections waiting for its next table.
-        self._waiters: dict[str, set[asyncio.Event]] = {}
+        #: Per model, what each connection waiting for its next table does with one.
+        self._listeners: dict[str, set[_Listener]] = {}
+        self._last_event: tuple[RoutingTable, bytes] | None = None
         self.port = 0
 
     def start(self, port: int, addr: str = "0.0.0.0") -> WatchServer:
@@ -187,8 +193,18 @@ class WatchServer:
             self._loop.call_soon_threadsafe(self._wake, table.model)
 
     def _wake(self, model: str) -> None:
-        for event in self._waiters.get(model, ()):
-            event.set()
+        table = self.hub.latest(model)
+        if table is None:
+            return
+        event = self._encoded(table)
+        for listener in list(self._listeners.get(model, ())):
+            listener(table, event)
+
+    def _encoded(self, table: RoutingTable) -> bytes:
+        """``table``'s SSE event, encoded once however many subscribers get it."""
+        if self._last_event is None or self._last_event[0] != table:
+            self._last_event = (table, table_event(table))
+        return self._last_event[1]
 
     # -- connections --------------------------------------------------------------------------
 
@@ -201,7 +217,9 @@ class WatchServer:
                     return
                 request = _parse(head)
                 if request is None:
-                    writer.write(_response(400, b"bad request\n", "text/plain", close=True, head=False))
+                    writer.write(
+                        _response(400, b"bad request\n", "text/plain", close=True, head=False)
+                    )
                     return
                 if not await self._answer(request, reader, writer):
                     return
@@ -226,7 +244,9 @@ class WatchServer:
             writer.write(_response(200, body, CONTENT_TYPE_LATEST, close=request.close, head=head))
             return True
         if not request.path.startswith("/watch/"):
-            writer.write(_response(404, b"not found\n", "text/plain", close=request.close, head=head))
+            writer.write(
+                _response(404, b"not found\n", "text/plain", close=request.close, head=head)
+            )
             return True
         try:
             model = validate_model_name(unquote(request.path.removeprefix("/watch/")))
@@ -245,52 +265,62 @@ class WatchServer:
         writer.write(await self._long_poll(model, after, min(max(wait, 0.0), 300.0), request))
         return True
 
-    async def _subscribed(self, model: str) -> asyncio.Event:
-        wake = asyncio.Event()
-        self._waiters.setdefault(model, set()).add(wake)
+    async def _subscribed(self, model: str, listener: _Listener) -> None:
+        self._listeners.setdefault(model, set()).add(listener)
         await self._loop.run_in_executor(None, self.hub.subscribe, model)
-        return wake
 
-    async def _unsubscribed(self, model: str, wake: asyncio.Event) -> None:
-        waiters = self._waiters.get(model, set())
-        waiters.discard(wake)
-        if not waiters:
-            self._waiters.pop(model, None)
+    def _unsubscribed(self, model: str, listener: _Listener) -> None:
+        listeners = self._listeners.get(model, set())
+        listeners.discard(listener)
+        if not listeners:
+            self._listeners.pop(model, None)
         self.hub.unsubscribe(model)
 
     async def _stream(
         self, model: str, after: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        """SSE until the subscriber goes away or the server stops."""
-        wake = await self._subscribed(model)
+        """SSE until the subscriber goes away or the server stops.
+
+        A new table is written to every subscriber's socket by ``_wake`` itself, encoded
+        once: one buffered write per subscriber and no task to wake, which is what keeps a
+        push to thousands of subscribers cheap. This coroutine only sends keep-alives and
+        notices the subscriber leaving.
+        """
+        sent = [after]
+
+        def push(table: RoutingTable, event: bytes) -> None:
+            if table.generation <= sent[0] or writer.is_closing():
+                return
+            sent[0] = table.generation
+            writer.write(event)
+            if writer.transport.get_write_buffer_size() > _MAX_BACKLOG:
+                writer.transport.abort()  # stuck reader: it reconnects and catches up
+
+        writer.write(_SSE_HEAD)
+        await self._subscribed(model, push)
         gone = asyncio.ensure_future(reader.read(1))  # EOF (or any byte): the client left
         try:
-            writer.write(_SSE_HEAD)
-            sent = after
-            while True:
-                wake.clear()
-                table = self.hub.latest(model)
-                if table is not None and table.generation > sent:
-                    writer.write(table_event(table))
-                    sent = table.generation
-                await writer.drain()
-                woken = asyncio.ensure_future(wake.wait())
-                done, _ = await asyncio.wait(
-                    {woken, gone}, timeout=self.heartbeat, return_when=asyncio.FIRST_COMPLETED
-                )
-                if gone in done:
-                    woken.cancel()
+            table = self.hub.latest(model)
+            if table is not None:
+                push(table, self._encoded(table))
+            while not writer.is_closing():
+                done, _ = await asyncio.wait({gone}, timeout=self.heartbeat)
+                if done:
                     return
-                if not done:
-                    woken.cancel()
-                    writer.write(_KEEP_ALIVE)
+                writer.write(_KEEP_ALIVE)
+                await writer.drain()
         finally:
             gone.cancel()
-            await self._unsubscribed(model, wake)
+            self._unsubscribed(model, push)
 
     async def _long_poll(self, model: str, after: int, wait: float, request: _Request) -> bytes:
         """One table newer than ``after`` as JSON, or 204 after ``wait`` seconds."""
-        wake = await self._subscribed(model)
+        wake = asyncio.Event()
+
+        def listener(_table: RoutingTable, _event: bytes) -> None:
+            wake.set()
+
+        await self._subscribed(model, listener)
         try:
             deadline = self._loop.time() + wait
             while True:
@@ -298,15 +328,11 @@ class WatchServer:
                 table = self.hub.latest(model)
                 if table is not None and table.generation > after:
                     body = json.dumps(table.to_document()).encode()
-                    return _response(
-                        200, body, "application/json", close=request.close, head=False
-                    )
+                    return _response(200, body, "application/json", close=request.close, head=False)
                 remaining = deadline - self._loop.time()
                 if remaining <= 0:
                     return _response(204, b"", "text/plain", close=request.close, head=False)
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), remaining)
-                except TimeoutError:
-                    pass
         finally:
-            await self._unsubscribed(model, wake)
+            self._unsubscribed(model, listener)

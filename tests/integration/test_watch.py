@@ -23,7 +23,7 @@ import pytest
 
 from repo_manager import Router
 from repo_manager.server import free_port
-from tests.integration.conftest import CLI, S3Fleet, _wait_for_http
+from tests.integration.conftest import S3Fleet, _wait_for_http
 from tests.integration.test_rollout import traffic
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -117,7 +117,9 @@ def test_routers_follow_the_watch_fall_back_while_the_manager_is_down_and_resubs
             # Followed through the watch: the manager read the change from S3 and pushed it.
             _, through_watch = set_weight(fleet1, 40, routers)
             assert through_watch < 1.0
-            assert all(r.table is not None and r.table.weights == {"1": 60, "2": 40} for r in routers)
+            assert all(
+                r.table is not None and r.table.weights == {"1": 60, "2": 40} for r in routers
+            )
 
             manager.send_signal(signal.SIGKILL)
             manager.wait(timeout=10)
@@ -155,4 +157,3 @@ def test_routers_follow_the_watch_fall_back_while_the_manager_is_down_and_resubs
     # A clean stop: SIGTERM ends the manager (and its streams) without a traceback.
     assert manager.returncode == 0, log.read_text()[-3000:]
     assert "Traceback" not in log.read_text()
-

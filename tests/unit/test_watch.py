@@ -68,9 +68,7 @@ def sources(router: Router) -> tuple[dict[str, int], int]:
 
 
 def table(generation: int, weights: dict[str, int]) -> RoutingTable:
-    return RoutingTable(
-        model=MODEL, stable="1", canary="2", weights=weights, generation=generation
-    )
+    return RoutingTable(model=MODEL, stable="1", canary="2", weights=weights, generation=generation)
 
 
 def test_a_router_follows_a_table_another_process_wrote_through_the_watch(
@@ -138,17 +136,17 @@ def test_a_router_that_missed_generations_catches_up_to_the_newest_only(
 ) -> None:
     server = start_server(repo)
     port = server.port
-    with caplog.at_level(logging.INFO, logger="repo_manager.routing.table"):
-        with watching_router(repo, server) as router:
+    logs = caplog.at_level(logging.INFO, logger="repo_manager.routing.table")
+    with logs, watching_router(repo, server) as router:
+        server.shutdown()
+        assert eventually(lambda: not router.watching, 2)
+        for generation in (2, 3, 4):
+            write_state(repo, {"1": 90 - generation, "2": 10 + generation}, generation)
+        server = start_server(repo, port)
+        try:
+            assert router.wait_for_generation(4, timeout=10.0)
+        finally:
             server.shutdown()
-            assert eventually(lambda: not router.watching, 2)
-            for generation in (2, 3, 4):
-                write_state(repo, {"1": 90 - generation, "2": 10 + generation}, generation)
-            server = start_server(repo, port)
-            try:
-                assert router.wait_for_generation(4, timeout=10.0)
-            finally:
-                server.shutdown()
     installed = [r.getMessage() for r in caplog.records if "routing generation" in r.getMessage()]
     assert [m.split("generation ")[1].split(":")[0] for m in installed] == ["1", "4"]
 
@@ -188,7 +186,9 @@ def test_an_unreachable_watch_at_start_leaves_the_router_on_storage_and_counts_i
     repo: Path,
 ) -> None:
     router, _ = make_router(
-        repo, watch_url=f"http://127.0.0.1:{free_port()}", poll_interval=0.02,
+        repo,
+        watch_url=f"http://127.0.0.1:{free_port()}",
+        poll_interval=0.02,
         fallback_interval=0.05,
     )
     with router:
@@ -225,7 +225,7 @@ def test_the_port_serves_metrics_long_polls_and_refuses_bad_names(
 
 
 def test_a_taken_port_is_one_clear_error(server: WatchServer, repo: Path) -> None:
-    with pytest.raises(InvalidInputError, match="cannot serve metrics on 127.0.0.1"):
+    with pytest.raises(InvalidInputError, match=r"cannot serve metrics on 127\.0\.0\.1"):
         start_server(repo, server.port)
 
 
