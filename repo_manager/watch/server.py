@@ -9,7 +9,11 @@ subscriber that falls behind gets the newest table, never each one it missed.
 
 ``GET /watch/MODEL?after=G&wait=S`` is the long-poll form of the same (one table, or 204
 after S seconds), kept for ``bench/watch_transport.py``, which measured the two side by side
-with 200 subscribers on this project's 2-core machine: MEASURED_TODO. So Routers use SSE.
+with 200 subscribers on this project's 2-core machine (2026-12-07, load average 9.9,
+2 x 20 changes per side, blocks alternating): SSE delivered a change to the last
+subscriber in p50 24 ms / p99 45 ms for 8.0 ms of the manager's CPU; long-poll in p50
+69 ms / p99 112 ms for 49.8 ms (6.2x: every change is 200 new HTTP requests to parse,
+answer and re-open). So Routers use SSE.
 
 One asyncio loop in a daemon thread serves every connection: 10,000 idle subscribers are
 10,000 sockets and small coroutines, not 10,000 threads.
