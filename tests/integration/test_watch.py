@@ -15,7 +15,7 @@ import subprocess
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -23,21 +23,13 @@ import pytest
 
 from repo_manager import Router
 from repo_manager.server import free_port
+from tests.eventually import eventually
 from tests.integration.conftest import S3Fleet, _wait_for_http
 from tests.integration.test_rollout import traffic
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 MODEL = "yolov8n"
-
-
-def eventually(check: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def start_manager(fleet: S3Fleet, port: int, log: Path) -> subprocess.Popen[bytes]:

@@ -10,7 +10,7 @@ import logging
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +24,8 @@ from repo_manager.server import free_port
 from repo_manager.state import RoutingTable
 from repo_manager.storage import LocalStorage
 from repo_manager.watch import WatchServer
+from tests.eventually import eventually
 from tests.unit.routing_fakes import MODEL, make_router, write_state
-
-
-def eventually(check: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def start_server(repo: Path, port: int = 0, **kw: Any) -> WatchServer:
@@ -241,3 +233,24 @@ def test_router_metrics_expose_the_table_source(repo: Path, server: WatchServer)
             "repo_manager_router_watch_fallbacks_total", {"model": MODEL}
         )
         assert fallbacks == 0
+
+
+def test_a_move_the_long_running_manager_records_is_pushed_through_its_hook(repo: Path) -> None:
+    from repo_manager.repository import ModelRepository
+    from repo_manager.rollout import RolloutManager
+    from repo_manager.triton import TritonFleet
+
+    server = start_server(repo, poll_interval=3600)  # only the hook can tell it
+    manager = RolloutManager(
+        ModelRepository(LocalStorage(repo)),
+        TritonFleet(["127.0.0.1:1"]),  # set-weight writes the table; no server is called
+        recorded=lambda state: server.offer(state.routing_table()),
+    )
+    try:
+        with watching_router(repo, server) as router:
+            moved = manager.set_weight(MODEL, 35)
+            assert router.wait_for_generation(moved.generation, timeout=1.0)
+            assert router.table is not None and router.table.weights == {"1": 65, "2": 35}
+    finally:
+        manager.fleet.close()
+        server.shutdown()
