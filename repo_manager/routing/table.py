@@ -142,19 +142,23 @@ class TableWatcher:
         return interval * random.uniform(1.0, 1.25)
 
     def _watch_state(self, connected: bool, reason: str) -> None:
-        """The subscriber opened its stream, or lost it (said once per outage)."""
+        """The subscriber opened its stream, or lost it (said once per outage). The metric
+        and the log come first, ``watching`` last: whoever sees it flip sees them too."""
         was = self.watching
-        self.watching = connected
         url = self.subscriber.url if self.subscriber else ""
+        if self._source is not None and was != connected:
+            old, new = ("storage", "watch") if connected else ("watch", "storage")
+            self._source.moved(old, new, fell_back=not connected)
+        elif self._source is not None and not connected:
+            self._source.moved(None, None, fell_back=True)  # the first attempt failed
         if connected:
             logger.info(
                 "model %s: following the routing table through the watch %s", self.model, url
             )
         else:
-            # Spread the fleet's first storage reads over one interval, not one instant.
-            self._next_storage_check = time.monotonic() + random.uniform(
-                0, self._fallback_interval if was else 0
-            )
+            # The table was current a moment ago: spread the fleet's first storage reads
+            # over one interval rather than sending them all at once.
+            self._next_storage_check = time.monotonic() + random.uniform(0, self._fallback_interval)
             logger.warning(
                 "model %s: watch %s unreachable (%s); polling storage every ~%g s until it returns",
                 self.model,
@@ -162,11 +166,7 @@ class TableWatcher:
                 reason,
                 self._fallback_interval,
             )
-        if self._source is not None and was != connected:
-            old, new = ("storage", "watch") if connected else ("watch", "storage")
-            self._source.moved(old, new, fell_back=not connected)
-        elif self._source is not None and not connected:
-            self._source.moved(None, None, fell_back=True)  # the first attempt failed
+        self.watching = connected
 
     def _storage_due(self) -> bool:
         """Whether this poll reads storage: always without a watch endpoint; never while
