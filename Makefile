@@ -44,12 +44,13 @@ test: setup $(DETECTOR) lint
 
 # Every benchmark, each printing its ratios measured side by side (see BENCHMARKS.md).
 # `make bench QUICK=1`: a smoke run of each in a few minutes, not figures to quote.
-BENCH_SCRIPTS := router_overhead serving warmup propagation publish_phases memory
+BENCH_SCRIPTS := router_overhead serving warmup propagation publish_phases memory watch_transport
 bench: setup $(DETECTOR)
 	@for script in $(BENCH_SCRIPTS); do \
 		echo "== bench/$$script.py"; \
 		REPO_MANAGER_DETECTOR=$(abspath $(DETECTOR)) $(PY) bench/$$script.py $(if $(QUICK),--quick) || exit 1; \
 	done
+	$(PY) bench/propagation.py --fleet $(if $(QUICK),--quick)
 	$(PY) bench/export.py $(if $(QUICK),--rounds 20)
 
 clean:

@@ -8,7 +8,12 @@ the time from ``set_weight`` returning to the moment the *last* Router has the n
 in force (each Router process reports ``wait_for_generation`` returning, stamped with the
 system-wide monotonic clock). Goal: p99 <= 1 s.
 
+``--fleet``: N Routers on an S3 repository with the manager's watch endpoint and without
+it, storage requests counted at the S3 server (``bench/propagation_fleet.py``).
+
     python bench/propagation.py [--routers 8] [--changes 60] [--quick]
+    python bench/propagation.py --fleet [--watchers 200] [--processes 4] [--changes 30]
+        [--idle 60] [--fallback-idle 120] [--poll-idle 30] [--poll-changes 10] [--quick]
 """
 
 from __future__ import annotations
@@ -53,10 +58,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--routers", type=int, default=8)
     parser.add_argument("--changes", type=int, default=60)
     parser.add_argument("--quick", action="store_true", help="a few changes: a smoke run")
+    fleet = parser.add_argument_group("fleet mode (S3, with and without the watch)")
+    fleet.add_argument("--fleet", action="store_true")
+    fleet.add_argument("--watchers", type=int, default=200)
+    fleet.add_argument("--processes", type=int, default=4)
+    fleet.add_argument("--idle", type=float, default=60, help="seconds idle, watch up")
+    fleet.add_argument("--fallback-idle", type=float, default=120, help="... manager killed")
+    fleet.add_argument("--poll-idle", type=float, default=30, help="... without the watch")
+    fleet.add_argument("--poll-changes", type=int, default=10, help="changes without it")
     args = parser.parse_args(argv)
+    print(machine())
+    if args.fleet:
+        from bench import propagation_fleet
+
+        if args.quick:
+            args.watchers, args.processes, args.changes, args.poll_changes = 6, 2, 3, 3
+            args.idle, args.fallback_idle, args.poll_idle = 3, 5, 3
+        elif args.changes == 60:
+            args.changes = 30
+        propagation_fleet.main(args)
+        return
     if args.quick:
         args.routers, args.changes = 3, 5
-    print(machine())
 
     from repo_manager.phases import Phase
     from repo_manager.repository import ModelRepository

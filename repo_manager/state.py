@@ -121,6 +121,15 @@ class RoutingTable:
             generation=int(document.get("generation", 0)),
         )
 
+    def to_document(self) -> dict[str, Any]:
+        """The fields ``from_document`` reads (what the manager's watch endpoint pushes)."""
+        return asdict(self)
+
+    def newer_than(self, other: RoutingTable | None) -> bool:
+        """True when this table may replace ``other``: generations only grow, so a reader
+        that got tables out of order (a push and a poll) never goes back to an older one."""
+        return other is None or self.generation > other.generation
+
 
 @dataclass(kw_only=True)
 class RolloutState:

@@ -24,7 +24,10 @@ from repo_manager.transport import GrpcSecurity, expand_urls, parse_headers
 from repo_manager.triton import TritonFleet
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from repo_manager.metrics import ManagerMetrics
+    from repo_manager.state import RolloutState
 
 __all__ = [
     "DEFAULT_REPOSITORY",
@@ -59,7 +62,11 @@ class Context:
         return open_storage(self.repository, s3_endpoint=self.s3_endpoint)
 
     def manager(
-        self, *, drain_seconds: float | None = None, metrics: ManagerMetrics | None = None
+        self,
+        *,
+        drain_seconds: float | None = None,
+        metrics: ManagerMetrics | None = None,
+        recorded: Callable[[RolloutState], None] | None = None,
     ) -> RolloutManager:
         settings = (
             RolloutSettings()
@@ -72,6 +79,7 @@ class Context:
             settings=settings,
             progress=self.progress,
             metrics=metrics,
+            recorded=recorded,
         )
 
 

@@ -8,7 +8,7 @@ import functools
 import signal
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from prometheus_client import CollectorRegistry
@@ -16,6 +16,10 @@ from prometheus_client import CollectorRegistry
 from repo_manager.cli.app import Context
 from repo_manager.errors import InvalidGateError
 from repo_manager.metrics import ManagerMetrics, start_metrics_server
+from repo_manager.storage import Storage
+
+if TYPE_CHECKING:
+    from repo_manager.watch import WatchServer
 
 __all__ = [
     "analysis_options",
@@ -24,6 +28,7 @@ __all__ = [
     "json_option",
     "parse_interval",
     "serve_manager_metrics",
+    "serve_manager_watch",
     "serve_metrics_options",
     "stop_on_signals",
     "verbose_option",
@@ -80,6 +85,19 @@ def serve_manager_metrics(port: int | None, addr: str) -> ManagerMetrics | None:
     metrics = ManagerMetrics(registry)
     start_metrics_server(port, addr=addr, registry=registry)
     return metrics
+
+
+def serve_manager_watch(
+    port: int, addr: str, storage: Storage
+) -> tuple[ManagerMetrics, WatchServer]:
+    """The long-running manager's port: its metrics at /metrics and the routing tables of
+    ``storage`` at /watch/MODEL, where Routers subscribe (``REPO_MANAGER_WATCH_URL``)."""
+    from repo_manager.watch import WatchServer
+
+    registry = CollectorRegistry()
+    metrics = ManagerMetrics(registry)
+    server = WatchServer(storage, registry).start(port, addr)
+    return metrics, server
 
 
 _EXPORT_PARAMETERS = (

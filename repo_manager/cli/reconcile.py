@@ -13,7 +13,7 @@ import click
 from repo_manager.cli.app import Context, cli, emit, require_repository
 from repo_manager.cli.options import (
     json_option,
-    serve_manager_metrics,
+    serve_manager_watch,
     serve_metrics_options,
     stop_on_signals,
     verbose_option,
@@ -23,6 +23,8 @@ from repo_manager.discovery import has_dns, resolve_urls
 from repo_manager.errors import InvalidInputError, RepoManagerError, TritonUnavailableError
 from repo_manager.metrics import ManagerMetrics
 from repo_manager.rollout import RolloutManager
+from repo_manager.state import RolloutState
+from repo_manager.watch import WatchServer
 
 
 @cli.command()
@@ -31,7 +33,9 @@ from repo_manager.rollout import RolloutManager
 @click.option("--watch", is_flag=True, help="Keep reconciling every --interval seconds.")
 @click.option("--interval", type=click.FloatRange(0.5, 3600), default=10.0, show_default=True)
 @serve_metrics_options(
-    "With --watch: serve every model's rollout state and reconcile counters at :PORT/metrics."
+    "With --watch: serve every model's rollout state and reconcile counters at "
+    ":PORT/metrics, and the routing tables Routers subscribe to at :PORT/watch/MODEL "
+    "(their REPO_MANAGER_WATCH_URL=http://HOST:PORT)."
 )
 @json_option
 @click.pass_obj
@@ -48,20 +52,49 @@ def reconcile(
 
     With --watch this is the long-running manager: each pass resolves dns:// fleets again
     (a new replica gets the models), and a pass that fails prints one line and is
-    counted, then the next pass tries again.
+    counted, then the next pass tries again. With --metrics-port it also pushes every
+    routing table written to the repository (by any manager process) to the Routers
+    subscribed at /watch/MODEL.
     """
     if metrics_port is not None and not watch:
         raise InvalidInputError("--metrics-port needs --watch")
     require_repository(obj)
-    metrics = serve_manager_metrics(metrics_port, metrics_addr)
-    stop = stop_on_signals() if watch else None
-    manager: RolloutManager | None = None
-    if stop is None:
-        _reconcile_pass(obj, None, model, metrics=metrics, as_json=as_json, watch=False)
+    if not watch:
+        _reconcile_pass(obj, None, model, metrics=None, as_json=as_json, watch=False)
         return
+    if metrics_port is None:
+        _watch(obj, model, interval, None, None, as_json=as_json)
+        return
+    metrics, server = serve_manager_watch(metrics_port, metrics_addr, obj.storage())
+    try:
+        _watch(obj, model, interval, metrics, server, as_json=as_json)
+    finally:
+        server.shutdown()
+
+
+def _watch(
+    obj: Context,
+    model: str | None,
+    interval: float,
+    metrics: ManagerMetrics | None,
+    server: WatchServer | None,
+    *,
+    as_json: bool,
+) -> None:
+    """Reconcile every ``interval`` seconds until SIGINT or SIGTERM."""
+    stop = stop_on_signals()
+    manager: RolloutManager | None = None
+    recorded = None if server is None else (lambda s: server.offer(s.routing_table()))
     while True:
         work = functools.partial(
-            _reconcile_pass, obj, manager, model, metrics=metrics, as_json=as_json, watch=True
+            _reconcile_pass,
+            obj,
+            manager,
+            model,
+            metrics=metrics,
+            as_json=as_json,
+            watch=True,
+            recorded=recorded,
         )
         outcome = _until_stopped(stop, work)
         if isinstance(outcome, RepoManagerError):
@@ -108,12 +141,13 @@ def _reconcile_pass(
     metrics: ManagerMetrics | None,
     as_json: bool,
     watch: bool,
+    recorded: Callable[[RolloutState], None] | None = None,
 ) -> RolloutManager:
     """One pass: (re)resolve the fleet, reconcile, publish state and the pass's figures."""
     started = time.monotonic()
     try:
         if manager is None:
-            manager = obj.manager(metrics=metrics)
+            manager = obj.manager(metrics=metrics, recorded=recorded)
         elif has_dns(obj.urls):
             manager.fleet.set_urls(resolve_urls(obj.urls))
         reports = manager.reconcile(model)

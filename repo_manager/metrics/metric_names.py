@@ -26,6 +26,8 @@ __all__ = [
     "ROUTER_FALLBACKS",
     "ROUTER_LATENCY",
     "ROUTER_REQUESTS",
+    "ROUTER_TABLE_SOURCE",
+    "ROUTER_WATCH_FALLBACKS",
     "SHADOW_BOXES",
     "SHADOW_LATENCY",
     "SHADOW_REQUESTS",
@@ -34,6 +36,7 @@ __all__ = [
     "TRITON_FAILURE",
     "TRITON_PREFIX",
     "TRITON_SUCCESS",
+    "WATCH_SUBSCRIBERS",
 ]
 
 # Router (client side, per model and version).
@@ -44,6 +47,9 @@ ROUTER_LATENCY = "repo_manager_router_latency_seconds"
 SHADOW_REQUESTS = "repo_manager_router_shadow_requests"
 SHADOW_LATENCY = "repo_manager_router_shadow_latency_seconds"
 SHADOW_BOXES = "repo_manager_router_shadow_boxes"
+# How Routers follow the routing table (per model): the manager's watch, or storage.
+ROUTER_TABLE_SOURCE = "repo_manager_router_table_source"
+ROUTER_WATCH_FALLBACKS = "repo_manager_router_watch_fallbacks"
 
 # Rollout state (manager side, per model).
 CANARY_WEIGHT = "repo_manager_canary_weight"
@@ -62,6 +68,7 @@ RECONCILE_DURATION = "repo_manager_reconcile_duration_seconds"
 RECONCILE_UNREACHABLE = "repo_manager_reconcile_unreachable_servers"
 RECONCILE_LAST_SUCCESS = "repo_manager_reconcile_last_success_timestamp_seconds"
 FLEET_SERVERS = "repo_manager_fleet_servers"
+WATCH_SUBSCRIBERS = "repo_manager_watch_subscribers"
 
 # Triton's own per-version counters (its metrics port), labelled with the versions model.
 TRITON_PREFIX = "nv_"

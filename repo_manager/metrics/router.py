@@ -11,6 +11,10 @@ clients saw, including fallbacks that Triton cannot know about:
 - ``repo_manager_router_fallbacks_total{model, version}``: requests moved away from it.
 - ``repo_manager_router_latency_seconds{model, version}``: histogram of successful attempts.
 - ``repo_manager_router_shadow_*``: mirrored requests to a canary (see ``routing.shadow``).
+- ``repo_manager_router_table_source{model, source}``: Routers following the routing table
+  through the manager's watch (``watch``) or by polling storage (``storage``) now.
+- ``repo_manager_router_watch_fallbacks_total{model}``: times a Router's watch endpoint was
+  unreachable and it fell back to polling storage.
 
 A ``RouterMetrics`` store holds the series and is registered into the registry it is
 given; several Routers share one store (one per model, or several per model, add to the
@@ -36,6 +40,7 @@ from collections.abc import Iterable, Iterator
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.core import (
     CounterMetricFamily,
+    GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
     SummaryMetricFamily,
@@ -48,12 +53,14 @@ from repo_manager.metrics.metric_names import (
     ROUTER_FALLBACKS,
     ROUTER_LATENCY,
     ROUTER_REQUESTS,
+    ROUTER_TABLE_SOURCE,
+    ROUTER_WATCH_FALLBACKS,
     SHADOW_BOXES,
     SHADOW_LATENCY,
     SHADOW_REQUESTS,
 )
 
-__all__ = ["LATENCY_BUCKETS", "RouterMetrics", "ShadowMetrics", "VersionMetrics"]
+__all__ = ["LATENCY_BUCKETS", "RouterMetrics", "ShadowMetrics", "TableSource", "VersionMetrics"]
 
 #: Seconds; inference through Triton is ms-scale (python backend ~0.4 ms, YOLO ~5-50 ms).
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
@@ -67,6 +74,8 @@ _DOCS = {
     ROUTER_ERRORS: "Failed inference attempts on a version (Triton error or unreachable server).",
     ROUTER_FALLBACKS: "Requests retried on the other version after this version failed.",
     ROUTER_LATENCY: "Latency of successful inference attempts through a Router, per version.",
+    ROUTER_TABLE_SOURCE: "Routers following the routing table by the watch or by storage.",
+    ROUTER_WATCH_FALLBACKS: "Times a Router lost its watch endpoint and polled storage instead.",
 }
 
 
@@ -169,6 +178,30 @@ class ShadowMetrics:
             return dict(self.values)
 
 
+class TableSource:
+    """How the Routers of one model follow its routing table: how many through the
+    manager's watch, how many by polling storage, and how often a watch was lost."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self._lock = threading.Lock()
+        self.following = {"watch": 0, "storage": 0}
+        self.fallbacks = 0
+
+    def moved(self, old: str | None, new: str | None, *, fell_back: bool = False) -> None:
+        """A Router stopped following by ``old`` and follows by ``new`` (None: none)."""
+        with self._lock:
+            if old is not None:
+                self.following[old] -= 1
+            if new is not None:
+                self.following[new] += 1
+            self.fallbacks += fell_back
+
+    def snapshot(self) -> tuple[dict[str, int], int]:
+        with self._lock:
+            return dict(self.following), self.fallbacks
+
+
 class RouterMetrics:
     """The series of every Router that shares this store, registered into one registry."""
 
@@ -181,6 +214,7 @@ class RouterMetrics:
         self._lock = threading.Lock()
         self._series: dict[tuple[str, str], VersionMetrics] = {}
         self._shadow: dict[tuple[str, str], ShadowMetrics] = {}
+        self._sources: dict[str, TableSource] = {}
         if registry is not None:
             registry.register(_RouterCollector(self))
 
@@ -207,9 +241,18 @@ class RouterMetrics:
         with self._lock:
             return self._shadow.setdefault((model, version), ShadowMetrics(model, version))
 
-    def _all(self) -> tuple[list[VersionMetrics], list[ShadowMetrics]]:
+    def table_source(self, model: str) -> TableSource:
+        """How this store's Routers of ``model`` follow its table (created on first use)."""
         with self._lock:
-            return list(self._series.values()), list(self._shadow.values())
+            return self._sources.setdefault(model, TableSource(model))
+
+    def _all(self) -> tuple[list[VersionMetrics], list[ShadowMetrics], list[TableSource]]:
+        with self._lock:
+            return (
+                list(self._series.values()),
+                list(self._shadow.values()),
+                list(self._sources.values()),
+            )
 
 
 _Families = tuple[
@@ -240,11 +283,13 @@ class _RouterCollector(Collector):
             CounterMetricFamily(SHADOW_REQUESTS, _DOCS[SHADOW_REQUESTS]),
             SummaryMetricFamily(SHADOW_LATENCY, _DOCS[SHADOW_LATENCY]),
             CounterMetricFamily(SHADOW_BOXES, _DOCS[SHADOW_BOXES]),
+            GaugeMetricFamily(ROUTER_TABLE_SOURCE, _DOCS[ROUTER_TABLE_SOURCE]),
+            CounterMetricFamily(ROUTER_WATCH_FALLBACKS, _DOCS[ROUTER_WATCH_FALLBACKS]),
         )
 
     def collect(self) -> Iterator[Metric]:
         requests, errors, fallbacks, latency = _families()
-        series, shadows = self.store._all()
+        series, shadows, sources = self.store._all()
         for s in series:
             ok, fallback, error, n_errors, n_fallbacks, buckets, total = s._snapshot()
             labels = [s.model, s.version]
@@ -277,3 +322,19 @@ class _RouterCollector(Collector):
             for side in ("reference", "shadow", "matched"):
                 shadow_boxes.add_metric([*labels, side], v[f"boxes_{side}"])
         yield from (shadow_requests, shadow_latency, shadow_boxes)
+        yield from _source_families(sources)
+
+
+def _source_families(sources: list[TableSource]) -> Iterator[Metric]:
+    following = GaugeMetricFamily(
+        ROUTER_TABLE_SOURCE, _DOCS[ROUTER_TABLE_SOURCE], labels=["model", "source"]
+    )
+    fallbacks = CounterMetricFamily(
+        ROUTER_WATCH_FALLBACKS, _DOCS[ROUTER_WATCH_FALLBACKS], labels=["model"]
+    )
+    for source in sources:
+        counts, fell_back = source.snapshot()
+        for name, count in sorted(counts.items()):
+            following.add_metric([source.model, name], count)
+        fallbacks.add_metric([source.model], fell_back)
+    yield from (following, fallbacks)

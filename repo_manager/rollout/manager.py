@@ -13,6 +13,7 @@ reconcile: steps, then one persist of the status).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -74,14 +75,17 @@ class RolloutManager:
         settings: RolloutSettings | None = None,
         progress: Progress = _quiet,
         metrics: ManagerMetrics | None = None,
+        recorded: Callable[[RolloutState], None] | None = None,
     ) -> None:
         """``metrics``: where every recorded state is exposed (None: nowhere; a command
-        that serves the manager's metrics passes its own)."""
+        that serves the manager's metrics passes its own); ``recorded`` hears of every
+        state once persisted (the long-running manager pushes its table to Routers)."""
         self.repository = repository
         self.fleet = fleet
         self.settings = settings or RolloutSettings()
         self.progress = progress
         self.applier = FleetApplier(repository, fleet, settings=self.settings, progress=progress)
+        self.recorded = recorded
         self.ledger = Ledger(repository.storage, metrics=metrics, recorded=self._follow_weights)
         self.retirement = Retirement(self.applier, self.ledger)
         self.publisher = Publisher(self.applier, self.ledger)
@@ -91,7 +95,10 @@ class RolloutManager:
 
     def _follow_weights(self, state: RolloutState) -> None:
         """A weighted public name follows every recorded move (set-weight, each analysis
-        step, promote, rollback) on every server; in stable mode only ``apply`` moves it."""
+        step, promote, rollback) on every server; in stable mode only ``apply`` moves it.
+        Listeners hear first: the table is written whether or not a server follows."""
+        if self.recorded is not None:
+            self.recorded(state)
         if state.unpinned == WEIGHTED and state.stable is not None:
             self.applier.point_public(state)
 

@@ -30,15 +30,19 @@ from repo_manager.routing.detection import Detections, Detector
 from repo_manager.routing.plan import Key, RoutePlan
 from repo_manager.routing.servers import ClientFactory, Inputs, Outputs, ServerPool
 from repo_manager.routing.shadow import ShadowMirror
+from repo_manager.routing.subscriber import check_watch_url
 from repo_manager.routing.table import TableWatcher
 from repo_manager.shm import SharedMemoryChannel, is_local_url
 from repo_manager.state import RoutingTable
-from repo_manager.storage import open_storage
+from repo_manager.storage import LocalStorage, open_storage
 from repo_manager.transport import GrpcSecurity, make_grpc_client
 
-__all__ = ["RoutedResult", "Router"]
+__all__ = ["WATCH_URL_ENV", "RoutedResult", "Router"]
 
 logger = logging.getLogger(__name__)
+
+#: Where Routers find the manager's watch endpoint when not given ``watch_url``.
+WATCH_URL_ENV = "REPO_MANAGER_WATCH_URL"
 
 
 @dataclass(kw_only=True, slots=True)
@@ -97,6 +101,8 @@ class Router:
         resolve_interval: float = 10.0,
         shared_memory: bool | str = "auto",
         metrics: RouterMetrics | None = None,
+        watch_url: str | None = None,
+        fallback_interval: float | None = None,
     ) -> None:
         """
         Args:
@@ -108,7 +114,8 @@ class Router:
                 ``dns://NAME:PORT`` stands for every address of NAME (a headless Service),
                 resolved again every ``resolve_interval`` seconds.
             repository: where the manager keeps the routing table (the CLI's --repository).
-            poll_interval: seconds between checks of the routing table's change token.
+            poll_interval: seconds between checks of the routing table's change token
+                when no watch endpoint is given.
             timeout: client-side deadline per attempt, in seconds (None: none).
             server_retry_after: seconds an unreachable server is skipped before a retry.
             client_factory: makes the per-server client (tests pass fakes).
@@ -128,6 +135,14 @@ class Router:
                 shared-memory failure falls back to plain gRPC.
             metrics: where the per-version counters go (default: the process-wide
                 ``RouterMetrics.default()`` on prometheus-client's default registry).
+            watch_url: the long-running manager's watch endpoint, ``http://HOST:PORT`` (its
+                ``reconcile --watch --metrics-port``; default: ``REPO_MANAGER_WATCH_URL``;
+                "" for none). The manager then pushes every new table and the Router
+                reads storage only while the endpoint is unreachable (said once in the
+                log and in ``repo_manager_router_table_source``).
+            fallback_interval: seconds between storage checks while the watch endpoint is
+                unreachable, jittered up to 25% longer (default: 30 on S3, where each is
+                a request; ``poll_interval`` for a folder, where it is a stat).
         """
         urls = [url] if isinstance(url, str) else list(url)
         if not urls:
@@ -142,6 +157,12 @@ class Router:
         self.triton_model = versions_model_name(model)
         self.metrics = metrics or RouterMetrics.default()
         storage = open_storage(os.fspath(repository), s3_endpoint=s3_endpoint)
+        if watch_url is None:
+            watch_url = os.environ.get(WATCH_URL_ENV, "")
+        if fallback_interval is None:
+            fallback_interval = poll_interval if isinstance(storage, LocalStorage) else 30.0
+        if fallback_interval <= 0:
+            raise InvalidInputError(f"fallback_interval must be positive, got {fallback_interval}")
         factory = client_factory or (lambda u: make_grpc_client(u, security))
         clients = [(u, factory(u)) for u in urls]
         channel: SharedMemoryChannel | None = None
@@ -169,6 +190,8 @@ class Router:
             model,
             storage,
             poll_interval=poll_interval,
+            watch_url=check_watch_url(watch_url) if watch_url else None,
+            fallback_interval=fallback_interval,
             on_poll=self._servers.follow_dns if addresses else None,
             metrics=self.metrics,
         )
@@ -201,6 +224,11 @@ class Router:
     @property
     def plan(self) -> RoutePlan:
         return self._table.plan
+
+    @property
+    def watching(self) -> bool:
+        """True while the manager's watch pushes the table (False: following storage)."""
+        return self._table.watching
 
     def refresh(self) -> RoutingTable | None:
         """Re-read the routing table now if it changed; returns the one in force (a missing

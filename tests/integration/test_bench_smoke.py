@@ -12,19 +12,30 @@ import pytest
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 ROOT = Path(__file__).resolve().parents[2]
-#: Scripts that publish real detectors take 30-90 s even in --quick mode.
-SLOW = {"serving", "warmup", "publish_phases", "memory"}
+#: Scripts that publish real detectors (or start a fleet on S3) take 30-90 s in --quick mode.
+SLOW = {"serving", "warmup", "publish_phases", "memory", "propagation --fleet"}
 
 
 @pytest.mark.parametrize(
-    "script", ["router_overhead", "propagation", "serving", "warmup", "publish_phases", "memory"]
+    "script",
+    [
+        "router_overhead",
+        "propagation",
+        "propagation --fleet",
+        "watch_transport",
+        "serving",
+        "warmup",
+        "publish_phases",
+        "memory",
+    ],
 )
 def test_bench_script_runs_in_quick_mode_and_prints_its_goal(script: str) -> None:
     if script in SLOW and os.environ.get("REPO_MANAGER_BENCH_SMOKE") != "1":
-        pytest.skip(f"bench/{script}.py publishes detectors (slow); REPO_MANAGER_BENCH_SMOKE=1")
+        pytest.skip(f"bench/{script}.py is slow; REPO_MANAGER_BENCH_SMOKE=1")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "YOLO_OFFLINE": "1"}
+    name, *options = script.split()
     done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / f"{script}.py"), "--quick"],
+        [sys.executable, str(ROOT / "bench" / f"{name}.py"), *options, "--quick"],
         capture_output=True,
         text=True,
         env=env,
@@ -32,5 +43,5 @@ def test_bench_script_runs_in_quick_mode_and_prints_its_goal(script: str) -> Non
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "machine:" in done.stdout and "load average" in done.stdout
-    if script in {"router_overhead", "propagation", "serving", "warmup", "memory"}:
+    if name not in {"publish_phases", "watch_transport"}:  # these two set no goal
         assert "goal" in done.stdout

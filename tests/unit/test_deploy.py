@@ -317,3 +317,37 @@ def test_compose_triton_starts_only_after_the_repository_init_step() -> None:
     # One rule in one place: the marker is init's to write, not a shell line's.
     setup = " ".join(services["minio-setup"]["command"])
     assert "mc mb" in setup and ".repo-manager.keep" not in setup
+
+
+# -- Routers follow the manager's watch endpoint -----------------------------------------------
+
+
+def test_compose_clients_are_told_the_watch_url_the_manager_serves() -> None:
+    from urllib.parse import urlsplit
+
+    services = compose()["services"]
+    watch = urlsplit(services["loadgen"]["environment"]["REPO_MANAGER_WATCH_URL"])
+    assert watch.scheme == "http" and watch.hostname == "manager"
+    manager = services["manager"]
+    assert manager["command"][:2] == ["reconcile", "--watch"]
+    assert f"--metrics-port={watch.port}" in manager["command"]
+    assert "--metrics-addr=0.0.0.0" in manager["command"]
+    assert watch.port in _container_ports(manager)
+
+
+def test_kubernetes_clients_are_told_the_watch_url_of_the_manager_service() -> None:
+    from urllib.parse import urlsplit
+
+    docs = {doc["metadata"]["name"] + "/" + doc["kind"]: doc for _n, doc in manifests()}
+    watch = urlsplit(docs["repo-manager-s3/ConfigMap"]["data"]["REPO_MANAGER_WATCH_URL"])
+    service = docs["repo-manager/Service"]
+    name, namespace = service["metadata"]["name"], service["metadata"]["namespace"]
+    assert watch.scheme == "http"
+    assert watch.hostname == f"{name}.{namespace}.svc.cluster.local"
+    port = next(p for p in service["spec"]["ports"] if p["port"] == watch.port)
+    deployment = docs["repo-manager/Deployment"]
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    served = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert f"--metrics-port={served[port['targetPort']]}" in container["args"]
+    assert "--metrics-addr=0.0.0.0" in container["args"]
