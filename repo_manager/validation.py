@@ -374,26 +374,24 @@ def evaluate_golden_gates(report: ValidationReport, gates: GoldenGates) -> list[
     if s.latency_p50_ms and c.latency_p50_ms is not None:
         ratio = c.latency_p50_ms / s.latency_p50_ms
     return [
-        GateResult.at_most(
-            "map50_drop",
+        GateResult.of(
+            gates,
+            "max_map50_drop",
             drop(s.map50, c.map50),
-            gates.max_map50_drop,
             "" if s.map50 is not None else no_labels,
         ),
-        GateResult.at_most(
-            "map50_95_drop",
+        GateResult.of(
+            gates,
+            "max_map50_95_drop",
             drop(s.map50_95, c.map50_95),
-            gates.max_map50_95_drop,
             "" if s.map50_95 is not None else no_labels,
         ),
-        GateResult.at_least(
-            "agreement",
+        GateResult.of(
+            gates,
+            "min_agreement",
             c.agreement,
-            gates.min_agreement,
             "" if c.agreement is not None else "stable detected nothing to agree with",
         ),
-        GateResult.at_most(
-            "latency_ratio", ratio, gates.max_latency_ratio, "canary p50 / stable p50"
-        ),
-        GateResult.at_most("error_rate", c.error_rate, gates.max_error_rate),
+        GateResult.of(gates, "max_latency_ratio", ratio, "canary p50 / stable p50"),
+        GateResult.of(gates, "max_error_rate", c.error_rate),
     ]

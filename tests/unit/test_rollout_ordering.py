@@ -60,7 +60,7 @@ class RecordingFleet:
         assert model == versions_model_name(self.model)
         self.calls.append((list(versions), list(gone), self._weights()))
 
-    def point_alias(
+    def point_public(
         self, name: str, config: ModelConfig, *, timeout: float, only: Sequence[str] | None = None
     ) -> list[str]:
         assert name == self.model
@@ -168,7 +168,7 @@ def test_publish_adds_a_staged_version_as_the_canary(manager: Harness, tmp_path:
     # Loaded beside stable while the table still sends it nothing; then the table moves.
     assert fleet.calls == [(["2", "3"], [], {"2": 100})]
     assert state.history[-1].action == "publish canary at 20%"
-    assert state.history[-1].reason.startswith("timings: stage ")
+    assert state.history[-1].reason.startswith("timings: upload ")
 
 
 @pytest.mark.parametrize("problem", ["no manifest", "other inputs", "other name"])
