@@ -61,7 +61,7 @@ def test_live_gate_reports_name_each_gate_as_live_gate_accepts_it() -> None:
 def test_history_says_the_retired_version_stayed_loaded_when_the_policy_keeps_it(
     manager: Harness,  # noqa: F811
 ) -> None:
-    rollout, fleet, storage = manager
+    rollout, fleet, _ = manager
     rollout.set_policy("m", {"specific": ["1"]})
     final = rollout.promote("m")
     assert "1" in rollout.desired_versions(final)
