@@ -130,8 +130,10 @@ def analysis_options(func: Any) -> Any:
                 "--metrics-url",
                 "metrics_urls",
                 multiple=True,
-                help="Prometheus text endpoint to scrape (repeatable): Triton's "
-                "metrics port, Routers' metrics ports.  [default: localhost:8002]",
+                envvar="TRITON_METRICS_URL",
+                help="Prometheus text endpoint to scrape (repeatable; env TRITON_METRICS_URL, "
+                "space-separated): Triton's metrics port, Routers' metrics ports.  "
+                "[default: localhost:8002]",
             ),
             click.option(
                 "--prometheus",
