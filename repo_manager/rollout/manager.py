@@ -159,9 +159,7 @@ class RolloutManager:
             check_transition(state.phase, Phase.PROGRESSING, action="set the weight")
             if state.canary is None or state.stable is None:
                 raise IllegalTransitionError(f"cannot set the weight: {model} has no canary")
-            # Like every other move: a weight for a fleet that cannot be reached is refused
-            # (exit 1), not written for Routers that may have no server to send it to.
-            self.fleet.check_reachable()
+            self.fleet.check_reachable()  # like every other move: an unreachable fleet, exit 1
             new = with_canary_at(state, weight, phase=Phase.PROGRESSING)
             return self.ledger.record(state, new, action=f"set-weight {weight}%", reason=reason)
 
@@ -311,11 +309,8 @@ class RolloutManager:
             after = set(self.desired_versions(new))
             self.applier.apply(new, gone=sorted(before - after, key=int))
             # A policy is a setting, not a phase move: recorded as one.
-            return self.ledger.record_setting(
-                state,
-                new,
-                action=f"policy {checked.to_document()}" if checked else "policy cleared",
-            )
+            action = f"policy {checked.to_document()}" if checked else "policy cleared"
+            return self.ledger.record_setting(state, new, action=action)
 
     def set_unpinned(self, model: str, mode: str) -> RolloutState:
         """What the public name does with requests that name no version: answer from
