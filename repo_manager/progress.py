@@ -115,8 +115,8 @@ class Progress:
         if self.live is None or not self._stack:
             return
         now = time.monotonic()
-        shown = " > ".join(f"{name} {now - started:.0f} s" for name, started in self._stack)
-        self.live.write(f"{shown} ...")
+        shown = " > ".join(f"{name} ... {now - started:.0f} s" for name, started in self._stack)
+        self.live.write(shown)
         self.live.flush()
 
     def _erase(self) -> None:
