@@ -3,9 +3,9 @@ that need no server. The rest is in tests/integration/test_newcomer.py."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
-import textwrap
 from dataclasses import fields
 from pathlib import Path
 
@@ -20,7 +20,6 @@ from repo_manager.gates import GoldenGates, LiveGates, parse_gate_overrides
 from repo_manager.rollout import AnalysisPlan
 from repo_manager.state import load_state
 from repo_manager.validation import ValidationReport, VersionReport, evaluate_golden_gates
-from tests.conftest import skipped_summary
 from tests.unit.test_rollout_ordering import Harness, manager  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -139,31 +138,34 @@ def test_rollout_says_the_first_interval_is_a_baseline_and_when_it_waits_for_tra
     assert analysis_hint("analysis: passed at 10%, now 100%", plan, "30s") == ""
 
 
-def test_skipped_tests_are_summed_up_at_the_end_with_how_to_run_them(tmp_path: Path) -> None:
-    (tmp_path / "test_skips.py").write_text(
-        textwrap.dedent(
-            """
-            import pytest
-
-            def test_a():
-                pytest.skip("no prometheus binary (Debian: apt-get install prometheus)")
-
-            def test_b():
-                pytest.skip("no prometheus binary (Debian: apt-get install prometheus)")
-
-            def test_c():
-                pass
-            """
-        )
+def test_make_test_ends_with_each_skipped_test_and_how_to_get_what_it_needs(
+    tmp_path: Path,
+) -> None:
+    """``make test`` passes ``-rs``: the last lines name each skip's reason, which must say
+    how to get what is missing (here: no prometheus binary on PATH)."""
+    (tmp_path / "test_needs_prometheus.py").write_text(
+        "from tests.integration.conftest import prometheus_binary  # noqa: F401\n\n"
+        "def test_scrape(prometheus_binary):\n    pass\n"
     )
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "tests.conftest", str(tmp_path)],
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", str(tmp_path)],
         capture_output=True,
         text=True,
         cwd=ROOT,
+        env={**os.environ, "PATH": str(Path(sys.executable).parent), "PYTHONPATH": str(ROOT)},
         timeout=120,
     )
-    tail = done.stdout.splitlines()[-4:]
-    assert "2 tests skipped; to run them:" in done.stdout
-    assert any("2 x no prometheus binary (Debian: apt-get install prometheus)" in t for t in tail)
-    assert skipped_summary([]) == []
+    lines = done.stdout.splitlines()
+    skipped = [line for line in lines if line.startswith("SKIPPED")]
+    assert skipped and skipped[-1] in lines[-3:], done.stdout  # at the very end
+    assert "apt-get install prometheus" in skipped[0]
+
+
+def test_a_skipped_gpu_test_says_how_to_run_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from tests.conftest import _gpu_unavailable_reason
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    reason = _gpu_unavailable_reason()
+    assert reason is not None and "run `make test` on an NVIDIA GPU machine" in reason
