@@ -2,7 +2,7 @@
 
 Starts a fresh embedded Triton, then publishes the detector as version 1 (stable) and
 version 2 (canary) of one model per ``--imgsz`` through the CLI in a subprocess (this
-checkout's code), printing the phase lines it writes on stderr (export, stage,
+checkout's code), printing the phase lines it writes on stderr (export, upload,
 load + warm-up, routing table; gate with ``--golden``) and its one-line summary.
 
     python bench/publish_phases.py [--imgsz 320 640] [--golden DIR] [--quick]

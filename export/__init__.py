@@ -15,11 +15,14 @@ from export.pipeline import (
     load_exported,
     stage_exported,
 )
+from export.settings import ChosenOptions, choose_export_options
 
 __all__ = [
     "FORMATS",
+    "ChosenOptions",
     "ExportOptions",
     "ExportResult",
+    "choose_export_options",
     "export_model",
     "export_plan_for_this_gpu",
     "load_exported",

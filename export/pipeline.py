@@ -21,6 +21,7 @@ from typing import Any
 
 from export.formats import FormatSpec, get_format
 from export.manifest import build_manifest, write_manifest
+from repo_manager.compat import io_difference
 from repo_manager.errors import (
     ExportError,
     IncompatibleModelError,
@@ -31,7 +32,6 @@ from repo_manager.modelconfig import (
     ModelConfig,
     add_tensorrt_accelerator,
     build_detector_config,
-    io_signature,
     parse_config,
     render_config,
 )
@@ -49,14 +49,21 @@ __all__ = [
 
 BACKEND_MODEL = "backend/model.py"  # inside the export package
 
+#: The image size of a checkpoint that records no training size.
+DEFAULT_IMGSZ = 640
+
 
 @dataclass(kw_only=True)
 class ExportOptions:
     """How to export: serving format, input size, batching, precision (plan only)."""
 
     format: str = "python"
-    imgsz: int = 640
+    #: Square input size; None: the size the checkpoint was trained at (Ultralytics records
+    #: ``train_args.imgsz``), else ``DEFAULT_IMGSZ``.
+    imgsz: int | None = None
     max_batch: int = 8
+    #: Model instances per server (the config's instance group count).
+    instances: int = 1
     opset: int | None = None
     fp16: bool = False
     int8: bool = False
@@ -86,8 +93,10 @@ def _validate(model_name: str, version: str, options: ExportOptions) -> FormatSp
     validate_model_name(model_name)  # the repository's rule: an export it would refuse is none
     validate_version(version)
     spec = get_format(options.format)
-    if options.imgsz < 32 or options.imgsz % 32:
-        raise InvalidInputError(f"--imgsz {options.imgsz} must be a positive multiple of 32")
+    if options.imgsz is not None:
+        check_imgsz(options.imgsz)
+    if options.instances < 1:
+        raise InvalidInputError(f"--instances {options.instances} must be at least 1")
     if options.max_batch < 1:
         raise InvalidInputError(f"--max-batch {options.max_batch} must be at least 1")
     if options.ort_tensorrt and spec.name != "onnx":
@@ -103,6 +112,13 @@ def _validate(model_name: str, version: str, options: ExportOptions) -> FormatSp
 
         require_tensorrt()
     return spec
+
+
+def check_imgsz(imgsz: int) -> int:
+    """An image size the detector's strides divide (bad input otherwise)."""
+    if imgsz < 32 or imgsz % 32:
+        raise InvalidInputError(f"--imgsz {imgsz} must be a positive multiple of 32")
+    return imgsz
 
 
 def _existing_config(out_dir: Path, version: str) -> ModelConfig | None:
@@ -137,6 +153,7 @@ def export_model(
 
     with tempfile.TemporaryDirectory(prefix="repo-manager-export-") as work:
         detector = load_detector(weights, Path(work))
+        imgsz = check_imgsz(options.imgsz or detector.train_imgsz or DEFAULT_IMGSZ)
         try:  # only now: bad weights must leave no trace either
             out_dir.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -152,11 +169,11 @@ def export_model(
             version_dir = staging / version
             version_dir.mkdir()
             onnx_path = version_dir / "model.onnx"
-            export_onnx(detector, onnx_path, imgsz=options.imgsz, opset=options.opset)
+            export_onnx(detector, onnx_path, imgsz=imgsz, opset=options.opset)
             expected = DetectorIO(
-                imgsz=options.imgsz,
+                imgsz=imgsz,
                 num_classes=detector.num_classes,
-                num_anchors=detector.num_anchors(options.imgsz),
+                num_anchors=detector.num_anchors(imgsz),
             )
             check = check_onnx(
                 onnx_path, expected=expected, reference=pytorch_reference(detector.model)
@@ -172,7 +189,7 @@ def export_model(
                 from export.tensorrt import PlanBuild, build_plan, require_tensorrt
 
                 plan_build = PlanBuild(
-                    imgsz=options.imgsz,
+                    imgsz=imgsz,
                     max_batch=options.max_batch,
                     fp16=options.fp16,
                     int8=options.int8,
@@ -200,20 +217,18 @@ def export_model(
                 inputs=inputs,
                 outputs=outputs,
                 instance_kind="KIND_GPU" if options.ort_tensorrt else spec.instance_kind,
-                instance_count=1,
+                instance_count=options.instances,
                 class_names=detector.class_names,
-                imgsz=options.imgsz,
+                imgsz=imgsz,
                 cc_model_filenames=cc_model_filenames,
             )
             if options.ort_tensorrt:
                 add_tensorrt_accelerator(
                     config, fp16=options.fp16, workspace_gib=options.workspace_gib
                 )
-            if current is not None and io_signature(current) != io_signature(config):
-                raise IncompatibleModelError(
-                    f"{weights} does not fit {out_dir}: inputs/outputs "
-                    f"{io_signature(config)} differ from {io_signature(current)}"
-                )
+            difference = "" if current is None else io_difference(config, current)
+            if difference:
+                raise IncompatibleModelError(f"{weights} does not fit {out_dir}: {difference}")
             (staging / CONFIG_FILE).write_bytes(render_config(config))
             manifest = build_manifest(
                 version_dir=version_dir,
@@ -222,7 +237,7 @@ def export_model(
                 format=spec.name,
                 source_weights=weights,
                 weights_sha256=detector.sha256,
-                imgsz=options.imgsz,
+                imgsz=imgsz,
                 class_names=detector.class_names,
                 max_batch_size=options.max_batch,
                 inputs=inputs,

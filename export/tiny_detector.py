@@ -96,11 +96,12 @@ def _class_names(nc: int) -> dict[int, str]:
     return {i: f"class{i}" for i in range(nc)}
 
 
-def make_untrained_detector(path: Path, *, nc: int = 2, seed: int = 0) -> Path:
+def make_untrained_detector(path: Path, *, nc: int = 2, seed: int = 0, imgsz: int = 640) -> Path:
     """Save a YOLOv8n detector with random weights as an Ultralytics ``.pt`` (seconds).
 
-    The checkpoint has the layout Ultralytics writes (FP16 model, ``train_args``), so it
-    loads like real weights; the global torch RNG is left as it was.
+    The checkpoint has the layout Ultralytics writes (FP16 model, ``train_args`` with
+    ``imgsz`` as the training size), so it loads like real weights; the global torch RNG
+    is left as it was.
     """
     import_ultralytics()
     import torch
@@ -117,7 +118,7 @@ def make_untrained_detector(path: Path, *, nc: int = 2, seed: int = 0) -> Path:
         "version": __version__,
         "model": deepcopy(model).half(),
         "ema": None,
-        "train_args": {"task": "detect", "model": MODEL_YAML, "imgsz": 640},
+        "train_args": {"task": "detect", "model": MODEL_YAML, "imgsz": imgsz},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(checkpoint, path)

@@ -27,6 +27,7 @@ __all__ = [
     "import_ultralytics",
     "load_detector",
     "sha256_file",
+    "trained_imgsz",
 ]
 
 SUPPORTED_HEADS = frozenset({"Detect"})  # YOLOv8-style head: output [B, 4 + nc, anchors]
@@ -42,6 +43,8 @@ class LoadedDetector:
     sha256: str  # of the user's file
     class_names: tuple[str, ...]
     strides: tuple[int, ...]
+    #: The square image size it was trained at (``train_args.imgsz``), None if unrecorded.
+    train_imgsz: int | None = None
 
     @property
     def num_classes(self) -> int:
@@ -111,6 +114,19 @@ def _load_checked(copy: Path, source: Path) -> dict[str, Any]:
     return ckpt
 
 
+def trained_imgsz(ckpt: dict[str, Any]) -> int | None:
+    """The square size Ultralytics recorded in ``train_args.imgsz`` (an int, or ``[n]`` /
+    ``[n, n]``); None when absent, not square or not a multiple of 32 (the largest stride):
+    then the export falls back to its default instead of guessing."""
+    args = ckpt.get("train_args")
+    value = args.get("imgsz") if isinstance(args, dict) else None
+    if isinstance(value, list | tuple) and value and all(v == value[0] for v in value):
+        value = value[0]
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 32 and not value % 32:
+        return value
+    return None
+
+
 def load_detector(source: Path, work_dir: Path) -> LoadedDetector:
     """Copy ``source`` into ``work_dir`` and load it as a YOLO detector.
 
@@ -173,4 +189,5 @@ def load_detector(source: Path, work_dir: Path) -> LoadedDetector:
         sha256=sha,
         class_names=class_names,
         strides=strides,
+        train_imgsz=trained_imgsz(ckpt),
     )

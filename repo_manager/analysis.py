@@ -300,12 +300,13 @@ def judge(
             continue
         judged.append(f"{source}: canary {c.requests:.0f} requests")
         results.append(
-            GateResult.at_most(
-                f"error_rate[{source}]",
+            GateResult.of(
+                gates,
+                "max_error_rate",
                 c.error_rate,
-                gates.max_error_rate,
                 f"{c.failures:.0f} of {c.requests:.0f} failed"
                 + (f", {c.fallbacks:.0f} fell back" if c.fallbacks else ""),
+                source=source,
             )
         )
         ratio = None
@@ -317,17 +318,16 @@ def judge(
             if ratio is None
             else f"canary {c_lat * 1000:.1f} ms / stable {s_lat * 1000:.1f} ms"  # type: ignore[operator]
         )
-        results.append(
-            GateResult.at_most(f"latency_ratio[{source}]", ratio, gates.max_latency_ratio, detail)
-        )
+        results.append(GateResult.of(gates, "max_latency_ratio", ratio, detail, source=source))
         if source == "shadow" and c.agreement is not None:
             results.append(
-                GateResult.at_least(
-                    "agreement[shadow]",
+                GateResult.of(
+                    gates,
+                    "min_agreement",
                     c.agreement,
-                    gates.min_agreement,
                     f"{c.boxes_matched:.0f} matched of {c.boxes_reference:.0f} stable / "
                     f"{c.boxes_shadow:.0f} canary detections",
+                    source=source,
                 )
             )
     if not judged:

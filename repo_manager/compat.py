@@ -11,12 +11,14 @@ stack moves to a newer release.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
 from repo_manager.errors import IncompatibleModelError
+from repo_manager.modelconfig import ModelConfig, io_signature
 
-__all__ = ["TRITON_TENSORRT", "check_plan_compatible", "tensorrt_for_triton"]
+__all__ = ["TRITON_TENSORRT", "check_plan_compatible", "io_difference", "tensorrt_for_triton"]
 
 #: Triton server version -> (NGC release, TensorRT major.minor.patch it ships).
 TRITON_TENSORRT: dict[str, tuple[str, str]] = {
@@ -68,3 +70,59 @@ def check_plan_compatible(
                 f"{triton_version} ({release}, TensorRT {expected}) at {url}; build it in the "
                 f"TensorRT {release} image (or use --force)"
             )
+
+
+def _served_imgsz(config: ModelConfig) -> str | None:
+    if "imgsz" in config.parameters:
+        return config.parameters["imgsz"].string_value
+    return None
+
+
+def _class_count(config: ModelConfig) -> int | None:
+    if "class_names" not in config.parameters:
+        return None
+    try:
+        return len(json.loads(config.parameters["class_names"].string_value))
+    except ValueError:
+        return None
+
+
+def _tensor_words(role: str, tensor: tuple[str, str, tuple[int, ...]] | None) -> str:
+    if tensor is None:
+        return f"no {role}"
+    name, dtype, dims = tensor
+    return f"{role} {name} {dtype.removeprefix('TYPE_')} {list(dims)}"
+
+
+def io_difference(candidate: ModelConfig, current: ModelConfig) -> str:
+    """How a new version's inputs/outputs differ from what a model serves, in words
+    (``imgsz 640, the model serves 160``); empty when they do not differ.
+
+    Image size, batch bound and class count explain most differences (the tensors' dims
+    follow from them); only when none of them differs are the tensors named one by one.
+    """
+    if io_signature(candidate) == io_signature(current):
+        return ""
+    words = []
+    if candidate.max_batch_size != current.max_batch_size:
+        words.append(
+            f"max batch {candidate.max_batch_size}, the model serves {current.max_batch_size}"
+        )
+    new_size, old_size = _served_imgsz(candidate), _served_imgsz(current)
+    if new_size and old_size and new_size != old_size:
+        words.append(f"imgsz {new_size}, the model serves {old_size}")
+    new_classes, old_classes = _class_count(candidate), _class_count(current)
+    if new_classes is not None and old_classes is not None and new_classes != old_classes:
+        words.append(f"{new_classes} classes, the model serves {old_classes}")
+    if words:
+        return "; ".join(words)
+    _, new_in, new_out = io_signature(candidate)
+    _, old_in, old_out = io_signature(current)
+    for role, new, old in (("input", new_in, old_in), ("output", new_out, old_out)):
+        names = sorted({t[0] for t in new} | {t[0] for t in old})
+        for name in names:
+            a = next((t for t in new if t[0] == name), None)
+            b = next((t for t in old if t[0] == name), None)
+            if a != b:
+                words.append(f"{_tensor_words(role, a)}, the model serves {_tensor_words(role, b)}")
+    return "; ".join(words)

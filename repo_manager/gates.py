@@ -128,6 +128,30 @@ class GateResult:
     detail: str = ""
 
     @classmethod
+    def of(
+        cls,
+        gates: GoldenGates | LiveGates,
+        bound: str,
+        value: float | None,
+        detail: str = "",
+        *,
+        source: str | None = None,
+    ) -> GateResult:
+        """The verdict of the bound field ``bound`` of ``gates`` on ``value``.
+
+        The gate is named after its field, the name ``--gate``/``--live-gate`` take (with
+        ``[source]`` for a live gate judged per metrics source), so a report names what a
+        user sets: one name, from one place. ``max_`` bounds pass at or below, ``min_`` at or
+        above.
+        """
+        if bound not in {f.name for f in fields(gates)}:
+            raise ValueError(f"{type(gates).__name__} has no bound {bound!r}")
+        limit = getattr(gates, bound)
+        name = bound if source is None else f"{bound}[{source}]"
+        check = cls.at_least if bound.startswith("min_") else cls.at_most
+        return check(name, value, limit, detail)
+
+    @classmethod
     def at_most(cls, name: str, value: float | None, bound: float, detail: str = "") -> GateResult:
         """Passes when ``value <= bound`` (or when there is no value: skipped)."""
         return cls(
@@ -153,7 +177,7 @@ class GateResult:
         shown = "n/a" if self.value is None else f"{self.value:.4g}"
         verdict = "ok" if self.passed else "FAILED"
         more = f" ({self.detail})" if self.detail else ""
-        return f"{self.name}={shown} (bound {self.bound:g}) {verdict}{more}"
+        return f"{self.name}: {shown} (bound {self.bound:g}) {verdict}{more}"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

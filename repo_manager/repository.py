@@ -25,8 +25,9 @@ from typing import Any
 
 from tritonclient.grpc import model_config_pb2
 
+from repo_manager.compat import io_difference
 from repo_manager.errors import IncompatibleModelError, StorageError, VersionExistsError
-from repo_manager.modelconfig import alias_target, io_signature, parse_config, render_config
+from repo_manager.modelconfig import alias_target, parse_config, render_config
 from repo_manager.names import (
     CONFIG_FILE,
     MANIFEST_FILE,
@@ -212,11 +213,12 @@ class ModelRepository:
                 f"served by {serving_kind(current)} (one config serves all its versions); "
                 "export it in the model's format or publish it under a new model name"
             )
-        if io_signature(current) != io_signature(candidate):
+        difference = io_difference(candidate, current)
+        if difference:
             raise IncompatibleModelError(
-                f"the new version's inputs/outputs differ from {model}'s config "
-                f"({io_signature(candidate)} vs {io_signature(current)}); "
-                "publish it under a new model name"
+                f"the new version does not fit {model}: {difference} (one config serves "
+                "every version: export it with the model's settings, or publish it under a "
+                "new model name)"
             )
 
     def add_version(

@@ -15,7 +15,7 @@ def _gpu_unavailable_reason() -> str | None:
     except ImportError:
         return "torch is not installed"
     if not torch.cuda.is_available():
-        return "no CUDA GPU on this machine"
+        return "no CUDA GPU on this machine (run `make test` on an NVIDIA GPU machine)"
     try:
         import tensorrt  # noqa: F401
     except ImportError:

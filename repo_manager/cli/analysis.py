@@ -14,7 +14,6 @@ from repo_manager.cli.options import (
     parse_interval,
     serve_manager_metrics,
     stop_on_signals,
-    verbose_option,
 )
 from repo_manager.cli.render import decision_text, transition_text
 from repo_manager.errors import GateFailedError, InvalidGateError
@@ -23,7 +22,7 @@ from repo_manager.names import validate_model_name
 from repo_manager.phases import Phase
 from repo_manager.rollout import AnalysisPlan, RolloutManager, parse_steps
 
-__all__ = ["analysis_setup", "run_analysis"]
+__all__ = ["analysis_hint", "analysis_setup", "run_analysis"]
 
 
 def analysis_setup(options: dict[str, Any]) -> tuple[AnalysisPlan, Any]:
@@ -60,13 +59,23 @@ def run_analysis(
     stop = stop_on_signals()
     state = manager.start_analysis(model, plan)
     click.echo(decision_text(state))
+    if hint := analysis_hint(state.history[-1].action, plan, options["interval"]):
+        click.echo(hint)
+    step = 0
     while state.phase is Phase.ANALYZING:
-        if stop.wait(interval):
-            raise click.ClickException(f"stopped; {model} stays in analysis: run rollout to resume")
-        before = state.generation
-        state = manager.advance(model, provider)
+        step += 1
+        weight = state.weights.get(state.canary or "", 0)
+        with obj.progress.stage(f"analysis step {step}: canary at {weight}%"):
+            if stop.wait(interval):
+                raise click.ClickException(
+                    f"stopped; {model} stays in analysis: run rollout to resume"
+                )
+            before = state.generation
+            state = manager.advance(model, provider)
         for transition in state.history[len(state.history) - (state.generation - before) :]:
             click.echo(transition_text(transition))
+            if hint := analysis_hint(transition.action, plan, options["interval"]):
+                click.echo(hint)
     if state.phase is Phase.SUCCEEDED:
         click.echo(f"{model}: version {state.stable} promoted by the analysis")
         return
@@ -76,11 +85,29 @@ def run_analysis(
     )
 
 
+def analysis_hint(action: str, plan: AnalysisPlan, interval: str) -> str:
+    """What a person watching a rollout needs to know after a step, or "": the first
+    interval is a baseline, and a step without enough canary traffic waits for some."""
+    if action.startswith("analysis started"):
+        return (
+            f"  the first reading, in {interval}, is the baseline; each later interval is "
+            f"judged on at least {plan.gates.min_requests} canary requests"
+        )
+    if action == "analysis: baseline":
+        return f"  baseline read: the first verdict comes after the next interval ({interval})"
+    if action.startswith("analysis: no verdict"):
+        return (
+            f"  waiting for traffic: fewer than {plan.gates.min_requests} canary requests in "
+            "the interval; send requests through a Router (e.g. repo-manager traffic MODEL) "
+            "or lower --live-gate min_requests"
+        )
+    return ""
+
+
 @cli.command("rollout")
 @click.argument("model")
 @analysis_options
 @drain_option
-@verbose_option
 @click.pass_obj
 def rollout_command(obj: Context, model: str, drain_seconds: float | None, **analysis: Any) -> None:
     """Progressive analysis: one step per interval; advance, roll back or promote."""

@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from repo_manager.discovery import resolve_urls
 from repo_manager.errors import RepoManagerError
+from repo_manager.progress import Progress
 from repo_manager.repository import ModelRepository
 from repo_manager.rollout import RolloutManager, RolloutSettings
 from repo_manager.storage import Storage, open_storage
@@ -37,6 +38,8 @@ __all__ = [
     "emit",
     "main",
     "require_repository",
+    "set_verbose",
+    "verbose_parameter",
 ]
 
 DEFAULT_REPOSITORY = "./model_repository"
@@ -52,11 +55,20 @@ class Context:
     s3_endpoint: str | None = None
     security: GrpcSecurity | None = None
     verbose: bool = False
+    _progress: tuple[bool, Progress] | None = field(default=None, init=False, repr=False)
 
-    def progress(self, line: str) -> None:
-        """A progress line on stderr under ``--verbose`` (errors stay one line without)."""
-        if self.verbose:
-            click.echo(line, err=True)
+    @property
+    def progress(self) -> Progress:
+        """The command's progress on stderr: stages live on a terminal, detail lines under
+        ``--verbose`` (errors stay one line without either)."""
+        if self._progress is None or self._progress[0] != self.verbose:
+            shown = Progress.for_stderr(
+                sys.stderr,
+                verbose=self.verbose,
+                write=lambda line: click.echo(line, err=True),
+            )
+            self._progress = (self.verbose, shown)
+        return self._progress[1]
 
     def storage(self) -> Storage:
         return open_storage(self.repository, s3_endpoint=self.s3_endpoint)
@@ -93,7 +105,35 @@ def require_repository(obj: Context) -> None:
     obj.storage().check()
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def set_verbose(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    """``-v`` after a command's name: the group made the Context already."""
+    if value:
+        ctx.ensure_object(Context).verbose = True
+
+
+def verbose_parameter() -> click.Option:
+    """``-v/--verbose``: progress lines on stderr (errors stay one line without it)."""
+    return click.Option(
+        ["-v", "--verbose"],
+        is_flag=True,
+        expose_value=False,
+        callback=set_verbose,
+        help="Print each step on stderr.",
+    )
+
+
+class Commands(click.Group):
+    """The command group: every command takes ``-v`` after its name, as the group does
+    before it (users put it on either side)."""
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        if not any("--verbose" in p.opts for p in cmd.params):
+            cmd.params.append(verbose_parameter())
+        super().add_command(cmd, name)
+
+
+@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Print each step on stderr.")
 @click.option(
     "--repository",
     envvar="REPO_MANAGER_REPOSITORY",
@@ -151,6 +191,7 @@ def cli(
     tls_cert: str | None,
     tls_key: str | None,
     headers: tuple[str, ...],
+    verbose: bool,
 ) -> None:
     """Canary rollouts of YOLOv8 detectors inside NVIDIA Triton."""
     if len(urls) == 1 and "," in urls[0]:  # TRITON_URL=a:8001,b:8001
@@ -163,6 +204,7 @@ def cli(
         urls=expand_urls(list(urls) or [DEFAULT_URL], resolve=resolve_dns),
         s3_endpoint=s3_endpoint or None,
         security=security,
+        verbose=verbose,
     )
 
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import click
 
 from repo_manager.cli.app import Context, cli, require_repository
-from repo_manager.cli.options import drain_option, verbose_option
+from repo_manager.cli.options import drain_option
+from repo_manager.errors import InvalidInputError
 from repo_manager.rollout import parse_policy, parse_weight
 from repo_manager.state import RolloutState
 from repo_manager.unpinned import MODES, WEIGHTED
 
 
 @cli.command("set-weight", context_settings={"ignore_unknown_options": True})
-@verbose_option
 @click.argument("model")
 @click.argument("percent")
 @click.pass_obj
@@ -29,33 +29,37 @@ def set_weight(obj: Context, model: str, percent: str) -> None:
 @cli.command()
 @click.argument("model")
 @drain_option
-@verbose_option
 @click.pass_obj
 def promote(obj: Context, model: str, drain_seconds: float | None) -> None:
     """Make the canary stable at 100% and unload the old stable."""
     require_repository(obj)
-    state = obj.manager(drain_seconds=drain_seconds).promote(model)
+    with obj.progress.stage(f"promote {model}"):
+        state = obj.manager(drain_seconds=drain_seconds).promote(model)
     click.echo(f"{model}: version {state.stable} promoted to stable")
 
 
 @cli.command()
 @click.argument("model")
 @drain_option
-@verbose_option
 @click.pass_obj
 def rollback(obj: Context, model: str, drain_seconds: float | None) -> None:
     """Send all traffic to stable and unload the canary."""
     require_repository(obj)
-    state = obj.manager(drain_seconds=drain_seconds).rollback(model)
+    with obj.progress.stage(f"rollback {model}"):
+        state = obj.manager(drain_seconds=drain_seconds).rollback(model)
     click.echo(f"{model}: rolled back to stable version {state.stable}")
 
 
 @cli.command()
 @click.argument("model")
-@verbose_option
 @click.option("--latest", type=int, default=None, help="Also keep the latest N versions loaded.")
 @click.option("--all", "all_versions", is_flag=True, help="Keep every version loaded.")
 @click.option("--specific", default=None, help="Also keep these versions loaded: V[,V...].")
+@click.option(
+    "--clear",
+    is_flag=True,
+    help="Keep no extra version loaded (only the rollout's own); unloads the others.",
+)
 @click.option(
     "--unpinned",
     type=click.Choice(MODES),
@@ -77,20 +81,24 @@ def policy(
     latest: int | None,
     all_versions: bool,
     specific: str | None,
+    clear: bool,
     unpinned: str | None,
     shadow: float | None,
 ) -> None:
-    """Set which versions Triton keeps loaded besides stable and canary, and what the
-    public name does with requests that name no version."""
+    """Set which versions Triton keeps loaded besides stable and canary (--clear: none),
+    and what the public name does with requests that name no version."""
     versions_given = latest is not None or all_versions or specific is not None
+    if clear and versions_given:
+        raise InvalidInputError("give --clear or one of --latest, --all, --specific, not both")
+    change = clear or versions_given or (unpinned is None and shadow is None)
     document = (
         parse_policy(latest=latest, all_versions=all_versions, specific=specific)
-        if versions_given or (unpinned is None and shadow is None)
+        if versions_given or (unpinned is None and shadow is None and not clear)
         else None
     )
     require_repository(obj)
     manager = obj.manager()
-    if document is not None:
+    if change:
         state = manager.set_policy(model, document)
         click.echo(f"{model}: loaded versions {','.join(manager.desired_versions(state))}")
     if unpinned is not None or shadow is not None:

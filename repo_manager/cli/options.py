@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 import click
 from prometheus_client import CollectorRegistry
 
-from repo_manager.cli.app import Context
 from repo_manager.errors import InvalidGateError
 from repo_manager.metrics import ManagerMetrics, start_metrics_server
 from repo_manager.storage import Storage
@@ -31,25 +30,7 @@ __all__ = [
     "serve_manager_watch",
     "serve_metrics_options",
     "stop_on_signals",
-    "verbose_option",
 ]
-
-
-def _set_verbose(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
-    if value:
-        ctx.ensure_object(Context).verbose = True
-
-
-def verbose_option(func: Any) -> Any:
-    """``-v/--verbose``: progress lines on stderr (errors stay one line without it)."""
-    return click.option(
-        "-v",
-        "--verbose",
-        is_flag=True,
-        expose_value=False,
-        callback=_set_verbose,
-        help="Print each step on stderr.",
-    )(func)
 
 
 def drain_option(func: Any) -> Any:
@@ -104,6 +85,7 @@ _EXPORT_PARAMETERS = (
     "fmt",
     "imgsz",
     "max_batch",
+    "instances",
     "fp16",
     "int8",
     "calibration_images",
@@ -166,8 +148,10 @@ def analysis_options(func: Any) -> Any:
                 "--metrics-url",
                 "metrics_urls",
                 multiple=True,
-                help="Prometheus text endpoint to scrape (repeatable): Triton's "
-                "metrics port, Routers' metrics ports.  [default: localhost:8002]",
+                envvar="TRITON_METRICS_URL",
+                help="Prometheus text endpoint to scrape (repeatable; env TRITON_METRICS_URL, "
+                "space-separated): Triton's metrics port, Routers' metrics ports.  "
+                "[default: localhost:8002]",
             ),
             click.option(
                 "--prometheus",
@@ -212,9 +196,10 @@ def export_options(func: Any) -> Any:
     @functools.wraps(func)
     def with_export_options(*args: Any, **kwargs: Any) -> Any:
         values = {name: kwargs.pop(name) for name in _EXPORT_PARAMETERS}
-        from export import ExportOptions
-
-        kwargs["export_options"] = ExportOptions(format=values.pop("fmt"), **values)
+        values["format"] = values.pop("fmt")
+        # Not resolved here: format, imgsz, max batch and instances not given (None) are
+        # inherited from the model's config (export.settings.choose_export_options).
+        kwargs["export_options"] = values
         return func(*args, **kwargs)
 
     wrapped: Any = with_export_options
@@ -224,13 +209,30 @@ def export_options(func: Any) -> Any:
                 "--format",
                 "fmt",
                 type=click.Choice(["python", "onnx", "plan"]),
-                default="python",
-                show_default=True,
+                default=None,
                 help="python: onnxruntime in Triton's python backend (CPU); "
-                "onnx: onnxruntime backend; plan: TensorRT (GPU).",
+                "onnx: onnxruntime backend; plan: TensorRT (GPU).  "
+                "[default: the model's, else python]",
             ),
-            click.option("--imgsz", type=click.IntRange(32, 4096), default=640, show_default=True),
-            click.option("--max-batch", type=click.IntRange(1, 1024), default=8, show_default=True),
+            click.option(
+                "--imgsz",
+                type=click.IntRange(32, 4096),
+                default=None,
+                help="Square input size [default: the model's, else the size the "
+                "checkpoint was trained at, else 640].",
+            ),
+            click.option(
+                "--max-batch",
+                type=click.IntRange(1, 1024),
+                default=None,
+                help="Largest batch [default: the model's, else 8].",
+            ),
+            click.option(
+                "--instances",
+                type=click.IntRange(1, 64),
+                default=None,
+                help="Model instances per server [default: the model's, else 1].",
+            ),
             click.option("--fp16", is_flag=True, help="FP16 engine (plan only)."),
             click.option("--int8", is_flag=True, help="INT8 engine (plan only)."),
             click.option(

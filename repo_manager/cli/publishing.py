@@ -1,4 +1,4 @@
-"""``publish`` (export, stage, load beside stable, gate, optionally analyse) and
+"""``publish`` (export, upload, load beside stable, gate, optionally analyse) and
 ``validate`` (the golden-set report, changing nothing).
 
 The export runs here, not in the manager: nothing below the CLI imports ``export``.
@@ -25,20 +25,18 @@ from repo_manager.cli.options import (
     export_options,
     json_option,
     serve_manager_metrics,
-    verbose_option,
 )
 from repo_manager.cli.render import report_text
 from repo_manager.errors import GateFailedError, InvalidInputError, RepoManagerError
 from repo_manager.gates import GoldenGates, parse_gate_overrides
 from repo_manager.names import validate_model_name, validate_version
-from repo_manager.rollout import parse_weight, resolve_weights
+from repo_manager.rollout import RolloutManager, parse_weight, resolve_weights
 from repo_manager.timing import PhaseTimer
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})
 @click.argument("model")
 @click.argument("version")
-@verbose_option
 @click.option("--weights", default=None, help="Ultralytics .pt [default: MODEL.pt here].")
 @click.option(
     "--exported",
@@ -81,7 +79,7 @@ def publish(
     version: str,
     weights: str | None,
     exported: Path | None,
-    export_options: Any,
+    export_options: dict[str, Any],
     canary_weight: str,
     force: bool,
     replace: bool,
@@ -118,7 +116,7 @@ def publish(
     with interrupts_undone(model, version), staging_folder() as tmp:
         staged = tmp / model
         with timer.phase("export"):
-            _stage_version(obj, model, version, staged, path, exported, export_options)
+            _stage_version(obj, manager, model, version, staged, path, exported, export_options)
         state = manager.publish(
             model,
             version,
@@ -196,23 +194,26 @@ def interrupts_undone(model: str, version: str) -> Iterator[None]:
 
 def _stage_version(
     obj: Context,
+    manager: RolloutManager,
     model: str,
     version: str,
     staged: Path,
     weights: Path | None,
     exported: Path | None,
-    export_options: Any,
+    given: dict[str, Any],
 ) -> None:
-    """Write ``staged`` (config.pbtxt + VERSION/) for the manager: export ``weights``, or copy
-    VERSION of the folder ``export`` wrote, checked against its manifest again."""
-    from export import export_model, stage_exported  # heavy (torch): publish only
+    """Write ``staged`` (config.pbtxt + VERSION/) for the manager: export ``weights`` with
+    the settings the model serves unless given, or copy VERSION of the folder ``export``
+    wrote, checked against its manifest again."""
+    from export import choose_export_options, export_model, stage_exported  # heavy: publish only
 
     if exported is not None:
         stage_exported(exported, staged, model=model, version=version)
         return
     assert weights is not None
-    obj.progress(f"exporting {weights} as {model} version {version}")
-    export_model(weights, staged, model_name=model, version=version, options=export_options)
+    chosen = choose_export_options(given, manager.repository.config(model), model=model)
+    obj.progress(f"exporting {weights} as {model} version {version}: {chosen.describe()}")
+    export_model(weights, staged, model_name=model, version=version, options=chosen.options)
 
 
 @cli.command()
@@ -226,7 +227,6 @@ def _stage_version(
 )
 @click.option("--gate", "gates", multiple=True, help="Gate bound NAME=VALUE (repeatable).")
 @json_option
-@verbose_option
 @click.pass_obj
 def validate(
     obj: Context, model: str, version: str, golden: Path, gates: tuple[str, ...], as_json: bool

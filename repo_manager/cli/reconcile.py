@@ -16,7 +16,6 @@ from repo_manager.cli.options import (
     serve_manager_watch,
     serve_metrics_options,
     stop_on_signals,
-    verbose_option,
 )
 from repo_manager.cli.render import reconcile_text
 from repo_manager.discovery import has_dns, resolve_urls
@@ -29,7 +28,6 @@ from repo_manager.watch import WatchServer
 
 @cli.command()
 @click.argument("model", required=False)
-@verbose_option
 @click.option("--watch", is_flag=True, help="Keep reconciling every --interval seconds.")
 @click.option("--interval", type=click.FloatRange(0.5, 3600), default=10.0, show_default=True)
 @serve_metrics_options(
@@ -96,7 +94,7 @@ def _watch(
             watch=True,
             recorded=recorded,
         )
-        outcome = _until_stopped(stop, work)
+        outcome = run_until_stopped(stop, work)
         if isinstance(outcome, RepoManagerError):
             click.echo(f"error: {outcome}", err=True)
         elif outcome is not None:
@@ -105,7 +103,7 @@ def _watch(
             return
 
 
-def _until_stopped(
+def run_until_stopped(
     stop: threading.Event, work: Callable[[], RolloutManager]
 ) -> RolloutManager | RepoManagerError | None:
     """``work``'s result (or its error), or None as soon as ``stop`` is set: a pass runs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from pathlib import Path
@@ -11,8 +12,10 @@ import click
 from repo_manager.cli.app import Context, cli, require_repository
 from repo_manager.cli.initialize import prepare_repository
 from repo_manager.cli.options import parse_interval, serve_metrics_options, stop_on_signals
-from repo_manager.errors import TritonUnavailableError
+from repo_manager.cli.reconcile import run_until_stopped
+from repo_manager.errors import RepoManagerError, TritonUnavailableError
 from repo_manager.names import validate_model_name
+from repo_manager.rollout import RolloutManager
 
 
 @cli.command()
@@ -23,6 +26,12 @@ from repo_manager.names import validate_model_name
     "--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0: all)."
 )
 @click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option(
+    "--reconcile-interval",
+    default="10s",
+    show_default=True,
+    help="Re-apply every model's desired state this often, as reconcile --watch does.",
+)
 @click.pass_obj
 def serve(
     obj: Context,
@@ -31,8 +40,11 @@ def serve(
     metrics_port: int,
     host: str,
     log_file: Path | None,
+    reconcile_interval: str,
 ) -> None:
-    """Run the embedded tritonserver on the repository (foreground) and reconcile it."""
+    """Run the embedded tritonserver on the repository (foreground) and keep reconciling
+    it: a version a manager records while the server runs is loaded within an interval."""
+    interval = parse_interval(reconcile_interval, "--reconcile-interval")
     from repo_manager.server import EmbeddedTriton, ServerPorts
 
     storage = prepare_repository(obj)
@@ -52,15 +64,34 @@ def serve(
             err=True,
         )
         local = Context(
-            repository=obj.repository, urls=[server.grpc_url], s3_endpoint=obj.s3_endpoint
+            repository=obj.repository,
+            urls=[server.grpc_url],
+            s3_endpoint=obj.s3_endpoint,
+            verbose=obj.verbose,
         )
-        for report in local.manager().reconcile():
+        manager = local.manager()
+        for report in manager.reconcile():
             click.echo(f"{report.model}: versions {','.join(report.desired)} loaded", err=True)
+        next_pass = time.monotonic() + interval
         while not stop.wait(0.5):
             if not server.is_alive():
                 raise click.ClickException("tritonserver exited")
+            if time.monotonic() >= next_pass:
+                outcome = run_until_stopped(stop, functools.partial(_reconcile_quietly, manager))
+                if isinstance(outcome, RepoManagerError):
+                    click.echo(f"error: reconcile: {outcome}", err=True)
+                next_pass = time.monotonic() + interval
     finally:
         server.stop()
+
+
+def _reconcile_quietly(manager: RolloutManager) -> RolloutManager:
+    """One reconcile pass; a line on stderr only for a model it had to change."""
+    for report in manager.reconcile():
+        done = [a for a in report.actions if not a.startswith("unreachable")]
+        if done:
+            click.echo(f"{report.model}: reconciled ({'; '.join(done)})", err=True)
+    return manager
 
 
 @cli.command()

@@ -27,6 +27,7 @@ from repo_manager.errors import (
 from repo_manager.gates import GoldenGates
 from repo_manager.names import validate_model_name, validate_version, versions_model_name
 from repo_manager.phases import Phase, check_transition
+from repo_manager.progress import as_progress
 from repo_manager.repository import ModelRepository
 from repo_manager.rollout import analysis_step
 from repo_manager.rollout.applier import FleetApplier, Progress, desired_route
@@ -140,7 +141,7 @@ class RolloutManager:
         ``staged`` holds ``config.pbtxt`` and ``<version>/`` with its ``manifest.json``, made
         for this publish (the manager may change it; the caller removes it). ``force``
         publishes a TensorRT plan even when the servers' release does not match. Each phase
-        (stage, load + warm-up, routing table; the caller times its export with the same
+        (upload, load + warm-up, routing table; the caller times its export with the same
         ``timer``) prints under ``--verbose``; the timings go into the history entry. A
         canary in progress is replaced only with ``replace`` (the history says which).
         """
@@ -165,6 +166,7 @@ class RolloutManager:
             check_transition(state.phase, Phase.PROGRESSING, action="set the weight")
             if state.canary is None or state.stable is None:
                 raise IllegalTransitionError(f"cannot set the weight: {model} has no canary")
+            self.fleet.check_reachable()  # like every other move: an unreachable fleet, exit 1
             new = with_canary_at(state, weight, phase=Phase.PROGRESSING)
             return self.ledger.record(state, new, action=f"set-weight {weight}%", reason=reason)
 
@@ -212,7 +214,8 @@ class RolloutManager:
     def validate(
         self, model: str, version: str, golden: str | Path, gates: GoldenGates | None = None
     ) -> ValidationReport:
-        """Run the golden set through stable and ``version`` (both must be loaded).
+        """Run the golden set through stable and ``version``: any version Triton holds,
+        the rollout's own or one a version policy keeps loaded.
 
         Raises GateUndecidedError when stable gives the gates nothing to judge against.
         """
@@ -222,14 +225,15 @@ class RolloutManager:
         version = validate_version(version)
         load_golden_set(golden)  # bad input before touching anything
         state = self.ledger.require(model, action="validate")
-        if version not in state.serving_versions:
+        loaded = self.desired_versions(state)
+        if version not in loaded:
             raise InvalidInputError(
-                f"{model} version {version} is not loaded (serving: "
-                f"{', '.join(state.serving_versions) or 'none'})"
+                f"{model} version {version} is not loaded (loaded: {', '.join(loaded) or 'none'}; "
+                f"keep it loaded with: repo-manager policy {model} --specific {version})"
             )
         assert state.stable is not None
-        self.progress(f"running golden set {golden} through versions {state.stable}, {version}")
-        with self.router(model) as router:
+        stage = f"golden set {golden}: versions {state.stable} and {version}"
+        with as_progress(self.progress).stage(stage), self.router(model) as router:
             return run_golden_set(
                 router, stable=state.stable, candidate=version, golden=golden, gates=gates
             )
@@ -313,7 +317,8 @@ class RolloutManager:
             after = set(self.desired_versions(new))
             self.applier.apply(new, gone=sorted(before - after, key=int))
             # A policy is a setting, not a phase move: recorded as one.
-            return self.ledger.record_setting(state, new, action=f"policy {policy}")
+            action = f"policy {checked.to_document()}" if checked else "policy cleared"
+            return self.ledger.record_setting(state, new, action=action)
 
     def set_unpinned(
         self, model: str, mode: str | None, *, shadow: float | None = None

@@ -204,7 +204,7 @@ class Publisher:
         creating = not self.repository.has_versions_model(model)
         self.ledger.begin_publish(model, version, created_model=creating)
         try:
-            with timer.phase("stage"):
+            with timer.phase("upload"):
                 self.repository.add_version(
                     model, version, staged, progress=self.progress, alias=alias
                 )

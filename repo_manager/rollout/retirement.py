@@ -16,7 +16,7 @@ from repo_manager.rollout.applier import FleetApplier
 from repo_manager.rollout.ledger import Ledger
 from repo_manager.state import RolloutState
 
-__all__ = ["PROMOTE", "ROLL_BACK", "Ending", "Retirement"]
+__all__ = ["PROMOTE", "ROLL_BACK", "Ending", "Retirement", "retired_words"]
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -107,12 +107,20 @@ class Retirement:
             unpinned=state.unpinned,
             unpinned_shadow=state.unpinned_shadow,
         )
-        gone = [] if retiring in self.applier.desired_versions(done) else [retiring]
-        self.applier.apply(done, gone=gone)
+        kept = retiring in self.applier.desired_versions(done)
+        self.applier.apply(done, gone=[] if kept else [retiring])
         return self.ledger.record(
             state,
             done,
             action=action,
-            reason=f"public name {state.model} answers from {state.stable}; unloaded {retiring}",
+            reason=f"public name {state.model} answers from {state.stable}; "
+            + retired_words(retiring, kept=kept),
             public=state.stable,
         )
+
+
+def retired_words(version: str, *, kept: bool) -> str:
+    """What became of the retired version, as the history tells it."""
+    if kept:
+        return f"{version} kept loaded by the version policy (no traffic)"
+    return f"unloaded {version}"

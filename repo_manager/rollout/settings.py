@@ -114,7 +114,9 @@ class VersionPolicy:
     def __post_init__(self) -> None:
         chosen = [self.latest is not None, self.all_versions, self.specific is not None]
         if sum(chosen) != 1:
-            raise InvalidInputError("give exactly one of --latest N, --all, --specific V[,V...]")
+            raise InvalidInputError(
+                "give exactly one of --latest N, --all, --specific V[,V...] (or --clear)"
+            )
         if self.latest is not None and self.latest < 1:
             raise InvalidInputError(f"invalid --latest {self.latest}: must be at least 1")
         if self.specific is not None:

@@ -128,7 +128,10 @@ def prometheus_binary() -> str:
 
     found = shutil.which("prometheus")
     if found is None:
-        pytest.skip("no prometheus binary (Debian: apt-get install prometheus)")
+        pytest.skip(
+            "no prometheus binary on PATH (Debian/Ubuntu: sudo apt-get install prometheus; "
+            "elsewhere: a prometheus release from prometheus.io/download on PATH)"
+        )
     return found
 
 

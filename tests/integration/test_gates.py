@@ -183,7 +183,7 @@ def test_a_good_canary_passes_every_golden_gate_and_a_degraded_one_is_stopped_be
 
         bad = stack.publish(MODEL, "3", weights, "--golden", str(golden_set), check=False)
         assert bad.code == 1, bad.stderr
-        assert "failed the golden gate" in bad.stderr and "map50_drop" in bad.stderr
+        assert "failed the golden gate" in bad.stderr and "max_map50_drop" in bad.stderr
         assert len(bad.stderr.strip().splitlines()) == 1
         time.sleep(0.5)
     assert record.failures == [] and len(record.served) > 0
@@ -263,7 +263,7 @@ def test_a_slow_or_failing_canary_is_rolled_back_by_the_live_analysis(
         time.sleep(0.5)
     assert done.code == 1, done.stderr
     assert "rolled back by the analysis" in done.stderr
-    gate = "latency_ratio" if kind == "slow" else "error_rate"
+    gate = "max_latency_ratio" if kind == "slow" else "max_error_rate"
     assert gate in done.stderr
     assert record.failures == []  # fallbacks to stable hid the canary's errors from users
     doc = status(stack)
@@ -416,6 +416,6 @@ def test_a_failing_canary_is_rolled_back_on_shadow_traffic_before_any_user_sees_
             router_metrics,
             check=False,
         )
-    assert done.code == 1 and "error_rate[shadow]" in done.stderr, done.stderr
+    assert done.code == 1 and "max_error_rate[shadow]" in done.stderr, done.stderr
     assert record.failures == [] and set(record.versions_since(0)) == {"1"}
     assert status(stack)["phase"] == "rolled_back"

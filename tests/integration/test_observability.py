@@ -184,7 +184,10 @@ def test_promql_through_the_metrics_provider_returns_the_canarys_per_version_fig
     # The rollout's own step was judged on those PromQL figures, per source.
     last = observed.state.analysis["last"] if observed.state.analysis else {}
     assert last["outcome"] == "pass", last
-    assert {g["name"] for g in last["gates"]} >= {"error_rate[triton]", "error_rate[router]"}
+    assert {g["name"] for g in last["gates"]} >= {
+        "max_error_rate[triton]",
+        "max_error_rate[router]",
+    }
     assert observed.state.weights == {"1": 0, "2": 100}
 
 
@@ -197,8 +200,8 @@ def test_the_watching_manager_serves_every_models_rollout_state_and_its_own_heal
     assert value(text, "repo_manager_canary_weight", model=MODEL) == 100
     assert value(text, "repo_manager_stable_version", model=MODEL) == 1
     assert value(text, "repo_manager_canary_version", model=MODEL) == 2
-    assert value(text, "repo_manager_gate_value", model=MODEL, gate="error_rate[router]") == 0
-    assert value(text, "repo_manager_gate_passed", model=MODEL, gate="error_rate[triton]") == 1
+    assert value(text, "repo_manager_gate_value", model=MODEL, gate="max_error_rate[router]") == 0
+    assert value(text, "repo_manager_gate_passed", model=MODEL, gate="max_error_rate[triton]") == 1
     assert value(text, "repo_manager_reconcile_runs_total", outcome="ok") >= 2
     assert value(text, "repo_manager_reconcile_unreachable_servers") == 0
     assert value(text, "repo_manager_fleet_servers") == 1  # dns://localhost: one address

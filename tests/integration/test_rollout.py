@@ -54,11 +54,11 @@ def test_canary_gets_its_share_and_keys_stick(stack: Stack, weights: Path) -> No
     stack.publish(MODEL, "1", weights)
     verbose = stack.publish(MODEL, "2", weights, "--verbose")
     # publish --verbose times each phase on stderr; stdout stays the one result line.
-    for phase in ("export", "stage", "load + warm-up", "routing table"):
+    for phase in ("export", "upload", "load + warm-up", "routing table"):
         assert re.search(
             rf"publish {MODEL} 2: {re.escape(phase)} done in \d+\.\d\d s", verbose.stderr
         )
-    assert re.search(r"timings: export \d+\.\d\d s, stage .* \(total ", verbose.stderr)
+    assert re.search(r"timings: export \d+\.\d\d s, upload .* \(total ", verbose.stderr)
     assert verbose.stdout.strip() == f"{MODEL} version 2 published as canary at 10%"
 
     doc = status(stack)

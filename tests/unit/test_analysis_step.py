@@ -113,7 +113,7 @@ def test_bad_canary_is_rolled_back_at_the_threshold(manager: Harness, kind: str)
     assert final.phase is Phase.ROLLED_BACK and final.stable == "1"
     assert fleet.calls == [(["1", "2"], [], {"1": 100}), (["1"], ["2"], {"1": 100})]
     rollback = next(t for t in final.history if t.action == "rollback")
-    gate = "latency_ratio[triton]" if kind == "slow" else "error_rate[triton]"
+    gate = "max_latency_ratio[triton]" if kind == "slow" else "max_error_rate[triton]"
     assert "2 failed checks (threshold 2)" in rollback.reason and gate in rollback.reason
 
 
@@ -198,8 +198,8 @@ def test_state_is_exposed_as_prometheus_gauges(manager: Harness) -> None:
     assert sample("repo_manager_rollout_phase", phase="analyzing") == 1
     assert sample("repo_manager_rollout_phase", phase="progressing") == 0
     assert sample("repo_manager_analysis_failed_checks") == 1
-    assert sample("repo_manager_gate_value", gate="latency_ratio[triton]") == pytest.approx(3.0)
-    assert sample("repo_manager_gate_passed", gate="latency_ratio[triton]") == 0
+    assert sample("repo_manager_gate_value", gate="max_latency_ratio[triton]") == pytest.approx(3.0)
+    assert sample("repo_manager_gate_passed", gate="max_latency_ratio[triton]") == 0
 
 
 def test_a_person_setting_the_weight_takes_over_from_the_analysis(

@@ -110,4 +110,4 @@ def test_a_stable_that_scores_is_judged_and_an_empty_canary_fails(tmp_path: Path
     bad = _run(_FakeRouter({"1": BOX, "2": np.zeros((0, 4), np.float32)}), golden)
     assert not bad.passed  # type: ignore[attr-defined]
     failed = {g.name for g in bad.failures()}  # type: ignore[attr-defined]
-    assert {"map50_drop", "agreement"} <= failed
+    assert {"max_map50_drop", "min_agreement"} <= failed

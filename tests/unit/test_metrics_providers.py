@@ -75,8 +75,8 @@ def test_scrape_sums_one_models_series_by_version(http_server) -> None:  # type:
     verdict = judge(snapshot, {}, stable="1", canary="2", gates=LiveGates(min_requests=5))
     assert verdict.outcome == "fail"  # 20% errors and 3x latency
     names = {g.name: g for g in verdict.gates}
-    assert names["error_rate[triton]"].value == pytest.approx(0.2)
-    assert names["latency_ratio[triton]"].value == pytest.approx(3.0)
+    assert names["max_error_rate[triton]"].value == pytest.approx(0.2)
+    assert names["max_latency_ratio[triton]"].value == pytest.approx(3.0)
 
 
 def test_promql_provider_speaks_the_prometheus_query_api(http_server) -> None:  # type: ignore[no-untyped-def]

@@ -168,7 +168,7 @@ def test_publish_adds_a_staged_version_as_the_canary(manager: Harness, tmp_path:
     # Loaded beside stable while the table still sends it nothing; then the table moves.
     assert fleet.calls == [(["2", "3"], [], {"2": 100})]
     assert state.history[-1].action == "publish canary at 20%"
-    assert state.history[-1].reason.startswith("timings: stage ")
+    assert state.history[-1].reason.startswith("timings: upload ")
 
 
 @pytest.mark.parametrize("problem", ["no manifest", "other inputs", "other name"])

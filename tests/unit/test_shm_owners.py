@@ -26,7 +26,8 @@ from repo_manager.shm_owners import Owner, leftover_regions, reclaim_dead_region
 
 SHM = Path("/dev/shm")
 pytestmark = pytest.mark.skipif(
-    not SHM.is_dir() or Owner.current() is None, reason="needs Linux /dev/shm and /proc"
+    not SHM.is_dir() or Owner.current() is None,
+    reason="needs Linux /dev/shm and /proc (run on Linux)",
 )
 
 

@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from repo_manager.progress import Progress
 from repo_manager.timing import PhaseTimer
 
 
@@ -25,7 +26,7 @@ def test_each_phase_prints_start_and_duration_and_the_summary_keeps_their_order(
 
 def test_a_long_phase_reports_that_it_is_still_running() -> None:
     lines: list[str] = []
-    timer = PhaseTimer(progress=lines.append, tick=0.05)
+    timer = PhaseTimer(progress=Progress(emit=lines.append, tick=0.05))
     with timer.phase("load + warm-up"):
         time.sleep(0.18)
     assert any("load + warm-up: still running" in line for line in lines)

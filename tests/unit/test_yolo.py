@@ -54,7 +54,9 @@ def test_scale_boxes_clips_to_the_original_image() -> None:
 
 
 def test_numpy_resize_matches_opencv_within_one_grey_level() -> None:
-    cv2 = pytest.importorskip("cv2")
+    cv2 = pytest.importorskip(
+        "cv2", reason="OpenCV not installed (pip install 'opencv-python-headless<4.12')"
+    )
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (97, 131, 3), dtype=np.uint8)
     for size in [(64, 80), (200, 150), (97, 131)]:
