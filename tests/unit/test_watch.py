@@ -240,10 +240,16 @@ def test_a_move_the_long_running_manager_records_is_pushed_through_its_hook(repo
     from repo_manager.rollout import RolloutManager
     from repo_manager.triton import TritonFleet
 
+    class NoServers(TritonFleet):
+        """set-weight writes the table and calls no server once the fleet answers."""
+
+        def check_reachable(self) -> None:
+            return None
+
     server = start_server(repo, poll_interval=3600)  # only the hook can tell it
     manager = RolloutManager(
         ModelRepository(LocalStorage(repo)),
-        TritonFleet(["127.0.0.1:1"]),  # set-weight writes the table; no server is called
+        NoServers(["127.0.0.1:1"]),
         recorded=lambda state: server.offer(state.routing_table()),
     )
     try:
