@@ -24,7 +24,7 @@ detector: $(DETECTOR)
 $(DETECTOR): | setup
 	$(PY) -m export.tiny_detector --out $(dir $(DETECTOR)) --quiet
 $(DETECTOR_V2): | setup
-	$(PY) -m export.tiny_detector --out $(dir $(DETECTOR_V2)) --seed 1 --epochs 10 --quiet
+	$(PY) -m export.tiny_detector --out $(dir $(DETECTOR_V2)) --seed 1 --quiet
 
 demo: setup $(DETECTOR) $(DETECTOR_V2)
 	$(PY) -m repo_manager.demo --weights $(DETECTOR) --weights-v2 $(DETECTOR_V2)
