@@ -264,6 +264,10 @@ class RolloutManager:
         """Put the analysis in charge of the canary at its first step (or resume it)."""
         return analysis_step.start_analysis(self.ledger, model, plan)
 
+    def stop_analysis(self, model: str, reason: str) -> RolloutState | None:
+        """Record why the analysis stopped; the canary keeps its weight (``rollout`` resumes)."""
+        return analysis_step.stop_analysis(self.ledger, model, reason)
+
     def advance(self, model: str, provider: MetricsProvider) -> RolloutState:
         """One analysis step (``analysis_step.advance``): promotes past the last step, rolls
         back at the failed-check threshold."""
