@@ -60,7 +60,7 @@ class RecordingFleet:
         assert model == versions_model_name(self.model)
         self.calls.append((list(versions), list(gone), self._weights()))
 
-    def point_alias(
+    def point_public(
         self, name: str, config: ModelConfig, *, timeout: float, only: Sequence[str] | None = None
     ) -> list[str]:
         assert name == self.model
