@@ -374,7 +374,9 @@ def judge(
     if bad:
         reason = "; ".join(g.describe() for g in bad)
         return Verdict(outcome=Outcome.FAIL, gates=tuple(results), reason=reason)
-    return Verdict(outcome=Outcome.PASS, gates=tuple(results), reason="; ".join(judged))
+    # The gate values themselves, so the history says by how much each gate held.
+    reason = "; ".join(g.describe() for g in results)
+    return Verdict(outcome=Outcome.PASS, gates=tuple(results), reason=reason)
 
 
 def snapshot_to_json(snapshot: Snapshot) -> dict[str, dict[str, float]]:

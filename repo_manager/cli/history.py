@@ -17,9 +17,7 @@ from repo_manager.names import validate_model_name
 @cli.command()
 @click.argument("model")
 @json_option
-@click.option(
-    "--limit", type=click.IntRange(1), default=None, help="Only the newest N entries."
-)
+@click.option("--limit", type=click.IntRange(1), default=None, help="Only the newest N entries.")
 @click.option(
     "--plot",
     type=click.Path(dir_okay=False, path_type=Path),

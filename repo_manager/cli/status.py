@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import click
@@ -30,9 +31,7 @@ from repo_manager.names import validate_model_name
     help="Live view of MODEL until its rollout ends (redrawn in place on a terminal, "
     "append-only otherwise): steps, weights, analysis, per-version live figures, servers.",
 )
-@click.option(
-    "--interval", default="1s", show_default=True, help="--watch: time between readings."
-)
+@click.option("--interval", default="1s", show_default=True, help="--watch: time between readings.")
 @metrics_source_options
 @click.pass_obj
 def status(
@@ -74,15 +73,15 @@ def _watch(
         document = manager.status(model)
         return document, manager.ledger.require(model, action="watch")
 
-    stream = click.get_text_stream("stdout")
+    tty = sys.stdout.isatty()
     Watch(
         read=read,
         sample=lambda: provider.snapshot(model),
         write=lambda text: click.echo(text, nl=False),
-        tty=stream.isatty(),
+        tty=tty,
         interval=seconds,
         stop=stop_on_signals(),
         source=provider.name,
     ).run()
-    if stream.isatty():
+    if tty:
         click.echo()

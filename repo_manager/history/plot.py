@@ -176,7 +176,12 @@ def figure(entries: Sequence[Transition], *, model: str) -> Figure:
     )
     locator = mdates.AutoDateLocator()
     latency.xaxis.set_major_locator(locator)
-    latency.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+    within_a_day = end - start < dt.timedelta(days=1)
+    latency.xaxis.set_major_formatter(
+        mdates.DateFormatter("%H:%M:%S", tz=dt.UTC)
+        if within_a_day
+        else mdates.ConciseDateFormatter(locator, tz=dt.UTC)
+    )
     latency.set_xlabel("time (UTC)")
     return fig
 
@@ -203,8 +208,15 @@ def _draw_weights(ax: Any, data: PlotData) -> None:
         seen.add(kind)
         if kind in ("publish", "promote", "rollback", "stopped", "fail"):
             ax.annotate(
-                action, (when, 108), xytext=(4, -6), textcoords="offset points",
-                rotation=-90, fontsize=7, va="top", color=colour,
+                action.removeprefix("analysis: "),
+                (when, 108),
+                xytext=(4, -6),
+                textcoords="offset points",
+                rotation=-90,
+                bbox={"facecolor": "white", "alpha": 0.75, "edgecolor": "none", "pad": 1},
+                fontsize=7,
+                va="top",
+                color=colour,
             )
     ax.set_ylim(-5, 115)
     ax.set_yticks([0, 25, 50, 75, 100])
@@ -215,59 +227,68 @@ def _draw_weights(ax: Any, data: PlotData) -> None:
 
 
 def _draw_steps(errors: Any, latency: Any, data: PlotData) -> None:
-    steps = data.steps
     where = f"{data.source} metrics" if data.source else "no analysis step recorded readings"
-    errors.set_title(f"error rate per analysis step ({where})", fontsize=10)
-    latency.set_title(f"mean latency per analysis step ({where})", fontsize=10)
-    errors.set_ylabel("error rate (%)")
-    latency.set_ylabel("latency (ms)")
-    for ax in (errors, latency):
-        ax.grid(True, alpha=0.3)
-    if not steps:
-        for ax in (errors, latency):
-            ax.text(0.5, 0.5, "no analysis steps", transform=ax.transAxes, ha="center")
-        return
-    at = [s.at for s in steps]
-
-    def pct(values: list[float | None]) -> list[float]:
-        return [float("nan") if v is None else v * 100 for v in values]
-
-    def ms(values: list[float | None]) -> list[float]:
-        return [float("nan") if v is None else v for v in values]
-
-    style = {"canary": ("tab:orange", "o"), "stable": ("tab:blue", "s")}
-    for role in ("canary", "stable"):
-        colour, marker = style[role]
-        errors.plot(
-            at, pct([getattr(s, f"{role}_error_rate") for s in steps]),
-            marker=marker, color=colour, label=f"{role} error rate",
-        )
-        latency.plot(
-            at, ms([getattr(s, f"{role}_latency_ms") for s in steps]),
-            marker=marker, color=colour, label=f"{role} latency",
-        )
-    errors.plot(
-        at, pct([s.max_error_rate for s in steps]), drawstyle="steps-mid", linestyle="--",
-        color="tab:red", label="gate: max error rate",
+    panels = (
+        (errors, "error rate", "error rate (%)", "error_rate", "max_error_rate", 100.0),
+        (latency, "mean latency", "latency (ms)", "latency_ms", "max_latency_ms", 1.0),
     )
-    latency.plot(
-        at, ms([s.max_latency_ms for s in steps]), drawstyle="steps-mid", linestyle="--",
-        color="tab:red", label="gate: stable latency x max ratio",
+    for ax, title, unit, figure_name, gate, scale in panels:
+        ax.set_title(f"{title} per analysis step ({where})", fontsize=10)
+        ax.set_ylabel(unit)
+        ax.grid(True, alpha=0.3)
+        if not data.steps:
+            ax.text(0.5, 0.5, "no analysis steps", transform=ax.transAxes, ha="center")
+            continue
+        _draw_panel(ax, data.steps, title, figure_name, gate, scale)
+
+
+def _draw_panel(
+    ax: Any, steps: list[StepReading], title: str, figure_name: str, gate: str, scale: float
+) -> None:
+    """Canary and stable per step, the gate (dashed), and each failed check (a cross)."""
+
+    def values(items: list[StepReading], name: str) -> list[float]:
+        return [float("nan") if (v := getattr(s, name)) is None else v * scale for s in items]
+
+    at = [s.at for s in steps]
+    # The canary is drawn over stable where they coincide.
+    for role, colour, marker, z in (
+        ("canary", "tab:orange", "o", 3),
+        ("stable", "tab:blue", "s", 2),
+    ):
+        ax.plot(
+            at,
+            values(steps, f"{role}_{figure_name}"),
+            marker=marker,
+            color=colour,
+            zorder=z,
+            label=f"{role} {title.removeprefix('mean ')}",
+        )
+    gate_label = (
+        "gate: max error rate" if gate == "max_error_rate" else ("gate: stable latency x max ratio")
+    )
+    ax.plot(
+        at,
+        values(steps, gate),
+        drawstyle="steps-mid",
+        linestyle="--",
+        color="tab:red",
+        label=gate_label,
     )
     failed = [s for s in steps if s.outcome == "fail"]
     if failed:
-        errors.plot(
-            [s.at for s in failed], pct([s.canary_error_rate for s in failed]),
-            linestyle="none", marker="X", markersize=12, color="darkred", label="failed check",
+        ax.plot(
+            [s.at for s in failed],
+            values(failed, f"canary_{figure_name}"),
+            linestyle="none",
+            marker="X",
+            markersize=12,
+            color="darkred",
+            zorder=4,
+            label="failed check",
         )
-        latency.plot(
-            [s.at for s in failed], ms([s.canary_latency_ms for s in failed]),
-            linestyle="none", marker="X", markersize=12, color="darkred", label="failed check",
-        )
-    errors.set_ylim(bottom=0)
-    latency.set_ylim(bottom=0)
-    for ax in (errors, latency):
-        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
+    ax.set_ylim(bottom=0)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
 
 
 def write_plot(entries: Sequence[Transition], path: Path, *, model: str) -> None:

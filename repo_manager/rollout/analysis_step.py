@@ -125,7 +125,13 @@ def decide(
             then=Then.STOP if errors >= limit else Then.STAY,
             why=f"{reading} ({errors} times in a row, limit {limit}); the canary keeps "
             f"{weight}%: run rollout again once metrics are back",
-            details=step_details(unread, weight=weight, step=status.step, outcome="metrics-unavailable", error=str(reading)),
+            details=step_details(
+                unread,
+                weight=weight,
+                step=status.step,
+                outcome="metrics-unavailable",
+                error=str(reading),
+            ),
         )
     read = replace(status, metrics_errors=0, snapshot=reading)
     if status.snapshot is None:
@@ -141,7 +147,14 @@ def decide(
     seen = readings(reading, status.snapshot, {"stable": stable, "canary": canary})
 
     def details(after: AnalysisStatus) -> dict[str, Any]:
-        return step_details(after, weight=weight, step=status.step, outcome=verdict.outcome.value, read=seen, verdict=verdict)
+        return step_details(
+            after,
+            weight=weight,
+            step=status.step,
+            outcome=verdict.outcome.value,
+            read=seen,
+            verdict=verdict,
+        )
 
     if verdict.outcome is Outcome.NO_DATA:
         return Step(

@@ -35,7 +35,9 @@ class Scripted:
         survey = [
             ServerVersions(
                 url="triton-a:8001",
-                versions=tuple(VersionState(version=v, state="READY") for v in state.serving_versions),
+                versions=tuple(
+                    VersionState(version=v, state="READY") for v in state.serving_versions
+                ),
                 public=state.stable,
             )
         ]
