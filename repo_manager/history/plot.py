@@ -35,6 +35,7 @@ _KINDS: dict[str, tuple[str, str, str]] = {
     "manual": ("set by hand / setting", "tab:gray", "s"),
     "pass": ("analysis passed", "tab:green", "^"),
     "fail": ("analysis check failed", "tab:red", "v"),
+    "start": ("analysis started", "tab:purple", "o"),
     "quiet": ("baseline / no verdict / metrics error", "silver", "o"),
     "promote": ("promote", "darkgreen", "*"),
     "rollback": ("rollback", "darkred", "X"),
@@ -53,6 +54,8 @@ def category(entry: Transition) -> str:
         return "rollback"
     if action.startswith("analysis stopped"):
         return "stopped"
+    if action.startswith("analysis started"):
+        return "start"
     outcome = (entry.details or {}).get("analysis", {}).get("outcome")
     if outcome in ("pass", "fail"):
         return str(outcome)
@@ -82,8 +85,9 @@ class PlotData:
     """Everything the figure draws, as plain numbers (tests check these)."""
 
     times: list[dt.datetime]
-    #: Version -> its weight after each transition (0 when not routed).
-    weights: dict[str, list[int]]
+    #: Version -> its weight after each transition: None before it was published and
+    #: after the one that took it out of the routing table (which shows it at 0).
+    weights: dict[str, list[int | None]]
     categories: list[str]
     actions: list[str]
     source: str | None
@@ -129,6 +133,18 @@ def _step(entry: Transition, source: str) -> StepReading | None:
     )
 
 
+def _weights_of(version: str, entries: Sequence[Transition]) -> list[int | None]:
+    """``version``'s weight after each entry; 0 at the entry that retired it, None where
+    it is not routed otherwise (no line: a version's life is where its line is)."""
+    weights: list[int | None] = []
+    for entry in entries:
+        if version in entry.weights:
+            weights.append(entry.weights[version])
+        else:
+            weights.append(0 if weights and weights[-1] not in (None, 0) else None)
+    return weights
+
+
 def plot_data(entries: Sequence[Transition]) -> PlotData:
     """What the figure of ``entries`` (oldest first) draws."""
     if not entries:
@@ -138,7 +154,7 @@ def plot_data(entries: Sequence[Transition]) -> PlotData:
     steps = [s for e in entries if source and (s := _step(e, source)) is not None]
     return PlotData(
         times=[_time(e.at) for e in entries],
-        weights={v: [e.weights.get(v, 0) for e in entries] for v in versions},
+        weights={v: _weights_of(v, entries) for v in versions},
         categories=[category(e) for e in entries],
         actions=[e.action for e in entries],
         source=source,
@@ -188,8 +204,9 @@ def figure(entries: Sequence[Transition], *, model: str) -> Figure:
 
 def _draw_weights(ax: Any, data: PlotData) -> None:
     for version, weights in data.weights.items():
+        shown = [float("nan") if w is None else float(w) for w in weights]
         ax.plot(
-            data.times, weights, drawstyle="steps-post", linewidth=2.2, label=f"v{version} weight"
+            data.times, shown, drawstyle="steps-post", linewidth=2.2, label=f"v{version} weight"
         )
     seen: set[str] = set()
     for when, kind, action in zip(data.times, data.categories, data.actions, strict=True):
@@ -287,7 +304,8 @@ def _draw_panel(
             zorder=4,
             label="failed check",
         )
-    ax.set_ylim(bottom=0)
+    # A little room below 0, so a series that stays at 0 is not hidden by the axis.
+    ax.set_ylim(bottom=-0.04 * ax.get_ylim()[1])
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
 
 

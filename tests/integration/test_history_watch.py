@@ -168,8 +168,9 @@ def test_status_watch_follows_a_rollout_driven_from_another_process_to_its_end(
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     entries = read_history(LocalStorage(stack.repository), MODEL)
     data = plot_data(entries)
-    assert data.weights["2"] == [e.weights.get("2", 0) for e in entries]
-    assert data.weights["2"][-1] == 100 and data.weights["1"][-1] == 0
+    assert data.weights["2"][0] is None  # before its publish
+    assert data.weights["2"][1:] == [e.weights["2"] for e in entries[1:]]
+    assert data.weights["2"][-1] == 100 and data.weights["1"][-3:] == [0, None, None]
     judged = [e for e in entries if e.action.startswith("analysis: passed")]
     assert [s.weight for s in data.steps] == [25, 50, 100] and len(judged) == 3
     assert data.source in ("router", "triton")

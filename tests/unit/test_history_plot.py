@@ -3,13 +3,17 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
 
 from repo_manager.history.plot import figure, plot_data, write_plot
+from repo_manager.rollout.ledger import Ledger
 from repo_manager.state import Transition
+from repo_manager.storage import LocalStorage
 from tests.unit.test_analysis_step import PLAN, ScriptedProvider
+from tests.unit.test_history import record_moves
 from tests.unit.test_rollout_ordering import Harness
 from tests.unit.test_rollout_ordering import manager as manager
 
@@ -44,14 +48,20 @@ def test_weights_of_every_version_and_a_mark_per_transition(manager: Harness) ->
     history = rolled_out(manager, failing=False)
     fig = figure(history, model="m")
     top = fig.axes[0]
-    drawn = lines(top)
-    assert drawn["v1 weight"] == [float(t.weights.get("1", 0)) for t in history]
-    assert drawn["v2 weight"] == [float(t.weights.get("2", 0)) for t in history]
-    assert drawn["v2 weight"][-1] == 100 and drawn["v1 weight"][-1] == 0
+    drawn = {k: [None if math.isnan(y) else y for y in v] for k, v in lines(top).items()}
+    # start, baseline, three passes (to 25, 50, 100), the last step, promote, promoted:
+    # v1 ends at 0 and its line stops once the promote took it out of the table.
+    assert drawn["v1 weight"] == [90, 90, 75, 50, 0, 0, None, None]
+    assert drawn["v2 weight"] == [10, 10, 25, 50, 100, 100, 100, 100]
     marks = [line for line in top.get_lines() if line.get_gid() == "transition"]
     assert len(marks) == len(history)
     assert [m.get_xdata()[0] for m in marks] == plot_data(history).times
-    assert {"analysis passed", "promote"} <= set(drawn)
+    assert {"analysis started", "analysis passed", "promote"} <= set(drawn)
+
+
+def test_a_version_has_no_line_before_its_publish(tmp_path: Path) -> None:
+    history = record_moves(Ledger(LocalStorage(tmp_path)), [20]).history
+    assert plot_data(history).weights == {"1": [100, 90, 80], "2": [None, 10, 20]}
 
 
 def test_each_step_shows_canary_and_stable_error_rate_and_latency_with_the_gates(
