@@ -69,8 +69,12 @@ class StepReading:
     """One judged analysis step, from the chosen source (None: no figure that step)."""
 
     at: dt.datetime
+    #: The canary judged (a new canary starts a new line).
+    canary: str
     weight: int
     outcome: str
+    #: Names of the gates that failed this step (e.g. ``latency_ratio[triton]``).
+    failed: tuple[str, ...]
     canary_error_rate: float | None
     stable_error_rate: float | None
     canary_latency_ms: float | None
@@ -120,8 +124,10 @@ def _step(entry: Transition, source: str) -> StepReading | None:
     stable_latency = stable.get("latency_ms")
     return StepReading(
         at=_time(entry.at),
+        canary=str(canary.get("version", entry.canary)),
         weight=int(analysis["weight"]),
         outcome=str(analysis["outcome"]),
+        failed=tuple(g["name"] for g in analysis.get("gates", []) if not g["passed"]),
         canary_error_rate=canary.get("error_rate"),
         stable_error_rate=stable.get("error_rate"),
         canary_latency_ms=canary.get("latency_ms"),
@@ -209,6 +215,8 @@ def _draw_weights(ax: Any, data: PlotData) -> None:
             data.times, shown, drawstyle="steps-post", linewidth=2.2, label=f"v{version} weight"
         )
     seen: set[str] = set()
+    notes: list[tuple[dt.datetime, str, str]] = []
+    close = (data.times[-1] - data.times[0]) * 0.02
     for when, kind, action in zip(data.times, data.categories, data.actions, strict=True):
         name, colour, marker = _KINDS[kind]
         ax.axvline(when, color=colour, alpha=0.25, linewidth=0.8)
@@ -224,17 +232,23 @@ def _draw_weights(ax: Any, data: PlotData) -> None:
         )
         seen.add(kind)
         if kind in ("publish", "promote", "rollback", "stopped", "fail"):
-            ax.annotate(
-                action.removeprefix("analysis: "),
-                (when, 108),
-                xytext=(4, -6),
-                textcoords="offset points",
-                rotation=-90,
-                bbox={"facecolor": "white", "alpha": 0.75, "edgecolor": "none", "pad": 1},
-                fontsize=7,
-                va="top",
-                color=colour,
-            )
+            text = action.removeprefix("analysis: ")
+            if notes and when - notes[-1][0] <= close:  # one label for moves made together
+                text = f"{notes[-1][1]} / {text}"
+                notes.pop()
+            notes.append((when, text, colour))
+    for when, text, colour in notes:
+        ax.annotate(
+            text,
+            (when, 108),
+            xytext=(4, -6),
+            textcoords="offset points",
+            rotation=-90,
+            bbox={"facecolor": "white", "alpha": 0.75, "edgecolor": "none", "pad": 1},
+            fontsize=7,
+            va="top",
+            color=colour,
+        )
     ax.set_ylim(-5, 115)
     ax.set_yticks([0, 25, 50, 75, 100])
     ax.set_ylabel("weight (%)")
@@ -262,37 +276,58 @@ def _draw_steps(errors: Any, latency: Any, data: PlotData) -> None:
 def _draw_panel(
     ax: Any, steps: list[StepReading], title: str, figure_name: str, gate: str, scale: float
 ) -> None:
-    """Canary and stable per step, the gate (dashed), and each failed check (a cross)."""
+    """Canary and stable per step, the gate (dashed), and each step whose gate of this
+    panel failed (a cross); each canary's steps are one line, labelled with its version."""
 
     def values(items: list[StepReading], name: str) -> list[float]:
         return [float("nan") if (v := getattr(s, name)) is None else v * scale for s in items]
 
-    at = [s.at for s in steps]
-    # The canary is drawn over stable where they coincide.
-    for role, colour, marker, z in (
-        ("canary", "tab:orange", "o", 3),
-        ("stable", "tab:blue", "s", 2),
-    ):
+    # One line per canary (each rollout), labelled once: a new canary is another line.
+    groups: list[list[StepReading]] = []
+    for i, step in enumerate(steps):
+        if not i or step.canary != steps[i - 1].canary:
+            groups.append([])
+        groups[-1].append(step)
+    gate_label = (
+        "gate: max error rate" if gate == "max_error_rate" else "gate: stable latency x max ratio"
+    )
+    for n, group in enumerate(groups):
+        at = [s.at for s in group]
+        hidden = "_" if n else ""  # matplotlib leaves labels starting with "_" out of legends
+        # The canary is drawn over stable where they coincide.
+        for role, colour, marker, z in (
+            ("canary", "tab:orange", "o", 3),
+            ("stable", "tab:blue", "s", 2),
+        ):
+            ax.plot(
+                at,
+                values(group, f"{role}_{figure_name}"),
+                marker=marker,
+                color=colour,
+                zorder=z,
+                label=f"{hidden}{role} {title.removeprefix('mean ')}",
+            )
         ax.plot(
             at,
-            values(steps, f"{role}_{figure_name}"),
-            marker=marker,
-            color=colour,
-            zorder=z,
-            label=f"{role} {title.removeprefix('mean ')}",
+            values(group, gate),
+            drawstyle="steps-mid",
+            linestyle="--",
+            color="tab:red",
+            label=f"{hidden}{gate_label}",
         )
-    gate_label = (
-        "gate: max error rate" if gate == "max_error_rate" else ("gate: stable latency x max ratio")
-    )
-    ax.plot(
-        at,
-        values(steps, gate),
-        drawstyle="steps-mid",
-        linestyle="--",
-        color="tab:red",
-        label=gate_label,
-    )
-    failed = [s for s in steps if s.outcome == "fail"]
+        if len(groups) > 1 and (y := values(group, f"canary_{figure_name}")[0]) == y:
+            ax.annotate(
+                f"canary v{group[0].canary}",
+                (group[0].at, y),
+                xytext=(-8, 0),
+                textcoords="offset points",
+                ha="right",
+                va="center",
+                fontsize=8,
+                color="tab:orange",
+            )
+    kind = "error_rate" if gate == "max_error_rate" else "latency_ratio"
+    failed = [s for s in steps if any(g.startswith(kind) for g in s.failed)]
     if failed:
         ax.plot(
             [s.at for s in failed],
