@@ -3,7 +3,8 @@
 On a terminal each frame is redrawn in place; otherwise (a pipe, a log) the output is
 append-only and escape-free: a frame when something was recorded, preceded by the
 history entries recorded since the last one. Live per-version figures are the difference
-between two readings of the metrics source, so the first frame has none yet.
+between readings of the metrics source (over the last ``WINDOW`` seconds), so the first
+frame has none yet.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -24,12 +26,15 @@ from repo_manager.state import RolloutState, Transition
 if TYPE_CHECKING:
     from repo_manager.analysis import Snapshot
 
-__all__ = ["CLEAR", "RECENT", "Watch"]
+__all__ = ["CLEAR", "RECENT", "WINDOW", "Watch"]
 
 #: Cursor home and clear screen: the frame is redrawn in place on a terminal.
 CLEAR = "\x1b[H\x1b[2J"
 #: History entries a frame shows on a terminal (and the first plain frame).
 RECENT = 5
+#: Seconds the live figures span once the watch has run that long (steadier than one
+#: interval's figures; the first frame has none, the next ones span what was read).
+WINDOW = 10.0
 
 
 def _now() -> str:
@@ -52,7 +57,8 @@ class Watch:
     #: Names the metrics source in the frame.
     source: str = ""
     clock: Callable[[], float] = time.monotonic
-    _previous: tuple[float, Snapshot] | None = None
+    #: Readings of the last ``WINDOW`` seconds, oldest first (live figures span them).
+    _readings: deque[tuple[float, Snapshot]] = field(default_factory=deque)
 
     def run(self) -> RolloutState:
         """Draw until the phase is terminal (at once if it already is) or ``stop`` is set;
@@ -95,14 +101,18 @@ class Watch:
         try:
             snapshot = self.sample()
         except MetricsUnavailableError as exc:
-            self._previous = None
+            self._readings.clear()
             return None, f"metrics unavailable: {exc}", None
         now = self.clock()
-        previous, self._previous = self._previous, (now, snapshot)
-        if previous is None:
+        kept = self._readings
+        while len(kept) > 1 and now - kept[1][0] >= WINDOW:
+            kept.popleft()
+        kept.append((now, snapshot))
+        if len(kept) == 1:
             return None, f"measuring ({self.source})", None
         roles = {"stable": doc["stable"]}
         if doc["canary"]:
             roles["canary"] = doc["canary"]
-        seconds = now - previous[0]
-        return readings(snapshot, previous[1], roles, seconds=seconds), self.source, seconds
+        since, before = kept[0]
+        seconds = now - since
+        return readings(snapshot, before, roles, seconds=seconds), self.source, seconds

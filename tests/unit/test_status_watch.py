@@ -150,3 +150,32 @@ def test_a_signal_stops_the_watch(manager: Harness, tmp_path: Path) -> None:
     ).run()
     assert len(frames) == 1 and "phase progressing" in frames[0]
     assert "steps     none: the weights are set by hand" in frames[0]
+
+
+def test_live_figures_span_the_last_window_of_readings(manager: Harness) -> None:
+    scripted = Scripted(manager)
+    doc, state = scripted.read()  # a canary at 10%, weights set by hand: never terminal
+    stop = threading.Event()
+    frames: list[str] = []
+
+    def write(frame: str) -> None:
+        frames.append(frame)
+        if len(frames) == 15:
+            stop.set()
+
+    clock = iter(float(i) for i in range(100))
+    totals = iter(range(1, 100))
+    Watch(
+        read=lambda: (doc, state),
+        sample=lambda: counters(10.0 * next(totals)),
+        write=write,
+        tty=True,
+        interval=0.001,
+        stop=stop,
+        source="scrape",
+        clock=lambda: next(clock),
+    ).run()
+    spans = [line for f in frames for line in f.splitlines() if line.startswith("live")]
+    assert spans[0] == "live      measuring (scrape)"
+    assert spans[1] == "live      over the last 1.0 s (scrape)"
+    assert spans[10:] == ["live      over the last 10.0 s (scrape)"] * 5
