@@ -53,7 +53,8 @@ def status_text(doc: dict[str, Any]) -> str:
     if doc["last_transition"]:
         t = doc["last_transition"]
         moved = "" if t.get("kind") == "setting" else f" ({t['from']} -> {t['to']})"
-        lines.append(f"  last: {t['action']}{moved} at {t['at']}")
+        by = f" by {t['who']}" if t.get("who") else ""
+        lines.append(f"  last: {t['action']}{moved} at {t['at']}{by}")
     return "\n".join(lines)
 
 

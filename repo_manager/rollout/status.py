@@ -67,5 +67,6 @@ def status_document(
             "from": last.from_phase,
             "to": last.to_phase,
             "reason": last.reason,
+            "who": last.who,
         },
     }
