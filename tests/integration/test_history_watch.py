@@ -171,18 +171,23 @@ def test_status_watch_follows_a_rollout_driven_from_another_process_to_its_end(
     assert data.weights["2"][0] is None  # before its publish
     assert data.weights["2"][1:] == [e.weights["2"] for e in entries[1:]]
     assert data.weights["2"][-1] == 100 and data.weights["1"][-3:] == [0, None, None]
-    judged = [e for e in entries if e.action.startswith("analysis: passed")]
-    assert [s.weight for s in data.steps] == [25, 50, 100] and len(judged) == 3
+    # Every judged step (a noisy latency check may fail once without a rollback).
+    analyses = [(e, e.details["analysis"]) for e in entries if e.details]
+    judged = [e for e, step in analyses if step["outcome"] in ("pass", "fail")]
+    assert [s.weight for s in data.steps] == [
+        step["weight"] for _, step in analyses if step["outcome"] in ("pass", "fail")
+    ]
+    assert {25, 50, 100} <= {s.weight for s in data.steps}
     assert data.source in ("router", "triton")
     for step, entry in zip(data.steps, judged, strict=True):
         assert entry.details is not None
         canary = entry.details["analysis"]["readings"][data.source]["canary"]
-        assert step.canary_error_rate == canary["error_rate"] == 0.0
+        assert step.canary_error_rate == canary["error_rate"] == 0.0  # no request failed
         assert step.canary_latency_ms == pytest.approx(canary["latency_ms"])
         assert step.max_error_rate == 0.01
         # At 100% stable may have had no request: no latency, so no latency gate either.
         stable = step.stable_latency_ms
         assert step.max_latency_ms == (None if stable is None else pytest.approx(stable * 1.5))
     lines = {line.get_label(): line for line in figure(entries, model=MODEL).axes[1].get_lines()}
-    assert list(lines["canary error rate"].get_ydata()) == [0.0, 0.0, 0.0]
-    assert list(lines["gate: max error rate"].get_ydata()) == [1.0, 1.0, 1.0]
+    assert list(lines["canary error rate"].get_ydata()) == [0.0] * len(judged)
+    assert list(lines["gate: max error rate"].get_ydata()) == [1.0] * len(judged)
