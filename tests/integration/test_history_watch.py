@@ -146,8 +146,9 @@ def test_status_watch_follows_a_rollout_driven_from_another_process_to_its_end(
     ]
     positions = [out.index(f" {step}") for step in steps]
     assert positions == sorted(positions)
+    # A frame per read that saw a new decision (the first step lasts two intervals; under
+    # load a read may come after two decisions, so later steps may share a frame).
     assert "steps     [25%] > 50% > 100%   (step 1 of 3)" in out
-    assert "steps     25% > [50%] > 100%   (step 2 of 3)" in out
     assert "analysis  failed checks 0/2" in out
     live = [line for line in out.splitlines() if line.startswith("  triton  canary  v2")]
     assert live and any("req/s" in line and "latency" in line for line in live)
