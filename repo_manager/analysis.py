@@ -39,6 +39,7 @@ from repo_manager.names import versions_model_name
 
 __all__ = [
     "QUERIES",
+    "SOURCES",
     "MetricsProvider",
     "Outcome",
     "PromQLProvider",
@@ -46,6 +47,7 @@ __all__ = [
     "Snapshot",
     "Verdict",
     "judge",
+    "readings",
 ]
 
 #: One counter per key: (metric sample name, extra label matchers). Summed by version.
@@ -254,6 +256,39 @@ def windows(now: Snapshot, before: Snapshot, version: str) -> dict[str, Window]:
     }
 
 
+#: Sources in the order readings list them.
+SOURCES = ("triton", "router", "shadow")
+
+
+def readings(
+    now: Snapshot, before: Snapshot, versions: Mapping[str, str], *, seconds: float | None = None
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per source that saw requests, per role of ``versions`` (e.g. ``{"stable": "1",
+    "canary": "2"}``): the version's requests, failures, error rate and mean latency (ms)
+    between two snapshots, and requests per second when the interval's ``seconds`` are
+    known. What an analysis step records and ``status --watch`` shows."""
+    result: dict[str, dict[str, dict[str, Any]]] = {}
+    per_version = {v: windows(now, before, v) for v in set(versions.values())}
+    for source in SOURCES:
+        if not any(per_version[v][source].requests for v in per_version):
+            continue
+        result[source] = {}
+        for role, version in versions.items():
+            w = per_version[version][source]
+            latency = w.mean_latency
+            reading: dict[str, Any] = {
+                "version": version,
+                "requests": w.requests,
+                "failures": w.failures,
+                "error_rate": w.error_rate,
+                "latency_ms": None if latency is None else latency * 1000.0,
+            }
+            if seconds:
+                reading["rate"] = w.requests / seconds
+            result[source][role] = reading
+    return result
+
+
 class Outcome(enum.StrEnum):
     """What one analysis step concluded (its value is what the state document stores)."""
 
@@ -293,7 +328,7 @@ def judge(
     canary_w, stable_w = windows(now, before, canary), windows(now, before, stable)
     results: list[GateResult] = []
     judged = []
-    for source in ("triton", "router", "shadow"):
+    for source in SOURCES:
         # Mirrored requests are compared with what stable's users got through the Router.
         c, s = canary_w[source], stable_w["router" if source == "shadow" else source]
         if c.requests < gates.min_requests:
@@ -339,7 +374,9 @@ def judge(
     if bad:
         reason = "; ".join(g.describe() for g in bad)
         return Verdict(outcome=Outcome.FAIL, gates=tuple(results), reason=reason)
-    return Verdict(outcome=Outcome.PASS, gates=tuple(results), reason="; ".join(judged))
+    # The gate values themselves, so the history says by how much each gate held.
+    reason = "; ".join(g.describe() for g in results)
+    return Verdict(outcome=Outcome.PASS, gates=tuple(results), reason=reason)
 
 
 def snapshot_to_json(snapshot: Snapshot) -> dict[str, dict[str, float]]:

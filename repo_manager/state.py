@@ -68,6 +68,11 @@ class Transition:
     #: The version the public name answered unpinned requests from after this move.
     public: str | None = None
     kind: str = MOVE
+    #: Who recorded it (user@host of the process that wrote it; "" in older states).
+    who: str = ""
+    #: Structured figures behind the reason (an analysis step's readings, verdict and
+    #: bounds, under ``"analysis"``); None when the reason says it all.
+    details: dict[str, Any] | None = None
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -146,7 +151,11 @@ class RolloutState:
     #: ``{"latest": N}``, ``{"all": true}`` or ``{"specific": ["1", "2"]}``.
     policy: dict[str, Any] | None = None
     generation: int = 0
+    #: The newest entries only (``history.archive.HISTORY_LIMIT``): Routers read this
+    #: document, so it must not grow for ever; older entries are in the archive object.
     history: list[Transition] = field(default_factory=list)
+    #: How many of the oldest entries were moved to the archive (its first lines).
+    archived: int = 0
     #: Progressive analysis in charge of the canary (None when none): its plan, the step
     #: it is at, failed checks, metrics-source errors, last snapshot and last verdict.
     #: Persisted so that ``advance()`` continues in any process.
@@ -186,6 +195,7 @@ class RolloutState:
             "policy": self.policy,
             "generation": self.generation,
             "history": [asdict(t) for t in self.history],
+            "archived": self.archived,
             "analysis": self.analysis,
             "unpinned": self.unpinned,
             "unpinned_shadow": self.unpinned_shadow,
@@ -206,6 +216,7 @@ class RolloutState:
                 policy=document.get("policy"),
                 generation=int(document.get("generation", 0)),
                 history=[Transition(**t) for t in document.get("history", [])],
+                archived=int(document.get("archived", 0)),
                 analysis=document.get("analysis"),
                 unpinned=str(document.get("unpinned", "stable")),
                 unpinned_shadow=float(document.get("unpinned_shadow", 0.0)),

@@ -9,7 +9,8 @@ exporting.py   export
 publishing.py  publish, validate
 analysis.py    rollout (the progressive analysis; also publish --auto)
 moves.py       set-weight, promote, rollback, policy
-status.py      status
+status.py      status (watch.py: its live view)
+history.py     history (text, JSON, --plot)
 reconcile.py   reconcile [--watch]
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 from repo_manager.cli import (  # noqa: F401
     analysis,
     exporting,
+    history,
     initialize,
     moves,
     publishing,

@@ -11,12 +11,13 @@ from repo_manager.cli.app import Context, cli, require_repository
 from repo_manager.cli.options import (
     analysis_options,
     drain_option,
+    metrics_source,
     parse_interval,
     serve_manager_metrics,
     stop_on_signals,
 )
 from repo_manager.cli.render import decision_text, transition_text
-from repo_manager.errors import GateFailedError, InvalidGateError
+from repo_manager.errors import GateFailedError, RepoManagerError
 from repo_manager.gates import LiveGates, parse_gate_overrides
 from repo_manager.names import validate_model_name
 from repo_manager.phases import Phase
@@ -27,8 +28,6 @@ __all__ = ["analysis_hint", "analysis_setup", "run_analysis"]
 
 def analysis_setup(options: dict[str, Any]) -> tuple[AnalysisPlan, Any]:
     """Validate every analysis option before anything moves (bad input: exit 2)."""
-    from repo_manager.analysis import PromQLProvider, ScrapeProvider
-
     parse_interval(options["interval"])
     plan = AnalysisPlan(
         steps=parse_steps(options["steps"]),
@@ -36,14 +35,7 @@ def analysis_setup(options: dict[str, Any]) -> tuple[AnalysisPlan, Any]:
         max_metrics_errors=options["max_metrics_errors"],
         gates=parse_gate_overrides(LiveGates(), options["live_gates"]),
     )
-    if options["prometheus"] and options["metrics_urls"]:
-        raise InvalidGateError("give --prometheus or --metrics-url, not both")
-    provider: Any = (
-        PromQLProvider(options["prometheus"])
-        if options["prometheus"]
-        else ScrapeProvider(list(options["metrics_urls"]) or ["localhost:8002"])
-    )
-    return plan, provider
+    return plan, metrics_source(options["prometheus"], options["metrics_urls"])
 
 
 def run_analysis(
@@ -67,11 +59,16 @@ def run_analysis(
         weight = state.weights.get(state.canary or "", 0)
         with obj.progress.stage(f"analysis step {step}: canary at {weight}%"):
             if stop.wait(interval):
+                _record_stop(manager, model, "stopped by a signal (Ctrl-C or SIGTERM)")
                 raise click.ClickException(
                     f"stopped; {model} stays in analysis: run rollout to resume"
                 )
             before = state.generation
-            state = manager.advance(model, provider)
+            try:
+                state = manager.advance(model, provider)
+            except RepoManagerError as exc:
+                _record_stop(manager, model, f"stopped by an error: {exc}")
+                raise
         for transition in state.history[len(state.history) - (state.generation - before) :]:
             click.echo(transition_text(transition))
             if hint := analysis_hint(transition.action, plan, options["interval"]):
@@ -102,6 +99,18 @@ def analysis_hint(action: str, plan: AnalysisPlan, interval: str) -> str:
             "or lower --live-gate min_requests"
         )
     return ""
+
+
+def _record_stop(manager: RolloutManager, model: str, reason: str) -> None:
+    """The history says what stopped the analysis; recording it is best effort (the
+    storage may be what failed), the error itself is reported either way."""
+    try:
+        state = manager.stop_analysis(model, reason)
+    except RepoManagerError as exc:
+        click.echo(f"warning: could not record the stop in the history: {exc}", err=True)
+        return
+    if state is not None:
+        click.echo(transition_text(state.history[-1]))
 
 
 @cli.command("rollout")

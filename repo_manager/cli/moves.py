@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from repo_manager.cli.app import Context, cli, require_repository
-from repo_manager.cli.options import drain_option
+from repo_manager.cli.options import drain_option, reason_option
 from repo_manager.errors import InvalidInputError
 from repo_manager.rollout import parse_policy, parse_weight
 from repo_manager.state import RolloutState
@@ -15,12 +15,13 @@ from repo_manager.unpinned import MODES, WEIGHTED
 @cli.command("set-weight", context_settings={"ignore_unknown_options": True})
 @click.argument("model")
 @click.argument("percent")
+@reason_option
 @click.pass_obj
-def set_weight(obj: Context, model: str, percent: str) -> None:
+def set_weight(obj: Context, model: str, percent: str, reason: str) -> None:
     """Give the canary PERCENT of the traffic."""
     weight = parse_weight(percent)
     require_repository(obj)
-    state = obj.manager().set_weight(model, weight)
+    state = obj.manager().set_weight(model, weight, reason=reason)
     click.echo(
         f"{model}: canary {state.canary} at {weight}%, stable {state.stable} at {100 - weight}%"
     )
@@ -29,24 +30,26 @@ def set_weight(obj: Context, model: str, percent: str) -> None:
 @cli.command()
 @click.argument("model")
 @drain_option
+@reason_option
 @click.pass_obj
-def promote(obj: Context, model: str, drain_seconds: float | None) -> None:
+def promote(obj: Context, model: str, drain_seconds: float | None, reason: str) -> None:
     """Make the canary stable at 100% and unload the old stable."""
     require_repository(obj)
     with obj.progress.stage(f"promote {model}"):
-        state = obj.manager(drain_seconds=drain_seconds).promote(model)
+        state = obj.manager(drain_seconds=drain_seconds).promote(model, reason=reason)
     click.echo(f"{model}: version {state.stable} promoted to stable")
 
 
 @cli.command()
 @click.argument("model")
 @drain_option
+@reason_option
 @click.pass_obj
-def rollback(obj: Context, model: str, drain_seconds: float | None) -> None:
+def rollback(obj: Context, model: str, drain_seconds: float | None, reason: str) -> None:
     """Send all traffic to stable and unload the canary."""
     require_repository(obj)
     with obj.progress.stage(f"rollback {model}"):
-        state = obj.manager(drain_seconds=drain_seconds).rollback(model)
+        state = obj.manager(drain_seconds=drain_seconds).rollback(model, reason=reason)
     click.echo(f"{model}: rolled back to stable version {state.stable}")
 
 

@@ -20,12 +20,18 @@ from repo_manager.storage import Storage
 if TYPE_CHECKING:
     from repo_manager.watch import WatchServer
 
+if TYPE_CHECKING:
+    from repo_manager.analysis import MetricsProvider
+
 __all__ = [
     "analysis_options",
     "drain_option",
     "export_options",
     "json_option",
+    "metrics_source",
+    "metrics_source_options",
     "parse_interval",
+    "reason_option",
     "serve_manager_metrics",
     "serve_manager_watch",
     "serve_metrics_options",
@@ -40,6 +46,13 @@ def drain_option(func: Any) -> Any:
         type=click.FloatRange(0, 600),
         default=None,
         help="Wait between moving traffic and unloading [default: 1.5].",
+    )(func)
+
+
+def reason_option(func: Any) -> Any:
+    """``--reason``: why a person made a move, recorded in the history with who made it."""
+    return click.option(
+        "--reason", default="", help="Why (recorded in the history, see `history`)."
     )(func)
 
 
@@ -145,20 +158,6 @@ def analysis_options(func: Any) -> Any:
                 "(the canary keeps its weight; never a rollback).",
             ),
             click.option(
-                "--metrics-url",
-                "metrics_urls",
-                multiple=True,
-                envvar="TRITON_METRICS_URL",
-                help="Prometheus text endpoint to scrape (repeatable; env TRITON_METRICS_URL, "
-                "space-separated): Triton's metrics port, Routers' metrics ports.  "
-                "[default: localhost:8002]",
-            ),
-            click.option(
-                "--prometheus",
-                default=None,
-                help="Prometheus server URL: read figures with PromQL instead.",
-            ),
-            click.option(
                 "--live-gate",
                 "live_gates",
                 multiple=True,
@@ -167,10 +166,41 @@ def analysis_options(func: Any) -> Any:
         ]
     ):
         func = option(func)
+    func = metrics_source_options(func)
     # The same pair as every long-running command: a container's manager binds 0.0.0.0.
     return serve_metrics_options("Expose weight, phase, failed checks and gates on this port.")(
         func
     )
+
+
+def metrics_source_options(func: Any) -> Any:
+    """``--metrics-url`` (repeatable) and ``--prometheus``: where live per-version figures
+    are read (``rollout``, ``status --watch``); see ``metrics_source``."""
+    func = click.option(
+        "--prometheus",
+        default=None,
+        help="Prometheus server URL: read figures with PromQL instead.",
+    )(func)
+    return click.option(
+        "--metrics-url",
+        "metrics_urls",
+        multiple=True,
+        envvar="TRITON_METRICS_URL",
+        help="Prometheus text endpoint to scrape (repeatable; env TRITON_METRICS_URL, "
+        "space-separated): Triton's metrics port, Routers' metrics ports.  "
+        "[default: localhost:8002]",
+    )(func)
+
+
+def metrics_source(prometheus: str | None, metrics_urls: tuple[str, ...]) -> MetricsProvider:
+    """The provider the metrics source options name (bad input: exit 2)."""
+    from repo_manager.analysis import PromQLProvider, ScrapeProvider
+
+    if prometheus and metrics_urls:
+        raise InvalidGateError("give --prometheus or --metrics-url, not both")
+    if prometheus:
+        return PromQLProvider(prometheus)
+    return ScrapeProvider(list(metrics_urls) or ["localhost:8002"])
 
 
 def serve_metrics_options(port_help: str) -> Any:

@@ -7,7 +7,15 @@ from typing import Any
 
 from repo_manager.state import RolloutState
 
-__all__ = ["decision_text", "reconcile_text", "report_text", "status_text", "transition_text"]
+__all__ = [
+    "decision_text",
+    "history_text",
+    "reconcile_text",
+    "report_text",
+    "status_text",
+    "transition_text",
+    "watch_text",
+]
 
 
 def status_text(doc: dict[str, Any]) -> str:
@@ -45,7 +53,8 @@ def status_text(doc: dict[str, Any]) -> str:
     if doc["last_transition"]:
         t = doc["last_transition"]
         moved = "" if t.get("kind") == "setting" else f" ({t['from']} -> {t['to']})"
-        lines.append(f"  last: {t['action']}{moved} at {t['at']}")
+        by = f" by {t['who']}" if t.get("who") else ""
+        lines.append(f"  last: {t['action']}{moved} at {t['at']}{by}")
     return "\n".join(lines)
 
 
@@ -88,3 +97,120 @@ def reconcile_text(documents: Sequence[dict[str, Any]]) -> str:
         )
         or "no published models"
     )
+
+
+def short_time(at: str) -> str:
+    """``2026-12-06T23:50:01.123+00:00`` -> ``2026-12-06 23:50:01`` (UTC, as recorded)."""
+    return at[:19].replace("T", " ")
+
+
+def _weights(weights: dict[str, int]) -> str:
+    return " ".join(f"v{v} {w}%" for v, w in weights.items()) or "-"
+
+
+def history_text(entries: Sequence[dict[str, Any]]) -> str:
+    """One line per entry, oldest first (time UTC, action, phases, weights after, who),
+    then why on the next line."""
+    if not entries:
+        return "no history"
+    lines = [f"{'TIME (UTC)':<19}  {'ACTION':<38} {'PHASE':<27} {'WEIGHTS':<15} WHO"]
+    for e in entries:
+        phases = "(setting)" if e["kind"] == "setting" else f"{e['from'] or '-'} -> {e['to']}"
+        lines.append(
+            f"{short_time(e['at'])}  {e['action']:<38} {phases:<27} "
+            f"{_weights(e['weights']):<15} {e['who'] or '-'}"
+        )
+        if e["reason"]:
+            lines.append(f"{'':21}why: {e['reason']}")
+    return "\n".join(lines)
+
+
+def _steps_line(doc: dict[str, Any]) -> str:
+    analysis = doc.get("analysis")
+    if not analysis:
+        return "steps     none: the weights are set by hand (rollout puts an analysis in charge)"
+    steps, at = analysis["plan"]["steps"], analysis["step"]
+    marked = [f"[{w}%]" if i == at else f"{w}%" for i, w in enumerate(steps)]
+    where = f"step {at + 1} of {len(steps)}" if at < len(steps) else "all passed"
+    if doc["phase"] in ("rolling_back", "rolled_back"):
+        where = f"rolled back at {where}"
+    return f"steps     {' > '.join(marked)}   ({where})"
+
+
+def _bar(weight: int, width: int = 20) -> str:
+    filled = round(weight * width / 100)
+    return "#" * filled + "." * (width - filled)
+
+
+def _live_lines(
+    live: dict[str, dict[str, dict[str, Any]]] | None, note: str, seconds: float | None
+) -> list[str]:
+    if live is None:
+        return [f"live      {note}"]
+    if not live:
+        return [f"live      no requests in the last {seconds or 0:.1f} s ({note})"]
+    lines = [f"live      over the last {seconds or 0:.1f} s ({note})"]
+    for source, roles in live.items():
+        for role, r in roles.items():
+            rate = r.get("rate")
+            errors = "-" if r["error_rate"] is None else f"{r['error_rate'] * 100:.2f}%"
+            latency = "-" if r["latency_ms"] is None else f"{r['latency_ms']:.1f} ms"
+            lines.append(
+                f"  {source:<7} {role:<7} v{r['version']:<4} "
+                f"{'-' if rate is None else f'{rate:.1f}':>7} req/s  errors {errors:>7}  "
+                f"latency {latency}"
+            )
+    return lines
+
+
+def watch_text(
+    doc: dict[str, Any],
+    *,
+    live: dict[str, dict[str, dict[str, Any]]] | None,
+    note: str,
+    seconds: float | None,
+    recent: Sequence[Any],
+    now: str,
+) -> str:
+    """One frame of ``status --watch``: phase, steps (the current one marked), weights,
+    analysis counters and last gates, per-version live figures, each server, and the
+    recent history. ``live``: ``analysis.readings`` over the last ``seconds`` (None when
+    there are none yet; ``note`` says why, or names the source)."""
+    lines = [
+        f"{doc['model']}  phase {doc['phase']}  stable {doc['stable']}  "
+        f"canary {doc['canary'] or '-'}  generation {doc['generation']}  at {now} UTC",
+        _steps_line(doc),
+    ]
+    lines += [f"weight    v{v:<4} {w:>3}% {_bar(w)}" for v, w in doc["weights"].items()]
+    analysis = doc.get("analysis")
+    if analysis:
+        plan = analysis["plan"]
+        lines.append(
+            f"analysis  failed checks {analysis['failed_checks']}/{plan['threshold']}  "
+            f"metrics errors {analysis['metrics_errors']}/{plan['max_metrics_errors']}"
+        )
+        last = analysis.get("last")
+        if last:
+            lines.append(f"  last verdict: {last['outcome']}")
+            for g in last["gates"]:
+                shown = "n/a" if g["value"] is None else f"{g['value']:.4g}"
+                verdict = "ok" if g["passed"] else "FAILED"
+                lines.append(f"    {g['name']:<24} {shown:>8} (bound {g['bound']:g}) {verdict}")
+    lines += _live_lines(live, note, seconds)
+    for server in doc["servers"]:
+        if server["error"]:
+            lines.append(f"server    {server['url']}: {server['error']}")
+            continue
+        held = ", ".join(f"v{v['version']} {v['state']}" for v in server["versions"])
+        answers = f"public -> v{server['public']}" if server["public"] else "public not loaded"
+        lines.append(f"server    {server['url']}: {held or 'no versions'}; {answers}")
+    if recent:
+        lines.append("history")
+        lines += [f"  {short_time(t.at)[11:]} {t.action}" + _why(t.reason) for t in recent]
+    return "\n".join(lines)
+
+
+def _why(reason: str, width: int = 110) -> str:
+    if not reason:
+        return ""
+    return ": " + (reason if len(reason) <= width else reason[: width - 3] + "...")

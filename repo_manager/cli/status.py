@@ -1,22 +1,54 @@
-"""``status``: stable, canary, weights, phase, the public name and every version's state."""
+"""``status``: stable, canary, weights, phase, the public name and every version's state;
+``status MODEL --watch``: the same, live, until the rollout ends (``watch.py``)."""
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import click
 
 from repo_manager.cli.app import Context, cli, emit, require_repository
-from repo_manager.cli.options import json_option
+from repo_manager.cli.options import (
+    json_option,
+    metrics_source,
+    metrics_source_options,
+    parse_interval,
+    stop_on_signals,
+)
 from repo_manager.cli.render import status_text
+from repo_manager.cli.watch import Watch
+from repo_manager.errors import InvalidInputError
+from repo_manager.names import validate_model_name
 
 
 @cli.command()
 @click.argument("model", required=False)
 @json_option
+@click.option(
+    "--watch",
+    is_flag=True,
+    help="Live view of MODEL until its rollout ends (redrawn in place on a terminal, "
+    "append-only otherwise): steps, weights, analysis, per-version live figures, servers.",
+)
+@click.option("--interval", default="1s", show_default=True, help="--watch: time between readings.")
+@metrics_source_options
 @click.pass_obj
-def status(obj: Context, model: str | None, as_json: bool) -> None:
+def status(
+    obj: Context,
+    model: str | None,
+    as_json: bool,
+    watch: bool,
+    interval: str,
+    metrics_urls: tuple[str, ...],
+    prometheus: str | None,
+) -> None:
     """Show stable, canary, weights, phase and per-version state."""
+    if watch:
+        if model is None or as_json:
+            raise InvalidInputError("status --watch takes one MODEL and no --json")
+        _watch(obj, validate_model_name(model), interval, metrics_urls, prometheus)
+        return
     require_repository(obj)
     manager = obj.manager()
     if model:
@@ -26,3 +58,30 @@ def status(obj: Context, model: str | None, as_json: bool) -> None:
     documents = [manager.status(name) for name in manager.models()]
     text = "\n\n".join(status_text(d) for d in documents) or "no published models"
     emit(documents, as_json, text)
+
+
+def _watch(
+    obj: Context, model: str, interval: str, urls: tuple[str, ...], prometheus: str | None
+) -> None:
+    """Exit 0 once the rollout reached a terminal phase, or when stopped (Ctrl-C)."""
+    seconds = parse_interval(interval)
+    provider = metrics_source(prometheus, urls)
+    require_repository(obj)
+    manager = obj.manager()
+
+    def read() -> tuple[dict[str, Any], Any]:
+        document = manager.status(model)
+        return document, manager.ledger.require(model, action="watch")
+
+    tty = sys.stdout.isatty()
+    Watch(
+        read=read,
+        sample=lambda: provider.snapshot(model),
+        write=lambda text: click.echo(text, nl=False),
+        tty=tty,
+        interval=seconds,
+        stop=stop_on_signals(),
+        source=provider.name,
+    ).run()
+    if tty:
+        click.echo()

@@ -9,10 +9,10 @@ one write; only a decision that ends the analysis goes on to promote or roll bac
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Protocol
+from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING, Any, Protocol
 
-from repo_manager.analysis import Outcome, Snapshot, judge
+from repo_manager.analysis import Outcome, Snapshot, Verdict, judge, readings
 from repo_manager.errors import MetricsUnavailableError
 from repo_manager.names import validate_model_name
 from repo_manager.phases import Phase, check_transition
@@ -24,7 +24,16 @@ if TYPE_CHECKING:
     from repo_manager.analysis import MetricsProvider
     from repo_manager.rollout.settings import AnalysisPlan
 
-__all__ = ["Finish", "Step", "Then", "advance", "decide", "start_analysis"]
+__all__ = [
+    "Finish",
+    "Step",
+    "Then",
+    "advance",
+    "decide",
+    "start_analysis",
+    "step_details",
+    "stop_analysis",
+]
 
 
 class Then(enum.Enum):
@@ -49,6 +58,40 @@ class Step:
     then: Then = Then.STAY
     #: Why the analysis ends (the promote's or rollback's reason, or the stop's error).
     why: str = ""
+    #: The history entry's details (``step_details``).
+    details: dict[str, Any] | None = None
+
+
+def step_details(
+    status: AnalysisStatus,
+    *,
+    weight: int,
+    outcome: str,
+    step: int,
+    read: dict[str, Any] | None = None,
+    verdict: Verdict | None = None,
+    error: str | None = None,
+) -> dict[str, Any]:
+    """What one step saw, for the history (``history --plot`` draws it): the weight judged,
+    the outcome, the counters after the step, the per-version readings of each source, the
+    gates and the plan's bounds."""
+    plan = status.plan
+    analysis: dict[str, Any] = {
+        "step": step,
+        "steps": list(plan.steps),
+        "weight": weight,
+        "outcome": outcome,
+        "failed_checks": status.failed_checks,
+        "threshold": plan.threshold,
+        "metrics_errors": status.metrics_errors,
+        "max_metrics_errors": plan.max_metrics_errors,
+        "bounds": asdict(plan.gates),
+        "readings": read or {},
+        "gates": [g.to_dict() for g in verdict.gates] if verdict else [],
+    }
+    if error is not None:
+        analysis["error"] = error
+    return {"analysis": analysis}
 
 
 class Finish(Protocol):
@@ -73,14 +116,22 @@ def decide(
     plan = status.plan
     if isinstance(reading, MetricsUnavailableError):
         errors, limit = status.metrics_errors + 1, plan.max_metrics_errors
+        unread = replace(status, metrics_errors=errors)
         return Step(
-            status=replace(status, metrics_errors=errors),
+            status=unread,
             weight=weight,
             action=f"analysis: metrics unavailable ({errors}/{limit})",
             reason=str(reading),
             then=Then.STOP if errors >= limit else Then.STAY,
             why=f"{reading} ({errors} times in a row, limit {limit}); the canary keeps "
             f"{weight}%: run rollout again once metrics are back",
+            details=step_details(
+                unread,
+                weight=weight,
+                step=status.step,
+                outcome="metrics-unavailable",
+                error=str(reading),
+            ),
         )
     read = replace(status, metrics_errors=0, snapshot=reading)
     if status.snapshot is None:
@@ -89,25 +140,41 @@ def decide(
             weight=weight,
             action="analysis: baseline",
             reason="first reading of metrics",
+            details=step_details(read, weight=weight, step=status.step, outcome="baseline"),
         )
     verdict = judge(reading, status.snapshot, stable=stable, canary=canary, gates=plan.gates)
     judged = replace(read, last=verdict)
+    seen = readings(reading, status.snapshot, {"stable": stable, "canary": canary})
+
+    def details(after: AnalysisStatus) -> dict[str, Any]:
+        return step_details(
+            after,
+            weight=weight,
+            step=status.step,
+            outcome=verdict.outcome.value,
+            read=seen,
+            verdict=verdict,
+        )
+
     if verdict.outcome is Outcome.NO_DATA:
         return Step(
             status=judged,
             weight=weight,
             action=f"analysis: no verdict at {weight}%",
             reason=verdict.reason,
+            details=details(judged),
         )
     if verdict.outcome is Outcome.FAIL:
         failed = status.failed_checks + 1
+        counted = replace(judged, failed_checks=failed)
         return Step(
-            status=replace(judged, failed_checks=failed),
+            status=counted,
             weight=weight,
             action=f"analysis: check failed at {weight}% ({failed}/{plan.threshold})",
             reason=verdict.reason,
             then=Then.ROLL_BACK if failed >= plan.threshold else Then.STAY,
             why=f"{failed} failed checks (threshold {plan.threshold}): {verdict.reason}",
+            details=details(counted),
         )
     step = status.step + 1
     passed = replace(judged, step=step)
@@ -119,12 +186,14 @@ def decide(
             reason=verdict.reason,
             then=Then.PROMOTE,
             why="analysis passed every step",
+            details=details(passed),
         )
     return Step(
         status=passed,
         weight=plan.steps[step],
         action=f"analysis: passed at {weight}%, now {plan.steps[step]}%",
         reason=verdict.reason,
+        details=details(passed),
     )
 
 
@@ -183,7 +252,9 @@ def advance(
         new = with_canary_at(
             state, step.weight, phase=Phase.ANALYZING, analysis=step.status.to_json()
         )
-        new = ledger.record(state, new, action=step.action, reason=step.reason)
+        new = ledger.record(
+            state, new, action=step.action, reason=step.reason, details=step.details
+        )
         if step.then is Then.PROMOTE:
             return promote(new, reason=step.why)
         if step.then is Then.ROLL_BACK:
@@ -192,3 +263,21 @@ def advance(
             assert isinstance(reading, MetricsUnavailableError)
             raise MetricsUnavailableError(step.why) from reading
         return new
+
+
+def stop_analysis(ledger: Ledger, model: str, reason: str) -> RolloutState | None:
+    """Record why a running analysis stopped (a signal, an error) while the canary keeps
+    its weight, so the history says what stopped it; None when no analysis is in charge
+    (it ended, or a person took over)."""
+    model = validate_model_name(model)
+    with ledger.locked(model):
+        state = ledger.require(model, action="stop the analysis")
+        if state.phase is not Phase.ANALYZING:
+            return None
+        weight = state.weights.get(state.canary, 0) if state.canary else 0
+        return ledger.record(
+            state,
+            replace(state),
+            action=f"analysis stopped at {weight}%",
+            reason=f"{reason}; run rollout again to resume",
+        )

@@ -19,6 +19,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from repo_manager.errors import IllegalTransitionError
+from repo_manager.history.archive import HISTORY_LIMIT, archive_overflow, recorded_by
 from repo_manager.names import validate_model_name
 from repo_manager.phases import Phase, check_transition
 from repo_manager.rollout.analysis_status import AnalysisStatus
@@ -50,12 +51,15 @@ class Ledger:
         *,
         metrics: ManagerMetrics | None = None,
         recorded: Callable[[RolloutState], None] | None = None,
+        history_limit: int = HISTORY_LIMIT,
     ) -> None:
         """``recorded`` is called with every state once it is persisted (the weighted
-        public name follows each recorded weight through it)."""
+        public name follows each recorded weight through it). The state document keeps
+        the newest ``history_limit`` entries, the archive the rest."""
         self.storage = storage
         self.metrics = metrics
         self.recorded = recorded
+        self.history_limit = history_limit
 
     @contextmanager
     def locked(self, model: str) -> Iterator[None]:
@@ -80,12 +84,14 @@ class Ledger:
         action: str,
         reason: str = "",
         public: str | None = None,
+        details: dict[str, Any] | None = None,
     ) -> RolloutState:
         """Check the move against the phase table, append history, persist atomically.
 
         ``public`` is the version the public name answers from after this move, when the
-        move re-pointed it; otherwise the last entry's value is carried on. Returns the
-        state as persisted.
+        move re-pointed it; otherwise the last entry's value is carried on. ``details``:
+        the figures behind ``reason`` (an analysis step's readings). Returns the state as
+        persisted.
         """
         source = state.phase if state else None
         check_transition(source, new.phase, action=action)
@@ -96,6 +102,7 @@ class Ledger:
             reason=reason,
             public=public,
             phases=(source.value if source else None, new.phase.value),
+            details=details,
         )
 
     def record_setting(
@@ -116,6 +123,7 @@ class Ledger:
         reason: str,
         public: str | None,
         phases: tuple[str | None, str] | None,
+        details: dict[str, Any] | None = None,
     ) -> RolloutState:
         if public is None and state is not None and state.history:
             public = state.history[-1].public
@@ -130,11 +138,23 @@ class Ledger:
             reason=reason,
             public=public,
             kind=MOVE if phases else SETTING,
+            who=recorded_by(),
+            details=details,
+        )
+        # Older entries go to the archive first, so the state never names entries that
+        # are nowhere (see history/archive.py).
+        history, archived = archive_overflow(
+            self.storage,
+            new.model,
+            [*(state.history if state else []), entry],
+            state.archived if state else 0,
+            self.history_limit,
         )
         recorded = replace(
             new,
             generation=(state.generation if state else 0) + 1,
-            history=[*(state.history if state else []), entry],
+            history=history,
+            archived=archived,
         )
         self.storage.write_bytes_atomic(state_key(recorded.model), recorded.to_json())
         self.expose(recorded)

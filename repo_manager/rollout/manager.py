@@ -275,6 +275,10 @@ class RolloutManager:
         """Put the analysis in charge of the canary at its first step (or resume it)."""
         return analysis_step.start_analysis(self.ledger, model, plan)
 
+    def stop_analysis(self, model: str, reason: str) -> RolloutState | None:
+        """Record why the analysis stopped; the canary keeps its weight (``rollout`` resumes)."""
+        return analysis_step.stop_analysis(self.ledger, model, reason)
+
     def advance(self, model: str, provider: MetricsProvider) -> RolloutState:
         """One analysis step (``analysis_step.advance``): promotes past the last step, rolls
         back at the failed-check threshold."""
@@ -331,7 +335,10 @@ class RolloutManager:
         with self.ledger.locked(model):
             state = self.ledger.require(model, action="set the unpinned mode")
             mode = check_mode(state.unpinned if mode is None else mode)
-            share = state.unpinned_shadow if shadow is None else shadow
+            # Back to stable mode ends a shadow that was set; asking for one there is refused.
+            share = (
+                (state.unpinned_shadow if mode == WEIGHTED else 0.0) if shadow is None else shadow
+            )
             if share and mode != WEIGHTED:
                 raise InvalidInputError(
                     f"--shadow needs --unpinned {WEIGHTED}: with {mode} the public name "

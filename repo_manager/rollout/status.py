@@ -68,5 +68,6 @@ def status_document(
             "from": last.from_phase,
             "to": last.to_phase,
             "reason": last.reason,
+            "who": last.who,
         },
     }

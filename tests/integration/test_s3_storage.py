@@ -17,9 +17,13 @@ from botocore.awsrequest import AWSPreparedRequest
 from botocore.exceptions import ClientError
 
 from repo_manager.errors import StorageAccessError, StorageError
+from repo_manager.history import archive_key, read_history
 from repo_manager.repository import ModelRepository
+from repo_manager.rollout.ledger import Ledger
+from repo_manager.state import load_state
 from repo_manager.storage.s3 import S3Storage, _local_etag
 from tests.integration.conftest import MotoServer
+from tests.unit.test_history import record_moves
 from tests.unit.test_s3_calls import answer_if_match
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -95,6 +99,20 @@ def test_change_token_moves_with_every_write(storage: S3Storage) -> None:
     first = storage.change_token("state.json")
     storage.write_bytes_atomic("state.json", b"2")
     assert storage.change_token("state.json") != first
+
+
+def test_the_bounded_history_archives_its_oldest_entries_on_s3(storage: S3Storage) -> None:
+    ledger = Ledger(storage, history_limit=2)
+    record_moves(ledger, [20, 30, 40])
+    everything = ["publish stable", "publish canary at 10%"] + [
+        f"set-weight {w}%" for w in (20, 30, 40)
+    ]
+    state = load_state(storage, "m")
+    assert state is not None and state.archived == 3
+    assert [t.action for t in state.history] == everything[-2:]
+    archive = storage.read_bytes(archive_key("m"))
+    assert archive is not None and len(archive.splitlines()) == 3
+    assert [t.action for t in read_history(storage, "m")] == everything
 
 
 def test_lock_admits_one_manager_at_a_time(storage: S3Storage) -> None:

@@ -26,6 +26,7 @@ def status_document(**changes: Any) -> dict[str, Any]:
             "from": "succeeded",
             "to": "progressing",
             "reason": "",
+            "who": "ops@build-7",
         },
     }
     document.update(changes)
@@ -41,7 +42,10 @@ def test_status_text_names_what_the_public_name_answers_from_and_every_version()
         "the Router calls yolov8s.versions pinned"
     )
     assert lines[2:4] == ["  version 2: READY", "  version 3: READY"]
-    assert lines[-1].startswith("  last: publish canary at 10% (succeeded -> progressing)")
+    assert lines[-1] == (
+        "  last: publish canary at 10% (succeeded -> progressing) "
+        "at 2026-12-02T04:00:00.000+00:00 by ops@build-7"
+    )
 
 
 def test_status_text_shows_each_server_of_a_fleet_and_an_unloaded_public_name() -> None:

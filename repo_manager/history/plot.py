@@ -1,0 +1,360 @@
+"""The picture of a rollout (``history --plot FILE.png``): weights over time with every
+transition marked, and each analysis step's per-version error rate and latency against
+its gates.
+
+``plot_data`` is pure (what is drawn, from the history alone); ``figure`` draws it with
+matplotlib, which is imported only here and only when a plot is drawn (the ``plot``
+extra), never at import: a Router or a manager never pays for it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from repo_manager.errors import InvalidInputError
+from repo_manager.state import Transition
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = ["PlotData", "StepReading", "figure", "plot_data", "write_plot"]
+
+#: Source preference when several judged equally many steps (the Router's figures are
+#: what clients saw; Triton's what reached the server; shadow is mirrored traffic).
+_PREFERENCE = ("router", "triton", "shadow")
+
+#: How each kind of transition is marked: (category, colour, marker).
+_KINDS: dict[str, tuple[str, str, str]] = {
+    "publish": ("publish", "tab:blue", "D"),
+    "manual": ("set by hand / setting", "tab:gray", "s"),
+    "pass": ("analysis passed", "tab:green", "^"),
+    "fail": ("analysis check failed", "tab:red", "v"),
+    "start": ("analysis started", "tab:purple", "o"),
+    "quiet": ("baseline / no verdict / metrics error", "silver", "o"),
+    "promote": ("promote", "darkgreen", "*"),
+    "rollback": ("rollback", "darkred", "X"),
+    "stopped": ("analysis stopped", "tab:orange", "P"),
+}
+
+
+def category(entry: Transition) -> str:
+    """Which kind of mark a transition gets (a key of ``_KINDS``)."""
+    action = entry.action
+    if action.startswith("publish"):
+        return "publish"
+    if action.startswith(("promote", "promoted")):
+        return "promote"
+    if action.startswith(("rollback", "rolled back")):
+        return "rollback"
+    if action.startswith("analysis stopped"):
+        return "stopped"
+    if action.startswith("analysis started"):
+        return "start"
+    outcome = (entry.details or {}).get("analysis", {}).get("outcome")
+    if outcome in ("pass", "fail"):
+        return str(outcome)
+    if action.startswith("analysis"):
+        return "quiet"
+    return "manual"
+
+
+@dataclass(kw_only=True, frozen=True)
+class StepReading:
+    """One judged analysis step, from the chosen source (None: no figure that step)."""
+
+    at: dt.datetime
+    #: The canary judged (a new canary starts a new line).
+    canary: str
+    weight: int
+    outcome: str
+    #: Names of the gates that failed this step (e.g. ``latency_ratio[triton]``).
+    failed: tuple[str, ...]
+    canary_error_rate: float | None
+    stable_error_rate: float | None
+    canary_latency_ms: float | None
+    stable_latency_ms: float | None
+    max_error_rate: float
+    #: The latency gate in ms: stable's latency times the plan's max ratio.
+    max_latency_ms: float | None
+
+
+@dataclass(kw_only=True, frozen=True)
+class PlotData:
+    """Everything the figure draws, as plain numbers (tests check these)."""
+
+    times: list[dt.datetime]
+    #: Version -> its weight after each transition: None before it was published and
+    #: after the one that took it out of the routing table (which shows it at 0).
+    weights: dict[str, list[int | None]]
+    categories: list[str]
+    actions: list[str]
+    source: str | None
+    steps: list[StepReading] = field(default_factory=list)
+
+
+def _time(at: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(at)
+
+
+def _source(entries: Sequence[Transition]) -> str | None:
+    """The source whose canary readings cover the most steps."""
+    counts: dict[str, int] = {}
+    for e in entries:
+        for source, roles in (e.details or {}).get("analysis", {}).get("readings", {}).items():
+            if "canary" in roles:
+                counts[source] = counts.get(source, 0) + 1
+    if not counts:
+        return None
+    return max(_PREFERENCE, key=lambda s: (counts.get(s, 0), -_PREFERENCE.index(s)))
+
+
+def _step(entry: Transition, source: str) -> StepReading | None:
+    analysis = (entry.details or {}).get("analysis", {})
+    roles = analysis.get("readings", {}).get(source)
+    if analysis.get("outcome") not in ("pass", "fail") or not roles:
+        return None
+    canary, stable = roles.get("canary", {}), roles.get("stable", {})
+    bounds = analysis["bounds"]
+    stable_latency = stable.get("latency_ms")
+    return StepReading(
+        at=_time(entry.at),
+        canary=str(canary.get("version", entry.canary)),
+        weight=int(analysis["weight"]),
+        outcome=str(analysis["outcome"]),
+        failed=tuple(g["name"] for g in analysis.get("gates", []) if not g["passed"]),
+        canary_error_rate=canary.get("error_rate"),
+        stable_error_rate=stable.get("error_rate"),
+        canary_latency_ms=canary.get("latency_ms"),
+        stable_latency_ms=stable_latency,
+        max_error_rate=float(bounds["max_error_rate"]),
+        max_latency_ms=None
+        if stable_latency is None
+        else stable_latency * float(bounds["max_latency_ratio"]),
+    )
+
+
+def _weights_of(version: str, entries: Sequence[Transition]) -> list[int | None]:
+    """``version``'s weight after each entry; 0 at the entry that retired it, None where
+    it is not routed otherwise (no line: a version's life is where its line is)."""
+    weights: list[int | None] = []
+    for entry in entries:
+        if version in entry.weights:
+            weights.append(entry.weights[version])
+        else:
+            weights.append(0 if weights and weights[-1] not in (None, 0) else None)
+    return weights
+
+
+def plot_data(entries: Sequence[Transition]) -> PlotData:
+    """What the figure of ``entries`` (oldest first) draws."""
+    if not entries:
+        raise InvalidInputError("no history to plot")
+    versions = sorted({v for e in entries for v in e.weights}, key=int)
+    source = _source(entries)
+    steps = [s for e in entries if source and (s := _step(e, source)) is not None]
+    return PlotData(
+        times=[_time(e.at) for e in entries],
+        weights={v: _weights_of(v, entries) for v in versions},
+        categories=[category(e) for e in entries],
+        actions=[e.action for e in entries],
+        source=source,
+        steps=steps,
+    )
+
+
+def _matplotlib() -> Any:
+    try:
+        import matplotlib.dates as mdates
+    except ImportError as exc:
+        raise InvalidInputError(
+            "history --plot needs matplotlib: pip install 'repo-manager[plot]'"
+        ) from exc
+    return mdates
+
+
+def figure(entries: Sequence[Transition], *, model: str) -> Figure:
+    """Three panels sharing the time axis: weights with every transition marked, then the
+    canary's and stable's error rate and latency per analysis step with the gates."""
+    mdates = _matplotlib()
+    from matplotlib.figure import Figure
+
+    data = plot_data(entries)
+    fig = Figure(figsize=(12, 9), dpi=100, layout="constrained")
+    top, errors, latency = fig.subplots(
+        3, 1, sharex=True, gridspec_kw={"height_ratios": [1.3, 1, 1]}
+    )
+    _draw_weights(top, data)
+    _draw_steps(errors, latency, data)
+    start, end = data.times[0], data.times[-1]
+    fig.suptitle(
+        f"{model}: {len(entries)} transitions, {start:%Y-%m-%d %H:%M:%S} to {end:%H:%M:%S} UTC",
+        fontsize=13,
+    )
+    locator = mdates.AutoDateLocator()
+    latency.xaxis.set_major_locator(locator)
+    within_a_day = end - start < dt.timedelta(days=1)
+    latency.xaxis.set_major_formatter(
+        mdates.DateFormatter("%H:%M:%S", tz=dt.UTC)
+        if within_a_day
+        else mdates.ConciseDateFormatter(locator, tz=dt.UTC)
+    )
+    latency.set_xlabel("time (UTC)")
+    return fig
+
+
+def _draw_weights(ax: Any, data: PlotData) -> None:
+    for version, weights in data.weights.items():
+        shown = [float("nan") if w is None else float(w) for w in weights]
+        ax.plot(
+            data.times, shown, drawstyle="steps-post", linewidth=2.2, label=f"v{version} weight"
+        )
+    seen: set[str] = set()
+    notes: list[tuple[dt.datetime, str, str]] = []
+    close = (data.times[-1] - data.times[0]) * 0.02
+    for when, kind, action in zip(data.times, data.categories, data.actions, strict=True):
+        name, colour, marker = _KINDS[kind]
+        ax.axvline(when, color=colour, alpha=0.25, linewidth=0.8)
+        ax.plot(
+            [when],
+            [108],
+            marker=marker,
+            color=colour,
+            markersize=9,
+            linestyle="none",
+            label=None if kind in seen else name,
+            gid="transition",
+        )
+        seen.add(kind)
+        if kind in ("publish", "promote", "rollback", "stopped", "fail"):
+            text = action.removeprefix("analysis: ")
+            if notes and when - notes[-1][0] <= close:  # one label for moves made together
+                text = f"{notes[-1][1]} / {text}"
+                notes.pop()
+            notes.append((when, text, colour))
+    for when, text, colour in notes:
+        ax.annotate(
+            text,
+            (when, 108),
+            xytext=(4, -6),
+            textcoords="offset points",
+            rotation=-90,
+            bbox={"facecolor": "white", "alpha": 0.75, "edgecolor": "none", "pad": 1},
+            fontsize=7,
+            va="top",
+            color=colour,
+        )
+    ax.set_ylim(-5, 115)
+    ax.set_yticks([0, 25, 50, 75, 100])
+    ax.set_ylabel("weight (%)")
+    ax.set_title("weights after each transition (marks: every transition)", fontsize=10)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
+
+
+def _draw_steps(errors: Any, latency: Any, data: PlotData) -> None:
+    where = f"{data.source} metrics" if data.source else "no analysis step recorded readings"
+    panels = (
+        (errors, "error rate", "error rate (%)", "error_rate", "max_error_rate", 100.0),
+        (latency, "mean latency", "latency (ms)", "latency_ms", "max_latency_ms", 1.0),
+    )
+    for ax, title, unit, figure_name, gate, scale in panels:
+        ax.set_title(f"{title} per analysis step ({where})", fontsize=10)
+        ax.set_ylabel(unit)
+        ax.grid(True, alpha=0.3)
+        if not data.steps:
+            ax.text(0.5, 0.5, "no analysis steps", transform=ax.transAxes, ha="center")
+            continue
+        _draw_panel(ax, data.steps, title, figure_name, gate, scale)
+
+
+def _draw_panel(
+    ax: Any, steps: list[StepReading], title: str, figure_name: str, gate: str, scale: float
+) -> None:
+    """Canary and stable per step, the gate (dashed), and each step whose gate of this
+    panel failed (a cross); each canary's steps are one line, labelled with its version."""
+
+    def values(items: list[StepReading], name: str) -> list[float]:
+        return [float("nan") if (v := getattr(s, name)) is None else v * scale for s in items]
+
+    # One line per canary (each rollout), labelled once: a new canary is another line.
+    groups: list[list[StepReading]] = []
+    for i, step in enumerate(steps):
+        if not i or step.canary != steps[i - 1].canary:
+            groups.append([])
+        groups[-1].append(step)
+    gate_label = (
+        "gate: max error rate" if gate == "max_error_rate" else "gate: stable latency x max ratio"
+    )
+    for n, group in enumerate(groups):
+        at = [s.at for s in group]
+        hidden = "_" if n else ""  # matplotlib leaves labels starting with "_" out of legends
+        # The canary is drawn over stable where they coincide.
+        for role, colour, marker, z in (
+            ("canary", "tab:orange", "o", 3),
+            ("stable", "tab:blue", "s", 2),
+        ):
+            ax.plot(
+                at,
+                values(group, f"{role}_{figure_name}"),
+                marker=marker,
+                color=colour,
+                zorder=z,
+                label=f"{hidden}{role} {title.removeprefix('mean ')}",
+            )
+        ax.plot(
+            at,
+            values(group, gate),
+            drawstyle="steps-mid",
+            linestyle="--",
+            color="tab:red",
+            label=f"{hidden}{gate_label}",
+        )
+        if len(groups) > 1 and (y := values(group, f"canary_{figure_name}")[0]) == y:
+            ax.annotate(
+                f"canary v{group[0].canary}",
+                (group[0].at, y),
+                xytext=(-8, 0),
+                textcoords="offset points",
+                ha="right",
+                va="center",
+                fontsize=8,
+                color="tab:orange",
+            )
+    kind = "error_rate" if gate == "max_error_rate" else "latency_ratio"
+    failed = [s for s in steps if any(g.startswith(kind) for g in s.failed)]
+    if failed:
+        ax.plot(
+            [s.at for s in failed],
+            values(failed, f"canary_{figure_name}"),
+            linestyle="none",
+            marker="X",
+            markersize=12,
+            color="darkred",
+            zorder=4,
+            label="failed check",
+        )
+    # A little room below 0, so a series that stays at 0 is not hidden by the axis.
+    ax.set_ylim(bottom=-0.04 * ax.get_ylim()[1])
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
+
+
+def write_plot(entries: Sequence[Transition], path: Path, *, model: str) -> None:
+    """Write the figure as a PNG at ``path``: staged beside it, then renamed."""
+    fig = figure(entries, model=model)
+    target = Path(path)
+    if not target.parent.is_dir():
+        raise InvalidInputError(f"cannot write {target}: no folder {target.parent}")
+    fd, staged = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".png", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            fig.savefig(out, format="png")
+        os.replace(staged, target)
+    except BaseException:
+        Path(staged).unlink(missing_ok=True)
+        raise
