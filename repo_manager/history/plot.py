@@ -73,7 +73,7 @@ class StepReading:
     canary: str
     weight: int
     outcome: str
-    #: Names of the gates that failed this step (e.g. ``latency_ratio[triton]``).
+    #: Names of the gates that failed this step (e.g. ``max_latency_ratio[triton]``).
     failed: tuple[str, ...]
     canary_error_rate: float | None
     stable_error_rate: float | None
@@ -326,8 +326,10 @@ def _draw_panel(
                 fontsize=8,
                 color="tab:orange",
             )
-    kind = "error_rate" if gate == "max_error_rate" else "latency_ratio"
-    failed = [s for s in steps if any(g.startswith(kind) for g in s.failed)]
+    # Gates are named as --live-gate takes them (max_error_rate[triton]); entries recorded
+    # before that carry the bare name (error_rate[triton]).
+    names = (gate, gate.removeprefix("max_"))
+    failed = [s for s in steps if any(g.startswith(names) for g in s.failed)]
     if failed:
         ax.plot(
             [s.at for s in failed],

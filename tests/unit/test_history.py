@@ -148,9 +148,9 @@ def test_each_analysis_step_records_its_readings_gates_and_bounds(manager: Harne
     bad = failed.details["analysis"]
     assert (bad["outcome"], bad["weight"], bad["failed_checks"]) == ("fail", 25, 1)
     assert bad["readings"]["triton"]["canary"]["error_rate"] == pytest.approx(0.2)
-    gate = next(g for g in bad["gates"] if g["name"] == "error_rate[triton]")
+    gate = next(g for g in bad["gates"] if g["name"] == "max_error_rate[triton]")
     assert gate["passed"] is False and gate["bound"] == 0.01
-    assert "error_rate[triton]=0.2" in failed.reason
+    assert "max_error_rate[triton]: 0.2 (bound 0.01) FAILED" in failed.reason
 
 
 def test_a_stopped_analysis_says_what_stopped_it(manager: Harness) -> None:
