@@ -168,3 +168,18 @@ def reconfigure(stack: BenchStack, model: str, change: Callable[[Any], None]) ->
     state = load_state(repo.storage, model)
     assert state is not None
     manager.applier.apply(state)  # type: ignore[attr-defined]
+
+
+def table_only_manager(storage: Any) -> Any:
+    """A RolloutManager whose moves write the routing table and reach no server: for the
+    benches that time only the table's propagation (``set_weight`` checks that the fleet
+    answers before it writes, so the fleet here says it does)."""
+    from repo_manager.repository import ModelRepository
+    from repo_manager.rollout import RolloutManager
+    from repo_manager.triton import TritonFleet
+
+    class NoServers(TritonFleet):
+        def check_reachable(self) -> None:
+            return None
+
+    return RolloutManager(ModelRepository(storage), NoServers(["127.0.0.1:1"]))

@@ -30,7 +30,7 @@ from typing import Any
 _ROOT = Path(__file__).resolve().parents[1]
 sys.path[:] = [str(_ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != _ROOT / "bench"]
 
-from bench.common import load_now, machine, median, met, pct  # noqa: E402
+from bench.common import load_now, machine, median, met, pct, table_only_manager  # noqa: E402
 
 MODEL = "yolo"
 
@@ -82,11 +82,8 @@ def main(argv: list[str] | None = None) -> None:
         args.routers, args.changes = 3, 5
 
     from repo_manager.phases import Phase
-    from repo_manager.repository import ModelRepository
-    from repo_manager.rollout import RolloutManager
     from repo_manager.state import RolloutState, state_key
     from repo_manager.storage import LocalStorage
-    from repo_manager.triton import TritonFleet
 
     context = mp.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="bench-propagation-") as tmp:
@@ -100,8 +97,7 @@ def main(argv: list[str] | None = None) -> None:
             generation=1,
         )
         storage.write_bytes_atomic(state_key(MODEL), state.to_json())
-        # set_weight only writes the routing table: the fleet is never contacted.
-        manager = RolloutManager(ModelRepository(storage), TritonFleet(["127.0.0.1:1"]))
+        manager = table_only_manager(storage)
         ready, reports = context.Queue(), context.Queue()
         workers = [
             context.Process(target=follow, args=(tmp, ready, reports, args.changes), daemon=True)

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, load_now, median, pct
+from bench.common import ROOT, load_now, median, pct, table_only_manager
 
 MODEL = "yolo"
 WATCHERS, MANAGER, CLI = "AKIAWATCHERS", "AKIAMANAGER", "AKIACLI"
@@ -228,12 +228,9 @@ def per_watcher_hour(window: dict[str, float], watchers: int) -> float:
 def run(args: Any, endpoint: str, tmp: Path) -> dict[str, Any]:
     """Every phase; returns the figures (printed by ``report``)."""
     from repo_manager.phases import Phase
-    from repo_manager.repository import ModelRepository
-    from repo_manager.rollout import RolloutManager
     from repo_manager.server import free_port
     from repo_manager.state import RolloutState, state_key
     from repo_manager.storage.s3 import S3Storage
-    from repo_manager.triton import TritonFleet
 
     os.environ.update(_environment(CLI, endpoint))
     import boto3
@@ -245,8 +242,7 @@ def run(args: Any, endpoint: str, tmp: Path) -> dict[str, Any]:
         model=MODEL, phase=Phase.PROGRESSING, stable="1", canary="2", weights={"1": 90, "2": 10}
     )
     storage.write_bytes_atomic(state_key(MODEL), state.to_json())
-    # set_weight only writes the routing table: the fleet is never contacted.
-    manager = RolloutManager(ModelRepository(storage), TritonFleet(["127.0.0.1:1"]))
+    manager = table_only_manager(storage)
     rng = random.Random(0)
     figures: dict[str, Any] = {}
     port = free_port()
