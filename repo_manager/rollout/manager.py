@@ -14,7 +14,7 @@ reconcile: steps, then one persist of the status).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,12 +34,13 @@ from repo_manager.rollout.applier import FleetApplier, Progress, desired_route
 from repo_manager.rollout.ledger import Ledger, with_canary_at
 from repo_manager.rollout.publishing import Publisher, PublishRequest
 from repo_manager.rollout.retirement import Retirement
-from repo_manager.rollout.settings import AnalysisPlan, RolloutSettings, VersionPolicy, parse_weight
+from repo_manager.rollout.setting_changes import SettingChanges
+from repo_manager.rollout.settings import AnalysisPlan, RolloutSettings, parse_weight
 from repo_manager.rollout.status import status_document
 from repo_manager.state import RolloutState
 from repo_manager.timing import PhaseTimer
 from repo_manager.triton import TritonFleet
-from repo_manager.unpinned import WEIGHTED, check_mode, check_shadow
+from repo_manager.unpinned import WEIGHTED
 
 if TYPE_CHECKING:
     from repo_manager.analysis import MetricsProvider
@@ -90,6 +91,7 @@ class RolloutManager:
         self.ledger = Ledger(repository.storage, metrics=metrics, recorded=self._follow_weights)
         self.retirement = Retirement(self.applier, self.ledger)
         self.publisher = Publisher(self.applier, self.ledger)
+        self.settings_changes = SettingChanges(self.applier, self.ledger)
 
     def state(self, model: str) -> RolloutState | None:
         return self.ledger.load(model)
@@ -290,65 +292,17 @@ class RolloutManager:
             rollback=self.retirement.rollback,
         )
 
-    # -- policy -----------------------------------------------------------------------------
+    # -- settings (no phase moves) ---------------------------------------------------------
 
     def set_policy(self, model: str, policy: dict[str, Any] | None) -> RolloutState:
         """Keep extra versions loaded (e.g. the previous stable, for a fast rollback)."""
-        model = validate_model_name(model)
-        checked = VersionPolicy.from_document(policy)
-        with self.ledger.locked(model):
-            state = self.ledger.require(model, action="set the policy")
-            named = checked.specific if checked and checked.specific else ()
-            missing = [v for v in named if not self.repository.has_version(model, v)]
-            if missing:
-                raise InvalidInputError(
-                    f"{model} has no version {', '.join(missing)} in {self.repository.location}"
-                )
-            self.fleet.check_reachable()
-            new = RolloutState(
-                model=model,
-                phase=state.phase,
-                stable=state.stable,
-                canary=state.canary,
-                retiring=state.retiring,
-                weights=dict(state.weights),
-                policy=None if checked is None else checked.to_document(),
-                analysis=state.analysis,
-                unpinned=state.unpinned,
-                unpinned_shadow=state.unpinned_shadow,
-            )
-            before = set(self.desired_versions(state))
-            after = set(self.desired_versions(new))
-            self.applier.apply(new, gone=sorted(before - after, key=int))
-            # A policy is a setting, not a phase move: recorded as one.
-            action = f"policy {checked.to_document()}" if checked else "policy cleared"
-            return self.ledger.record_setting(state, new, action=action)
+        return self.settings_changes.set_policy(model, policy)
 
     def set_unpinned(
         self, model: str, mode: str | None, *, shadow: float | None = None
     ) -> RolloutState:
-        """What the public name does with requests that name no version: answer from
-        stable only, or follow the rollout's weights (``unpinned`` package), mirroring
-        ``shadow`` of stable's answers to the canary; None keeps what is set."""
-        model = validate_model_name(model)
-        shadow = None if shadow is None else check_shadow(shadow)
-        with self.ledger.locked(model):
-            state = self.ledger.require(model, action="set the unpinned mode")
-            mode = check_mode(state.unpinned if mode is None else mode)
-            # Back to stable mode ends a shadow that was set; asking for one there is refused.
-            share = (
-                (state.unpinned_shadow if mode == WEIGHTED else 0.0) if shadow is None else shadow
-            )
-            if share and mode != WEIGHTED:
-                raise InvalidInputError(
-                    f"--shadow needs --unpinned {WEIGHTED}: with {mode} the public name "
-                    "answers from stable only (the Router has its own shadow option)"
-                )
-            self.fleet.check_reachable()
-            new = replace(state, unpinned=mode, unpinned_shadow=share)
-            self.applier.point_public(new)
-            words = f"unpinned {mode}" + (f", shadow {share:g}" if share else "")
-            return self.ledger.record_setting(state, new, action=words)
+        """What the public name does with requests that name no version (``SettingChanges``)."""
+        return self.settings_changes.set_unpinned(model, mode, shadow=shadow)
 
     # -- reconcile --------------------------------------------------------------------------
 
