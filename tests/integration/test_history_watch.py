@@ -92,7 +92,7 @@ def test_history_lists_every_decision_with_its_fields_who_and_why(
     assert reasons[6] == "users reported misses"
     # The failed gate: which gate, its value and its bound.
     assert reasons[9].startswith("golden gate failed: ")
-    assert "map50_drop=" in reasons[9] and "(bound 0.05) FAILED" in reasons[9]
+    assert "max_map50_drop: " in reasons[9] and "(bound 0.05) FAILED" in reasons[9]
     assert "answers from 4" in reasons[13]
     assert [e["stable"] for e in entries[-2:]] == ["4", "4"]
     assert [e["public"] for e in entries][-1] == "4"
