@@ -30,13 +30,13 @@ SLOW = {"serving", "warmup", "publish_phases", "memory", "propagation --fleet"}
     ],
 )
 def test_bench_script_runs_in_quick_mode_and_prints_its_goal(script: str) -> None:
+    name, *options = script.split()
     if script in SLOW and os.environ.get("REPO_MANAGER_BENCH_SMOKE") != "1":
         pytest.skip(
-            f"bench/{script}.py publishes detectors (slow): set REPO_MANAGER_BENCH_SMOKE=1 "
-            "to run it"
+            f"`python bench/{name}.py {' '.join([*options, '--quick'])}` publishes detectors "
+            "or starts a fleet (slow): set REPO_MANAGER_BENCH_SMOKE=1 to run it"
         )
     env = {**os.environ, "PYTHONPATH": str(ROOT), "YOLO_OFFLINE": "1"}
-    name, *options = script.split()
     done = subprocess.run(
         [sys.executable, str(ROOT / "bench" / f"{name}.py"), *options, "--quick"],
         capture_output=True,
