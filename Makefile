@@ -8,7 +8,7 @@ DETECTOR_V2 := .cache/detector-seed1/detector.pt
 export YOLO_OFFLINE := 1
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup detector demo test unit integration lint bench clean
+.PHONY: setup detector demo test check unit integration lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -29,18 +29,28 @@ $(DETECTOR_V2): | setup
 demo: setup $(DETECTOR) $(DETECTOR_V2)
 	$(PY) -m repo_manager.demo --weights $(DETECTOR) --weights-v2 $(DETECTOR_V2)
 
+# Test processes side by side (pytest-xdist). Most integration time is waiting on servers,
+# model loads, drains and analysis intervals, not CPU; see "How the suite is organised" in
+# the README for what each worker count measured.
+TEST_WORKERS ?= 6
+UNIT_WORKERS ?= 2
+
 lint: setup
 	$(VENV)/bin/ruff check repo_manager export tests bench
 	$(VENV)/bin/mypy
 
+# The inner loop (under a minute): lint and the unit tests, no server, no detector.
+check: lint unit
+
 unit: setup
-	$(PY) -m pytest tests/unit -q
+	$(PY) -m pytest tests/unit -q -n $(UNIT_WORKERS)
 
 integration: setup $(DETECTOR)
-	$(PY) -m pytest tests/integration -q
+	REPO_MANAGER_DETECTOR=$(abspath $(DETECTOR)) $(PY) -m pytest tests/integration -q -rs -n $(TEST_WORKERS)
 
+# Everything CI runs, from a fresh clone: venv, detector, lint, every test.
 test: setup $(DETECTOR) lint
-	REPO_MANAGER_DETECTOR=$(abspath $(DETECTOR)) $(PY) -m pytest -q -rs --durations=15
+	REPO_MANAGER_DETECTOR=$(abspath $(DETECTOR)) $(PY) -m pytest -q -rs --durations=15 -n $(TEST_WORKERS)
 
 # Every benchmark, each printing its ratios measured side by side (see BENCHMARKS.md).
 # `make bench QUICK=1`: a smoke run of each in a few minutes, not figures to quote.

@@ -19,6 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from export.cache import CachedExport, ExportCache, default_export_cache, export_cache_key
 from export.formats import FormatSpec, get_format
 from export.manifest import build_manifest, write_manifest
 from repo_manager.compat import io_difference
@@ -76,6 +77,9 @@ class ExportOptions:
     #: ``onnx`` format only: let Triton's onnxruntime run the model through its TensorRT
     #: execution accelerator on GPU instances (FP16 with ``fp16``). Default False.
     ort_tensorrt: bool = False
+    #: Content-addressed cache of checked ONNX exports (see ``export.cache``); None: off.
+    #: Default: ``REPO_MANAGER_EXPORT_CACHE``, else ~/.cache/repo-manager/exports.
+    export_cache: Path | None = field(default_factory=default_export_cache)
 
 
 @dataclass(kw_only=True)
@@ -131,6 +135,51 @@ def _existing_config(out_dir: Path, version: str) -> ModelConfig | None:
     return parse_config(path.read_bytes(), source=str(path))
 
 
+def _checked_onnx(weights: Path, work: Path, options: ExportOptions) -> CachedExport:
+    """The checked ONNX of ``weights`` in ``work`` (or in the cache) and its facts.
+
+    A cache hit skips torch and Ultralytics altogether; a miss loads, exports and checks
+    (graph, I/O, onnxruntime vs PyTorch), then keeps the result for the next export.
+    """
+    from export.onnx_export import DetectorIO, check_onnx, export_onnx, pytorch_reference
+    from export.weights import load_detector, sha256_file
+
+    cache = ExportCache(root=options.export_cache) if options.export_cache else None
+    if cache is not None and weights.is_file():
+        try:
+            key = export_cache_key(
+                weights_sha256=sha256_file(weights), imgsz=options.imgsz, opset=options.opset
+            )
+        except OSError:  # unreadable: load_detector says so in its own words
+            key = ""
+        found = cache.get(key) if key else None
+        if found is not None:
+            return found
+    detector = load_detector(weights, work)
+    imgsz = check_imgsz(options.imgsz or detector.train_imgsz or DEFAULT_IMGSZ)
+    onnx_path = work / "model.onnx"
+    export_onnx(detector, onnx_path, imgsz=imgsz, opset=options.opset)
+    expected = DetectorIO(
+        imgsz=imgsz, num_classes=detector.num_classes, num_anchors=detector.num_anchors(imgsz)
+    )
+    check = check_onnx(onnx_path, expected=expected, reference=pytorch_reference(detector.model))
+    made = CachedExport(
+        onnx=onnx_path,
+        weights_sha256=detector.sha256,
+        imgsz=imgsz,
+        class_names=detector.class_names,
+        strides=detector.strides,
+        train_imgsz=detector.train_imgsz,
+        numerical_check=asdict(check) if check else None,
+    )
+    if cache is not None:
+        key = export_cache_key(
+            weights_sha256=detector.sha256, imgsz=options.imgsz, opset=options.opset
+        )
+        cache.put(key, onnx_path, made)
+    return made
+
+
 def export_model(
     weights: Path, out_dir: Path, *, model_name: str, version: str = "1", options: ExportOptions
 ) -> ExportResult:
@@ -148,12 +197,11 @@ def export_model(
     # Absolute: Ultralytics may resolve relative paths against its own directories.
     weights = weights.expanduser().absolute()
 
-    from export.onnx_export import DetectorIO, check_onnx, export_onnx, pytorch_reference, read_io
-    from export.weights import load_detector
+    from export.onnx_export import read_io
 
     with tempfile.TemporaryDirectory(prefix="repo-manager-export-") as work:
-        detector = load_detector(weights, Path(work))
-        imgsz = check_imgsz(options.imgsz or detector.train_imgsz or DEFAULT_IMGSZ)
+        made = _checked_onnx(weights, Path(work), options)
+        imgsz = made.imgsz
         try:  # only now: bad weights must leave no trace either
             out_dir.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -169,17 +217,9 @@ def export_model(
             version_dir = staging / version
             version_dir.mkdir()
             onnx_path = version_dir / "model.onnx"
-            export_onnx(detector, onnx_path, imgsz=imgsz, opset=options.opset)
-            expected = DetectorIO(
-                imgsz=imgsz,
-                num_classes=detector.num_classes,
-                num_anchors=detector.num_anchors(imgsz),
-            )
-            check = check_onnx(
-                onnx_path, expected=expected, reference=pytorch_reference(detector.model)
-            )
+            shutil.copyfile(made.onnx, onnx_path)
             inputs, outputs = read_io(onnx_path)
-            extra: dict[str, Any] = {"numerical_check": asdict(check) if check else None}
+            extra: dict[str, Any] = {"numerical_check": made.numerical_check}
             cc_model_filenames: dict[str, str] = {}
 
             if spec.name == "python":
@@ -218,7 +258,7 @@ def export_model(
                 outputs=outputs,
                 instance_kind="KIND_GPU" if options.ort_tensorrt else spec.instance_kind,
                 instance_count=options.instances,
-                class_names=detector.class_names,
+                class_names=made.class_names,
                 imgsz=imgsz,
                 cc_model_filenames=cc_model_filenames,
             )
@@ -236,9 +276,9 @@ def export_model(
                 version=version,
                 format=spec.name,
                 source_weights=weights,
-                weights_sha256=detector.sha256,
+                weights_sha256=made.weights_sha256,
                 imgsz=imgsz,
-                class_names=detector.class_names,
+                class_names=made.class_names,
                 max_batch_size=options.max_batch,
                 inputs=inputs,
                 outputs=outputs,

@@ -1,11 +1,50 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 import pytest
 
+from export.cache import CACHE_ENV
+
+#: The backend's server-wide spinning default (export/backend/model.py reads it).
+ALLOW_SPINNING_ENV = "REPO_MANAGER_ORT_ALLOW_SPINNING"
+
+_EXPORT_CACHE = pytest.StashKey[str]()
+
 # Ultralytics must never reach for the network here (no internet on CI machines).
 os.environ.setdefault("YOLO_OFFLINE", "1")
+
+#: Tests that take minutes, started first so that no worker is left running one of them
+#: alone at the end (`make test` runs the suite in parallel processes; see the README).
+LONGEST_FIRST = (
+    "tests/integration/test_soak.py",
+    "tests/integration/test_readme.py",
+    "tests/integration/test_weighted_public_name.py::test_no_unpinned_request_fails",
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One export cache for the whole run, shared by every xdist worker and every CLI
+    process they start: the suite publishes the same detector about a hundred times, and
+    each export through torch costs seconds of CPU that the two cores need for the
+    servers. The cache's own tests, and the unit tests of the export, turn it off."""
+    # Idle onnxruntime threads spin for work by default: with a dozen servers' models side
+    # by side on two cores, each spinning stub takes the CPU the others wait for.
+    os.environ.setdefault(ALLOW_SPINNING_ENV, "0")
+    if CACHE_ENV in os.environ or hasattr(config, "workerinput"):
+        return  # the user's choice, or a worker inheriting the controller's folder
+    folder = tempfile.mkdtemp(prefix="repo-manager-test-exports-")
+    os.environ[CACHE_ENV] = folder
+    config.stash[_EXPORT_CACHE] = folder
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    folder = config.stash.get(_EXPORT_CACHE, None)
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
+        os.environ.pop(CACHE_ENV, None)
 
 
 def _gpu_unavailable_reason() -> str | None:
@@ -23,8 +62,14 @@ def _gpu_unavailable_reason() -> str | None:
     return None
 
 
+def _starts_late(item: pytest.Item) -> bool:
+    return not item.nodeid.startswith(LONGEST_FIRST)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip `gpu`-marked tests with the reason, only where no GPU with TensorRT exists."""
+    """Run the longest tests first; skip `gpu`-marked tests with the reason, only where no
+    GPU with TensorRT exists."""
+    items.sort(key=_starts_late)  # stable: the rest keep their order
     gpu_items = [item for item in items if "gpu" in item.keywords]
     reason = _gpu_unavailable_reason() if gpu_items else None
     if reason:

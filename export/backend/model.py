@@ -13,7 +13,9 @@ Config parameters (strings) it reads:
                                    spin waiting for work. On a machine of its own spinning
                                    is faster (no wake-up per operator: 23 vs 29 ms at 320
                                    px on 2 cores); on a host crowded by other work "0" is
-                                   (BENCHMARKS.md, item 2 levers)
+                                   (BENCHMARKS.md, item 2 levers). A server's
+                                   environment can change the default for every model
+                                   it runs: REPO_MANAGER_ORT_ALLOW_SPINNING=0.
     tensor_transfer                "numpy" (default) or "dlpack": how inputs reach
                                    onnxruntime from the stub's shared memory. Outputs
                                    always go through ``pb_utils.Tensor(name, array)``:
@@ -37,6 +39,9 @@ import triton_python_backend_utils as pb_utils
 MODEL_FILE = "model.onnx"
 MAX_DEFAULT_INTRA_OP_THREADS = 4
 DEFAULT_ALLOW_SPINNING = 1
+#: The server-wide default of ``onnxruntime_allow_spinning`` (a config's own value wins):
+#: a host crowded by other work sets "0" for every model without editing a config.
+ALLOW_SPINNING_ENV = "REPO_MANAGER_ORT_ALLOW_SPINNING"
 #: When set (``bench/serving.py --profile``), every execute appends a line
 #: "MODEL RUN_MS EXECUTE_MS" to this file: onnxruntime alone vs the whole execute, the
 #: split that Triton's own statistics cannot show.
@@ -97,7 +102,11 @@ class TritonPythonModel:
         )
         options.inter_op_num_threads = _int_parameter(config, "onnxruntime_inter_op_threads", 1)
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        spinning = _int_parameter(config, "onnxruntime_allow_spinning", DEFAULT_ALLOW_SPINNING)
+        spinning = _int_parameter(
+            config,
+            "onnxruntime_allow_spinning",
+            int(os.environ.get(ALLOW_SPINNING_ENV) or DEFAULT_ALLOW_SPINNING),
+        )
         options.add_session_config_entry("session.intra_op.allow_spinning", str(min(spinning, 1)))
         options.add_session_config_entry("session.inter_op.allow_spinning", str(min(spinning, 1)))
         transfer = config.get("parameters", {}).get("tensor_transfer", {}).get("string_value")

@@ -6,7 +6,15 @@ from pathlib import Path
 
 import pytest
 
+from export.cache import CACHE_ENV
 from tests.unit.routing_fakes import write_state
+
+
+@pytest.fixture(autouse=True)
+def _real_exports(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unit tests of the export prove the path through torch: no cached ONNX stands in
+    (the cache's own tests pass it a folder of their own)."""
+    monkeypatch.setenv(CACHE_ENV, "off")
 
 
 @pytest.fixture

@@ -287,7 +287,7 @@ def test_failed_check_leaves_the_output_folder_untouched(
     parent = tmp_path / "repo"
     with pytest.raises(ExportError):
         export_model(weights, parent / "m", model_name="m", options=options())
-    assert list(parent.iterdir()) == []  # neither the model folder nor a staging folder
+    assert not parent.exists()  # no model folder, no staging folder, not even the parent
 
 
 # -- formats, versions, options --------------------------------------------------------------
