@@ -46,11 +46,11 @@ unit: setup
 	$(PY) -m pytest tests/unit -q -n $(UNIT_WORKERS)
 
 integration: setup $(DETECTOR)
-	REPO_MANAGER_DETECTOR=$(abspath $(DETECTOR)) $(PY) -m pytest tests/integration -q -rs -n $(TEST_WORKERS)
+	REPO_MANAGER_DETECTOR=$(abspath $(DETECTOR)) $(PY) -m pytest tests/integration -q -rs -n $(TEST_WORKERS) --maxschedchunk 2
 
 # Everything CI runs, from a fresh clone: venv, detector, lint, every test.
 test: setup $(DETECTOR) lint
-	REPO_MANAGER_DETECTOR=$(abspath $(DETECTOR)) $(PY) -m pytest -q -rs --durations=15 -n $(TEST_WORKERS)
+	REPO_MANAGER_DETECTOR=$(abspath $(DETECTOR)) $(PY) -m pytest -q -rs --durations=15 -n $(TEST_WORKERS) --maxschedchunk 2
 
 # Every benchmark, each printing its ratios measured side by side (see BENCHMARKS.md).
 # `make bench QUICK=1`: a smoke run of each in a few minutes, not figures to quote.

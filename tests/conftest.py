@@ -16,12 +16,19 @@ _EXPORT_CACHE = pytest.StashKey[str]()
 # Ultralytics must never reach for the network here (no internet on CI machines).
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
-#: Tests that take minutes, started first so that no worker is left running one of them
-#: alone at the end (`make test` runs the suite in parallel processes; see the README).
+#: Tests that take minutes (measured side by side with four workers), longest first. Each is
+#: paired with one short test, so that with ``--maxschedchunk 2`` (the Makefile's) every
+#: worker starts on one of them and none is left running one alone at the end.
 LONGEST_FIRST = (
-    "tests/integration/test_soak.py",
-    "tests/integration/test_readme.py",
-    "tests/integration/test_weighted_public_name.py::test_no_unpinned_request_fails",
+    "tests/integration/test_soak.py::",
+    "tests/integration/test_readme.py::test_every_readme_command_and_example_runs_in_order",
+    "tests/integration/test_weighted_public_name.py::test_no_unpinned_request_fails_",
+    "tests/integration/test_public_name.py::test_no_unpinned_request_fails_through_a_rollout_",
+    "tests/integration/test_weighted_public_name.py::test_weighted_public_name_splits_by_weight",
+    "tests/integration/test_s3_fleet.py::test_publish_canary_promote_on_three_servers",
+    "tests/integration/test_rollout.py::test_canary_gets_its_share_and_keys_stick",
+    "tests/integration/test_public_name.py::test_on_an_s3_fleet_of_two_no_load_re_initializes",
+    "tests/integration/test_s3_fleet.py::test_killed_server_mid_rollout_is_reported",
 )
 
 
@@ -62,14 +69,29 @@ def _gpu_unavailable_reason() -> str | None:
     return None
 
 
-def _starts_late(item: pytest.Item) -> bool:
-    return not item.nodeid.startswith(LONGEST_FIRST)
+def _longest_first(items: list[pytest.Item]) -> list[pytest.Item]:
+    """LONGEST_FIRST's tests in its order, each followed by one other test; then the rest."""
+    rank = {prefix: n for n, prefix in enumerate(LONGEST_FIRST)}
+    long: list[tuple[int, pytest.Item]] = []
+    rest: list[pytest.Item] = []
+    for item in items:
+        found = [n for prefix, n in rank.items() if item.nodeid.startswith(prefix)]
+        if found:
+            long.append((found[0], item))
+        else:
+            rest.append(item)
+    ordered: list[pytest.Item] = []
+    for _, item in sorted(long, key=lambda pair: pair[0]):
+        ordered.append(item)
+        if rest:
+            ordered.append(rest.pop(0))
+    return ordered + rest
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Run the longest tests first; skip `gpu`-marked tests with the reason, only where no
     GPU with TensorRT exists."""
-    items.sort(key=_starts_late)  # stable: the rest keep their order
+    items[:] = _longest_first(items)
     gpu_items = [item for item in items if "gpu" in item.keywords]
     reason = _gpu_unavailable_reason() if gpu_items else None
     if reason:

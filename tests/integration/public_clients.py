@@ -17,6 +17,7 @@ import tritonclient.grpc as grpcclient
 
 from repo_manager.names import versions_model_name
 from tests.integration.conftest import IMGSZ, Stack
+from tests.integration.traffic import PAUSE
 
 MODEL = "yolov8n"
 VERSIONS = versions_model_name(MODEL)
@@ -102,6 +103,7 @@ class UnpinnedTraffic:
                         self.sent += 1
                         self.failures.append(str(exc).splitlines()[0])
                 i += 1
+                self.stopped.wait(PAUSE)
 
     def __enter__(self) -> UnpinnedTraffic:
         for worker in self.workers:

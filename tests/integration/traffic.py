@@ -9,6 +9,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+#: Seconds between two requests of one client thread (as in the soak, bench/soak_traffic.py):
+#: steady load with requests in flight through every move, not a loop that takes every
+#: free cycle from the tests running beside it (the suite runs in parallel processes).
+PAUSE = 0.02
+
 
 @dataclass(kw_only=True)
 class Traffic:
@@ -40,6 +45,7 @@ def client_traffic(send: Callable[[int], str], threads: int) -> Iterator[Traffic
                 with record.lock:
                     record.failures.append(repr(exc))
             i += 1
+            stop.wait(PAUSE)
 
     workers = [threading.Thread(target=client, args=(n,), daemon=True) for n in range(threads)]
     for worker in workers:
