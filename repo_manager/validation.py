@@ -12,7 +12,7 @@ numpy/torch/Ultralytics are imported lazily here; the Router stays light.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -236,7 +236,10 @@ class ValidationReport:
 
 
 def _run_versions(
-    router: Router, versions: tuple[str, ...], images: list[np.ndarray]
+    router: Router,
+    versions: tuple[str, ...],
+    images: list[np.ndarray],
+    clock: Callable[[], float],
 ) -> dict[str, tuple[list[Detections | None], list[float]]]:
     """Every image through each version (pinned: no fallback hides its failures), the
     versions taking turns image by image, so that whatever else loads the machine meanwhile
@@ -246,7 +249,7 @@ def _run_versions(
     for image in images:
         for version in versions:
             results, latencies = runs[version]
-            started = time.perf_counter()
+            started = clock()
             try:
                 found = router.detect(
                     image, conf=MAP_CONF, iou=MAP_IOU, max_det=MAX_DET, version=version
@@ -254,7 +257,7 @@ def _run_versions(
             except (RoutingError, TritonError):
                 results.append(None)
                 continue
-            latencies.append(time.perf_counter() - started)
+            latencies.append(clock() - started)
             results.append(found)
     return runs
 
@@ -290,8 +293,10 @@ def run_golden_set(
     candidate: str,
     golden: str | Path,
     gates: GoldenGates | None = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> ValidationReport:
-    """Run the golden set through ``stable`` and ``candidate`` and judge the candidate."""
+    """Run the golden set through ``stable`` and ``candidate`` and judge the candidate
+    (``clock`` times each request: tests of the verdict pass one of their own)."""
     import cv2
 
     items = load_golden_set(golden)
@@ -304,8 +309,8 @@ def run_golden_set(
         labels.append(read_labels(item.labels, *image.shape[:2]))
     labelled = sum(i.labels is not None for i in items)
     versions = tuple(dict.fromkeys((stable, candidate)))
-    _run_versions(router, versions, images[:1])  # one untimed request each warms the path
-    runs = _run_versions(router, versions, images)
+    _run_versions(router, versions, images[:1], clock)  # one untimed request each warms it
+    runs = _run_versions(router, versions, images, clock)
     (stable_dets, stable_lat), (cand_dets, cand_lat) = runs[stable], runs[candidate]
     stable_report = _version_report(stable, stable_dets, stable_lat, labels, labelled > 0)
     cand_report = _version_report(candidate, cand_dets, cand_lat, labels, labelled > 0)

@@ -7,6 +7,7 @@ visibly, so an answer equal to one version's own ``model.onnx`` proves which com
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from pathlib import Path
@@ -49,9 +50,17 @@ class Reference:
     def __init__(self, repository: Path, version: str) -> None:
         onnx = repository / VERSIONS / version / "model.onnx"
         self.session = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
+        # Traffic cycles through a few images: each is run once, not once per answer
+        # checked (thousands of runs that took the CPU from the tests beside this one).
+        self.known: dict[bytes, np.ndarray] = {}
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        return np.asarray(self.session.run(["output0"], {"images": images})[0])
+        key = hashlib.blake2b(np.ascontiguousarray(images).tobytes()).digest() + str(
+            images.shape
+        ).encode()
+        if key not in self.known:
+            self.known[key] = np.asarray(self.session.run(["output0"], {"images": images})[0])
+        return self.known[key]
 
 
 def matches(served: np.ndarray, reference: np.ndarray) -> bool:

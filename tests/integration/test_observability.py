@@ -253,14 +253,13 @@ def test_traffic_command_sends_load_by_the_weights_and_serves_router_metrics(
     try:
         url = f"http://127.0.0.1:{port}/metrics"
         deadline = time.monotonic() + 30
-        # The series may be exported at 0 before the first request lands: wait for a count.
-        while not value(
-            wait_for_metrics(url, traffic),
+        # The endpoint answers before the first request lands, the series absent or at 0
+        # until then: wait for a count.
+        v2_ok = (
             "repo_manager_router_requests_total",
-            model=MODEL,
-            version="2",
-            outcome="ok",
-        ):
+            frozenset({"model": MODEL, "version": "2", "outcome": "ok"}.items()),
+        )
+        while not samples(wait_for_metrics(url, traffic)).get(v2_ok):
             assert time.monotonic() < deadline, "the traffic's Router metrics never counted v2"
             time.sleep(0.2)
         out, err = traffic.communicate(timeout=60)
