@@ -8,8 +8,14 @@ import pytest
 
 from export.cache import CACHE_ENV
 
-#: The backend's server-wide spinning default (export/backend/model.py reads it).
-ALLOW_SPINNING_ENV = "REPO_MANAGER_ORT_ALLOW_SPINNING"
+#: Server-wide defaults of the python backend's onnxruntime settings for every server the
+#: tests start (export/backend/model.py reads them): a dozen servers' models side by side on
+#: two cores. Idle threads that spin for work, and a second thread per run that each model
+#: waits for, take the CPU the other tests wait for.
+BACKEND_DEFAULTS = {
+    "REPO_MANAGER_ONNXRUNTIME_ALLOW_SPINNING": "0",
+    "REPO_MANAGER_ONNXRUNTIME_INTRA_OP_THREADS": "1",
+}
 
 _EXPORT_CACHE = pytest.StashKey[str]()
 
@@ -37,9 +43,8 @@ def pytest_configure(config: pytest.Config) -> None:
     process they start: the suite publishes the same detector about a hundred times, and
     each export through torch costs seconds of CPU that the two cores need for the
     servers. The cache's own tests, and the unit tests of the export, turn it off."""
-    # Idle onnxruntime threads spin for work by default: with a dozen servers' models side
-    # by side on two cores, each spinning stub takes the CPU the others wait for.
-    os.environ.setdefault(ALLOW_SPINNING_ENV, "0")
+    for name, value in BACKEND_DEFAULTS.items():
+        os.environ.setdefault(name, value)
     if CACHE_ENV in os.environ or hasattr(config, "workerinput"):
         return  # the user's choice, or a worker inheriting the controller's folder
     folder = tempfile.mkdtemp(prefix="repo-manager-test-exports-")

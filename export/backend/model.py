@@ -13,15 +13,16 @@ Config parameters (strings) it reads:
                                    spin waiting for work. On a machine of its own spinning
                                    is faster (no wake-up per operator: 23 vs 29 ms at 320
                                    px on 2 cores); on a host crowded by other work "0" is
-                                   (BENCHMARKS.md, item 2 levers). A server's
-                                   environment can change the default for every model
-                                   it runs: REPO_MANAGER_ORT_ALLOW_SPINNING=0.
+                                   (BENCHMARKS.md, item 2 levers)
     tensor_transfer                "numpy" (default) or "dlpack": how inputs reach
                                    onnxruntime from the stub's shared memory. Outputs
                                    always go through ``pb_utils.Tensor(name, array)``:
                                    ``Tensor.from_dlpack`` of a numpy 1.x array kills the
                                    2.51 stub (capsule name mismatch in the deleter).
 Small defaults keep a 2-core machine responsive: Triton's own threads need CPU too.
+A server's environment can change the default of a number parameter for every model it
+runs, without editing a config: ``REPO_MANAGER_`` + the name in capitals (e.g.
+``REPO_MANAGER_ONNXRUNTIME_ALLOW_SPINNING=0`` on a crowded host); a config's own value wins.
 """
 
 from __future__ import annotations
@@ -39,9 +40,8 @@ import triton_python_backend_utils as pb_utils
 MODEL_FILE = "model.onnx"
 MAX_DEFAULT_INTRA_OP_THREADS = 4
 DEFAULT_ALLOW_SPINNING = 1
-#: The server-wide default of ``onnxruntime_allow_spinning`` (a config's own value wins):
-#: a host crowded by other work sets "0" for every model without editing a config.
-ALLOW_SPINNING_ENV = "REPO_MANAGER_ORT_ALLOW_SPINNING"
+#: Prefix of the environment variables that give a number parameter's server-wide default.
+DEFAULT_ENV_PREFIX = "REPO_MANAGER_"
 #: When set (``bench/serving.py --profile``), every execute appends a line
 #: "MODEL RUN_MS EXECUTE_MS" to this file: onnxruntime alone vs the whole execute, the
 #: split that Triton's own statistics cannot show.
@@ -56,7 +56,10 @@ def _cpu_count() -> int:
 
 
 def _int_parameter(config: dict[str, Any], key: str, default: int) -> int:
+    """The config's value of ``key``, else the server's environment's, else ``default``."""
     raw = config.get("parameters", {}).get(key, {}).get("string_value", "")
+    if raw.strip() == "":
+        raw = os.environ.get(DEFAULT_ENV_PREFIX + key.upper(), "")
     if raw.strip() == "":
         return default
     value = int(raw)
@@ -102,11 +105,7 @@ class TritonPythonModel:
         )
         options.inter_op_num_threads = _int_parameter(config, "onnxruntime_inter_op_threads", 1)
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        spinning = _int_parameter(
-            config,
-            "onnxruntime_allow_spinning",
-            int(os.environ.get(ALLOW_SPINNING_ENV) or DEFAULT_ALLOW_SPINNING),
-        )
+        spinning = _int_parameter(config, "onnxruntime_allow_spinning", DEFAULT_ALLOW_SPINNING)
         options.add_session_config_entry("session.intra_op.allow_spinning", str(min(spinning, 1)))
         options.add_session_config_entry("session.inter_op.allow_spinning", str(min(spinning, 1)))
         transfer = config.get("parameters", {}).get("tensor_transfer", {}).get("string_value")

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from export.cache import CACHE_ENV
+from tests.conftest import BACKEND_DEFAULTS
 from tests.unit.routing_fakes import write_state
 
 
@@ -15,6 +16,8 @@ def _real_exports(monkeypatch: pytest.MonkeyPatch) -> None:
     """Unit tests of the export prove the path through torch: no cached ONNX stands in
     (the cache's own tests pass it a folder of their own)."""
     monkeypatch.setenv(CACHE_ENV, "off")
+    for name in BACKEND_DEFAULTS:  # the backend's own defaults are what its tests prove
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture

@@ -482,8 +482,10 @@ def _fake_pb_utils() -> types.ModuleType:
     return module
 
 
-@pytest.fixture
-def backend_model(exported: ExportResult, monkeypatch: pytest.MonkeyPatch) -> Any:
+def load_backend(
+    exported: ExportResult, monkeypatch: pytest.MonkeyPatch, parameters: dict[str, str]
+) -> Any:
+    """The version's model.py, initialized as Triton would with these config parameters."""
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", _fake_pb_utils())
     path = exported.version_dir / "model.py"
     spec = importlib.util.spec_from_file_location("exported_backend_model", path)
@@ -492,7 +494,8 @@ def backend_model(exported: ExportResult, monkeypatch: pytest.MonkeyPatch) -> An
     spec.loader.exec_module(module)
     model = module.TritonPythonModel()
     config = json.loads(config_to_json(exported.config))
-    config["parameters"]["onnxruntime_intra_op_threads"] = {"string_value": "1"}
+    for key, value in parameters.items():
+        config["parameters"][key] = {"string_value": value}
     model.initialize(
         {
             "model_config": json.dumps(config),
@@ -501,6 +504,11 @@ def backend_model(exported: ExportResult, monkeypatch: pytest.MonkeyPatch) -> An
         }
     )
     return model
+
+
+@pytest.fixture
+def backend_model(exported: ExportResult, monkeypatch: pytest.MonkeyPatch) -> Any:
+    return load_backend(exported, monkeypatch, {"onnxruntime_intra_op_threads": "1"})
 
 
 def test_backend_runs_a_dynamic_batch_as_one_onnxruntime_call(backend_model: Any) -> None:
@@ -544,6 +552,16 @@ def test_backend_refuses_a_bad_request_without_failing_its_batch_mates(backend_m
 
 def test_backend_takes_thread_counts_from_the_config(backend_model: Any) -> None:
     assert backend_model.session.get_session_options().intra_op_num_threads == 1
+
+
+def test_the_servers_environment_gives_a_parameters_default_and_the_config_wins(
+    exported: ExportResult, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REPO_MANAGER_ONNXRUNTIME_INTRA_OP_THREADS", "3")
+    from_env = load_backend(exported, monkeypatch, {})
+    assert from_env.session.get_session_options().intra_op_num_threads == 3
+    configured = load_backend(exported, monkeypatch, {"onnxruntime_intra_op_threads": "2"})
+    assert configured.session.get_session_options().intra_op_num_threads == 2
 
 
 # -- generated data and the package's import cost -------------------------------------------
