@@ -38,7 +38,13 @@ from bench.soak_checks import (  # noqa: E402
     read_state,
 )
 from bench.soak_faults import KINDS, Round  # noqa: E402
-from bench.soak_traffic import Downtime, RouterTraffic, UnpinnedTraffic, shapes_images  # noqa: E402
+from bench.soak_traffic import (  # noqa: E402
+    PAUSE,
+    Downtime,
+    RouterTraffic,
+    UnpinnedTraffic,
+    shapes_images,
+)
 from bench.soak_world import IMGSZ, MODEL, World, export_template  # noqa: E402
 
 
@@ -62,6 +68,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--servers", type=int, default=2)
     parser.add_argument("--router-threads", type=int, default=4)
     parser.add_argument("--unpinned-threads", type=int, default=2)
+    parser.add_argument(
+        "--pause", type=float, default=PAUSE, help="seconds between a client thread's requests"
+    )
     parser.add_argument("--weights", type=Path, default=None, help="detector .pt")
     parser.add_argument("--keep", type=Path, default=None, help="keep logs in this folder")
     return parser.parse_args(argv)
@@ -116,9 +125,9 @@ def soak(args: argparse.Namespace, root: Path, template: Path, started: float) -
             s3_endpoint=world.endpoint,
             timeout=30,
         )
-        routed = RouterTraffic(router, images, args.router_threads)
+        routed = RouterTraffic(router, images, args.router_threads, args.pause)
         unpinned = UnpinnedTraffic(
-            lambda: world.urls, MODEL, images, downtime, args.unpinned_threads
+            lambda: world.urls, MODEL, images, downtime, args.unpinned_threads, args.pause
         )
         routed.start()
         unpinned.start()

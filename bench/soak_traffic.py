@@ -59,7 +59,8 @@ class Downtime:
 class _Threads:
     """Worker threads calling ``once(thread, i)`` until stopped; counts and failures."""
 
-    def __init__(self, count: int, name: str) -> None:
+    def __init__(self, count: int, name: str, pause: float = PAUSE) -> None:
+        self.pause = pause
         self.lock = threading.Lock()
         self.sent = 0
         self.failures: list[str] = []
@@ -76,7 +77,7 @@ class _Threads:
         while not self.stopped.is_set():
             self.once(thread, i)
             i += 1
-            time.sleep(PAUSE)
+            time.sleep(self.pause)
 
     def once(self, thread: int, i: int) -> None:
         raise NotImplementedError
@@ -106,8 +107,10 @@ class _Threads:
 class RouterTraffic(_Threads):
     """``threads`` threads sharing one Router over the whole fleet."""
 
-    def __init__(self, router: object, images: Sequence[np.ndarray], threads: int) -> None:
-        super().__init__(threads, "router")
+    def __init__(
+        self, router: object, images: Sequence[np.ndarray], threads: int, pause: float = PAUSE
+    ) -> None:
+        super().__init__(threads, "router", pause)
         self.router = router
         self.images = list(images)
 
@@ -130,8 +133,9 @@ class UnpinnedTraffic(_Threads):
         images: Sequence[np.ndarray],
         downtime: Downtime,
         threads: int,
+        pause: float = PAUSE,
     ) -> None:
-        super().__init__(threads, "unpinned")
+        super().__init__(threads, "unpinned", pause)
         self.urls = urls
         self.model = model
         self.downtime = downtime

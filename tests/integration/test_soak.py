@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.traffic import PAUSE
+
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,6 +29,9 @@ def test_five_seeded_rounds_one_of_each_fault_keep_every_request_and_invariant(
         "REPO_MANAGER_DETECTOR": str(trained_detector),
     }
     command = [sys.executable, str(ROOT / "bench" / "soak.py"), "--rounds", "5", "--seed", "1"]
+    # The client threads' pace of the suite's other traffic (tests/integration/traffic.py):
+    # the soak runs beside other tests, not on a machine of its own.
+    command += ["--pause", str(PAUSE)]
     done = subprocess.run(
         [*command, "--keep", str(tmp_path / "soak")],
         capture_output=True,

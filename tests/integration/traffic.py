@@ -9,10 +9,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-#: Seconds between two requests of one client thread (as in the soak, bench/soak_traffic.py):
-#: steady load with requests in flight through every move, not a loop that takes every
-#: free cycle from the tests running beside it (the suite runs in parallel processes).
-PAUSE = 0.02
+#: Seconds between two requests of one client thread: steady load with requests in flight
+#: through every move (a thread sends up to 20 a second), not a loop that takes every free
+#: cycle from the tests running beside it (the suite runs in parallel processes; measured:
+#: the python backend's stubs took 61% of the suite's CPU, most of it serving such loops).
+PAUSE = 0.05
 
 
 @dataclass(kw_only=True)
