@@ -39,6 +39,7 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 EXCEPTED = {
     "make demo": "its own entry point, run by `make demo`",
     "make test": "runs this test",
+    "make check": "lint and the unit tests, which `make test` runs too",
     "--format plan": "builds a TensorRT plan: needs an NVIDIA GPU with TensorRT",
     "--exported out/yolov8s": "publishes the GPU plans exported just before it",
     "docker compose": "the GPU stack: needs Docker with the NVIDIA Container Toolkit",
