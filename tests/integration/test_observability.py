@@ -143,7 +143,8 @@ def observed(
         image = np.random.default_rng(0).integers(0, 256, (160, 160, 3), dtype=np.uint8)
         with (
             Router(MODEL, url=fleet_name, repository=str(stack.repository)) as router,
-            client_traffic(lambda _: router.detect(image).version, threads=2) as record,
+            # Judged by the analysis: as many requests as the machine gives in each interval.
+            client_traffic(lambda _: router.detect(image).version, threads=2, pause=0.0) as record,
         ):
             rollout.start_analysis(MODEL, plan)
             time.sleep(2)

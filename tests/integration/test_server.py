@@ -14,6 +14,7 @@ import tritonclient.grpc as grpcclient
 
 from repo_manager.errors import TritonUnavailableError
 from repo_manager.server import EmbeddedTriton, ServerPorts
+from repo_manager.shm_owners import Owner
 from repo_manager.triton import TritonControl
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -94,7 +95,11 @@ instance_group [{ kind: KIND_CPU, count: 1 }]
 
 
 def _shm() -> set[str]:
-    return set(os.listdir("/dev/shm"))
+    """This process's regions in /dev/shm: the servers it launched tag theirs with it (the
+    servers of tests running beside this one, in other processes, make and free theirs)."""
+    owner = Owner.current()
+    assert owner is not None
+    return {name for name in os.listdir("/dev/shm") if name.startswith(owner.tag() + "-")}
 
 
 @pytest.mark.parametrize("end", ["kill", "stop"])

@@ -9,10 +9,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-#: Seconds between two requests of one client thread: steady load with requests in flight
-#: through every move (a thread sends up to 20 a second), not a loop that takes every free
-#: cycle from the tests running beside it (the suite runs in parallel processes; measured:
-#: the python backend's stubs took 61% of the suite's CPU, most of it serving such loops).
+#: Seconds between two requests of one client thread whose traffic only has to be in flight
+#: through every move (zero-failure tests): steady load, up to 20 requests a second a thread,
+#: not a loop that takes every free cycle from the tests running beside it (the suite runs in
+#: parallel processes; the python backend's stubs took 61% of its CPU). Traffic that a live
+#: analysis judges passes ``pause=0``: its verdict needs enough requests in every interval.
 PAUSE = 0.05
 
 
@@ -30,8 +31,11 @@ class Traffic:
 
 
 @contextmanager
-def client_traffic(send: Callable[[int], str], threads: int) -> Iterator[Traffic]:
-    """Call ``send(i)`` (returns the version that served) in a loop from ``threads`` threads."""
+def client_traffic(
+    send: Callable[[int], str], threads: int, *, pause: float = PAUSE
+) -> Iterator[Traffic]:
+    """Call ``send(i)`` (returns the version that served) in a loop from ``threads`` threads,
+    ``pause`` seconds apart in each."""
     record = Traffic()
     stop = threading.Event()
 
@@ -46,7 +50,8 @@ def client_traffic(send: Callable[[int], str], threads: int) -> Iterator[Traffic
                 with record.lock:
                     record.failures.append(repr(exc))
             i += 1
-            stop.wait(PAUSE)
+            if pause:
+                stop.wait(pause)
 
     workers = [threading.Thread(target=client, args=(n,), daemon=True) for n in range(threads)]
     for worker in workers:
