@@ -238,8 +238,14 @@ def test_a_good_canary_is_promoted_by_rollout(
     doc = status(stack)
     assert doc["stable"] == "2" and doc["phase"] == "succeeded"
     assert doc["analysis"]["last"]["outcome"] == "pass"
+    # Two copies of one model: a latency ratio over one 2 s interval can still cross 1.5 when
+    # the tests beside this one load the machine in a burst (seen: 55.2 vs 36.3 ms, 1.519).
+    # One such check below the threshold of 2 is what the threshold is for; every step must
+    # still pass, in order, and no second failed check may follow the first.
     actions = [t["action"] for t in history(stack)]
-    assert actions[-7:] == [
+    noise = [a for a in actions if a.startswith("analysis: check failed")]
+    assert all(a.endswith("(1/2)") for a in noise), noise
+    assert [a for a in actions if a not in noise][-7:] == [
         "analysis started at 25%",
         "analysis: baseline",
         "analysis: passed at 25%, now 50%",
