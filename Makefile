@@ -29,9 +29,9 @@ $(DETECTOR_V2): | setup
 demo: setup $(DETECTOR) $(DETECTOR_V2)
 	$(PY) -m repo_manager.demo --weights $(DETECTOR) --weights-v2 $(DETECTOR_V2)
 
-# Test processes side by side (pytest-xdist). Most integration time is waiting on servers,
-# model loads, drains and analysis intervals, not CPU; see "How the suite is organised" in
-# the README for what each worker count measured.
+# Test processes side by side (pytest-xdist): one test at a time mostly waits on servers,
+# loads, drains and analysis intervals; six keep both cores busy throughout (see "How the
+# test suite is organised" in the README for what was measured).
 TEST_WORKERS ?= 6
 UNIT_WORKERS ?= 2
 
