@@ -96,13 +96,6 @@ class CachedExport:
     #: The ONNX-vs-PyTorch differences measured when the entry was made.
     numerical_check: Mapping[str, Any] | None
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    def num_anchors(self, imgsz: int) -> int:
-        return sum((imgsz // stride) ** 2 for stride in self.strides)
-
 
 @dataclass(kw_only=True, frozen=True)
 class ExportCache:

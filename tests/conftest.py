@@ -39,10 +39,11 @@ LONGEST_FIRST = (
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """One export cache for the whole run, shared by every xdist worker and every CLI
-    process they start: the suite publishes the same detector about a hundred times, and
-    each export through torch costs seconds of CPU that the two cores need for the
-    servers. The cache's own tests, and the unit tests of the export, turn it off."""
+    """BACKEND_DEFAULTS for every server the run starts, and one export cache for the whole
+    run, shared by every xdist worker and every CLI process they start: the suite publishes
+    the same detector about a hundred times, and each export through torch costs seconds of
+    CPU that the two cores need for the servers. The cache's own tests, and the unit tests
+    of the export, turn it off."""
     for name, value in BACKEND_DEFAULTS.items():
         os.environ.setdefault(name, value)
     if CACHE_ENV in os.environ or hasattr(config, "workerinput"):
