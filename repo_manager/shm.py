@@ -24,6 +24,7 @@ import math
 import os
 import signal
 import threading
+import time
 import uuid
 import weakref
 from collections.abc import Sequence
@@ -54,6 +55,12 @@ _ALIGN = 64
 _FATAL_SIGNALS = ("SIGTERM", "SIGHUP", "SIGINT")
 #: Deadline of each unregistration made while the process is being terminated.
 _SIGNAL_RPC_TIMEOUT_S = 2.0
+#: Triton 2.51 refuses to unregister a region that a request in flight still holds ("…, it
+#: is currently in use"; deferring it came in 2.53): a client that closed or exited with
+#: requests in flight left its regions registered for good. The unregister is retried,
+#: this often, until those requests end, for at most ``_IN_USE_RETRY_S``.
+_IN_USE_RETRY_S = 5.0
+_IN_USE_PAUSE_S = 0.02
 
 
 def is_local_url(url: str) -> bool:
@@ -73,6 +80,25 @@ def leaked_regions() -> list[str]:
     except OSError:
         return []
     return sorted(n for n in names if n.startswith(PREFIX) and "-triton" not in n)
+
+
+def _unregister(client: Any, name: str, *, within: float, rpc_timeout: float | None) -> bool:
+    """Unregister ``name``, again while Triton says a request in flight holds it; False when
+    it failed (logged) or ``within`` seconds passed."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            client.unregister_system_shared_memory(name, client_timeout=rpc_timeout)
+            return True
+        except InferenceServerException as exc:
+            held = "currently in use" in (exc.message() or "")
+            if not held or time.monotonic() >= deadline:
+                logger.debug("unregistering %s: %s", name, exc)
+                return False
+        except Exception as exc:  # the server may be gone
+            logger.debug("unregistering %s: %s", name, exc)
+            return False
+        time.sleep(_IN_USE_PAUSE_S)
 
 
 def _aligned(size: int) -> int:
@@ -192,10 +218,8 @@ class SharedMemoryChannel:
 
     def _release(self, region: _Region) -> None:
         """Unregister and unlink one region that this thread took off the list."""
-        try:
-            self._client.unregister_system_shared_memory(region.name)
-        except Exception as exc:  # the server may be gone: still unlink our side
-            logger.debug("unregistering %s: %s", region.name, exc)
+        # Whether or not the server took it (it may be gone), our side is unlinked.
+        _unregister(self._client, region.name, within=_IN_USE_RETRY_S, rpc_timeout=None)
         region.view = None
         try:
             shm.destroy_shared_memory_region(region.handle)
@@ -296,7 +320,7 @@ class SharedMemoryChannel:
             self._release(region)
 
     def release_on_signal(self) -> None:
-        """Unlink every region, then unregister them, each within a short deadline.
+        """Unlink every region, then unregister them, all within a short deadline.
 
         Runs in a signal handler, in the main thread: it waits a bounded time for the lock
         (a thread registering a region holds it; if the main thread does, the RLock lets
@@ -316,13 +340,12 @@ class SharedMemoryChannel:
                 region.handle._mpsm_handle.unlink()
             except Exception as exc:
                 logger.debug("unlinking %s: %s", region.name, exc)
+        deadline = time.monotonic() + _SIGNAL_RPC_TIMEOUT_S
         for region in regions:
-            try:
-                self._client.unregister_system_shared_memory(
-                    region.name, client_timeout=_SIGNAL_RPC_TIMEOUT_S
-                )
-            except Exception as exc:
-                logger.debug("unregistering %s: %s", region.name, exc)
+            left = max(0.0, deadline - time.monotonic())
+            if not _unregister(
+                self._client, region.name, within=left, rpc_timeout=_SIGNAL_RPC_TIMEOUT_S
+            ):
                 return
 
 

@@ -69,13 +69,9 @@ def _watch(
     require_repository(obj)
     manager = obj.manager()
 
-    def read() -> tuple[dict[str, Any], Any]:
-        document = manager.status(model)
-        return document, manager.ledger.require(model, action="watch")
-
     tty = sys.stdout.isatty()
     Watch(
-        read=read,
+        read=lambda: manager.status_with_state(model),
         sample=lambda: provider.snapshot(model),
         write=lambda text: click.echo(text, nl=False),
         tty=tty,

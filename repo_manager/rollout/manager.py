@@ -371,9 +371,14 @@ class RolloutManager:
 
     def status(self, model: str) -> dict[str, Any]:
         """The status document of DESIGN.md (plus per-server detail and last move)."""
+        return self.status_with_state(model)[0]
+
+    def status_with_state(self, model: str) -> tuple[dict[str, Any], RolloutState]:
+        """The status document and the one state read it was made from (a watch that read
+        them apart once showed a frame older than the state it then stopped on)."""
         model = validate_model_name(model)
         state = self.state(model)
         if state is None:
             raise InvalidInputError(f"{model} was never published to {self.repository.location}")
         survey = self.fleet.survey(versions_model_name(model), alias=model)
-        return status_document(state, survey, self.repository.versions(model))
+        return status_document(state, survey, self.repository.versions(model)), state

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,10 +135,48 @@ def prometheus_binary() -> str:
     return found
 
 
+#: Niceness of the processes whose latencies a live analysis compares, while it runs.
+JUDGED_NICENESS = -5
+
+
+@contextmanager
+def judged_ahead_of_other_tests(*pids: int | None) -> Iterator[None]:
+    """Schedule ``pids`` (and the children they start from now on) ahead of the processes of
+    the tests running beside this one.
+
+    A live latency gate compares canary and stable over a few seconds; five other test
+    processes on two cores made a good canary 2x slower than its stable (39 vs 19 ms) for two
+    intervals in a row, and it was rolled back. Raised in priority, the test's own server,
+    stubs, Router threads and CLI see about the machine the gate was designed for, and its
+    bounds stay as they are. Where raising a priority is not permitted (not root), the test
+    runs as before.
+    """
+    # Linux keeps a niceness per thread, and a new thread or process inherits its creator's:
+    # every thread of each process is raised (tritonserver forks stubs from a pool thread).
+    threads = [int(t) for pid in pids if pid for t in os.listdir(f"/proc/{pid}/task")]
+    changed: list[tuple[int, int]] = []
+    try:
+        for tid in threads:
+            with suppress(ProcessLookupError, PermissionError):
+                before = os.getpriority(os.PRIO_PROCESS, tid)
+                os.setpriority(os.PRIO_PROCESS, tid, JUDGED_NICENESS)
+                changed.append((tid, before))
+        yield
+    finally:
+        for tid, before in changed:
+            with suppress(ProcessLookupError):
+                os.setpriority(os.PRIO_PROCESS, tid, before)
+
+
 @pytest.fixture
-def router_metrics() -> Iterator[str]:
-    """This process's Router metrics on a loopback port (what the analysis reads)."""
-    with serving_router_metrics() as url:
+def router_metrics(request: pytest.FixtureRequest) -> Iterator[str]:
+    """This process's Router metrics on a loopback port (what the analysis reads); the test's
+    processes run ahead of the other tests' while it lasts (``judged_ahead_of_other_tests``)."""
+    server = request.getfixturevalue("stack").server if "stack" in request.fixturenames else None
+    with (
+        judged_ahead_of_other_tests(os.getpid(), server.pid if server else None),
+        serving_router_metrics() as url,
+    ):
         yield url
 
 

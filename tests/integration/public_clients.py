@@ -55,9 +55,10 @@ class Reference:
         self.known: dict[bytes, np.ndarray] = {}
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        key = hashlib.blake2b(np.ascontiguousarray(images).tobytes()).digest() + str(
-            images.shape
-        ).encode()
+        key = (
+            hashlib.blake2b(np.ascontiguousarray(images).tobytes()).digest()
+            + str(images.shape).encode()
+        )
         if key not in self.known:
             self.known[key] = np.asarray(self.session.run(["output0"], {"images": images})[0])
         return self.known[key]
