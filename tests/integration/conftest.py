@@ -169,6 +169,14 @@ def judged_ahead_of_other_tests(*pids: int | None) -> Iterator[None]:
 
 
 @pytest.fixture
+def live_gate_priority() -> Iterator[None]:
+    """For a test whose commands run a live analysis (the README's ``publish --auto``): it
+    and every process it starts from now on run ahead of the other tests' processes."""
+    with judged_ahead_of_other_tests(os.getpid()):
+        yield
+
+
+@pytest.fixture
 def router_metrics(request: pytest.FixtureRequest) -> Iterator[str]:
     """This process's Router metrics on a loopback port (what the analysis reads); the test's
     processes run ahead of the other tests' while it lasts (``judged_ahead_of_other_tests``)."""

@@ -357,9 +357,9 @@ def test_shared_memory_router_under_threads_gives_the_same_outputs_as_plain_grpc
             if a.version != b.version or not np.array_equal(a.as_numpy("y"), b.as_numpy("y")):
                 mismatches.append(f"thread {thread} request {i}")
 
-    # This Router's regions only: one an earlier test's Router asked Triton to unregister
-    # may still be listed while Triton finishes a request that held it (it defers the
-    # unregister until in-flight requests complete; seen under parallel load).
+    # This Router's regions only: the module's server is shared, and what an earlier test
+    # left is that test's to prove (seen under parallel load before unregistering retried
+    # while Triton 2.51 refused regions a request still held).
     earlier = set(_our_registrations(live.url))
     with live.router(shared_memory=True) as shared, live.router(shared_memory=False) as plain:
         threads = [threading.Thread(target=work, args=(shared, plain, t)) for t in range(6)]
