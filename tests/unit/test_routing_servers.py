@@ -79,7 +79,7 @@ def test_a_server_that_cannot_map_our_regions_gets_plain_grpc_and_no_more_attemp
     config.output.add(name="y", data_type=model_config_pb2.TYPE_FP32, dims=[4])
     router, clients = make_router(repo, ["localhost:1"], config=config, shared_memory=True)
     clients[0].register_system_shared_memory = refuse  # type: ignore[attr-defined]
-    clients[0].unregister_system_shared_memory = lambda name: None  # type: ignore[attr-defined]
+    clients[0].unregister_system_shared_memory = lambda name, **kw: None  # type: ignore[attr-defined]
     tensor = grpcclient.InferInput("x", [1, 4], "FP32")
     tensor.set_data_from_numpy(np.zeros((1, 4), np.float32))
     with router:

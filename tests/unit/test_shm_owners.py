@@ -17,8 +17,10 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import pytest
+from tritonclient.utils import InferenceServerException
 
 from repo_manager.shm import SharedMemoryChannel
 from repo_manager.shm import _ExitGuard as ExitGuard
@@ -183,3 +185,37 @@ def test_the_exit_guard_is_installed_only_from_the_main_thread() -> None:
         assert signal.getsignal(signal.SIGHUP) == guard._on_signal
     finally:
         signal.signal(signal.SIGHUP, previous)
+
+
+class HeldClient(RecordingClient):
+    """Refuses an unregister while a request holds the region, as Triton 2.51 does."""
+
+    def __init__(self, held_for: int) -> None:
+        super().__init__()
+        self.refusals = held_for
+
+    def unregister_system_shared_memory(self, name: str = "", **kw: Any) -> None:
+        if self.refusals:
+            self.refusals -= 1
+            raise InferenceServerException(
+                f"Cannot unregister shared memory region '{name}', it is currently in use."
+            )
+        super().unregister_system_shared_memory(name, **kw)
+
+
+def test_close_unregisters_a_region_once_the_request_holding_it_ends() -> None:
+    client = HeldClient(held_for=3)
+    channel = SharedMemoryChannel(client, "det-versions")
+    region = channel._region(64)
+    channel.close()
+    assert client.unregistered == [region.name] and client.refusals == 0
+    assert not (SHM / region.name).exists()
+
+
+def test_a_region_held_past_the_deadline_is_still_unlinked() -> None:
+    client = HeldClient(held_for=10**9)
+    channel = SharedMemoryChannel(client, "det-versions")
+    region = channel._region(64)
+    with patch("repo_manager.shm._IN_USE_RETRY_S", 0.1):
+        channel.close()
+    assert client.unregistered == [] and not (SHM / region.name).exists()
