@@ -27,8 +27,10 @@ from tritonclient.grpc import model_config_pb2
 
 from repo_manager.compat import io_difference
 from repo_manager.errors import IncompatibleModelError, StorageError, VersionExistsError
+from repo_manager.integrity import ConfigSeal, SigningKey, config_digest
 from repo_manager.modelconfig import alias_target, parse_config, render_config
 from repo_manager.names import (
+    BYTECODE_FOLDER,
     CONFIG_FILE,
     MANIFEST_FILE,
     is_version_folder,
@@ -47,8 +49,6 @@ __all__ = [
     "validate_version",
 ]
 
-#: A plain *file* where the python backend's stub would create its bytecode folder.
-BYTECODE_FOLDER = "__pycache__"
 ALIAS_VERSION = "1"
 ALIAS_README = (
     "The public name of this model: an ensemble whose one step pins the stable version of\n"
@@ -91,8 +91,10 @@ def block_bytecode(version_dir: Path) -> None:
 class ModelRepository:
     """Typed access to one repository through its storage."""
 
-    def __init__(self, storage: Storage) -> None:
+    def __init__(self, storage: Storage, *, signing_key: SigningKey | None = None) -> None:
         self.storage = storage
+        self.signing_key = signing_key
+        self.seals = ConfigSeal(storage, signing_key)
 
     @property
     def location(self) -> str:
@@ -164,8 +166,20 @@ class ModelRepository:
         return config
 
     def write_config(self, model: str, config: model_config_pb2.ModelConfig) -> None:
+        """Replace the versions model's config, and its seal when more than the version
+        policy changed (the old and new digests accepted while the config is written)."""
         folder = versions_model_name(model)
+        current = self.config(model)
+        old, new = (None if current is None else config_digest(current)), config_digest(config)
+        if old != new:
+            self.seals.write(model, [new] if old is None else [new, old])
         self.storage.write_bytes_atomic(f"{folder}/{CONFIG_FILE}", render_config(config))
+        if old != new:
+            self.seals.write(model, [new])
+
+    def config_problem(self, model: str, config: model_config_pb2.ModelConfig) -> str | None:
+        """What makes ``config`` not the model's sealed config (``integrity.seal``)."""
+        return self.seals.problem(model, config)
 
     def public_config(self, model: str) -> model_config_pb2.ModelConfig | None:
         """The public name's config (an ensemble pinning stable, or the weighted model),
@@ -247,6 +261,9 @@ class ModelRepository:
             if alias is None:
                 raise StorageError(f"{model} is new: its public name's config is needed")
             self._refuse_old_layout(model)
+            staged_config = staged_model_dir / CONFIG_FILE
+            sealed = parse_config(staged_config.read_bytes(), source=str(staged_config))
+            self.seals.write(model, [config_digest(sealed)])
             self.storage.publish_dir(staged_model_dir, folder, progress)
         else:
             self.storage.publish_dir(staged_version, f"{folder}/{version}", progress)

@@ -19,7 +19,12 @@ from repo_manager.cli.options import (
 )
 from repo_manager.cli.render import reconcile_text
 from repo_manager.discovery import has_dns, resolve_urls
-from repo_manager.errors import InvalidInputError, RepoManagerError, TritonUnavailableError
+from repo_manager.errors import (
+    IntegrityError,
+    InvalidInputError,
+    RepoManagerError,
+    TritonUnavailableError,
+)
 from repo_manager.metrics import ManagerMetrics
 from repo_manager.rollout import RolloutManager
 from repo_manager.state import RolloutState
@@ -155,10 +160,11 @@ def _reconcile_pass(
             metrics.reconcile_pass(seconds=time.monotonic() - started, ok=False)
         raise
     unreachable = sorted({u for r in reports for u in r.unreachable})
+    refused = [r.refused for r in reports if r.refused]
     if metrics is not None:
         metrics.reconcile_pass(
             seconds=time.monotonic() - started,
-            ok=True,
+            ok=not refused,
             actions={
                 r.model: sum(not a.startswith("unreachable") for a in r.actions) for r in reports
             },
@@ -167,10 +173,20 @@ def _reconcile_pass(
             finished_at=time.time(),
         )
     documents = [
-        {"model": r.model, "desired": r.desired, "actions": r.actions, "unreachable": r.unreachable}
+        {
+            "model": r.model,
+            "desired": r.desired,
+            "actions": r.actions,
+            "unreachable": r.unreachable,
+            "refused": r.refused,
+        }
         for r in reports
     ]
     emit(documents, as_json, reconcile_text(documents))
+    if refused and not watch:
+        raise IntegrityError("; ".join(refused))
+    for line in refused:  # the long-running manager says it on every pass while it lasts
+        click.echo(f"error: {line}", err=True)
     if not watch and unreachable:
         raise TritonUnavailableError(
             f"Triton unreachable at {', '.join(unreachable)}; the others are reconciled"

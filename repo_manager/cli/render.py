@@ -31,6 +31,7 @@ def status_text(doc: dict[str, Any]) -> str:
         + f"; the Router calls {doc['versions_model']} pinned"
     )
     lines += [f"  version {v['version']}: {v['state']}" for v in doc["versions"]]
+    lines += [f"  REFUSED {what}: {why}" for what, why in doc.get("refused", {}).items()]
     for server in doc["servers"]:
         if server["error"]:
             lines.append(f"  server {server['url']}: {server['error']}")
@@ -88,10 +89,12 @@ def report_text(doc: dict[str, Any]) -> str:
 
 
 def reconcile_text(documents: Sequence[dict[str, Any]]) -> str:
-    """One line per model: desired versions and what the pass did."""
+    """One line per model: desired versions and what the pass did (or why it refused)."""
     return (
         "\n".join(
-            f"{d['model']}: versions {','.join(d['desired'])}; "
+            f"{d['model']}: REFUSED: {d['refused']}"
+            if d.get("refused")
+            else f"{d['model']}: versions {','.join(d['desired'])}; "
             f"{'; '.join(d['actions']) or 'already in desired state'}"
             for d in documents
         )

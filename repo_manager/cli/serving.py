@@ -71,7 +71,10 @@ def serve(
         )
         manager = local.manager()
         for report in manager.reconcile():
-            click.echo(f"{report.model}: versions {','.join(report.desired)} loaded", err=True)
+            if report.refused:
+                click.echo(f"error: {report.refused}", err=True)
+            else:
+                click.echo(f"{report.model}: versions {','.join(report.desired)} loaded", err=True)
         next_pass = time.monotonic() + interval
         while not stop.wait(0.5):
             if not server.is_alive():
@@ -89,7 +92,9 @@ def _reconcile_quietly(manager: RolloutManager) -> RolloutManager:
     """One reconcile pass; a line on stderr only for a model it had to change."""
     for report in manager.reconcile():
         done = [a for a in report.actions if not a.startswith("unreachable")]
-        if done:
+        if report.refused:
+            click.echo(f"error: {report.refused}", err=True)
+        elif done:
             click.echo(f"{report.model}: reconciled ({'; '.join(done)})", err=True)
     return manager
 

@@ -14,7 +14,6 @@ reconcile: steps, then one persist of the status).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +21,7 @@ from repo_manager.errors import (
     GateFailedError,
     GateUndecidedError,
     IllegalTransitionError,
+    IntegrityError,
     InvalidInputError,
 )
 from repo_manager.gates import GoldenGates
@@ -30,9 +30,11 @@ from repo_manager.phases import Phase, check_transition
 from repo_manager.progress import as_progress
 from repo_manager.repository import ModelRepository
 from repo_manager.rollout import analysis_step
-from repo_manager.rollout.applier import FleetApplier, Progress, desired_route
+from repo_manager.rollout.applier import FleetApplier, Progress
+from repo_manager.rollout.integrity_guard import IntegrityGuard, Tolerate
 from repo_manager.rollout.ledger import Ledger, with_canary_at
 from repo_manager.rollout.publishing import Publisher, PublishRequest
+from repo_manager.rollout.reconciler import Reconciler, ReconcileReport
 from repo_manager.rollout.retirement import Retirement
 from repo_manager.rollout.setting_changes import SettingChanges
 from repo_manager.rollout.settings import AnalysisPlan, RolloutSettings, parse_weight
@@ -53,17 +55,6 @@ __all__ = ["ReconcileReport", "RolloutManager"]
 
 def _quiet(_: str) -> None:
     return None
-
-
-@dataclass(kw_only=True)
-class ReconcileReport:
-    """What ``reconcile`` did for one model."""
-
-    model: str
-    desired: list[str]
-    actions: list[str] = field(default_factory=list)
-    #: Servers that could not be reached (reported, not fatal: the others are reconciled).
-    unreachable: list[str] = field(default_factory=list)
 
 
 class RolloutManager:
@@ -92,6 +83,8 @@ class RolloutManager:
         self.retirement = Retirement(self.applier, self.ledger)
         self.publisher = Publisher(self.applier, self.ledger)
         self.settings_changes = SettingChanges(self.applier, self.ledger)
+        self.guard = IntegrityGuard(self.applier, self.ledger, self.retirement)
+        self.reconciler = Reconciler(self.publisher, self.retirement, self.guard)
 
     def state(self, model: str) -> RolloutState | None:
         return self.ledger.load(model)
@@ -104,6 +97,15 @@ class RolloutManager:
             self.recorded(state)
         if state.unpinned == WEIGHTED and state.stable is not None:
             self.applier.point_public(state)
+
+    def _guarded(self, model: str, tolerate: Tolerate | None = None) -> None:
+        """The integrity guard, under the model's lock, for a command that takes the lock
+        itself afterwards (a published model only)."""
+        model = validate_model_name(model)
+        with self.ledger.locked(model):
+            state = self.ledger.load(model)
+            if state is not None:
+                self.guard.check(state, tolerate or Tolerate())
 
     def desired_versions(self, state: RolloutState) -> list[str]:
         """Versions Triton must hold: the rollout's own plus those the policy keeps."""
@@ -124,6 +126,7 @@ class RolloutManager:
 
         ``publish`` checks all of it again; this is for callers that export first.
         """
+        self._guarded(model)
         return self.publisher.check(model, version, canary_weight=canary_weight, replace=replace)
 
     def publish(
@@ -147,6 +150,7 @@ class RolloutManager:
         ``timer``) prints under ``--verbose``; the timings go into the history entry. A
         canary in progress is replaced only with ``replace`` (the history says which).
         """
+        self._guarded(model)
         return self.publisher.publish(
             model,
             version,
@@ -164,7 +168,7 @@ class RolloutManager:
         weight = parse_weight(percent)
         model = validate_model_name(model)
         with self.ledger.locked(model):
-            state = self.ledger.require(model, action="set the weight")
+            state = self.guard.check(self.ledger.require(model, action="set the weight"))
             check_transition(state.phase, Phase.PROGRESSING, action="set the weight")
             if state.canary is None or state.stable is None:
                 raise IllegalTransitionError(f"cannot set the weight: {model} has no canary")
@@ -177,6 +181,7 @@ class RolloutManager:
         model = validate_model_name(model)
         with self.ledger.locked(model):
             state = self.ledger.require(model, action="promote")
+            state = self.guard.check(state, Tolerate(stable=True))  # a canary replaces it
             return self.retirement.promote(state, reason=reason)
 
     def rollback(self, model: str, *, reason: str = "") -> RolloutState:
@@ -184,6 +189,7 @@ class RolloutManager:
         model = validate_model_name(model)
         with self.ledger.locked(model):
             state = self.ledger.require(model, action="roll back")
+            state = self.guard.check(state, Tolerate(canary=True))  # what a rollback removes
             return self.retirement.rollback(state, reason=reason)
 
     # -- the manager's own Router -----------------------------------------------------------
@@ -284,6 +290,7 @@ class RolloutManager:
     def advance(self, model: str, provider: MetricsProvider) -> RolloutState:
         """One analysis step (``analysis_step.advance``): promotes past the last step, rolls
         back at the failed-check threshold."""
+        self._guarded(model)
         return analysis_step.advance(
             self.ledger,
             model,
@@ -296,12 +303,14 @@ class RolloutManager:
 
     def set_policy(self, model: str, policy: dict[str, Any] | None) -> RolloutState:
         """Keep extra versions loaded (e.g. the previous stable, for a fast rollback)."""
+        self._guarded(model)
         return self.settings_changes.set_policy(model, policy)
 
     def set_unpinned(
         self, model: str, mode: str | None, *, shadow: float | None = None
     ) -> RolloutState:
         """What the public name does with requests that name no version (``SettingChanges``)."""
+        self._guarded(model)
         return self.settings_changes.set_unpinned(model, mode, shadow=shadow)
 
     # -- reconcile --------------------------------------------------------------------------
@@ -331,41 +340,11 @@ class RolloutManager:
         reports = []
         for name in models:
             with self.ledger.locked(name):
-                reports.append(self._reconcile_one(name))
+                try:
+                    reports.append(self.reconciler.reconcile_one(name))
+                except IntegrityError as exc:  # said, and the other models reconciled
+                    reports.append(ReconcileReport(model=name, desired=[], refused=str(exc)))
         return reports
-
-    def _reconcile_one(self, name: str) -> ReconcileReport:
-        undone = self.publisher.settle(name)
-        state = self.ledger.load(name)
-        if state is None and undone is not None:
-            return ReconcileReport(model=name, desired=[], actions=[undone])
-        state = self.ledger.require(name, action="reconcile")
-        report = ReconcileReport(model=name, desired=self.desired_versions(state))
-        if undone is not None:
-            report.actions.append(undone)
-        if state.phase is Phase.PROMOTING:
-            self.retirement.finish(state, Phase.SUCCEEDED, action="promoted (reconcile)")
-            report.actions.append("finished promote")
-        elif state.phase is Phase.ROLLING_BACK:
-            self.retirement.finish(state, Phase.ROLLED_BACK, action="rolled back (reconcile)")
-            report.actions.append("finished rollback")
-        else:
-            desired = set(report.desired)
-            survey = self.fleet.survey(versions_model_name(name), alias=name)
-            report.unreachable = [s.url for s in survey if s.error]
-            # Only servers that lack the desired versions, or whose public name answers
-            # from another version, are touched.
-            stale = [
-                s.url
-                for s in survey
-                if not s.error and (s.ready != desired or s.public != desired_route(state))
-            ]
-            if stale:
-                self.applier.apply(state, gone=[], only=stale)
-                report.actions.append(f"loaded {','.join(report.desired)} on {', '.join(stale)}")
-            if report.unreachable:
-                report.actions.append(f"unreachable: {', '.join(report.unreachable)}")
-        return report
 
     # -- status -----------------------------------------------------------------------------
 
@@ -381,4 +360,6 @@ class RolloutManager:
         if state is None:
             raise InvalidInputError(f"{model} was never published to {self.repository.location}")
         survey = self.fleet.survey(versions_model_name(model), alias=model)
-        return status_document(state, survey, self.repository.versions(model)), state
+        refused = self.guard.findings(state)
+        document = status_document(state, survey, self.repository.versions(model), refused)
+        return document, state

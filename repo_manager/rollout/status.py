@@ -7,7 +7,7 @@ answers from, the analysis in charge and the last recorded move.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from repo_manager.names import versions_model_name
@@ -21,9 +21,14 @@ __all__ = ["status_document"]
 
 
 def status_document(
-    state: RolloutState, survey: Sequence[ServerVersions], on_disk: Sequence[str]
+    state: RolloutState,
+    survey: Sequence[ServerVersions],
+    on_disk: Sequence[str],
+    refused: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The status of ``state.model`` from each server's ``survey`` and the versions on disk.
+    """The status of ``state.model`` from each server's ``survey`` and the versions on disk;
+    ``refused``: what of the model is not what was published ("config" or a version ->
+    why), as the integrity check found it.
 
     Versions are listed as the first server that answers reports them; one that does not
     hold a version on disk shows it UNLOADED (UNAVAILABLE when no server answered).
@@ -45,6 +50,7 @@ def status_document(
         # What a client that names no version gets (the public name on the first server).
         "public": {"name": model, "version": None if first.error else first.public},
         "generation": state.generation,
+        "refused": dict(refused or {}),
         "policy": state.policy,
         "unpinned": state.unpinned,
         "unpinned_shadow": state.unpinned_shadow,

@@ -14,6 +14,8 @@ from pathlib import Path
 from repo_manager.errors import InvalidInputError, StorageError
 
 _STAGING_PREFIX = ".staging-"
+#: Bytes read at a time when hashing (a 100 MB plan is never held in memory whole).
+_HASH_BLOCK = 1 << 20
 
 
 class LocalStorage:
@@ -81,6 +83,38 @@ class LocalStorage:
 
     def exists(self, key: str) -> bool:
         return self.path(key).exists()
+
+    def list_files(self, key: str) -> dict[str, Hashable]:
+        """Files under ``key`` with a token of size, mtime, ctime and inode: a content change
+        moves ctime even when mtime is set back (``touch -d``), and a replaced file has
+        another inode."""
+        folder = self.path(key)
+        found: dict[str, Hashable] = {}
+        try:
+            for dirpath, dirs, names in os.walk(folder):
+                # A linked folder is not walked (its files could change unseen): it is
+                # listed as an entry of its own, which no manifest names.
+                linked = [d for d in dirs if (Path(dirpath) / d).is_symlink()]
+                for name in [*names, *linked]:
+                    path = Path(dirpath) / name
+                    st = path.stat()  # a linked file: its target's, which is what is read
+                    token = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode)
+                    found[path.relative_to(folder).as_posix()] = token
+        except OSError as exc:
+            raise StorageError(f"cannot list {folder}: {exc.strerror}") from exc
+        return found
+
+    def sha256(self, key: str) -> str | None:
+        digest = hashlib.sha256()
+        try:
+            with open(self.path(key), "rb") as handle:
+                while block := handle.read(_HASH_BLOCK):
+                    digest.update(block)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StorageError(f"cannot read {self.path(key)}: {exc.strerror}") from exc
+        return digest.hexdigest()
 
     def list_dir(self, key: str) -> list[str]:
         folder = self.path(key)

@@ -18,6 +18,7 @@ from repo_manager.phases import Phase
 from repo_manager.rollout import AnalysisPlan, AnalysisStatus, RolloutManager
 from repo_manager.rollout.analysis_step import Then, decide
 from repo_manager.state import RolloutState, load_state
+from tests.unit.published import write_published
 from tests.unit.test_rollout_ordering import Harness, RecordingFleet
 from tests.unit.test_rollout_ordering import manager as manager
 
@@ -213,15 +214,12 @@ def test_a_person_setting_the_weight_takes_over_from_the_analysis(
 
 
 def test_analysis_needs_a_canary(tmp_path: Path) -> None:
-    from repo_manager.modelconfig import ModelConfig, render_config
     from repo_manager.repository import ModelRepository
     from repo_manager.state import state_key
     from repo_manager.storage import LocalStorage
 
     storage = LocalStorage(tmp_path)
-    (tmp_path / "m.versions" / "1").mkdir(parents=True)
-    config = render_config(ModelConfig(name="m.versions"))
-    (tmp_path / "m.versions" / "config.pbtxt").write_bytes(config)
+    write_published(tmp_path, "m", ["1"])
     state = RolloutState(model="m", phase=Phase.INITIALIZED, stable="1", weights={"1": 100})
     storage.write_bytes_atomic(state_key("m"), state.to_json())
     rollout = RolloutManager(ModelRepository(storage), RecordingFleet(storage, "m"))  # type: ignore[arg-type]
