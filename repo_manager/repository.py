@@ -27,7 +27,7 @@ from tritonclient.grpc import model_config_pb2
 
 from repo_manager.compat import io_difference
 from repo_manager.errors import IncompatibleModelError, StorageError, VersionExistsError
-from repo_manager.integrity import ConfigSeal, SigningKey, config_digest
+from repo_manager.integrity import ConfigSeal, SigningKey, config_digest, sign_manifest
 from repo_manager.modelconfig import alias_target, parse_config, render_config
 from repo_manager.names import (
     BYTECODE_FOLDER,
@@ -249,12 +249,14 @@ class ModelRepository:
         Returns True when this created the model. A new model's versions folder appears
         whole, config included; a later version's folder appears whole beside the others.
         The public name's folder (config ``alias``) is published once, when missing. Python
-        versions get ``block_bytecode`` first.
+        versions get ``block_bytecode`` first; with a signing key, the manifest is signed.
         """
         staged_version = staged_model_dir / version
         if not staged_version.is_dir():
             raise StorageError(f"staged export has no version folder {staged_version}")
         block_bytecode(staged_version)
+        if self.signing_key is not None:
+            sign_manifest(staged_version / MANIFEST_FILE, self.signing_key)
         folder = versions_model_name(model)
         created = not self.storage.exists(folder)
         if created:

@@ -17,6 +17,7 @@ import click
 
 from repo_manager.discovery import resolve_urls
 from repo_manager.errors import RepoManagerError
+from repo_manager.integrity import SigningKey
 from repo_manager.progress import Progress
 from repo_manager.repository import ModelRepository
 from repo_manager.rollout import RolloutManager, RolloutSettings
@@ -54,6 +55,9 @@ class Context:
     urls: list[str]
     s3_endpoint: str | None = None
     security: GrpcSecurity | None = None
+    #: The manager's HMAC key (``--signing-key``): manifests it publishes are signed, and
+    #: unsigned or badly signed ones refused.
+    signing_key: SigningKey | None = None
     verbose: bool = False
     _progress: tuple[bool, Progress] | None = field(default=None, init=False, repr=False)
 
@@ -86,7 +90,7 @@ class Context:
             else RolloutSettings(drain_seconds=drain_seconds)
         )
         return RolloutManager(
-            ModelRepository(self.storage()),
+            ModelRepository(self.storage(), signing_key=self.signing_key),
             TritonFleet(resolve_urls(self.urls), security=self.security),
             settings=settings,
             progress=self.progress,
@@ -178,6 +182,15 @@ class Commands(click.Group):
     metavar="NAME=VALUE",
     help="gRPC metadata on every call to Triton (e.g. for an auth proxy); repeatable.",
 )
+@click.option(
+    "--signing-key",
+    envvar="REPO_MANAGER_SIGNING_KEY_FILE",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="File holding the manager's HMAC key (at least 16 bytes): the manifests it "
+    "publishes and the configs it writes are signed, and none without a valid signature "
+    "is loaded.",
+)
 @click.version_option(package_name="repo-manager")
 @click.pass_context
 def cli(
@@ -191,6 +204,7 @@ def cli(
     tls_cert: str | None,
     tls_key: str | None,
     headers: tuple[str, ...],
+    signing_key: str | None,
     verbose: bool,
 ) -> None:
     """Canary rollouts of YOLOv8 detectors inside NVIDIA Triton."""
@@ -204,6 +218,7 @@ def cli(
         urls=expand_urls(list(urls) or [DEFAULT_URL], resolve=resolve_dns),
         s3_endpoint=s3_endpoint or None,
         security=security,
+        signing_key=None if signing_key is None else SigningKey.from_file(signing_key),
         verbose=verbose,
     )
 

@@ -67,6 +67,7 @@ def serve(
             repository=obj.repository,
             urls=[server.grpc_url],
             s3_endpoint=obj.s3_endpoint,
+            signing_key=obj.signing_key,
             verbose=obj.verbose,
         )
         manager = local.manager()

@@ -4,7 +4,12 @@ config against the seal the manager wrote, before anything is loaded or given tr
 from __future__ import annotations
 
 from repo_manager.integrity.digests import DigestCache
-from repo_manager.integrity.manifests import SIGNATURE_FIELD, SigningKey, parse_manifest
+from repo_manager.integrity.manifests import (
+    SIGNATURE_FIELD,
+    SigningKey,
+    parse_manifest,
+    sign_manifest,
+)
 from repo_manager.integrity.seal import ConfigSeal, config_digest, seal_key
 from repo_manager.integrity.verifier import Verifier
 
@@ -17,4 +22,5 @@ __all__ = [
     "config_digest",
     "parse_manifest",
     "seal_key",
+    "sign_manifest",
 ]

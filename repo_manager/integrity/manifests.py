@@ -32,6 +32,7 @@ __all__ = [
     "SigningKey",
     "VersionManifest",
     "parse_manifest",
+    "sign_manifest",
 ]
 
 SIGNATURE_FIELD = "signature"
@@ -107,3 +108,15 @@ def parse_manifest(data: bytes, *, model: str, version: str) -> VersionManifest 
         if field in document and str(document[field]) != expected:
             return f"is the manifest of {field} {document[field]!r}, not {expected!r}"
     return VersionManifest(document=document, files=dict(files))
+
+
+def sign_manifest(path: Path, key: SigningKey) -> None:
+    """Add ``key``'s signature to the manifest at ``path`` (a staged version's)."""
+    try:
+        document = json.loads(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise InvalidInputError(f"cannot sign {path}: not a readable manifest") from exc
+    if not isinstance(document, dict):
+        raise InvalidInputError(f"cannot sign {path}: not a manifest (a JSON object)")
+    document[SIGNATURE_FIELD] = key.sign(document)
+    path.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n", encoding="utf-8")
