@@ -7,6 +7,7 @@ import tempfile
 import pytest
 
 from export.cache import CACHE_ENV
+from repo_manager.transport import CONTROL_KEY_ENV
 
 #: Server-wide defaults of the python backend's onnxruntime settings for every server the
 #: tests start (export/backend/model.py reads them): a dozen servers' models side by side on
@@ -46,6 +47,10 @@ def pytest_configure(config: pytest.Config) -> None:
     of the export, turn it off."""
     for name, value in BACKEND_DEFAULTS.items():
         os.environ.setdefault(name, value)
+    # Every client of the run holds a control key: a ``serve`` the tests start locks its
+    # server with it (and writes no key file into the user's home), and the manager and
+    # the Routers send it (servers started unlocked ignore the header).
+    os.environ.setdefault(CONTROL_KEY_ENV, "test-control-key-0123456789abcdef")
     if CACHE_ENV in os.environ or hasattr(config, "workerinput"):
         return  # the user's choice, or a worker inheriting the controller's folder
     folder = tempfile.mkdtemp(prefix="repo-manager-test-exports-")

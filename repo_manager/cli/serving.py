@@ -16,6 +16,7 @@ from repo_manager.cli.reconcile import run_until_stopped
 from repo_manager.errors import RepoManagerError, TritonUnavailableError
 from repo_manager.names import validate_model_name
 from repo_manager.rollout import RolloutManager
+from repo_manager.transport import ensure_control_key
 
 
 @cli.command()
@@ -26,6 +27,14 @@ from repo_manager.rollout import RolloutManager
     "--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0: all)."
 )
 @click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option(
+    "--unlocked",
+    is_flag=True,
+    help="Serve model control (load, unload) and shared memory to anyone who reaches the "
+    "ports. Default: only to callers with the control key (REPO_MANAGER_CONTROL_KEY, or "
+    "the file REPO_MANAGER_CONTROL_KEY_FILE names, else one made in "
+    "~/.config/repo-manager/control-key); inference stays open.",
+)
 @click.option(
     "--reconcile-interval",
     default="10s",
@@ -40,6 +49,7 @@ def serve(
     metrics_port: int,
     host: str,
     log_file: Path | None,
+    unlocked: bool,
     reconcile_interval: str,
 ) -> None:
     """Run the embedded tritonserver on the repository (foreground) and keep reconciling
@@ -48,11 +58,13 @@ def serve(
     from repo_manager.server import EmbeddedTriton, ServerPorts
 
     storage = prepare_repository(obj)
+    key, kept = (None, "") if unlocked else ensure_control_key()
     server = EmbeddedTriton(
         storage.triton_location,
         ports=ServerPorts(http=http_port, grpc=grpc_port, metrics=metrics_port),
         log_path=log_file,
         host=host,
+        control_key=key,
     )
     stop = stop_on_signals()
     server.start()
@@ -61,6 +73,12 @@ def serve(
         click.echo(
             f"tritonserver ready: grpc {server.grpc_url}, http {server.http_url}, "
             f"metrics {server.metrics_url}",
+            err=True,
+        )
+        click.echo(
+            "model control OPEN to anyone who reaches these ports (--unlocked)"
+            if key is None
+            else f"model control and shared memory need the control key (from {kept})",
             err=True,
         )
         local = Context(
