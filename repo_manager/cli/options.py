@@ -82,15 +82,25 @@ def serve_manager_metrics(port: int | None, addr: str) -> ManagerMetrics | None:
 
 
 def serve_manager_watch(
-    port: int, addr: str, storage: Storage
+    port: int, addr: str, storage: Storage, *, max_connections: int | None = None
 ) -> tuple[ManagerMetrics, WatchServer]:
     """The long-running manager's port: its metrics at /metrics and the routing tables of
-    ``storage`` at /watch/MODEL, where Routers subscribe (``REPO_MANAGER_WATCH_URL``)."""
-    from repo_manager.watch import WatchServer
+    ``storage`` at /watch/MODEL, where Routers subscribe (``REPO_MANAGER_WATCH_URL``).
+    The process's descriptor limit is raised to its hard limit first, and the server holds
+    at most ``max_connections`` (default ``WatchLimits``'), fewer if descriptors are short."""
+    from repo_manager.watch import WatchLimits, WatchServer, raise_descriptor_limit
 
+    raise_descriptor_limit()
+    limits = WatchLimits()
+    if max_connections is not None:
+        limits = WatchLimits(
+            max_connections=max_connections,
+            max_pending=min(limits.max_pending, max_connections),
+            max_subscribers=max_connections,
+        )
     registry = CollectorRegistry()
     metrics = ManagerMetrics(registry)
-    server = WatchServer(storage, registry).start(port, addr)
+    server = WatchServer(storage, registry, limits=limits).start(port, addr)
     return metrics, server
 
 

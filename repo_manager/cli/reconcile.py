@@ -40,6 +40,13 @@ from repo_manager.watch import WatchServer
     ":PORT/metrics, and the routing tables Routers subscribe to at :PORT/watch/MODEL "
     "(their REPO_MANAGER_WATCH_URL=http://HOST:PORT)."
 )
+@click.option(
+    "--max-connections",
+    type=click.IntRange(1, 1_000_000),
+    default=None,
+    help="With --metrics-port: connections the port holds at most (Routers, scrapes); "
+    "more are answered 503.  [default: 4096, fewer if file descriptors are short]",
+)
 @json_option
 @click.pass_obj
 def reconcile(
@@ -49,6 +56,7 @@ def reconcile(
     interval: float,
     metrics_port: int | None,
     metrics_addr: str,
+    max_connections: int | None,
     as_json: bool,
 ) -> None:
     """Re-apply the desired state (after Triton or the manager restarted).
@@ -68,7 +76,9 @@ def reconcile(
     if metrics_port is None:
         _watch(obj, model, interval, None, None, as_json=as_json)
         return
-    metrics, server = serve_manager_watch(metrics_port, metrics_addr, obj.storage())
+    metrics, server = serve_manager_watch(
+        metrics_port, metrics_addr, obj.storage(), max_connections=max_connections
+    )
     try:
         _watch(obj, model, interval, metrics, server, as_json=as_json)
     finally:

@@ -4,8 +4,9 @@ One config serves every version of a model, and every load passes it to Triton, 
 config changed behind the manager's back (another backend, an ``EXECUTION_ENV_PATH``
 with code of its own) is as dangerous as a changed ``model.py``. Versions carry manifests;
 the config, which the manager rewrites (version policy, GPU kinds), carries this seal
-instead: ``.repo-manager.<model>.config.json`` at the repository root (a root file: Triton
-never lists it nor reloads a model for it), written by ``ModelRepository`` with every
+instead: ``.repo-manager.<model>.config-seal`` at the repository root (a root file: Triton
+never lists it nor reloads a model for it; not ``.json``, which would be the state file
+of a model named ``<model>.config``), written by ``ModelRepository`` with every
 config it writes, signed when the manager holds a signing key.
 
 The digest leaves out ``version_policy``: the manager changes it with nearly every move,
@@ -29,7 +30,7 @@ __all__ = ["ConfigSeal", "config_digest", "seal_key"]
 
 
 def seal_key(model: str) -> str:
-    return f".repo-manager.{model}.config.json"
+    return f".repo-manager.{model}.config-seal"
 
 
 def config_digest(config: ModelConfig) -> str:

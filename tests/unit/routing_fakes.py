@@ -36,7 +36,7 @@ def write_state(repo: Path, weights: dict[str, int], generation: int, **kw: Any)
         weights=weights,
         generation=generation,
     )
-    LocalStorage(repo).write_bytes_atomic(state_key(MODEL), state.to_json())
+    LocalStorage(repo).write_bytes_atomic(state_key(state.model), state.to_json())
 
 
 def binomial_ok(hits: int, n: int, p: float, sigmas: float = 5.0) -> bool:

@@ -161,12 +161,12 @@ def test_the_manager_s_own_config_writes_keep_the_seal(published: Path) -> None:
 
 def test_an_unsealed_config_is_sealed_unless_the_manager_signs(tmp_path: Path) -> None:
     write_published(tmp_path, "m", ["1"])
-    (tmp_path / ".repo-manager.m.config.json").unlink()
+    (tmp_path / ".repo-manager.m.config-seal").unlink()
     config = ModelRepository(LocalStorage(tmp_path)).require_config("m")
     signed = ModelRepository(LocalStorage(tmp_path), signing_key=KEY)
     assert "is missing" in (signed.config_problem("m", config) or "")
     assert ModelRepository(LocalStorage(tmp_path)).config_problem("m", config) is None
-    assert (tmp_path / ".repo-manager.m.config.json").is_file()
+    assert (tmp_path / ".repo-manager.m.config-seal").is_file()
     assert "not signed" in (signed.config_problem("m", config) or "")
 
 
