@@ -131,7 +131,7 @@ class WatchServer:
         self._last_event: tuple[RoutingTable, bytes] | None = None
         self.port = 0
 
-    def start(self, port: int, addr: str = "0.0.0.0") -> WatchServer:
+    def start(self, port: int, addr: str = "127.0.0.1") -> WatchServer:
         """Bind ``addr:port`` (0: any free port, then in ``self.port``) and serve. A port
         that is taken is one clear InvalidInputError."""
         self.limits = self.limits.fitted()

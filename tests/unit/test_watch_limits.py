@@ -164,3 +164,21 @@ def test_errors_are_logged_once_per_kind_per_interval(caplog: pytest.LogCaptureF
     with caplog.at_level(logging.WARNING, logger="test.watch"):
         log("OSError", "again")
     assert "and 999 more" in caplog.records[-1].getMessage()
+
+
+def test_the_library_binds_loopback_by_default_like_the_cli(repo: Path) -> None:
+    from repo_manager.metrics import start_metrics_server
+    from repo_manager.server import free_port
+
+    server = WatchServer(LocalStorage(repo), CollectorRegistry()).start(0)
+    try:
+        assert server._server is not None
+        assert server._server.sockets[0].getsockname()[0] == "127.0.0.1"
+    finally:
+        server.shutdown()
+    metrics = start_metrics_server(free_port(), registry=CollectorRegistry())
+    try:
+        assert metrics.server_address[0] == "127.0.0.1"
+    finally:
+        metrics.shutdown()
+        metrics.server_close()
