@@ -136,24 +136,11 @@ def test_idle_connections_and_unknown_names_do_not_take_the_manager_down(
 
         flood_start, at = manager_requests(counting_s3), time.monotonic()
         for names in (2_000, 0):
-            floods.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "tests.integration.flood",
-                        str(port),
-                        "--idle",
-                        str(IDLE_PER_PROCESS),
-                        "--names",
-                        str(names),
-                        "--hold",
-                        "20",
-                    ],
-                    stdout=subprocess.PIPE,
-                    cwd=ROOT,
-                )  # fmt: skip
-            )
+            command = [
+                sys.executable, "-m", "tests.integration.flood", str(port),
+                "--idle", str(IDLE_PER_PROCESS), "--names", str(names), "--hold", "20",
+            ]  # fmt: skip
+            floods.append(subprocess.Popen(command, stdout=subprocess.PIPE, cwd=ROOT))
         reports = [json.loads(f.stdout.readline()) for f in floods if f.stdout is not None]
         # While it is held: two weight changes, each pushed to every Router within 1 s.
         delays = []
