@@ -31,6 +31,7 @@ class Verifier:
         self.storage = storage
         self.signing_key = signing_key
         self.cache = DigestCache(storage)
+        self._manifests: dict[str, tuple[Hashable, VersionManifest | str]] = {}
 
     def problem(self, model: str, version: str) -> str | None:
         """What makes ``version`` of ``model`` not the published one, naming the file
@@ -40,15 +41,29 @@ class Verifier:
         listed = self.storage.list_files(folder)
         if MANIFEST_FILE not in listed:
             return f"{where}/{MANIFEST_FILE} is missing"
-        data = self.storage.read_bytes(f"{folder}/{MANIFEST_FILE}")
-        if data is None:
+        manifest = self._manifest(folder, listed[MANIFEST_FILE], model, version)
+        if manifest is None:
             return f"{where}/{MANIFEST_FILE} is missing"
-        manifest = parse_manifest(data, model=model, version=version)
         if isinstance(manifest, str):
             return f"{where}/{MANIFEST_FILE} {manifest}"
         if self.signing_key is not None and not self.signing_key.verifies(manifest.document):
             return f"{where}/{MANIFEST_FILE} is not signed with the manager's signing key"
         return self._files_problem(folder, where, listed, manifest)
+
+    def _manifest(
+        self, folder: str, token: Hashable, model: str, version: str
+    ) -> VersionManifest | str | None:
+        """The version's manifest, read again only when its change token moved (a pass of
+        the long-running manager then costs S3 one listing per version, no read)."""
+        known = self._manifests.get(folder)
+        if known is not None and known[0] == token:
+            return known[1]
+        data = self.storage.read_bytes(f"{folder}/{MANIFEST_FILE}")
+        if data is None:
+            return None
+        parsed = parse_manifest(data, model=model, version=version)
+        self._manifests[folder] = (token, parsed)
+        return parsed
 
     def _files_problem(
         self, folder: str, where: str, listed: Mapping[str, Hashable], manifest: VersionManifest
