@@ -25,6 +25,7 @@ from repo_manager.names import versions_model_name
 from repo_manager.triton import TritonFleet
 from repo_manager.validation import run_golden_set
 from tests.integration.conftest import CLI, CliResult, Stack
+from tests.integration.manifests import reseal
 from tests.integration.prometheus import Prometheus
 from tests.integration.traffic import Traffic, client_traffic
 
@@ -73,6 +74,7 @@ def wrap_version(stack: Stack, version: str, code: str) -> None:
     folder = stack.repository / versions_model_name(MODEL)
     runner = folder / version / "model.py"
     runner.write_text(runner.read_text() + code)
+    reseal(folder / version)  # published with this code (not changed after its publish)
     config = parse_config((folder / "config.pbtxt").read_bytes(), source="")
     fleet = TritonFleet([stack.url])
     try:

@@ -23,6 +23,7 @@ from repo_manager.state import load_state
 from repo_manager.storage import LocalStorage
 from repo_manager.triton import TritonFleet
 from tests.integration.conftest import CLI, Stack, publish_args, snapshot
+from tests.integration.manifests import reseal
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -89,6 +90,7 @@ def test_a_load_past_its_deadline_is_one_line_naming_the_version_and_is_undone(
     staged.mkdir(parents=True)
     shutil.copytree(stack.repository / VERSIONS / "1", staged / "2")
     slow_down(staged / "2" / "model.py", 25)
+    reseal(staged / "2", version="2")  # exported with that code
     on_disk = stack.repository / VERSIONS / "config.pbtxt"
     config = parse_config(on_disk.read_bytes(), source=str(on_disk))
     config.name = MODEL
@@ -131,6 +133,7 @@ def test_reconcile_watch_stops_on_a_signal_while_a_load_is_slow(
 ) -> None:
     stack.publish(MODEL, "1", weights)
     slow_down(stack.repository / VERSIONS / "1" / "model.py", 90)
+    reseal(stack.repository / VERSIONS / "1")  # as if published with that code
     stack.restart(kill=True)  # comes back with nothing loaded: reconcile loads the slow 1
     command = [*CLI, "--repository", str(stack.repository), "--url", stack.url]
     with (tmp_path / "watch.log").open("wb") as log:
