@@ -37,6 +37,12 @@ def inject(model_py: Path, marker: Path) -> None:
         handle.write(f"\nopen({str(marker)!r}, 'w').write('injected code ran')\n")
 
 
+def interrupt(process: subprocess.Popen[bytes]) -> None:
+    """Stop a long-running command as Ctrl-C does, and wait for it."""
+    process.send_signal(signal.SIGINT)
+    process.wait(timeout=60)
+
+
 def version_dir(stack: Stack, model: str, version: str) -> Path:
     return stack.repository / f"{model}.versions" / version
 
@@ -181,8 +187,7 @@ def test_after_a_triton_restart_a_tampered_stable_is_never_loaded_again(
         finally:
             client.close()
     finally:
-        manager.send_signal(signal.SIGINT)
-        manager.wait(timeout=60)
+        interrupt(manager)
     assert not marker.exists()
 
 
@@ -209,8 +214,7 @@ def test_serve_starts_and_says_so_when_stable_was_tampered(
         assert eventually(lambda: f"error: STABLE {model} version 1" in log.read_text(), 120)
         assert serve.poll() is None  # up, serving what it may
     finally:
-        serve.send_signal(signal.SIGINT)
-        serve.wait(timeout=60)
+        interrupt(serve)
     assert not marker.exists()
 
 

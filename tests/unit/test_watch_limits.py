@@ -7,8 +7,6 @@ from __future__ import annotations
 import logging
 import socket
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,7 @@ from repo_manager.watch import WatchLimits, WatchServer
 from repo_manager.watch.http import ErrorLog
 from tests.eventually import eventually
 from tests.unit.routing_fakes import MODEL, write_state
-from tests.unit.test_watch import watching_router
+from tests.unit.test_watch import _get, watching_router
 
 
 class CountingStorage(LocalStorage):
@@ -66,13 +64,8 @@ def server(storage: CountingStorage) -> Iterator[WatchServer]:
         started.shutdown()
 
 
-def get(server: WatchServer, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
-    url = f"http://127.0.0.1:{server.port}{path}"
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as answer:
-            return answer.status, answer.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
+def get(server: WatchServer, path: str) -> tuple[int, bytes]:
+    return _get(f"http://127.0.0.1:{server.port}{path}")
 
 
 def test_an_unknown_model_is_404_and_costs_no_polling_nor_label(
