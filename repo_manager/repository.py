@@ -26,8 +26,21 @@ from typing import Any
 from tritonclient.grpc import model_config_pb2
 
 from repo_manager.compat import io_difference
-from repo_manager.errors import IncompatibleModelError, StorageError, VersionExistsError
-from repo_manager.integrity import ConfigSeal, SigningKey, config_digest, sign_manifest
+from repo_manager.errors import (
+    IncompatibleModelError,
+    IntegrityError,
+    InvalidInputError,
+    StorageError,
+    VersionExistsError,
+)
+from repo_manager.integrity import (
+    SIGNATURE_FIELD,
+    ConfigSeal,
+    SigningKey,
+    Verifier,
+    config_digest,
+    sign_manifest,
+)
 from repo_manager.modelconfig import alias_target, parse_config, render_config
 from repo_manager.names import (
     BYTECODE_FOLDER,
@@ -176,6 +189,32 @@ class ModelRepository:
         self.storage.write_bytes_atomic(f"{folder}/{CONFIG_FILE}", render_config(config))
         if old != new:
             self.seals.write(model, [new])
+
+    def sign_published(self, model: str) -> list[str]:
+        """Sign what a repository holds from before the signing key was set: every version
+        whose files match its manifest, and the config when it matches its seal (or has
+        none). Refused, naming the file, when anything does not. Returns what was signed.
+        A version whose manifest is rewritten is re-initialized by its next load."""
+        if self.signing_key is None:
+            raise InvalidInputError("sign needs --signing-key (the key to sign with)")
+        unsigned = ModelRepository(self.storage)
+        config = self.require_config(model)
+        problem = unsigned.config_problem(model, config)
+        checker = Verifier(self.storage)
+        problems = [problem] + [checker.problem(model, v) for v in self.versions(model)]
+        if any(problems):
+            raise IntegrityError(f"{model} not signed: {next(p for p in problems if p)}")
+        signed = []
+        for version in self.versions(model):
+            key = f"{versions_model_name(model)}/{version}/{MANIFEST_FILE}"
+            document = json.loads(self.storage.read_bytes(key) or b"{}")
+            if not self.signing_key.verifies(document):
+                document[SIGNATURE_FIELD] = self.signing_key.sign(document)
+                data = json.dumps(document, indent=2, sort_keys=True) + "\n"
+                self.storage.write_bytes_atomic(key, data.encode())
+                signed.append(f"version {version}")
+        self.seals.write(model, [config_digest(config)])
+        return [*signed, "config"]
 
     def config_problem(self, model: str, config: model_config_pb2.ModelConfig) -> str | None:
         """What makes ``config`` not the model's sealed config (``integrity.seal``)."""

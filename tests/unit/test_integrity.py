@@ -238,3 +238,14 @@ def test_a_publish_whose_copy_differs_from_its_manifest_is_undone(
         rollout.publish("m", "3", staged=staged)
     assert load_state(storage, "m") == before
     assert not version_dir(tmp_path, "3").exists()
+
+
+def test_sign_signs_what_is_intact_and_refuses_what_is_not(published: Path) -> None:
+    write_version(version_dir(published, "2"), "m", "2")
+    signer = ModelRepository(LocalStorage(published), signing_key=KEY)
+    assert signer.sign_published("m") == ["version 1", "version 2", "config"]
+    assert problem(published, "1", KEY) is None and problem(published, "2", KEY) is None
+    assert signer.config_problem("m", signer.require_config("m")) is None
+    tamper(published, "2")
+    with pytest.raises(IntegrityError, match="m not signed: .*/2/model.py differs"):
+        signer.sign_published("m")
