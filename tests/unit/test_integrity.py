@@ -247,5 +247,5 @@ def test_sign_signs_what_is_intact_and_refuses_what_is_not(published: Path) -> N
     assert problem(published, "1", KEY) is None and problem(published, "2", KEY) is None
     assert signer.config_problem("m", signer.require_config("m")) is None
     tamper(published, "2")
-    with pytest.raises(IntegrityError, match="m not signed: .*/2/model.py differs"):
+    with pytest.raises(IntegrityError, match=r"m not signed: .*/2/model\.py differs"):
         signer.sign_published("m")
