@@ -229,17 +229,18 @@ class WatchServer:
     async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Requests on one connection until it ends; the first must come within the head
         timeout (a connection that sends nothing holds a slot only that long)."""
-        timeout = self.limits.head_timeout
+        first = True  # no request yet: the connection counts as pending
         self.pending += 1
         try:
             while True:
+                timeout = self.limits.head_timeout if first else _IDLE_TIMEOUT
                 try:
                     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
                 except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
                     return
-                if timeout != _IDLE_TIMEOUT:
+                if first:
                     self.pending -= 1
-                    timeout = _IDLE_TIMEOUT
+                    first = False
                 request = parse_request(head)
                 if request is None:
                     writer.write(response(400, b"bad request\n", "text/plain", close=True))
@@ -250,7 +251,7 @@ class WatchServer:
                 if request.close:
                     return
         finally:
-            if timeout != _IDLE_TIMEOUT:
+            if first:
                 self.pending -= 1
 
     async def _answer(
