@@ -25,6 +25,8 @@ __all__ = [
     "CONTROL_HEADER",
     "CONTROL_KEY_ENV",
     "CONTROL_KEY_FILE_ENV",
+    "GRPC_CONTROL_HEADER",
+    "RESTRICTED_ANSWER",
     "RESTRICTED_PROTOCOLS",
     "GrpcSecurity",
     "control_key",
@@ -39,7 +41,13 @@ __all__ = [
 
 #: The header that carries the control key, and where the key comes from: the variable
 #: itself, else the file it names, else the file ``serve`` writes (``default_control_key_file``).
+#: Over HTTP it is sent as named; over gRPC Triton 2.51 expects the name behind its own
+#: prefix (checked: "This protocol is restricted, expecting header
+#: 'triton-grpc-protocol-repo-manager-control-key'"), so gRPC clients send ``GRPC_CONTROL_HEADER``.
 CONTROL_HEADER = "repo-manager-control-key"
+GRPC_CONTROL_HEADER = f"triton-grpc-protocol-{CONTROL_HEADER}"
+#: What Triton answers a call restricted to the key (gRPC status UNAVAILABLE, HTTP 403).
+RESTRICTED_ANSWER = "is restricted, expecting header"
 CONTROL_KEY_ENV = "REPO_MANAGER_CONTROL_KEY"
 CONTROL_KEY_FILE_ENV = "REPO_MANAGER_CONTROL_KEY_FILE"
 #: What Triton serves only to callers with the key: loading and unloading models (a
@@ -178,10 +186,10 @@ def make_grpc_client(url: str, security: GrpcSecurity | None = None) -> Any:
     except OSError as exc:
         raise InvalidInputError(f"cannot read TLS files: {exc.strerror}") from exc
     headers = dict(security.headers)
-    if CONTROL_HEADER not in headers:
+    if GRPC_CONTROL_HEADER not in headers:
         key = control_key()
         if key is not None:
-            headers[CONTROL_HEADER] = key
+            headers[GRPC_CONTROL_HEADER] = key
     if headers:
         client.register_plugin(_Headers(headers))
     return client
@@ -202,7 +210,12 @@ def is_unreachable(exc: InferenceServerException) -> bool:
     well under a second), so that is the only status that counts.
     """
     message = exc.message() or str(exc)
-    return exc.status() == "StatusCode.UNAVAILABLE" and "model" not in message.lower()
+    lowered = message.lower()
+    return (
+        exc.status() == "StatusCode.UNAVAILABLE"
+        and "model" not in lowered
+        and RESTRICTED_ANSWER not in lowered  # a locked control plane answered: reachable
+    )
 
 
 def parse_headers(values: Iterable[str]) -> dict[str, str]:

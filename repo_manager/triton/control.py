@@ -24,7 +24,15 @@ from repo_manager.errors import (
     VersionNotReadyError,
 )
 from repo_manager.modelconfig import config_to_json, with_version_policy
-from repo_manager.transport import GrpcSecurity, is_unreachable, make_grpc_client
+from repo_manager.transport import (
+    CONTROL_KEY_ENV,
+    CONTROL_KEY_FILE_ENV,
+    RESTRICTED_ANSWER,
+    GrpcSecurity,
+    control_key,
+    is_unreachable,
+    make_grpc_client,
+)
 from repo_manager.unpinned.config import public_route
 
 __all__ = ["Index", "ServerVersions", "TritonControl", "VersionState"]
@@ -87,6 +95,12 @@ class TritonControl:
                 ) from exc
             if is_unreachable(exc):
                 raise TritonUnavailableError(f"Triton unreachable at {self.url}") from exc
+            if RESTRICTED_ANSWER in (exc.message() or str(exc)):
+                raise TritonError(
+                    f"Triton at {self.url} refused to {what}: its model control needs the "
+                    f"control key, and this process has {'another' if control_key() else 'none'}"
+                    f" (set {CONTROL_KEY_ENV} or {CONTROL_KEY_FILE_ENV})"
+                ) from exc
             lines = (exc.message() or str(exc)).strip().splitlines()
             message = lines[0] if lines else f"no message ({exc.status() or 'no status'})"
             raise TritonError(f"Triton at {self.url} refused to {what}: {message}") from exc

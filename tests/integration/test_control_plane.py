@@ -21,7 +21,7 @@ from tritonclient.utils import InferenceServerException
 
 from repo_manager import Router
 from repo_manager.server import ServerPorts
-from repo_manager.transport import CONTROL_HEADER, CONTROL_KEY_ENV
+from repo_manager.transport import CONTROL_KEY_ENV, GRPC_CONTROL_HEADER
 from tests.eventually import eventually
 from tests.integration.conftest import CLI, IMGSZ, CliResult, publish_args, run_cli
 
@@ -154,7 +154,7 @@ def test_with_the_key_the_manager_routers_with_shared_memory_and_the_weighted_na
         keyed = grpcclient.InferenceServerClient(served.url)
         try:
             regions = keyed.get_system_shared_memory_status(
-                as_json=True, headers={CONTROL_HEADER: os.environ[CONTROL_KEY_ENV]}
+                as_json=True, headers={GRPC_CONTROL_HEADER: os.environ[CONTROL_KEY_ENV]}
             )
         finally:
             keyed.close()

@@ -31,6 +31,10 @@ from tests.unit.routing_fakes import UNREACHABLE, make_router, write_state
 TLS_REFUSED = "failed to connect to all addresses; last error: UNAVAILABLE: ipv4:1: Socket closed"
 NOT_READY = "Request for unknown model: 'det' version 2 is not at ready state"
 
+RESTRICTED = (
+    "This protocol is restricted, expecting header 'triton-grpc-protocol-repo-manager-control-key'"
+)
+
 
 def test_headers_are_sent_on_every_call_with_lowercase_names() -> None:
     client = make_grpc_client(
@@ -118,12 +122,46 @@ def test_dns_names_expand_only_when_asked(monkeypatch: pytest.MonkeyPatch) -> No
         ("StatusCode.DEADLINE_EXCEEDED", "Deadline Exceeded", False),  # late, maybe live
         ("StatusCode.NOT_FOUND", "Request for unknown model: 'det' is not found", False),
         ("StatusCode.INTERNAL", "boom", False),
+        # A locked control plane without the key (Triton 2.51's words): it answered.
+        ("StatusCode.UNAVAILABLE", RESTRICTED, False),
     ],
 )
 def test_one_rule_says_when_a_server_is_unreachable(
     status: str, message: str, unreachable: bool
 ) -> None:
     assert is_unreachable(InferenceServerException(message, status=status)) is unreachable
+
+
+def test_clients_send_the_control_key_under_the_header_triton_expects_over_grpc(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from repo_manager.transport import (
+        CONTROL_KEY_ENV,
+        CONTROL_KEY_FILE_ENV,
+        GRPC_CONTROL_HEADER,
+        control_key,
+        ensure_control_key,
+        restricted_flags,
+    )
+
+    assert control_key() is None  # no variable, no file (tests/unit/conftest.py)
+    key, kept = ensure_control_key()  # what serve does: a key file of mode 0600
+    path = Path(kept)
+    assert path.read_text().strip() == key and oct(path.stat().st_mode & 0o777) == "0o600"
+    assert control_key() == key and ensure_control_key() == (key, kept)
+    monkeypatch.setenv(CONTROL_KEY_ENV, "from-env")
+    assert control_key() == "from-env"
+    monkeypatch.delenv(CONTROL_KEY_ENV)
+    monkeypatch.setenv(CONTROL_KEY_FILE_ENV, str(tmp_path / "missing"))
+    with pytest.raises(InvalidInputError, match="which is missing"):
+        control_key()
+    assert GRPC_CONTROL_HEADER == "triton-grpc-protocol-repo-manager-control-key"
+    assert restricted_flags("k")[0] == (
+        "--grpc-restricted-protocol=model-repository,shared-memory,trace,logging:"
+        "repo-manager-control-key=k"
+    )
+    with pytest.raises(InvalidInputError):
+        restricted_flags("has space")
 
 
 class _Raising:
