@@ -210,6 +210,11 @@ class Router:
         return self._servers.urls
 
     @property
+    def hung_servers(self) -> list[str]:
+        """Servers out of rotation for a missed deadline, until a probe answers."""
+        return self._servers.out_of_rotation()
+
+    @property
     def table(self) -> RoutingTable | None:
         """The routing table in force (None until the model's state document exists)."""
         return self._table.plan.table
@@ -229,8 +234,7 @@ class Router:
         return self._table.refresh()
 
     def rediscover(self) -> tuple[str, ...]:
-        """Resolve ``dns://`` urls again and serve the fleet they name now; returns it (a
-        failed lookup keeps the last good fleet)."""
+        """Resolve ``dns://`` urls again and serve the fleet they name (a failed lookup keeps it)."""
         return self._servers.rediscover()
 
     def wait_for_generation(self, generation: int, timeout: float) -> bool:

@@ -83,9 +83,12 @@ def test_a_stopped_server_leaves_the_rotation_and_comes_back(
             finally:
                 os.kill(pid_of(second), signal.SIGCONT)
             resumed = time.monotonic()
-            before = served_on(second.grpc_url)
-            assert eventually(lambda: served_on(second.grpc_url) > before, 10)
+            assert router.hung_servers == [second.grpc_url]  # out while it was stopped
+            assert eventually(lambda: router.hung_servers == [], 10)
             back = time.monotonic() - resumed
+            # Back in the round robin: new requests reach it (not only those it held).
+            before = served_on(second.grpc_url)
+            assert eventually(lambda: served_on(second.grpc_url) >= before + 5, 10)
             stop.set()
             for thread in threads:
                 thread.join(timeout=DEADLINE + 5)

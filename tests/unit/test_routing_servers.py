@@ -120,9 +120,9 @@ def test_a_hung_server_leaves_the_rotation_and_is_probed_back_in(repo: Path) -> 
         results = [router.infer([]) for _ in range(20)]
         assert all(not r.fallback for r in results)
         assert len(clients[0].calls) == 1 and len(clients[1].calls) == 20
-        assert router._servers.out_of_rotation() == ["a:1"]
+        assert router.hung_servers == ["a:1"]
         clients[0].hung = False
-        assert eventually(lambda: router._servers.out_of_rotation() == [], 5)
+        assert eventually(lambda: router.hung_servers == [], 5)
         for _ in range(20):
             router.infer([])
     assert len(clients[0].calls) == 11  # back in the round robin
