@@ -234,7 +234,7 @@ class Router:
         return self._table.refresh()
 
     def rediscover(self) -> tuple[str, ...]:
-        """Resolve ``dns://`` urls again and serve the fleet they name (a failed lookup keeps it)."""
+        """Resolve ``dns://`` urls again; serve the fleet they name (a failed lookup keeps it)."""
         return self._servers.rediscover()
 
     def wait_for_generation(self, generation: int, timeout: float) -> bool:
