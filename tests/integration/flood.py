@@ -1,6 +1,6 @@
 """A client flood against a watch port, from a process of its own (its descriptors are
 its own): idle connections that never send a byte, and requests naming models that do
-not exist, all held open until the process is told to stop.
+not exist (sent one after the other, each connection kept open), all held for a while.
 
     python -m tests.integration.flood PORT --idle N --names M --hold SECONDS
 
@@ -52,14 +52,13 @@ def main(argv: list[str]) -> int:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     held = _open(args.port, args.idle)
     answers: Counter[str] = Counter()
-    named = _open(args.port, args.names)
-    for number, sock in enumerate(named):
+    named = []
+    for number in range(args.names):  # one at a time: each request reaches the server
         try:
-            sock.setblocking(True)
-            sock.settimeout(10)
-            sock.sendall(
-                f"GET /watch/unknown-{number}?after=0 HTTP/1.1\r\nHost: x\r\n\r\n".encode()
-            )
+            sock = socket.create_connection(("127.0.0.1", args.port), timeout=10)
+            named.append(sock)
+            request = f"GET /watch/unknown-{number}?after=0 HTTP/1.1\r\nHost: x\r\n\r\n"
+            sock.sendall(request.encode())
             status = sock.recv(64).split(b" ")[1].decode()
         except (OSError, IndexError) as exc:
             status = type(exc).__name__
