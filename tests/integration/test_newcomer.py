@@ -16,11 +16,11 @@ from typing import Any
 
 import cv2
 import pytest
-import tritonclient.grpc as grpcclient
 
 from repo_manager import Router
 from repo_manager.modelconfig import ModelConfig, parse_config
 from repo_manager.server import ServerPorts
+from repo_manager.transport import make_grpc_client
 from tests.integration.conftest import CLI, Stack, running_stack, snapshot
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -166,7 +166,7 @@ def test_serve_keeps_reconciling_while_it_runs(tmp_path: Path, weights: Path) ->
             "--weights", str(weights), "--imgsz", "160",
         ]  # fmt: skip
         subprocess.run(publish, check=True, capture_output=True, timeout=300)
-        client = grpcclient.InferenceServerClient(url)
+        client = make_grpc_client(url)  # with the control key: serve locks model control
         client.unload_model("m.versions")
         deadline = time.monotonic() + 60
         while "m: reconciled (loaded 1 on" not in log.read_text():
