@@ -10,7 +10,6 @@ import json
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +20,9 @@ from repo_manager import Router
 from repo_manager.modelconfig import ModelConfig, parse_config
 from repo_manager.server import ServerPorts
 from repo_manager.transport import make_grpc_client
-from tests.integration.conftest import CLI, Stack, running_stack, snapshot
+from tests.integration.conftest import CLI, Stack, snapshot
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
-
-
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """One server for the module: each test publishes a model of its own."""
-    with running_stack(tmp_path_factory.mktemp("newcomer")) as running:
-        yield running
 
 
 def versions_config(stack: Stack, model: str) -> ModelConfig:

@@ -12,6 +12,7 @@ import json
 import signal
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -19,16 +20,9 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from tests.eventually import eventually
-from tests.integration.conftest import CLI, IMGSZ, CliResult, S3Fleet, Stack, running_stack
+from tests.integration.conftest import CLI, IMGSZ, CliResult, S3Fleet, Stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
-
-
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """One server for the tests that need only models of their own."""
-    with running_stack(tmp_path_factory.mktemp("tampering")) as running:
-        yield running
 
 
 def inject(model_py: Path, marker: Path) -> None:
@@ -37,10 +31,16 @@ def inject(model_py: Path, marker: Path) -> None:
         handle.write(f"\nopen({str(marker)!r}, 'w').write('injected code ran')\n")
 
 
-def interrupt(process: subprocess.Popen[bytes]) -> None:
-    """Stop a long-running command as Ctrl-C does, and wait for it."""
-    process.send_signal(signal.SIGINT)
-    process.wait(timeout=60)
+@contextmanager
+def long_running(command: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A long-running command writing to ``log``, stopped as Ctrl-C does afterwards."""
+    with open(log, "wb") as output:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+    try:
+        yield process
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=60)
 
 
 def version_dir(stack: Stack, model: str, version: str) -> Path:
@@ -170,13 +170,7 @@ def test_after_a_triton_restart_a_tampered_stable_is_never_loaded_again(
     inject(version_dir(stack, model, "1") / "model.py", marker)
     log = tmp_path / "manager.log"
     command = [*CLI, "--repository", str(stack.repository), "--url", stack.url]
-    with open(log, "wb") as output:
-        manager = subprocess.Popen(
-            [*command, "reconcile", "--watch", "--interval", "1"],
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-    try:
+    with long_running([*command, "reconcile", "--watch", "--interval", "1"], log) as manager:
         stack.restart()
         assert eventually(lambda: log.read_text().count(f"STABLE {model} version 1") >= 2, 60)
         assert manager.poll() is None
@@ -186,8 +180,6 @@ def test_after_a_triton_restart_a_tampered_stable_is_never_loaded_again(
             assert not client.is_model_ready(f"{model}.versions", "1")
         finally:
             client.close()
-    finally:
-        interrupt(manager)
     assert not marker.exists()
 
 
@@ -208,13 +200,9 @@ def test_serve_starts_and_says_so_when_stable_was_tampered(
         *CLI, "--repository", str(stack.repository), "serve", "--grpc-port", str(ports.grpc),
         "--http-port", str(ports.http), "--metrics-port", str(ports.metrics),
     ]  # fmt: skip
-    with open(log, "wb") as output:
-        serve = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
-    try:
+    with long_running(command, log) as serve:
         assert eventually(lambda: f"error: STABLE {model} version 1" in log.read_text(), 120)
         assert serve.poll() is None  # up, serving what it may
-    finally:
-        interrupt(serve)
     assert not marker.exists()
 
 
