@@ -213,6 +213,19 @@ def test_a_tampered_stable_is_said_loudly_and_nothing_is_loaded(
     assert rollout.guard.findings(state).keys() == {"1"}  # what status shows
 
 
+def test_a_rollback_of_a_tampered_canary_goes_through_and_never_loads_it(
+    manager: Harness, tmp_path: Path
+) -> None:
+    rollout, fleet, storage = manager
+    tamper(tmp_path, "2")
+    final = rollout.rollback("m")
+    assert final.phase is Phase.ROLLED_BACK and final.weights == {"1": 100}
+    loaded = [call for call in fleet.calls if isinstance(call[0], list)]
+    assert loaded and all("2" not in versions for versions, *_ in loaded)
+    state = load_state(storage, "m")
+    assert state is not None and state.canary is None
+
+
 def test_a_verified_canary_may_replace_a_tampered_stable(manager: Harness, tmp_path: Path) -> None:
     rollout, fleet, _ = manager
     tamper(tmp_path, "1")
