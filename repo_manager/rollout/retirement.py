@@ -95,6 +95,12 @@ class Retirement:
         """
         retiring = state.retiring
         assert retiring is not None and state.stable is not None
+        if self.applier.verifier.problem(state.model, retiring) is not None:
+            # The apply leaves a tampered version out, i.e. unloads it: the public name and
+            # the Routers must be off it first (the soak saw 415 failed unpinned requests
+            # when a promote unloaded a tampered stable the public name still pinned).
+            self.applier.point_public(state)
+            self.applier.drain()
         self.applier.apply(state)
         self.applier.drain()
         done = RolloutState(

@@ -233,6 +233,8 @@ def test_a_verified_canary_may_replace_a_tampered_stable(manager: Harness, tmp_p
         rollout.set_weight("m", 50)
     final = rollout.promote("m")
     assert final.stable == "2" and final.phase is Phase.SUCCEEDED
+    # The public name leaves the tampered stable before the call that unloads it.
+    assert fleet.calls[0] == ("public", "2", {"2": 100})
     loaded = [call for call in fleet.calls if isinstance(call[0], list)]
     assert all("1" not in versions for versions, *_ in loaded)
 
