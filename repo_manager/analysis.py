@@ -32,6 +32,7 @@ from typing import Any, Protocol
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from repo_manager.detection_gates import DetectionWindow, counter_delta, detection_gates
 from repo_manager.errors import MetricsUnavailableError
 from repo_manager.gates import GateResult, LiveGates
 from repo_manager.metrics import metric_names as names
@@ -68,6 +69,10 @@ QUERIES: dict[str, tuple[str, dict[str, str]]] = {
     "shadow_boxes_reference": (f"{names.SHADOW_BOXES}_total", {"side": "reference"}),
     "shadow_boxes_shadow": (f"{names.SHADOW_BOXES}_total", {"side": "shadow"}),
     "shadow_boxes_matched": (f"{names.SHADOW_BOXES}_total", {"side": "matched"}),
+    "router_images": (f"{names.ROUTER_DETECTED_IMAGES}_total", {}),
+    "router_boxes": (f"{names.ROUTER_DETECTIONS}_total", {}),
+    "router_boxes_squared": (f"{names.ROUTER_DETECTIONS_SQUARED}_total", {}),
+    "router_scores": (f"{names.ROUTER_DETECTION_SCORES}_total", {}),
 }
 
 
@@ -215,18 +220,11 @@ class Window:
         return self.latency_sum / self.latency_count if self.latency_count else None
 
 
-def _delta(now: Snapshot, before: Snapshot, key: str, version: str) -> float:
-    current = now.get(key, {}).get(version, 0.0)
-    previous = before.get(key, {}).get(version, 0.0)
-    # A counter that went down was reset (server or client restarted): count from zero.
-    return current - previous if current >= previous else current
-
-
 def windows(now: Snapshot, before: Snapshot, version: str) -> dict[str, Window]:
     """Per source, the version's figures between two snapshots."""
 
     def d(key: str) -> float:
-        return _delta(now, before, key, version)
+        return counter_delta(now, before, key, version)
 
     triton_requests = d("triton_success") + d("triton_failure")
     router_served = d("router_ok") + d("router_fallback_served")
@@ -285,6 +283,11 @@ def readings(
             }
             if seconds:
                 reading["rate"] = w.requests / seconds
+            if source == "router":
+                found = DetectionWindow.between(now, before, version)
+                if found.images:
+                    reading["boxes_per_image"] = found.mean_boxes
+                    reading["mean_confidence"] = found.mean_confidence
             result[source][role] = reading
     return result
 
@@ -322,9 +325,16 @@ class Verdict:
 
 
 def judge(
-    now: Snapshot, before: Snapshot, *, stable: str, canary: str, gates: LiveGates
+    now: Snapshot,
+    before: Snapshot,
+    *,
+    stable: str,
+    canary: str,
+    gates: LiveGates,
+    window_start: Snapshot | None = None,
 ) -> Verdict:
-    """Compare canary with stable over the interval between two snapshots."""
+    """Compare canary with stable over the interval between two snapshots (the detection
+    gates: since ``window_start``, the oldest reading of their window; default ``before``)."""
     canary_w, stable_w = windows(now, before, canary), windows(now, before, stable)
     results: list[GateResult] = []
     judged = []
@@ -365,6 +375,16 @@ def judge(
                     source=source,
                 )
             )
+    seen = detection_gates(
+        now,
+        before if window_start is None else window_start,
+        stable=stable,
+        canary=canary,
+        gates=gates,
+    )
+    if seen:
+        judged.append("router: detections")
+        results.extend(seen)
     if not judged:
         return Verdict(
             outcome=Outcome.NO_DATA,

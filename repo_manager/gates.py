@@ -30,6 +30,9 @@ _RANGES: dict[str, tuple[float, float]] = {
     "max_error_rate": (0.0, 1.0),
     "min_stable_map50": (0.0, 1.0),
     "min_requests": (1, 1_000_000),
+    "max_box_count_z": (0.5, 1000.0),
+    "max_confidence_drop": (0.0, 1.0),
+    "detection_window_s": (1.0, 3600.0),
 }
 
 
@@ -85,6 +88,16 @@ class LiveGates:
     #: Routers mirror traffic (F1 of one-to-one matches, same class, IoU >= 0.5).
     #: Default 0.8.
     min_agreement: float = 0.8
+    #: Most standard errors the canary's mean boxes per image may be from stable's, over
+    #: the detection window (``detection_gates``: a blind canary, or one that sees boxes
+    #: everywhere). Judged from ``Router.detect``'s counts. Default 3.0.
+    max_box_count_z: float = 3.0
+    #: Largest allowed drop of the canary's mean box confidence below stable's (absolute),
+    #: over the detection window. Default 0.15.
+    max_confidence_drop: float = 0.15
+    #: Seconds of readings the detection gates judge (more than one interval: a canary at
+    #: a small weight sends few images per interval). Default 120.0.
+    detection_window_s: float = 120.0
 
     def __post_init__(self) -> None:
         _check_ranges(self)

@@ -30,6 +30,9 @@ class AnalysisStatus:
     #: Cumulative counters at the previous step (None before the first reading).
     snapshot: Snapshot | None = None
     last: Verdict | None = None
+    #: The detection counters of the readings inside the detection window, oldest first,
+    #: each with its unix time (``detection_gates.window_readings``).
+    window: tuple[tuple[float, Snapshot], ...] = ()
 
     def to_json(self, *, snapshot: bool = True) -> dict[str, Any]:
         """The state document's ``analysis`` (``snapshot=False``: as ``status`` shows it)."""
@@ -41,6 +44,8 @@ class AnalysisStatus:
             "snapshot": None if self.snapshot is None else snapshot_to_json(self.snapshot),
             "last": None if self.last is None else self.last.to_dict(),
         }
+        if snapshot and self.window:
+            document["window"] = [[at, snapshot_to_json(kept)] for at, kept in self.window]
         if not snapshot:
             del document["snapshot"]
         return document
@@ -57,6 +62,9 @@ class AnalysisStatus:
                 metrics_errors=int(document.get("metrics_errors", 0)),
                 snapshot=None if before is None else snapshot_from_json(before),
                 last=None if last is None else Verdict.from_dict(last),
+                window=tuple(
+                    (float(at), snapshot_from_json(kept)) for at, kept in document.get("window", [])
+                ),
             )
         except (KeyError, TypeError, ValueError, InvalidGateError) as exc:
             raise StorageError(f"corrupt analysis in the rollout state: {exc}") from exc

@@ -9,10 +9,12 @@ one write; only a decision that ends the analysis goes on to promote or roll bac
 from __future__ import annotations
 
 import enum
+import time
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from repo_manager.analysis import Outcome, Snapshot, Verdict, judge, readings
+from repo_manager.detection_gates import window_readings
 from repo_manager.errors import MetricsUnavailableError
 from repo_manager.names import validate_model_name
 from repo_manager.phases import Phase, check_transition
@@ -107,6 +109,7 @@ def decide(
     stable: str,
     canary: str,
     weight: int,
+    at: float,
 ) -> Step:
     """Judge the interval since the last reading: the new status and what follows.
 
@@ -133,7 +136,10 @@ def decide(
                 error=str(reading),
             ),
         )
-    read = replace(status, metrics_errors=0, snapshot=reading)
+    kept = window_readings(
+        status.window, at=at, reading=reading, seconds=plan.gates.detection_window_s
+    )
+    read = replace(status, metrics_errors=0, snapshot=reading, window=kept)
     if status.snapshot is None:
         return Step(
             status=read,
@@ -142,7 +148,17 @@ def decide(
             reason="first reading of metrics",
             details=step_details(read, weight=weight, step=status.step, outcome="baseline"),
         )
-    verdict = judge(reading, status.snapshot, stable=stable, canary=canary, gates=plan.gates)
+    # The detection gates judge every reading of their window: since the oldest one still
+    # inside it, else since the previous reading.
+    inside = [k for t, k in status.window if t >= at - plan.gates.detection_window_s]
+    verdict = judge(
+        reading,
+        status.snapshot,
+        stable=stable,
+        canary=canary,
+        gates=plan.gates,
+        window_start=inside[0] if inside else None,
+    )
     judged = replace(read, last=verdict)
     seen = readings(reading, status.snapshot, {"stable": stable, "canary": canary})
 
@@ -248,6 +264,7 @@ def advance(
             stable=state.stable,
             canary=state.canary,
             weight=state.weights.get(state.canary, 0),
+            at=time.time(),
         )
         new = with_canary_at(
             state, step.weight, phase=Phase.ANALYZING, analysis=step.status.to_json()
