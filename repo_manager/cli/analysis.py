@@ -28,12 +28,13 @@ __all__ = ["analysis_hint", "analysis_setup", "run_analysis"]
 
 def analysis_setup(options: dict[str, Any]) -> tuple[AnalysisPlan, Any]:
     """Validate every analysis option before anything moves (bad input: exit 2)."""
-    parse_interval(options["interval"])
     plan = AnalysisPlan(
         steps=parse_steps(options["steps"]),
         threshold=options["threshold"],
         max_metrics_errors=options["max_metrics_errors"],
         gates=parse_gate_overrides(LiveGates(), options["live_gates"]),
+        interval_s=parse_interval(options["interval"]),
+        detached=bool(options.get("detach")),
     )
     return plan, metrics_source(options["prometheus"], options["metrics_urls"])
 
@@ -116,6 +117,12 @@ def _record_stop(manager: RolloutManager, model: str, reason: str) -> None:
 @cli.command("rollout")
 @click.argument("model")
 @analysis_options
+@click.option(
+    "--detach",
+    is_flag=True,
+    help="Start the analysis and return: the long-running manager (reconcile --watch) "
+    "takes each step, reading its own metrics sources.",
+)
 @drain_option
 @click.pass_obj
 def rollout_command(obj: Context, model: str, drain_seconds: float | None, **analysis: Any) -> None:
@@ -125,4 +132,12 @@ def rollout_command(obj: Context, model: str, drain_seconds: float | None, **ana
     require_repository(obj)
     metrics = serve_manager_metrics(analysis["metrics_port"], analysis["metrics_addr"])
     manager = obj.manager(drain_seconds=drain_seconds, metrics=metrics)
+    if plan.detached:
+        state = manager.start_analysis(model, plan)
+        click.echo(decision_text(state))
+        click.echo(
+            f"  detached: the long-running manager (reconcile --watch) takes a step every "
+            f"{analysis['interval']}; follow it with: repo-manager status {model} --watch"
+        )
+        return
     run_analysis(obj, manager, model, plan, provider, analysis)

@@ -7,29 +7,55 @@ import functools
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import click
 
 from repo_manager.cli.app import Context, cli, emit, require_repository
 from repo_manager.cli.options import (
     json_option,
+    metrics_source,
+    metrics_source_options,
+    parse_interval,
     serve_manager_watch,
     serve_metrics_options,
     stop_on_signals,
+    verdict_options,
 )
-from repo_manager.cli.render import reconcile_text
+from repo_manager.cli.render import reconcile_text, transition_text
 from repo_manager.discovery import has_dns, resolve_urls
 from repo_manager.errors import InvalidInputError, RepoManagerError, TritonUnavailableError
+from repo_manager.gates import LiveGates, parse_gate_overrides
 from repo_manager.metrics import ManagerMetrics
 from repo_manager.rollout import RolloutManager
+from repo_manager.rollout.guard import GuardSettings
 from repo_manager.state import RolloutState
 from repo_manager.watch import WatchServer
+
+if TYPE_CHECKING:
+    from repo_manager.analysis import MetricsProvider
 
 
 @cli.command()
 @click.argument("model", required=False)
-@click.option("--watch", is_flag=True, help="Keep reconciling every --interval seconds.")
-@click.option("--interval", type=click.FloatRange(0.5, 3600), default=10.0, show_default=True)
+@click.option("--watch", is_flag=True, help="Keep reconciling every --interval.")
+@click.option(
+    "--interval",
+    default="10s",
+    show_default=True,
+    help="Time between passes (10s, 1m, 500ms), and between two checks of a guarded canary.",
+)
+@click.option(
+    "--judge/--no-judge",
+    default=True,
+    show_default=True,
+    help="With --watch: take the steps of detached analyses (rollout --detach) and guard "
+    "every canary at a fixed weight (rolled back on failed checks, never promoted), "
+    "reading the metrics sources below.",
+)
+@verdict_options
+@metrics_source_options
 @serve_metrics_options(
     "With --watch: serve every model's rollout state and reconcile counters at "
     ":PORT/metrics, and the routing tables Routers subscribe to at :PORT/watch/MODEL "
@@ -41,7 +67,13 @@ def reconcile(
     obj: Context,
     model: str | None,
     watch: bool,
-    interval: float,
+    interval: str,
+    judge: bool,
+    threshold: int,
+    max_metrics_errors: int,
+    live_gates: tuple[str, ...],
+    metrics_urls: tuple[str, ...],
+    prometheus: str | None,
     metrics_port: int | None,
     metrics_addr: str,
     as_json: bool,
@@ -56,18 +88,38 @@ def reconcile(
     """
     if metrics_port is not None and not watch:
         raise InvalidInputError("--metrics-port needs --watch")
+    seconds = parse_interval(interval)
+    if seconds < 0.5:
+        raise InvalidInputError(f"invalid --interval {interval!r}: at least 500ms")
+    judging = None
+    if watch and judge:
+        settings = GuardSettings(
+            interval_s=seconds,
+            threshold=threshold,
+            max_metrics_errors=max_metrics_errors,
+            gates=parse_gate_overrides(LiveGates(), live_gates),
+        )
+        judging = Judging(provider=metrics_source(prometheus, metrics_urls), settings=settings)
     require_repository(obj)
     if not watch:
         _reconcile_pass(obj, None, model, metrics=None, as_json=as_json, watch=False)
         return
     if metrics_port is None:
-        _watch(obj, model, interval, None, None, as_json=as_json)
+        _watch(obj, model, seconds, None, None, as_json=as_json, judging=judging)
         return
     metrics, server = serve_manager_watch(metrics_port, metrics_addr, obj.storage())
     try:
-        _watch(obj, model, interval, metrics, server, as_json=as_json)
+        _watch(obj, model, seconds, metrics, server, as_json=as_json, judging=judging)
     finally:
         server.shutdown()
+
+
+@dataclass(kw_only=True, frozen=True)
+class Judging:
+    """Where the long-running manager reads live figures, and how it guards canaries."""
+
+    provider: MetricsProvider
+    settings: GuardSettings
 
 
 def _watch(
@@ -78,8 +130,9 @@ def _watch(
     server: WatchServer | None,
     *,
     as_json: bool,
+    judging: Judging | None,
 ) -> None:
-    """Reconcile every ``interval`` seconds until SIGINT or SIGTERM."""
+    """Reconcile (and judge canaries) every ``interval`` seconds until SIGINT or SIGTERM."""
     stop = stop_on_signals()
     manager: RolloutManager | None = None
     recorded = None if server is None else (lambda s: server.offer(s.routing_table()))
@@ -93,6 +146,7 @@ def _watch(
             as_json=as_json,
             watch=True,
             recorded=recorded,
+            judging=judging,
         )
         outcome = run_until_stopped(stop, work)
         if isinstance(outcome, RepoManagerError):
@@ -140,6 +194,7 @@ def _reconcile_pass(
     as_json: bool,
     watch: bool,
     recorded: Callable[[RolloutState], None] | None = None,
+    judging: Judging | None = None,
 ) -> RolloutManager:
     """One pass: (re)resolve the fleet, reconcile, publish state and the pass's figures."""
     started = time.monotonic()
@@ -171,8 +226,26 @@ def _reconcile_pass(
         for r in reports
     ]
     emit(documents, as_json, reconcile_text(documents))
+    if judging is not None:
+        for report in reports:
+            _judge(manager, report.model, judging)
     if not watch and unreachable:
         raise TritonUnavailableError(
             f"Triton unreachable at {', '.join(unreachable)}; the others are reconciled"
         )
     return manager
+
+
+def _judge(manager: RolloutManager, model: str, judging: Judging) -> None:
+    """One model's canary judged this pass; each decision it recorded printed (an error
+    is one line: the other models are still judged, the next pass tries again)."""
+    before = manager.state(model)
+    try:
+        after = manager.judge_canary(model, judging.provider, judging.settings)
+    except RepoManagerError as exc:
+        click.echo(f"error: judging {model}: {exc}", err=True)
+        return
+    if after is None or before is None:
+        return
+    for transition in after.history[len(after.history) - (after.generation - before.generation) :]:
+        click.echo(transition_text(transition))

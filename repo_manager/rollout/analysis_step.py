@@ -119,7 +119,7 @@ def decide(
     plan = status.plan
     if isinstance(reading, MetricsUnavailableError):
         errors, limit = status.metrics_errors + 1, plan.max_metrics_errors
-        unread = replace(status, metrics_errors=errors)
+        unread = replace(status, metrics_errors=errors, read_at=at)
         return Step(
             status=unread,
             weight=weight,
@@ -139,7 +139,7 @@ def decide(
     kept = window_readings(
         status.window, at=at, reading=reading, seconds=plan.gates.detection_window_s
     )
-    read = replace(status, metrics_errors=0, snapshot=reading, window=kept)
+    read = replace(status, metrics_errors=0, snapshot=reading, window=kept, read_at=at)
     if status.snapshot is None:
         return Step(
             status=read,
@@ -222,7 +222,7 @@ def start_analysis(ledger: Ledger, model: str, plan: AnalysisPlan) -> RolloutSta
             return state  # already in charge: resume where it stands
         check_transition(state.phase, Phase.ANALYZING, action="start the analysis")
         weight = plan.steps[0]
-        status = AnalysisStatus(plan=plan)
+        status = AnalysisStatus(plan=plan, since=time.time())
         new = with_canary_at(state, weight, phase=Phase.ANALYZING, analysis=status.to_json())
         return ledger.record(
             state,
@@ -239,6 +239,7 @@ def advance(
     *,
     promote: Finish,
     rollback: Finish,
+    patience: float | None = None,
 ) -> RolloutState:
     """One analysis step: read live figures, decide, record the decision and why.
 
@@ -246,6 +247,8 @@ def advance(
     ``rollback`` at the threshold. No data: nothing moves. Unreadable metrics: one more
     metrics error; at its own limit MetricsUnavailableError is raised and the canary keeps
     its weight. Outside the analyzing phase it changes nothing, so calling it again is safe.
+    With ``patience`` (the long-running manager) the step is taken only when due
+    (``AnalysisStatus.due``); otherwise (the ``rollout`` driving it) always.
     """
     model = validate_model_name(model)
     with ledger.locked(model):
@@ -253,18 +256,22 @@ def advance(
         if state.phase is not Phase.ANALYZING or state.analysis is None:
             return state
         assert state.stable is not None and state.canary is not None
+        status = AnalysisStatus.from_json(state.analysis)
+        now = time.time()
+        if patience is not None and not status.due(now, patience=patience):
+            return state
         reading: Snapshot | MetricsUnavailableError
         try:
             reading = provider.snapshot(model)
         except MetricsUnavailableError as exc:
             reading = exc
         step = decide(
-            AnalysisStatus.from_json(state.analysis),
+            status,
             reading,
             stable=state.stable,
             canary=state.canary,
             weight=state.weights.get(state.canary, 0),
-            at=time.time(),
+            at=now,
         )
         new = with_canary_at(
             state, step.weight, phase=Phase.ANALYZING, analysis=step.status.to_json()

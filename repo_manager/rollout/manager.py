@@ -29,8 +29,9 @@ from repo_manager.names import validate_model_name, validate_version, versions_m
 from repo_manager.phases import Phase, check_transition
 from repo_manager.progress import as_progress
 from repo_manager.repository import ModelRepository
-from repo_manager.rollout import analysis_step
+from repo_manager.rollout import analysis_step, guard
 from repo_manager.rollout.applier import FleetApplier, Progress, desired_route
+from repo_manager.rollout.guard import GuardSettings
 from repo_manager.rollout.ledger import Ledger, with_canary_at
 from repo_manager.rollout.publishing import Publisher, PublishRequest
 from repo_manager.rollout.retirement import Retirement
@@ -288,6 +289,20 @@ class RolloutManager:
             self.ledger,
             model,
             provider,
+            promote=self.retirement.promote,
+            rollback=self.retirement.rollback,
+        )
+
+    def judge_canary(
+        self, model: str, provider: MetricsProvider, settings: GuardSettings
+    ) -> RolloutState | None:
+        """The long-running manager's judgement of ``model``'s canary this pass
+        (``guard.judge_canary``); None when nothing was due."""
+        return guard.judge_canary(
+            self.ledger,
+            model,
+            provider.snapshot,
+            settings,
             promote=self.retirement.promote,
             rollback=self.retirement.rollback,
         )

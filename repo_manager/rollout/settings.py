@@ -66,8 +66,16 @@ class AnalysisPlan:
     #: stops with an error (the canary keeps its weight; never a rollback). Default 5.
     max_metrics_errors: int = 5
     gates: LiveGates = field(default_factory=LiveGates)
+    #: Seconds between steps. A process that takes a step never judges an interval
+    #: shorter than this (the long-running manager may take over). Default 30.
+    interval_s: float = 30.0
+    #: Taken step by step by the long-running manager (``rollout --detach``), not by the
+    #: ``rollout`` process that started it. Default False.
+    detached: bool = False
 
     def __post_init__(self) -> None:
+        if not 0.1 <= self.interval_s <= 86400:
+            raise InvalidGateError(f"invalid interval {self.interval_s}: must be 100ms .. 24h")
         # A first step of 0 judges the canary on shadow traffic only (Routers mirroring
         # stable's requests) before any user request reaches it.
         shown = ",".join(map(str, self.steps))
@@ -90,15 +98,21 @@ class AnalysisPlan:
             "threshold": self.threshold,
             "max_metrics_errors": self.max_metrics_errors,
             "gates": asdict(self.gates),
+            "interval_s": self.interval_s,
+            "detached": self.detached,
         }
 
     @classmethod
     def from_dict(cls, document: dict[str, Any]) -> AnalysisPlan:
+        """A persisted plan (one written before ``interval_s``/``detached`` takes their
+        defaults)."""
         return cls(
             steps=tuple(int(s) for s in document["steps"]),
             threshold=int(document["threshold"]),
             max_metrics_errors=int(document["max_metrics_errors"]),
             gates=LiveGates(**document.get("gates", {})),
+            interval_s=float(document.get("interval_s", cls.interval_s)),
+            detached=bool(document.get("detached", False)),
         )
 
 

@@ -300,5 +300,7 @@ def test_an_analysis_persisted_before_the_typed_status_loads_unchanged() -> None
     written = status.to_json()
     assert written["plan"]["gates"] == {**asdict(LiveGates()), **document["plan"]["gates"]}
     written["plan"]["gates"] = document["plan"]["gates"]
+    # Driven by its rollout, at the default interval (the manager takes over after three).
+    assert written["plan"].pop("interval_s") == 30.0 and written["plan"].pop("detached") is False
     assert written == document
     assert "snapshot" not in status.to_json(snapshot=False)
