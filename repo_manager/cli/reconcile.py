@@ -226,6 +226,18 @@ def _reconcile_pass(
         for r in reports
     ]
     emit(documents, as_json, reconcile_text(documents))
+    if obj.notifier is not None:
+        for document in documents:
+            done = [a for a in document["actions"] if not a.startswith("unreachable")]
+            if done:
+                obj.notifier.send(
+                    {
+                        "model": document["model"],
+                        "action": "reconcile",
+                        "reason": "; ".join(done),
+                        "actions": done,
+                    }
+                )
     if judging is not None:
         for report in reports:
             _judge(manager, report.model, judging)

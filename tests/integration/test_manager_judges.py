@@ -9,7 +9,7 @@ import os
 import signal
 import subprocess
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from repo_manager.server import free_port
 from repo_manager.triton import TritonFleet
 from tests.eventually import eventually
 from tests.integration.conftest import CLI, IMGSZ, Stack
+from tests.webhook import receiver
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -135,6 +136,30 @@ def rolled_back_by_the_guard(stack: Stack, canary: str) -> str:
 
 
 def test_the_manager_rolls_back_bad_canaries_nobody_watches_and_drives_a_detached_rollout(
+    stack: Stack,
+    trained_detector: Path,
+    weights: Path,
+    golden_set: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    hook = ExitStack()
+    url, events = hook.enter_context(receiver())
+    # Every process of the test posts its decisions there: the CLI's moves and the manager's.
+    monkeypatch.setenv("REPO_MANAGER_NOTIFY", url)
+    with hook:
+        judged_everywhere(stack, trained_detector, weights, golden_set, tmp_path)
+        history = state(stack)["history"]
+        assert eventually(lambda: len(events) >= len(history), timeout=10)
+    # One event per recorded decision (each process posts its own in order).
+    by_generation = sorted(events, key=lambda e: e["generation"])
+    assert [e["action"] for e in by_generation] == [t["action"] for t in history]
+    rollback = next(e for e in events if e["action"] == "guard: check failed at 10% (2/2)")
+    assert rollback["commands"]["rollback"].endswith(f"rollback {MODEL}")
+    assert any(not g["passed"] for g in rollback["gates"])
+
+
+def judged_everywhere(
     stack: Stack, trained_detector: Path, weights: Path, golden_set: Path, tmp_path: Path
 ) -> None:
     stack.publish(MODEL, "1", trained_detector)
