@@ -105,6 +105,12 @@ def decision_event(state: RolloutState, *, repository: str) -> dict[str, Any]:
     if state.canary is not None:
         commands["promote"] = f"{cli} promote {state.model}"
         commands["rollback"] = f"{cli} rollback {state.model}"
+    held = state.analysis or {}
+    if held.get("waiting") is not None:  # an analysis waits for a person
+        commands["approve"] = f"{cli} approve {state.model}"
+        commands["reject"] = f"{cli} reject {state.model}"
+    if held.get("paused_by") is not None:
+        commands["resume"] = f"{cli} resume {state.model}"
     return {
         "model": state.model,
         "action": last.action,

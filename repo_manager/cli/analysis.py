@@ -21,15 +21,18 @@ from repo_manager.errors import GateFailedError, RepoManagerError
 from repo_manager.gates import LiveGates, parse_gate_overrides
 from repo_manager.names import validate_model_name
 from repo_manager.phases import Phase
-from repo_manager.rollout import AnalysisPlan, RolloutManager, parse_steps
+from repo_manager.rollout import AnalysisPlan, RolloutManager
+from repo_manager.rollout.settings import parse_step_plan
 
 __all__ = ["analysis_hint", "analysis_setup", "run_analysis"]
 
 
 def analysis_setup(options: dict[str, Any]) -> tuple[AnalysisPlan, Any]:
     """Validate every analysis option before anything moves (bad input: exit 2)."""
+    steps, approve_before = parse_step_plan(options["steps"], options["approve_before"])
     plan = AnalysisPlan(
-        steps=parse_steps(options["steps"]),
+        steps=steps,
+        approve_before=approve_before,
         threshold=options["threshold"],
         max_metrics_errors=options["max_metrics_errors"],
         gates=parse_gate_overrides(LiveGates(), options["live_gates"]),

@@ -135,7 +135,13 @@ def analysis_options(func: Any) -> Any:
                 "--steps",
                 default="10,25,50,100",
                 show_default=True,
-                help="Canary weights, one per passed interval; the last promotes.",
+                help="Canary weights, one per passed interval; the last promotes. 'pause' "
+                "before a weight waits for `approve` (e.g. 10,25,pause,50,100).",
+            ),
+            click.option(
+                "--approve-before",
+                default="",
+                help="Weights of --steps reached only once a person approves (e.g. 50).",
             ),
             click.option(
                 "--interval",

@@ -193,6 +193,20 @@ def decide(
             details=details(counted),
         )
     step = status.step + 1
+    if step < len(plan.steps):
+        ahead = plan.steps[step]
+        if ahead in plan.approve_before and ahead not in status.approved:
+            judged = replace(judged, waiting=ahead)
+        if judged.held is not None:
+            # A person decides the next move (approve, reject, resume); meanwhile the
+            # canary is still judged at its weight, and a failing one still rolls back.
+            return Step(
+                status=judged,
+                weight=weight,
+                action=f"analysis: passed at {weight}%, {judged.held}",
+                reason=verdict.reason,
+                details=details(judged),
+            )
     passed = replace(judged, step=step)
     if step >= len(plan.steps):
         return Step(

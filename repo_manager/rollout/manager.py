@@ -31,6 +31,7 @@ from repo_manager.progress import as_progress
 from repo_manager.repository import ModelRepository
 from repo_manager.rollout import analysis_step, guard
 from repo_manager.rollout.applier import FleetApplier, Progress, desired_route
+from repo_manager.rollout.approval import Approvals
 from repo_manager.rollout.guard import GuardSettings
 from repo_manager.rollout.ledger import Ledger, with_canary_at
 from repo_manager.rollout.publishing import Publisher, PublishRequest
@@ -93,6 +94,7 @@ class RolloutManager:
         self.retirement = Retirement(self.applier, self.ledger)
         self.publisher = Publisher(self.applier, self.ledger)
         self.settings_changes = SettingChanges(self.applier, self.ledger)
+        self.approvals = Approvals(self.ledger, rollback=self.retirement.rollback)
 
     def state(self, model: str) -> RolloutState | None:
         return self.ledger.load(model)
