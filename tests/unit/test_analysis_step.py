@@ -302,5 +302,6 @@ def test_an_analysis_persisted_before_the_typed_status_loads_unchanged() -> None
     written["plan"]["gates"] = document["plan"]["gates"]
     # Driven by its rollout, at the default interval (the manager takes over after three).
     assert written["plan"].pop("interval_s") == 30.0 and written["plan"].pop("detached") is False
+    assert written["plan"].pop("approve_before") == []
     assert written == document
     assert "snapshot" not in status.to_json(snapshot=False)
