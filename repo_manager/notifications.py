@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from repo_manager.errors import InvalidInputError, RepoManagerError
+from repo_manager.links import LinkSigner
 from repo_manager.state import RolloutState
 from repo_manager.storage import Storage
 
@@ -96,8 +97,11 @@ class Target:
         return redact(self.url)
 
 
-def decision_event(state: RolloutState, *, repository: str) -> dict[str, Any]:
-    """The event of the state's last recorded transition."""
+def decision_event(
+    state: RolloutState, *, repository: str, links: LinkSigner | None = None
+) -> dict[str, Any]:
+    """The event of the state's last recorded transition (with signed one-click links for
+    a person's decision when ``links`` can sign them)."""
     last = state.history[-1]
     analysis = (last.details or {}).get("analysis", {})
     cli = f"repo-manager --repository {repository}"
@@ -111,6 +115,13 @@ def decision_event(state: RolloutState, *, repository: str) -> dict[str, Any]:
         commands["reject"] = f"{cli} reject {state.model}"
     if held.get("paused_by") is not None:
         commands["resume"] = f"{cli} resume {state.model}"
+    clicks = {}
+    if links is not None and state.canary is not None:
+        clicks = {
+            action: links.sign(state.model, state.canary, action)
+            for action in ("approve", "reject", "resume")
+            if action in commands
+        }
     return {
         "model": state.model,
         "action": last.action,
@@ -124,6 +135,7 @@ def decision_event(state: RolloutState, *, repository: str) -> dict[str, Any]:
         "generation": state.generation,
         "gates": analysis.get("gates", []),
         "commands": commands,
+        **({"links": clicks} if clicks else {}),
     }
 
 
@@ -136,6 +148,7 @@ def _text(event: Mapping[str, Any]) -> str:
     failed = [g for g in event.get("gates", []) if not g.get("passed", True)]
     lines += [f"failed gate {g['name']}: {g.get('value')} (bound {g.get('bound')})" for g in failed]
     lines += [f"{name}: `{command}`" for name, command in event.get("commands", {}).items()]
+    lines += [f"[{name}]({url})" for name, url in event.get("links", {}).items()]
     return "\n".join(lines)
 
 
@@ -184,6 +197,7 @@ class Notifier:
         timeout: float = 5.0,
         queue_size: int = 1000,
         post: Post = _post,
+        links: LinkSigner | None = None,
     ) -> None:
         """``post`` is the transport (a test passes its own); ``storage`` is where the
         last failure is written for ``status``."""
@@ -193,6 +207,7 @@ class Notifier:
         self.backoff = backoff
         self.timeout = timeout
         self._post = post
+        self.links = links
         self._stop = threading.Event()
         self.channels = [_Channel(target=t, queue=queue.Queue(queue_size)) for t in targets]
         for channel in self.channels:
@@ -204,7 +219,7 @@ class Notifier:
     def recorded(self, state: RolloutState) -> None:
         """A state was persisted: its last transition is the decision to announce."""
         if state.history:
-            self.send(decision_event(state, repository=self.repository))
+            self.send(decision_event(state, repository=self.repository, links=self.links))
 
     def send(self, event: dict[str, Any]) -> None:
         """Queue ``event`` for every target; never blocks (a full queue drops it)."""

@@ -14,6 +14,7 @@ from dataclasses import replace
 
 from repo_manager.errors import IllegalTransitionError
 from repo_manager.history.archive import recorded_by
+from repo_manager.links import Link, LinkSigner, claim
 from repo_manager.names import validate_model_name
 from repo_manager.phases import Phase
 from repo_manager.rollout.analysis_status import AnalysisStatus
@@ -71,6 +72,16 @@ class Approvals:
     def resume(self, model: str, *, reason: str = "") -> RolloutState:
         """Let passed steps move the canary on again."""
         return self._hold(model, paused=False, reason=reason)
+
+    def by_link(self, link: Link, signer: LinkSigner) -> RolloutState:
+        """Take the decision a signed link carries, once (``links``): refused in one line
+        when forged, expired, used, or for a version that is no longer the canary."""
+        with self.ledger.locked(link.model):
+            state = self.ledger.require(link.model, action=link.action)
+            signer.check(link, canary=state.canary)
+            claim(self.ledger.storage, link)
+        decide = {"approve": self.approve, "reject": self.reject, "resume": self.resume}
+        return decide[link.action](link.model, reason="one-click link")
 
     def _hold(self, model: str, *, paused: bool, reason: str) -> RolloutState:
         model = validate_model_name(model)

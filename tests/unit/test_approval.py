@@ -3,11 +3,14 @@ it waits; approve, reject, pause and resume (recording fleet, scripted figures).
 
 from __future__ import annotations
 
+import time
+import urllib.parse
 from dataclasses import replace
 
 import pytest
 
 from repo_manager.errors import IllegalTransitionError, InvalidGateError
+from repo_manager.links import Link, LinkRefusedError, LinkSigner
 from repo_manager.notifications import decision_event
 from repo_manager.phases import Phase
 from repo_manager.rollout.settings import AnalysisPlan, parse_step_plan
@@ -103,3 +106,54 @@ def test_pause_in_the_steps_marks_the_step_after_it() -> None:
         parse_step_plan("10,wait,50")
     with pytest.raises(InvalidGateError, match="name a step after the first"):
         AnalysisPlan(steps=(10, 50), approve_before=(10,))
+
+
+SIGNER = LinkSigner(b"k" * 32, base_url="https://manager.example.com")
+
+
+def waiting(harness: Harness) -> None:
+    rollout, provider = harness[0], ScriptedProvider()
+    rollout.start_analysis("m", replace(GATED, approve_before=(25,)))
+    rollout.advance("m", provider)
+    rollout.advance("m", provider)  # passed at 10%, waits for 25%
+
+
+def link(url: str) -> Link:
+    parts = urllib.parse.urlsplit(url)
+    return Link.from_request(parts.path, urllib.parse.parse_qs(parts.query))
+
+
+def test_a_one_click_link_approves_once_then_is_refused(manager: Harness) -> None:
+    waiting(manager)
+    state = manager[0].state("m")
+    assert state is not None
+    event = decision_event(state, repository="r", links=SIGNER)
+    url = event["links"]["approve"]
+    assert url.startswith("https://manager.example.com/decide/m/approve?version=2&")
+    approved = manager[0].approvals.by_link(link(url), SIGNER)
+    assert approved.history[-1].action == "analysis: approved, now 25%"
+    with pytest.raises(LinkRefusedError, match="used already"):
+        manager[0].approvals.by_link(link(url), SIGNER)
+
+
+def test_expired_forged_and_stale_links_are_refused(manager: Harness) -> None:
+    waiting(manager)
+    approvals = manager[0].approvals
+    expired = SIGNER.sign("m", "2", "approve", now=time.time() - 7200)
+    with pytest.raises(LinkRefusedError, match="expired"):
+        approvals.by_link(link(expired), SIGNER)
+    good = SIGNER.sign("m", "2", "approve")
+    for forged in (
+        good.replace("version=2", "version=3"),
+        good.replace("/approve?", "/reject?"),
+        good[:-4] + "0000",
+        LinkSigner(b"x" * 32, base_url="https://evil.example.com").sign("m", "2", "reject"),
+    ):
+        with pytest.raises(LinkRefusedError, match="forged or altered"):
+            approvals.by_link(link(forged), SIGNER)
+    stale = SIGNER.sign("m", "9", "reject")
+    with pytest.raises(LinkRefusedError, match="the canary of m is 2 now"):
+        approvals.by_link(link(stale), SIGNER)
+    state = manager[0].state("m")
+    assert state is not None and state.phase is Phase.ANALYZING  # nothing moved
+    assert approvals.by_link(link(good), SIGNER).history[-1].action.startswith("analysis: approved")
