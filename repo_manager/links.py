@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import html
 import json
 import secrets
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +28,15 @@ from repo_manager.errors import InvalidInputError, RepoManagerError
 from repo_manager.names import validate_model_name
 from repo_manager.storage import Storage
 
-__all__ = ["ACTIONS", "Link", "LinkRefusedError", "LinkSigner", "claim", "used_links_key"]
+__all__ = [
+    "ACTIONS",
+    "DecisionPages",
+    "Link",
+    "LinkRefusedError",
+    "LinkSigner",
+    "claim",
+    "used_links_key",
+]
 
 #: The decisions a link may carry (``Approvals`` methods).
 ACTIONS = ("approve", "reject", "resume")
@@ -155,3 +165,41 @@ def claim(storage: Storage, link: Link) -> None:
         raise LinkRefusedError("this link was used already")
     used = [*used, link.nonce][-USED_KEPT:]
     storage.write_bytes_atomic(key, json.dumps(used).encode())
+
+
+class DecisionPages:
+    """``/decide/MODEL/ACTION?...`` on the manager's HTTP port: GET shows what the link
+    would do with a button (chat apps fetch links to preview them: a GET must never act),
+    POST acts once. Every refusal is one line with 403."""
+
+    def __init__(
+        self,
+        signer: LinkSigner,
+        *,
+        act: Callable[[Link], str],
+        canary_of: Callable[[str], str | None],
+    ) -> None:
+        """``act`` takes the decision (claiming the link) and says what was recorded;
+        ``canary_of`` reads a model's canary now."""
+        self.signer = signer
+        self.act = act
+        self.canary_of = canary_of
+
+    def __call__(self, method: str, path: str, query: dict[str, list[str]]) -> tuple[int, str, str]:
+        try:
+            link = Link.from_request(path, query)
+            if method == "POST":
+                return 200, "text/plain; charset=utf-8", self.act(link) + "\n"
+            if method not in ("GET", "HEAD"):
+                return 405, "text/plain; charset=utf-8", "GET or POST only\n"
+            self.signer.check(link, canary=self.canary_of(link.model))
+        except RepoManagerError as exc:
+            return 403, "text/plain; charset=utf-8", f"refused: {exc}\n"
+        what = html.escape(f"{link.action} canary {link.version} of {link.model}")
+        target = html.escape(link.path(), quote=True)
+        page = (
+            f"<!doctype html><title>{what}</title><p>{what.capitalize()}?</p>"
+            f'<form method="post" action="{target}"><button>{html.escape(link.action)}'
+            "</button></form>"
+        )
+        return 200, "text/html; charset=utf-8", page

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
@@ -27,6 +28,7 @@ from repo_manager.cli.render import reconcile_text, transition_text
 from repo_manager.discovery import has_dns, resolve_urls
 from repo_manager.errors import InvalidInputError, RepoManagerError, TritonUnavailableError
 from repo_manager.gates import LiveGates, parse_gate_overrides
+from repo_manager.links import DecisionPages, Link, LinkSigner
 from repo_manager.metrics import ManagerMetrics
 from repo_manager.rollout import RolloutManager
 from repo_manager.rollout.guard import GuardSettings
@@ -56,6 +58,21 @@ if TYPE_CHECKING:
 )
 @verdict_options
 @metrics_source_options
+@click.option(
+    "--link-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="REPO_MANAGER_LINK_KEY_FILE",
+    default=None,
+    help="With --metrics-port: sign one-click approve/reject links with this key (a file "
+    "of at least 16 bytes only the manager reads); notifications of a waiting analysis "
+    "carry them, /decide/... on the port takes them once.",
+)
+@click.option(
+    "--public-url",
+    envvar="REPO_MANAGER_PUBLIC_URL",
+    default=None,
+    help="How people reach the manager's port, for the links (default http://ADDR:PORT).",
+)
 @serve_metrics_options(
     "With --watch: serve every model's rollout state and reconcile counters at "
     ":PORT/metrics, and the routing tables Routers subscribe to at :PORT/watch/MODEL "
@@ -74,6 +91,8 @@ def reconcile(
     live_gates: tuple[str, ...],
     metrics_urls: tuple[str, ...],
     prometheus: str | None,
+    link_key: Path | None,
+    public_url: str | None,
     metrics_port: int | None,
     metrics_addr: str,
     as_json: bool,
@@ -88,6 +107,12 @@ def reconcile(
     """
     if metrics_port is not None and not watch:
         raise InvalidInputError("--metrics-port needs --watch")
+    if link_key is not None and metrics_port is None:
+        raise InvalidInputError("--link-key needs --metrics-port (the links point there)")
+    signer = None
+    if link_key is not None:
+        base = public_url or f"http://{metrics_addr}:{metrics_port}"
+        signer = LinkSigner.from_file(link_key, base_url=base)
     seconds = parse_interval(interval)
     if seconds < 0.5:
         raise InvalidInputError(f"invalid --interval {interval!r}: at least 500ms")
@@ -108,6 +133,10 @@ def reconcile(
         _watch(obj, model, seconds, None, None, as_json=as_json, judging=judging)
         return
     metrics, server = serve_manager_watch(metrics_port, metrics_addr, obj.storage())
+    if signer is not None:
+        server.decide = _decision_pages(obj, signer)
+        if obj.notifier is not None:
+            obj.notifier.links = signer
     try:
         _watch(obj, model, seconds, metrics, server, as_json=as_json, judging=judging)
     finally:
@@ -261,3 +290,24 @@ def _judge(manager: RolloutManager, model: str, judging: Judging) -> None:
         return
     for transition in after.history[len(after.history) - (after.generation - before.generation) :]:
         click.echo(transition_text(transition))
+
+
+def _decision_pages(obj: Context, signer: LinkSigner) -> DecisionPages:
+    """The one-click links' pages, acting through a manager of their own (the pass's
+    manager belongs to the pass thread)."""
+    managers: list[RolloutManager] = []
+
+    def manager() -> RolloutManager:
+        if not managers:
+            managers.append(obj.manager())
+        return managers[0]
+
+    def act(link: Link) -> str:
+        state = manager().approvals.by_link(link, signer)
+        return transition_text(state.history[-1])
+
+    def canary_of(model: str) -> str | None:
+        state = manager().state(model)
+        return None if state is None else state.canary
+
+    return DecisionPages(signer, act=act, canary_of=canary_of)

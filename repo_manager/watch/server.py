@@ -145,6 +145,9 @@ class WatchServer:
         self._listeners: dict[str, set[_Listener]] = {}
         self._last_event: tuple[RoutingTable, bytes] | None = None
         self.port = 0
+        #: Answers ``/decide/...`` (a person's one-click decision, ``links``): called off
+        #: the event loop with the method, path and query; (status, content type, body).
+        self.decide: Callable[[str, str, dict[str, list[str]]], tuple[int, str, str]] | None = None
 
     def start(self, port: int, addr: str = "0.0.0.0") -> WatchServer:
         """Bind ``addr:port`` (0: any free port, then in ``self.port``) and serve. A port
@@ -240,6 +243,13 @@ class WatchServer:
     ) -> bool:
         """Answer one request; False when the connection must end afterwards."""
         head = request.method == "HEAD"
+        if request.path.startswith("/decide/") and self.decide is not None:
+            decide = self.decide
+            status, kind, text = await self._loop.run_in_executor(
+                None, lambda: decide(request.method, request.path, request.query)
+            )
+            writer.write(_response(status, text.encode(), kind, close=True, head=head))
+            return False  # a POST's body is not read: never reuse the connection
         if request.method not in ("GET", "HEAD"):
             writer.write(_response(405, b"GET only\n", "text/plain", close=True, head=head))
             return False

@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -15,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from repo_manager.links import LinkSigner
 from repo_manager.modelconfig import parse_config
 from repo_manager.names import versions_model_name
 from repo_manager.server import free_port
@@ -148,7 +153,7 @@ def test_the_manager_rolls_back_bad_canaries_nobody_watches_and_drives_a_detache
     # Every process of the test posts its decisions there: the CLI's moves and the manager's.
     monkeypatch.setenv("REPO_MANAGER_NOTIFY", url)
     with hook:
-        judged_everywhere(stack, trained_detector, weights, golden_set, tmp_path)
+        judged_everywhere(stack, trained_detector, weights, golden_set, tmp_path, events)
         history = state(stack)["history"]
         assert eventually(lambda: len(events) >= len(history), timeout=10)
     # One event per recorded decision (each process posts its own in order).
@@ -160,7 +165,12 @@ def test_the_manager_rolls_back_bad_canaries_nobody_watches_and_drives_a_detache
 
 
 def judged_everywhere(
-    stack: Stack, trained_detector: Path, weights: Path, golden_set: Path, tmp_path: Path
+    stack: Stack,
+    trained_detector: Path,
+    weights: Path,
+    golden_set: Path,
+    tmp_path: Path,
+    events: list[dict[str, Any]],
 ) -> None:
     stack.publish(MODEL, "1", trained_detector)
     router_port = free_port()
@@ -173,6 +183,9 @@ def judged_everywhere(
         *("--rate", "30", "--threads", "3", "--imgsz", IMGSZ, "--images", str(golden_set)),
         *("--metrics-port", str(router_port)),
     ]
+    manager_port = free_port()
+    key = tmp_path / "link-key"
+    key.write_bytes(secrets.token_bytes(32))
     manager = [
         *CLI,
         *where,
@@ -181,6 +194,7 @@ def judged_everywhere(
         *("--interval", INTERVAL, "--threshold", "2", *GATES),
         *("--metrics-url", stack.server.metrics_url),
         *("--metrics-url", f"http://127.0.0.1:{router_port}/metrics"),
+        *("--metrics-port", str(manager_port), "--link-key", str(key)),
     ]
     with (
         running(traffic, tmp_path / "traffic.log") as clients,
@@ -215,14 +229,18 @@ def judged_everywhere(
         doc = state(stack)
         assert doc["phase"] == "progressing" and doc["weights"] == {"1": 90, "5": 10}
         assert [t["action"] for t in doc["history"]][-1] == "guard: watching canary 5 at 10%"
-        # ... and promoted by the manager once a detached rollout hands it over.
+        # ... and promoted by the manager once a detached rollout hands it over, after a
+        # person approved twice: once with a one-click link, once with `approve`.
         started = stack.cli(
             "rollout",
             MODEL,
             "--detach",
-            *("--steps", "10,50,100", "--interval", INTERVAL, *GATES),
+            *("--steps", "10,pause,50,pause,100", "--interval", INTERVAL, *GATES),
         )
         assert "detached" in started.stdout
+        approve_with_a_link(stack, events, key, f"http://127.0.0.1:{manager_port}")
+        assert eventually(lambda: waiting_for(stack) == 100, timeout=60), "never paused again"
+        assert "approved, now 100%" in stack.cli("approve", MODEL).stdout
         assert eventually(lambda: state(stack)["phase"] == "succeeded", timeout=90), (
             f"not promoted: {[t['action'] for t in state(stack)['history']][-8:]}"
         )
@@ -234,3 +252,39 @@ def judged_everywhere(
     history = state(stack)["history"]
     # Only the detached rollout promoted (once); the guard never did.
     assert [t["action"] for t in history].count("promote") == 1
+
+
+def waiting_for(stack: Stack) -> int | None:
+    """The weight the analysis waits for a person to approve (None: not waiting)."""
+    analysis = state(stack).get("analysis") or {}
+    return analysis.get("waiting")
+
+
+def post(url: str) -> tuple[int, str]:
+    """POST to a link (what its page's button does): status and body."""
+    request = urllib.request.Request(url, data=b"", method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as refused:
+        return refused.code, refused.read().decode()
+
+
+def approve_with_a_link(stack: Stack, events: list[dict[str, Any]], key: Path, base: str) -> None:
+    """The waiting analysis' notification carries a link: GET only shows it, forged,
+    expired and used links are refused, the real one approves once."""
+    assert eventually(lambda: waiting_for(stack) == 50, timeout=60), "never waited"
+    assert eventually(lambda: any("links" in e for e in events), timeout=10)
+    link = next(e for e in events if "links" in e)["links"]["approve"]
+    assert link.startswith(f"{base}/decide/{MODEL}/approve?")
+    with urllib.request.urlopen(link, timeout=30) as page:  # a chat app's preview
+        assert b"<form" in page.read()
+    assert waiting_for(stack) == 50
+    assert post(link.replace("version=5", "version=4"))[0] == 403
+    expired = LinkSigner(key.read_bytes(), base_url=base).sign(
+        MODEL, "5", "approve", now=time.time() - 7200
+    )
+    assert post(expired) == (403, "refused: this link has expired\n")
+    status, said = post(link)
+    assert status == 200 and "approved, now 50%" in said, said
+    assert post(link) == (403, "refused: this link was used already\n")
