@@ -10,6 +10,7 @@ extra), never at import: a Router or a manager never pays for it.
 from __future__ import annotations
 
 import datetime as dt
+import io
 import os
 import tempfile
 from collections.abc import Sequence
@@ -364,6 +365,13 @@ def _draw_panel(
     # A little room below 0, so a series that stays at 0 is not hidden by the axis.
     ax.set_ylim(bottom=-0.04 * ax.get_ylim()[1])
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
+
+
+def plot_png(entries: Sequence[Transition], *, model: str) -> bytes:
+    """The figure as PNG bytes (a post-mortem stores it beside the state)."""
+    out = io.BytesIO()
+    figure(entries, model=model).savefig(out, format="png")
+    return out.getvalue()
 
 
 def write_plot(entries: Sequence[Transition], path: Path, *, model: str) -> None:

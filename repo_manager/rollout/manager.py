@@ -23,8 +23,10 @@ from repo_manager.errors import (
     GateUndecidedError,
     IllegalTransitionError,
     InvalidInputError,
+    RepoManagerError,
 )
 from repo_manager.gates import GoldenGates
+from repo_manager.history.incident import write_incident
 from repo_manager.names import validate_model_name, validate_version, versions_model_name
 from repo_manager.phases import Phase, check_transition
 from repo_manager.progress import as_progress
@@ -38,7 +40,7 @@ from repo_manager.rollout.publishing import Publisher, PublishRequest
 from repo_manager.rollout.retirement import Retirement
 from repo_manager.rollout.setting_changes import SettingChanges
 from repo_manager.rollout.settings import AnalysisPlan, RolloutSettings, parse_weight
-from repo_manager.rollout.status import status_document
+from repo_manager.rollout.status import server_rows, status_document
 from repo_manager.state import RolloutState
 from repo_manager.timing import PhaseTimer
 from repo_manager.triton import TritonFleet
@@ -292,8 +294,19 @@ class RolloutManager:
             model,
             provider,
             promote=self.retirement.promote,
-            rollback=self.retirement.rollback,
+            rollback=self._rolled_back_by_analysis,
         )
+
+    def _rolled_back_by_analysis(self, state: RolloutState, *, reason: str) -> RolloutState:
+        """Roll back, then write the post-mortem beside the state (``history.incident``)."""
+        after = self.retirement.rollback(state, reason=reason)
+        try:
+            survey = self.fleet.survey(versions_model_name(after.model), alias=after.model)
+            servers = server_rows(survey)
+        except RepoManagerError as exc:  # the post-mortem says so; the rollback stands
+            servers = [{"url": "", "error": str(exc), "public": None, "versions": []}]
+        write_incident(self.repository.storage, after, servers=servers)
+        return after
 
     def judge_canary(
         self, model: str, provider: MetricsProvider, settings: GuardSettings
@@ -306,7 +319,7 @@ class RolloutManager:
             provider.snapshot,
             settings,
             promote=self.retirement.promote,
-            rollback=self.retirement.rollback,
+            rollback=self._rolled_back_by_analysis,
         )
 
     # -- settings (no phase moves) ---------------------------------------------------------

@@ -152,6 +152,8 @@ def test_the_manager_rolls_back_bad_canaries_nobody_watches_and_drives_a_detache
     url, events = hook.enter_context(receiver())
     # Every process of the test posts its decisions there: the CLI's moves and the manager's.
     monkeypatch.setenv("REPO_MANAGER_NOTIFY", url)
+    # The manager reads the server's log for its post-mortems (as `serve --log-file` writes it).
+    monkeypatch.setenv("REPO_MANAGER_TRITON_LOG", str(stack.server.log_path))
     with hook:
         judged_everywhere(stack, trained_detector, weights, golden_set, tmp_path, events)
         history = state(stack)["history"]
@@ -213,6 +215,17 @@ def judged_everywhere(
         wrap_serving_version(stack, "4", BOXES_EVERYWHERE)
         stack.cli("set-weight", MODEL, "10")
         assert "max_box_count_z[router]" in rolled_back_by_the_guard(stack, "4")
+        # Its post-mortem (written once the rollback is over): the verdicts with their
+        # readings, the server right after.
+        incident = stack.repository / f".repo-manager.{MODEL}.incident"
+        assert eventually(
+            lambda: incident.exists() and json.loads(incident.read_bytes())["canary"] == "4",
+            timeout=30,
+        )
+        report = stack.cli("history", MODEL, "--incident").stdout
+        assert "canary 4 rolled back" in report and "boxes_per_image" in report, report
+        assert f"{stack.url}: v1 READY" in report, report
+        assert "Triton's log, last lines naming the canary:" in report, report
         # A good canary is guarded, never promoted by the guard...
         stack.publish(MODEL, "5", trained_detector, "--canary-weight", "10")
 
