@@ -35,6 +35,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from repo_manager.detection_gates import DetectionWindow, counter_delta, detection_gates
 from repo_manager.errors import MetricsUnavailableError
 from repo_manager.gates import GateResult, LiveGates
+from repo_manager.latency_gates import BUCKET_KEYS, latency_gates, tail_ms
 from repo_manager.metrics import metric_names as names
 from repo_manager.names import versions_model_name
 
@@ -73,6 +74,7 @@ QUERIES: dict[str, tuple[str, dict[str, str]]] = {
     "router_boxes": (f"{names.ROUTER_DETECTIONS}_total", {}),
     "router_boxes_squared": (f"{names.ROUTER_DETECTIONS_SQUARED}_total", {}),
     "router_scores": (f"{names.ROUTER_DETECTION_SCORES}_total", {}),
+    **{key: (f"{names.ROUTER_LATENCY}_bucket", {"le": le}) for key, le in BUCKET_KEYS.items()},
 }
 
 
@@ -284,6 +286,7 @@ def readings(
             if seconds:
                 reading["rate"] = w.requests / seconds
             if source == "router":
+                reading["p99_ms"] = tail_ms(now, before, version)
                 found = DetectionWindow.between(now, before, version)
                 if found.images:
                     reading["boxes_per_image"] = found.mean_boxes
@@ -385,6 +388,7 @@ def judge(
     if seen:
         judged.append("router: detections")
         results.extend(seen)
+    results.extend(latency_gates(now, before, stable=stable, canary=canary, gates=gates))
     if not judged:
         return Verdict(
             outcome=Outcome.NO_DATA,

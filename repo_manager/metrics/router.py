@@ -67,11 +67,18 @@ from repo_manager.metrics.metric_names import (
     SHADOW_REQUESTS,
 )
 
-__all__ = ["LATENCY_BUCKETS", "RouterMetrics", "ShadowMetrics", "TableSource", "VersionMetrics"]
+__all__ = [
+    "BUCKET_LABELS",
+    "LATENCY_BUCKETS",
+    "RouterMetrics",
+    "ShadowMetrics",
+    "TableSource",
+    "VersionMetrics",
+]
 
 #: Seconds; inference through Triton is ms-scale (python backend ~0.4 ms, YOLO ~5-50 ms).
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
-_BUCKET_LABELS = [floatToGoString(b) for b in LATENCY_BUCKETS] + ["+Inf"]
+BUCKET_LABELS = [floatToGoString(b) for b in LATENCY_BUCKETS] + ["+Inf"]
 
 _DOCS = {
     SHADOW_REQUESTS: "Requests mirrored to a canary (responses discarded), by outcome.",
@@ -337,7 +344,7 @@ class _RouterCollector(Collector):
             errors.add_metric(labels, n_errors)
             fallbacks.add_metric(labels, n_fallbacks)
             cumulative, running = [], 0
-            for bound, count in zip(_BUCKET_LABELS, buckets, strict=True):
+            for bound, count in zip(BUCKET_LABELS, buckets, strict=True):
                 running += count
                 cumulative.append((bound, float(running)))
             latency.add_metric(labels, cumulative, total)
