@@ -7,7 +7,7 @@ import functools
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,6 +32,7 @@ from repo_manager.links import DecisionPages, Link, LinkSigner
 from repo_manager.metrics import ManagerMetrics
 from repo_manager.rollout import RolloutManager
 from repo_manager.rollout.guard import GuardSettings
+from repo_manager.rollout.health import HealthWatch
 from repo_manager.state import RolloutState
 from repo_manager.watch import WatchServer
 
@@ -149,6 +150,8 @@ class Judging:
 
     provider: MetricsProvider
     settings: GuardSettings
+    #: Each canary's health between passes (an emergency rollback needs no interval).
+    health: HealthWatch = field(default_factory=HealthWatch)
 
 
 def _watch(
@@ -282,7 +285,7 @@ def _judge(manager: RolloutManager, model: str, judging: Judging) -> None:
     is one line: the other models are still judged, the next pass tries again)."""
     before = manager.state(model)
     try:
-        after = manager.judge_canary(model, judging.provider, judging.settings)
+        after = manager.judge_canary(model, judging.provider, judging.settings, judging.health)
     except RepoManagerError as exc:
         click.echo(f"error: judging {model}: {exc}", err=True)
         return

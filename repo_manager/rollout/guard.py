@@ -26,6 +26,7 @@ from repo_manager.gates import LiveGates
 from repo_manager.phases import Phase
 from repo_manager.rollout.analysis_status import AnalysisStatus
 from repo_manager.rollout.analysis_step import Finish, Then, advance, decide
+from repo_manager.rollout.health import HealthWatch
 from repo_manager.rollout.ledger import Ledger
 from repo_manager.rollout.settings import AnalysisPlan
 from repo_manager.state import RolloutState
@@ -79,14 +80,26 @@ def judge_canary(
     *,
     promote: Finish,
     rollback: Finish,
+    health: HealthWatch | None = None,
+    ready: Callable[[str, str], bool] | None = None,
 ) -> RolloutState | None:
-    """What the long-running manager does for one model each pass: the due step of an
+    """What the long-running manager does for one model each pass: a health check of its
+    canary (``health``: rolled back at once when it stopped answering; ``ready`` says
+    whether a version is READY on every server that answers), then the due step of an
     analysis it drives (``rollout --detach``) or whose ``rollout`` stopped taking steps
     (``TAKEOVER_PATIENCE`` intervals), else a guard check of a canary at a fixed weight.
     The state after it, or None when nothing was judged."""
     state = ledger.load(model)
     if state is None:
         return None
+    if health is not None and state.canary is not None and state.phase in _JUDGED:
+        reason = _unhealthy(health, model, state.canary, read, ready)
+        if reason is not None:
+            with ledger.locked(model):
+                now = ledger.load(model)
+                if now is not None and now.canary == state.canary and now.phase in _JUDGED:
+                    _forget(ledger, model)
+                    return rollback(now, reason=reason)
     if state.phase is Phase.ANALYZING and state.analysis is not None:
         plan = AnalysisStatus.from_json(state.analysis).plan
         after = advance(
@@ -99,6 +112,26 @@ def judge_canary(
         )
         return None if after.generation == state.generation else after
     return guard(ledger, model, read, settings, rollback=rollback)
+
+
+#: The phases whose canary the manager checks for health.
+_JUDGED = frozenset({Phase.PROGRESSING, Phase.ANALYZING})
+
+
+def _unhealthy(
+    health: HealthWatch,
+    model: str,
+    canary: str,
+    read: Callable[[str], Snapshot],
+    ready: Callable[[str, str], bool] | None,
+) -> str | None:
+    try:
+        reading: Snapshot | None = read(model)
+    except MetricsUnavailableError:
+        reading = None  # no figures: readiness alone decides this pass
+    return health.check(
+        model, canary, reading, ready=True if ready is None else ready(model, canary)
+    )
 
 
 @dataclass(frozen=True)

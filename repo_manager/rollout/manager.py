@@ -35,6 +35,7 @@ from repo_manager.rollout import analysis_step, guard
 from repo_manager.rollout.applier import FleetApplier, Progress, desired_route
 from repo_manager.rollout.approval import Approvals
 from repo_manager.rollout.guard import GuardSettings
+from repo_manager.rollout.health import HealthWatch
 from repo_manager.rollout.ledger import Ledger, with_canary_at
 from repo_manager.rollout.publishing import Publisher, PublishRequest
 from repo_manager.rollout.retirement import Retirement
@@ -309,7 +310,11 @@ class RolloutManager:
         return after
 
     def judge_canary(
-        self, model: str, provider: MetricsProvider, settings: GuardSettings
+        self,
+        model: str,
+        provider: MetricsProvider,
+        settings: GuardSettings,
+        health: HealthWatch | None = None,
     ) -> RolloutState | None:
         """The long-running manager's judgement of ``model``'s canary this pass
         (``guard.judge_canary``); None when nothing was due."""
@@ -320,7 +325,14 @@ class RolloutManager:
             settings,
             promote=self.retirement.promote,
             rollback=self._rolled_back_by_analysis,
+            health=health,
+            ready=self._ready_everywhere,
         )
+
+    def _ready_everywhere(self, model: str, version: str) -> bool:
+        """READY on every server that answers (one that does not is reconcile's matter)."""
+        survey = self.fleet.survey(versions_model_name(model))
+        return all(version in s.ready for s in survey if s.error is None)
 
     # -- settings (no phase moves) ---------------------------------------------------------
 

@@ -139,7 +139,9 @@ def observed(
         )
         cleanup.callback(rollout.fleet.close)
         provider = PromQLProvider(prometheus.url)
-        plan = AnalysisPlan(steps=(50, 100), gates=LiveGates(max_latency_ratio=10.0, max_p99_ratio=100.0))
+        plan = AnalysisPlan(
+            steps=(50, 100), gates=LiveGates(max_latency_ratio=10.0, max_p99_ratio=100.0)
+        )
         image = np.random.default_rng(0).integers(0, 256, (160, 160, 3), dtype=np.uint8)
         with (
             Router(MODEL, url=fleet_name, repository=str(stack.repository)) as router,

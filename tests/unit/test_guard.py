@@ -9,8 +9,10 @@ from dataclasses import replace
 
 import pytest
 
+from repo_manager.analysis import Snapshot
 from repo_manager.phases import Phase
 from repo_manager.rollout.guard import CLEARED, GuardSettings, guard_key
+from repo_manager.rollout.health import HealthWatch
 from repo_manager.rollout.settings import AnalysisPlan
 from repo_manager.state import RolloutState
 from tests.unit.test_analysis_step import PLAN, ScriptedProvider
@@ -141,3 +143,50 @@ def test_a_rollout_that_stopped_taking_steps_is_taken_over_after_three_intervals
 def test_plans_persisted_before_detach_existed_are_driven_by_their_rollout() -> None:
     plan = AnalysisPlan.from_dict({"steps": [10, 100], "threshold": 2, "max_metrics_errors": 5})
     assert plan.interval_s == 30.0 and plan.detached is False
+
+
+class FailingEverything(ScriptedProvider):
+    """Every canary request fails (the Routers fall back to stable): errors only."""
+
+    def snapshot(self, model: str) -> Snapshot:
+        for key, version, value in (
+            ("router_errors", "2", 5.0),
+            ("router_ok", "1", 50.0),
+            ("router_fallback_served", "1", 5.0),
+        ):
+            self.totals.setdefault(key, {})
+            self._add(key, version, value)
+        return {k: dict(v) for k, v in self.totals.items()}
+
+
+def test_a_canary_that_stops_answering_is_rolled_back_on_the_next_pass(
+    manager: Harness, clock: Clock
+) -> None:
+    health = HealthWatch()
+    provider = FailingEverything()
+    rollout = manager[0]
+    assert rollout.judge_canary("m", provider, GUARD, health) is not None  # guard baseline
+    clock.now += 1  # long before the guard's next check is due
+    state = rollout.judge_canary("m", provider, GUARD, health)
+    assert state is not None and state.phase is Phase.ROLLED_BACK
+    rollback = next(t for t in reversed(state.history) if t.action == "rollback")
+    assert rollback.reason.startswith("health: ")
+    assert rollback.reason.endswith(" canary requests failed in a row, none served")
+
+
+def test_a_canary_not_ready_three_passes_in_a_row_is_rolled_back() -> None:
+    health = HealthWatch(failures=3)
+    assert health.check("m", "2", None, ready=False) is None
+    assert health.check("m", "2", None, ready=True) is None  # in a row: counts again
+    assert health.check("m", "2", None, ready=False) is None
+    assert health.check("m", "2", None, ready=False) is None
+    reason = health.check("m", "2", None, ready=False)
+    assert reason == "health: canary 2 not ready for 3 checks in a row"
+
+
+def test_failures_with_some_served_are_left_to_the_gates() -> None:
+    health = HealthWatch()
+    before = {"router_errors": {"2": 0.0}, "router_ok": {"2": 0.0}}
+    health.check("m", "2", before, ready=True)
+    after = {"router_errors": {"2": 9.0}, "router_ok": {"2": 1.0}, "triton_failure": {"2": 9.0}}
+    assert health.check("m", "2", after, ready=True) is None
