@@ -22,8 +22,6 @@ __all__ = ["HealthWatch"]
 
 Snapshot = Mapping[str, Mapping[str, float]]
 
-_FAILED = ("router_errors", "triton_failure")
-
 
 @dataclass
 class HealthWatch:
@@ -47,14 +45,18 @@ class HealthWatch:
         self._last[model] = (canary, reading)
         if before is None or before[0] != canary:
             return None
-        # The same request is counted by the Routers and by Triton: the larger count of
-        # either source, not their sum.
-        failed = max(counter_delta(reading, before[1], k, canary) for k in _FAILED)
-        served = max(
-            counter_delta(reading, before[1], "router_ok", canary)
-            + counter_delta(reading, before[1], "router_fallback_served", canary),
-            counter_delta(reading, before[1], "triton_success", canary),
-        )
+
+        # What clients saw when Routers report on the canary, else what Triton counted
+        # (never both added up: one request is counted in each).
+        def delta(key: str) -> float:
+            return counter_delta(reading, before[1], key, canary)
+
+        router = delta("router_errors") + delta("router_ok") + delta("router_fallback_served")
+        if router:
+            failed = delta("router_errors")
+            served = delta("router_ok") + delta("router_fallback_served")
+        else:
+            failed, served = delta("triton_failure"), delta("triton_success")
         if failed >= self.failures and served == 0:
             self.forget(model)
             return f"health: {failed:.0f} canary requests failed in a row, none served"
