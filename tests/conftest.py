@@ -36,6 +36,7 @@ LONGEST_FIRST = (
     "tests/integration/test_rollout.py::test_canary_gets_its_share_and_keys_stick",
     "tests/integration/test_public_name.py::test_on_an_s3_fleet_of_two_no_load_re_initializes",
     "tests/integration/test_s3_fleet.py::test_killed_server_mid_rollout_is_reported",
+    "tests/integration/test_manager_judges.py::",
 )
 
 

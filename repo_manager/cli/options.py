@@ -36,6 +36,7 @@ __all__ = [
     "serve_manager_watch",
     "serve_metrics_options",
     "stop_on_signals",
+    "verdict_options",
 ]
 
 
@@ -144,7 +145,13 @@ def analysis_options(func: Any) -> Any:
                 "--steps",
                 default="10,25,50,100",
                 show_default=True,
-                help="Canary weights, one per passed interval; the last promotes.",
+                help="Canary weights, one per passed interval; the last promotes. 'pause' "
+                "before a weight waits for `approve` (e.g. 10,25,pause,50,100).",
+            ),
+            click.option(
+                "--approve-before",
+                default="",
+                help="Weights of --steps reached only once a person approves (e.g. 50).",
             ),
             click.option(
                 "--interval",
@@ -152,6 +159,23 @@ def analysis_options(func: Any) -> Any:
                 show_default=True,
                 help="Time between analysis steps (30s, 2m, 500ms).",
             ),
+        ]
+    ):
+        func = option(func)
+    func = verdict_options(func)
+    func = metrics_source_options(func)
+    # The same pair as every long-running command: a container's manager binds 0.0.0.0.
+    return serve_metrics_options("Expose weight, phase, failed checks and gates on this port.")(
+        func
+    )
+
+
+def verdict_options(func: Any) -> Any:
+    """How a canary is judged live (``rollout``, ``publish --auto``, and the long-running
+    manager's guard of every canary): the failed-check threshold, the metrics-error
+    limit, the live gates' bounds."""
+    for option in reversed(
+        [
             click.option(
                 "--threshold",
                 type=int,
@@ -176,11 +200,7 @@ def analysis_options(func: Any) -> Any:
         ]
     ):
         func = option(func)
-    func = metrics_source_options(func)
-    # The same pair as every long-running command: a container's manager binds 0.0.0.0.
-    return serve_metrics_options("Expose weight, phase, failed checks and gates on this port.")(
-        func
-    )
+    return func
 
 
 def metrics_source_options(func: Any) -> Any:

@@ -158,10 +158,16 @@ def _live_lines(
             rate = r.get("rate")
             errors = "-" if r["error_rate"] is None else f"{r['error_rate'] * 100:.2f}%"
             latency = "-" if r["latency_ms"] is None else f"{r['latency_ms']:.1f} ms"
+            found = ""
+            if r.get("boxes_per_image") is not None:
+                confidence = r.get("mean_confidence")
+                found = f"  boxes/image {r['boxes_per_image']:.2f}" + (
+                    "" if confidence is None else f"  confidence {confidence:.2f}"
+                )
             lines.append(
                 f"  {source:<7} {role:<7} v{r['version']:<4} "
                 f"{'-' if rate is None else f'{rate:.1f}':>7} req/s  errors {errors:>7}  "
-                f"latency {latency}"
+                f"latency {latency}{found}"
             )
     return lines
 

@@ -130,6 +130,13 @@ def _reconcile_quietly(manager: RolloutManager) -> RolloutManager:
 @click.option("--threads", type=click.IntRange(1, 64), default=2, show_default=True)
 @click.option("--duration", default=None, help="Stop after this long (30s, 5m) [default: never].")
 @click.option("--imgsz", type=click.IntRange(32, 4096), default=640, show_default=True)
+@click.option(
+    "--images",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Send these recorded frames (a folder of .jpg/.png) instead of random --imgsz "
+    "images, so the live detection gates compare what each version sees.",
+)
 @serve_metrics_options("Serve the Router's per-version metrics at :PORT/metrics.")
 @click.pass_obj
 def traffic(
@@ -139,16 +146,19 @@ def traffic(
     threads: int,
     duration: str | None,
     imgsz: int,
+    images: Path | None,
     metrics_port: int | None,
     metrics_addr: str,
 ) -> None:
-    """Send Router.detect requests on random images: load for a rollout to judge."""
-    from repo_manager.loadgen import run_load
+    """Send Router.detect requests on random images or recorded frames: load for a
+    rollout (or the long-running manager) to judge."""
+    from repo_manager.loadgen import load_images, run_load
     from repo_manager.metrics import start_metrics_server
     from repo_manager.routing import Router
 
     model = validate_model_name(model)
     seconds = parse_interval(duration, "--duration") if duration else None
+    frames = None if images is None else load_images(images)
     require_repository(obj)
     if metrics_port is not None:
         start_metrics_server(metrics_port, addr=metrics_addr)
@@ -165,7 +175,7 @@ def traffic(
         security=obj.security,
         s3_endpoint=obj.s3_endpoint,
     ) as router:
-        report = run_load(router, rate=rate, threads=threads, imgsz=imgsz, stop=stop)
+        report = run_load(router, rate=rate, threads=threads, imgsz=imgsz, stop=stop, images=frames)
     served = sum(report.served.values())
     shares = ", ".join(
         f"v{v}: {n} ({100 * n / served:.1f}%)" for v, n in sorted(report.served.items())

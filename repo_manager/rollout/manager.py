@@ -23,14 +23,20 @@ from repo_manager.errors import (
     IllegalTransitionError,
     IntegrityError,
     InvalidInputError,
+    RepoManagerError,
 )
 from repo_manager.gates import GoldenGates
+from repo_manager.history.incident import write_incident
 from repo_manager.names import validate_model_name, validate_version, versions_model_name
 from repo_manager.phases import Phase, check_transition
 from repo_manager.progress import as_progress
 from repo_manager.repository import ModelRepository
 from repo_manager.rollout import analysis_step
+from repo_manager.rollout import guard as canary_guard
 from repo_manager.rollout.applier import FleetApplier, Progress
+from repo_manager.rollout.approval import Approvals
+from repo_manager.rollout.guard import GuardSettings
+from repo_manager.rollout.health import HealthWatch
 from repo_manager.rollout.integrity_guard import IntegrityGuard, Tolerate
 from repo_manager.rollout.ledger import Ledger, with_canary_at
 from repo_manager.rollout.publishing import Publisher, PublishRequest
@@ -38,7 +44,7 @@ from repo_manager.rollout.reconciler import Reconciler, ReconcileReport
 from repo_manager.rollout.retirement import Retirement
 from repo_manager.rollout.setting_changes import SettingChanges
 from repo_manager.rollout.settings import AnalysisPlan, RolloutSettings, parse_weight
-from repo_manager.rollout.status import status_document
+from repo_manager.rollout.status import server_rows, status_document
 from repo_manager.state import RolloutState
 from repo_manager.timing import PhaseTimer
 from repo_manager.triton import TritonFleet
@@ -85,6 +91,7 @@ class RolloutManager:
         self.settings_changes = SettingChanges(self.applier, self.ledger)
         self.guard = IntegrityGuard(self.applier, self.ledger, self.retirement)
         self.reconciler = Reconciler(self.publisher, self.retirement, self.guard)
+        self.approvals = Approvals(self.ledger, rollback=self.retirement.rollback)
 
     def state(self, model: str) -> RolloutState | None:
         return self.ledger.load(model)
@@ -296,8 +303,44 @@ class RolloutManager:
             model,
             provider,
             promote=self.retirement.promote,
-            rollback=self.retirement.rollback,
+            rollback=self._rolled_back_by_analysis,
         )
+
+    def _rolled_back_by_analysis(self, state: RolloutState, *, reason: str) -> RolloutState:
+        """Roll back, then write the post-mortem beside the state (``history.incident``)."""
+        after = self.retirement.rollback(state, reason=reason)
+        try:
+            survey = self.fleet.survey(versions_model_name(after.model), alias=after.model)
+            servers = server_rows(survey)
+        except RepoManagerError as exc:  # the post-mortem says so; the rollback stands
+            servers = [{"url": "", "error": str(exc), "public": None, "versions": []}]
+        write_incident(self.repository.storage, after, servers=servers)
+        return after
+
+    def judge_canary(
+        self,
+        model: str,
+        provider: MetricsProvider,
+        settings: GuardSettings,
+        health: HealthWatch | None = None,
+    ) -> RolloutState | None:
+        """The long-running manager's judgement of ``model``'s canary this pass
+        (``guard.judge_canary``); None when nothing was due."""
+        return canary_guard.judge_canary(
+            self.ledger,
+            model,
+            provider.snapshot,
+            settings,
+            promote=self.retirement.promote,
+            rollback=self._rolled_back_by_analysis,
+            health=health,
+            ready=self._ready_everywhere,
+        )
+
+    def _ready_everywhere(self, model: str, version: str) -> bool:
+        """READY on every server that answers (one that does not is reconcile's matter)."""
+        survey = self.fleet.survey(versions_model_name(model))
+        return all(version in s.ready for s in survey if s.error is None)
 
     # -- settings (no phase moves) ---------------------------------------------------------
 

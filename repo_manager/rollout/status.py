@@ -17,7 +17,20 @@ from repo_manager.state import RolloutState
 if TYPE_CHECKING:
     from repo_manager.triton import ServerVersions
 
-__all__ = ["status_document"]
+__all__ = ["server_rows", "status_document"]
+
+
+def server_rows(survey: Sequence[ServerVersions]) -> list[dict[str, Any]]:
+    """What each server holds of a model and answers from (``status``, a post-mortem)."""
+    return [
+        {
+            "url": s.url,
+            "error": s.error,
+            "public": s.public,
+            "versions": [{"version": v.version, "state": v.state} for v in s.versions],
+        }
+        for s in survey
+    ]
 
 
 def status_document(
@@ -54,15 +67,7 @@ def status_document(
         "policy": state.policy,
         "unpinned": state.unpinned,
         "unpinned_shadow": state.unpinned_shadow,
-        "servers": [
-            {
-                "url": s.url,
-                "error": s.error,
-                "public": s.public,
-                "versions": [{"version": v.version, "state": v.state} for v in s.versions],
-            }
-            for s in survey
-        ],
+        "servers": server_rows(survey),
         # The snapshot is raw counters for the next step, no news to a reader.
         "analysis": analysis and analysis.to_json(snapshot=False),
         "last_transition": None

@@ -378,7 +378,13 @@ class Router:
                 request.outputs,
                 request.comparison(found),
             )
-        return request.detections(found, version=routed.version, fallback=routed.fallback)
+        detections = request.detections(found, version=routed.version, fallback=routed.fallback)
+        # What each version sees, for the live detection gates (a fast, error-free canary
+        # that finds nothing passes every gate on errors and latency).
+        self._series(self._table.plan, routed.version).detected(
+            len(detections), float(detections.scores.sum())
+        )
+        return detections
 
     # ---- lifecycle -----------------------------------------------------------------------
 

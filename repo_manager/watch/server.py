@@ -130,6 +130,9 @@ class WatchServer:
         self._listeners: dict[str, set[_Listener]] = {}
         self._last_event: tuple[RoutingTable, bytes] | None = None
         self.port = 0
+        #: Answers ``/decide/...`` (a person's one-click decision, ``links``): called off
+        #: the event loop with the method, path and query; (status, content type, body).
+        self.decide: Callable[[str, str, dict[str, list[str]]], tuple[int, str, str]] | None = None
 
     def start(self, port: int, addr: str = "127.0.0.1") -> WatchServer:
         """Bind ``addr:port`` (0: any free port, then in ``self.port``) and serve. A port
@@ -264,6 +267,13 @@ class WatchServer:
         def plain(status: int, text: str) -> bytes:
             return response(status, f"{text}\n".encode(), "text/plain", close=close, head=head)
 
+        if request.path.startswith("/decide/") and self.decide is not None:
+            decide = self.decide
+            status, kind, text = await self._loop.run_in_executor(
+                None, lambda: decide(request.method, request.path, request.query)
+            )
+            writer.write(response(status, text.encode(), kind, close=True, head=head))
+            return False  # a POST's body is not read: never reuse the connection
         if request.method not in ("GET", "HEAD"):
             writer.write(response(405, b"GET only\n", "text/plain", close=True, head=head))
             return False
