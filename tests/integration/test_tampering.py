@@ -21,6 +21,8 @@ import tritonclient.grpc as grpcclient
 
 from tests.eventually import eventually
 from tests.integration.conftest import CLI, IMGSZ, CliResult, S3Fleet, Stack
+from tests.integration.public_clients import MODEL as PUBLIC_MODEL
+from tests.integration.public_clients import UnpinnedTraffic
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -232,3 +234,20 @@ def test_on_s3_a_tampered_canary_is_rolled_back_by_reconcile(
     refused(fleet1.cli("reconcile", model, check=False), "STABLE", "model.py differs")
     assert serves(fleet1.urls[0], model, "1")
     assert not marker.exists()
+
+
+def test_promote_over_a_stable_whose_model_py_changed_never_runs_it_nor_drops_a_request(
+    shared: Stack, weights: Path, tmp_path: Path
+) -> None:
+    """The soak's round 12: a verified canary may replace a tampered stable, and no load
+    call may reach Triton while the tampered version is in the policy on disk (loading the
+    public name's ensemble reloaded the versions model from disk and ran the marker)."""
+    model, marker = PUBLIC_MODEL, tmp_path / "marker"
+    two_versions(shared, model, weights)
+    inject(version_dir(shared, model, "1") / "model.py", marker)
+    with UnpinnedTraffic(shared.url, threads=3) as traffic:
+        shared.cli("promote", model)
+    document = status(shared, model)
+    assert (document["stable"], document["phase"]) == ("2", "succeeded")
+    assert not marker.exists()
+    assert traffic.sent > 0 and traffic.failures == []
