@@ -92,6 +92,7 @@ def judge_canary(
     state = ledger.load(model)
     if state is None:
         return None
+    read = _once(read)  # the health check's reading is the step's or the guard's too
     if health is not None and state.canary is not None and state.phase in _JUDGED:
         reason = _unhealthy(health, model, state.canary, read, ready)
         if reason is not None:
@@ -132,6 +133,25 @@ def _unhealthy(
     return health.check(
         model, canary, reading, ready=True if ready is None else ready(model, canary)
     )
+
+
+def _once(read: Callable[[str], Snapshot]) -> Callable[[str], Snapshot]:
+    """``read`` for one pass: the metrics sources are scraped at most once per model (an
+    unreadable source raises the same error again)."""
+    results: dict[str, Snapshot | MetricsUnavailableError] = {}
+
+    def cached(model: str) -> Snapshot:
+        if model not in results:
+            try:
+                results[model] = read(model)
+            except MetricsUnavailableError as exc:
+                results[model] = exc
+        found = results[model]
+        if isinstance(found, MetricsUnavailableError):
+            raise found
+        return found
+
+    return cached
 
 
 @dataclass(frozen=True)

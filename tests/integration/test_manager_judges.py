@@ -24,6 +24,7 @@ from repo_manager.server import free_port
 from tests.eventually import eventually
 from tests.integration.conftest import CLI, IMGSZ, Stack
 from tests.integration.test_gates import wrap_version
+from tests.integration.test_observability import stop
 from tests.webhook import receiver
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -90,13 +91,7 @@ def running(command: list[str], log: Path) -> Iterator[subprocess.Popen[Any]]:
     try:
         yield process
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+        stop(process)
 
 
 def state(stack: Stack) -> dict[str, Any]:
