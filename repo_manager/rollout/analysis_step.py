@@ -149,15 +149,14 @@ def decide(
             details=step_details(read, weight=weight, step=status.step, outcome="baseline"),
         )
     # The detection gates judge every reading of their window: since the oldest one still
-    # inside it, else since the previous reading.
-    inside = [k for t, k in status.window if t >= at - plan.gates.detection_window_s]
+    # inside it (``kept`` ends with this reading), else since the previous reading.
     verdict = judge(
         reading,
         status.snapshot,
         stable=stable,
         canary=canary,
         gates=plan.gates,
-        window_start=inside[0] if inside else None,
+        window_start=kept[0][1] if len(kept) > 1 else None,
     )
     judged = replace(read, last=verdict)
     seen = readings(reading, status.snapshot, {"stable": stable, "canary": canary})
