@@ -6,12 +6,19 @@ own ``ap_per_class`` and its prediction-to-label matching, so the figure agrees 
 detections with stable's. ``GoldenGates`` turn the report into a verdict, or into no
 verdict at all when stable, the reference, gives them nothing to judge against.
 
+Classes are compared by name: a canary may add a class (a new defect type) or order its
+classes otherwise. The labels' class ids are stable's; each version's detections are
+mapped to them by name. A canary's detections of classes stable does not know count
+neither for nor against it (no label, no agreement to have): the report lists them per
+class (``new_classes``), and stable's classes the canary lacks (``missing_classes``).
+
 numpy/torch/Ultralytics are imported lazily here; the Router stays light.
 """
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -159,17 +166,29 @@ def mean_average_precision(
     return float(ap[:, 0].mean()), float(ap.mean())
 
 
-def _agreement_counts(stable: Detections, canary: Detections) -> tuple[int, int, int]:
-    """(matched, stable count, canary count) at user-facing confidence, stable as truth."""
+def stable_class_ids(found: Detections, stable_names: Sequence[str]) -> np.ndarray:
+    """``found``'s class ids in stable's numbering, by class name (-1: stable has no
+    such class; Ultralytics' ``ap_per_class`` and matching then leave it aside)."""
+    index = {name: i for i, name in enumerate(stable_names)}
+    return np.asarray([index.get(label, -1) for label in found.labels], dtype=np.int64)
+
+
+def _agreement_counts(stable: Detections, canary: Detections) -> tuple[int, int, int, Counter[str]]:
+    """(matched, stable count, canary count, canary's new-class counts) at user-facing
+    confidence, stable as truth, classes compared by name."""
     import torch
 
     s_keep = stable.scores >= AGREEMENT_CONF
     c_keep = canary.scores >= AGREEMENT_CONF
+    c_ids = stable_class_ids(canary, stable.class_names)
+    labels = np.asarray(canary.labels, dtype=object)
+    new = Counter(str(label) for label in labels[c_keep & (c_ids < 0)])
+    c_keep &= c_ids >= 0
     s_boxes, s_cls = stable.boxes[s_keep], stable.class_ids[s_keep]
-    c_boxes, c_scores, c_cls = canary.boxes[c_keep], canary.scores[c_keep], canary.class_ids[c_keep]
+    c_boxes, c_scores, c_cls = canary.boxes[c_keep], canary.scores[c_keep], c_ids[c_keep]
     order = np.argsort(-c_scores, kind="stable")
     correct = _correct(c_boxes[order], c_cls[order], s_boxes, s_cls, torch.tensor([AGREEMENT_IOU]))
-    return int(correct[:, 0].sum()), len(s_cls), len(c_cls)
+    return int(correct[:, 0].sum()), len(s_cls), len(c_cls), new
 
 
 def agreement(*, matched: int, stable: int, candidate: int) -> float | None:
@@ -197,6 +216,10 @@ class VersionReport:
     latency_p95_ms: float | None
     #: Agreement with stable's detections (None for stable itself).
     agreement: float | None = None
+    #: Detections (at the agreement's confidence) of classes stable does not know, by name.
+    new_classes: dict[str, int] = field(default_factory=dict)
+    #: Stable's classes this version does not name.
+    missing_classes: list[str] = field(default_factory=list)
 
     @property
     def error_rate(self) -> float:
@@ -268,9 +291,13 @@ def _version_report(
     latencies: list[float],
     labels: list[tuple[np.ndarray, np.ndarray]],
     labelled: bool,
+    stable_names: Sequence[str],
 ) -> VersionReport:
     empty = (np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
-    preds = [empty if d is None else (d.boxes, d.scores, d.class_ids) for d in detections]
+    preds = [
+        empty if d is None else (d.boxes, d.scores, stable_class_ids(d, stable_names))
+        for d in detections
+    ]
     map50 = map50_95 = None
     if labelled:
         map50, map50_95 = mean_average_precision(preds, labels)
@@ -312,15 +339,25 @@ def run_golden_set(
     _run_versions(router, versions, images[:1], clock)  # one untimed request each warms it
     runs = _run_versions(router, versions, images, clock)
     (stable_dets, stable_lat), (cand_dets, cand_lat) = runs[stable], runs[candidate]
-    stable_report = _version_report(stable, stable_dets, stable_lat, labels, labelled > 0)
-    cand_report = _version_report(candidate, cand_dets, cand_lat, labels, labelled > 0)
+    stable_names = router.class_names(stable)
+    stable_report = _version_report(
+        stable, stable_dets, stable_lat, labels, labelled > 0, stable_names
+    )
+    cand_report = _version_report(
+        candidate, cand_dets, cand_lat, labels, labelled > 0, stable_names
+    )
     matched = n_stable = n_cand = 0
+    new_classes: Counter[str] = Counter()
     for s, c in zip(stable_dets, cand_dets, strict=True):
         if s is None or c is None:
             continue
-        m, ns, nc = _agreement_counts(s, c)
+        m, ns, nc, new = _agreement_counts(s, c)
         matched, n_stable, n_cand = matched + m, n_stable + ns, n_cand + nc
+        new_classes.update(new)
     cand_report.agreement = agreement(matched=matched, stable=n_stable, candidate=n_cand)
+    cand_report.new_classes = dict(sorted(new_classes.items()))
+    candidate_names = set(router.class_names(candidate))
+    cand_report.missing_classes = [n for n in stable_names if n not in candidate_names]
     report = ValidationReport(
         model=router.model,
         golden=str(golden),

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from repo_manager.contract import contract_of
 from repo_manager.errors import (
     GateFailedError,
     GateUndecidedError,
@@ -381,4 +382,7 @@ class RolloutManager:
         if state is None:
             raise InvalidInputError(f"{model} was never published to {self.repository.location}")
         survey = self.fleet.survey(versions_model_name(model), alias=model)
-        return status_document(state, survey, self.repository.versions(model)), state
+        config = self.repository.config(model)
+        contract = None if config is None else contract_of(config)
+        versions = self.repository.versions(model)
+        return status_document(state, survey, versions, contract), state

@@ -77,6 +77,17 @@ def read_staged(staged: Path, model: str, version: str) -> tuple[ModelConfig, di
     return config, manifest
 
 
+def note_published_after(version_dir: Path, stable: str | None) -> None:
+    """Record in the staged manifest the version this one is published after (the stable
+    it is a canary of; None for a model's first version): the lineage a review reads
+    beside the checkpoint's own (``lineage``). The manifest hashes every other file, not
+    itself, so the version stays checkable."""
+    path = version_dir / MANIFEST_FILE
+    manifest = json.loads(path.read_bytes())
+    manifest["published_after"] = stable
+    path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
 #: Seconds the undo of a failed publish may take to put the servers back: the versions it
 #: loads were loaded already, so a longer wait means Triton is stuck on the model.
 RESTORE_TIMEOUT = 30.0
@@ -200,6 +211,7 @@ class Publisher:
             )
         else:
             new = with_canary_at(state, request.weight, phase=Phase.PROGRESSING, canary=version)
+        note_published_after(staged / version, None if state is None else state.stable)
         previous_config = None if state is None else self.repository.require_config(model)
         creating = not self.repository.has_versions_model(model)
         self.ledger.begin_publish(model, version, created_model=creating)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from importlib import resources
 
 from tritonclient.grpc.model_config_pb2 import ModelInstanceGroup
@@ -81,17 +82,27 @@ def _routing(table: RoutingTable, shadow: float) -> str:
 
 
 def public_config(
-    mode: str, *, target: ModelConfig, table: RoutingTable, shadow: float = 0.0
+    mode: str,
+    *,
+    target: ModelConfig,
+    table: RoutingTable,
+    shadow: float = 0.0,
+    class_names: Sequence[str] | None = None,
 ) -> ModelConfig:
     """The public name's config: an ensemble pinning stable, or the weighted model (which
-    mirrors ``shadow`` of stable's answers to the canary)."""
+    mirrors ``shadow`` of stable's answers to the canary); ``class_names`` are stable's
+    (what Ultralytics' client names its classes after)."""
     assert table.stable is not None
     name, target_name = table.model, versions_model_name(table.model)
     if check_mode(mode) == STABLE:
         return build_alias_config(
-            name=name, target_name=target_name, target=target, version=table.stable
+            name=name,
+            target_name=target_name,
+            target=target,
+            version=table.stable,
+            class_names=class_names,
         )
-    public = public_config_base(name=name, target=target)
+    public = public_config_base(name=name, target=target, class_names=class_names)
     public.backend = "python"
     public.parameters["versions_model"].string_value = target_name
     public.parameters["routing"].string_value = _routing(table, check_shadow(shadow))
