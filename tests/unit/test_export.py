@@ -44,7 +44,7 @@ BACKEND_FILE = Path(__file__).resolve().parents[2] / "export" / "backend" / "mod
 
 
 def options(**overrides: Any) -> ExportOptions:
-    return ExportOptions(**{"imgsz": IMGSZ, "max_batch": 4, **overrides})
+    return ExportOptions(**{"imgsz": IMGSZ, "max_batch": 4, "contract": "raw", **overrides})
 
 
 @pytest.fixture(scope="module")

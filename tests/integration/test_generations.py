@@ -1,0 +1,237 @@
+"""A canary across YOLO generations and class sets, on the real embedded tritonserver.
+
+Detectors trained for the test on the same generated shapes (``export.tiny_detector``
+RECIPES, cached in ``.cache/``): YOLOv8n (stable), YOLO26n and YOLOv10n (end-to-end
+heads), and a YOLOv8n that learnt one more class (``triangle``). One server for the
+module; each test uses its own model names.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+
+from export.shapes import ALL_CLASS_NAMES, CLASS_NAMES, generate_shapes_image
+from export.tiny_detector import cached_detector
+from repo_manager import Router
+from repo_manager.names import versions_model_name
+from repo_manager.routing import Detections
+from repo_manager.yolo import box_iou
+from tests.integration.conftest import Stack, running_stack
+from tests.integration.traffic import client_traffic
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
+
+ROOT = Path(__file__).resolve().parents[2]
+SIZE = 160
+#: Ultralytics' predict confidence; served detections are compared at it.
+CONF = 0.25
+#: A detection this close to ``CONF`` may be on either side of it in two runtimes.
+EDGE = 0.01
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with running_stack(tmp_path_factory.mktemp("generations")) as stack:
+        yield stack
+
+
+@pytest.fixture(scope="module")
+def detectors(trained_detector: Path) -> dict[str, Path]:
+    """The trained detectors by recipe (trained here, once per machine, when missing)."""
+    cache = ROOT / ".cache"
+    found = {r: cached_detector(r, cache) for r in ("yolo26n", "yolov10n", "yolov8n-3class")}
+    return {"yolov8n": trained_detector, **found}
+
+
+@pytest.fixture(scope="module")
+def golden_images(golden_set: Path) -> list[np.ndarray]:
+    """The 40 labelled validation images of the YOLOv8n's dataset (BGR, as cv2 reads)."""
+    paths = sorted(golden_set.glob("*.png"))
+    assert len(paths) == 40, len(paths)
+    return [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in paths]
+
+
+def predict(weights: Path, images: list[np.ndarray], *, nms: bool | None) -> list[Any]:
+    """Ultralytics' own predict of the ``.pt`` in a head mode (``nms=False``: the
+    one-to-one head of YOLOv10/YOLO26; None: the one-to-many head and NMS)."""
+    from ultralytics import YOLO
+
+    model = YOLO(str(weights), task="detect")
+    return [model.predict(x, imgsz=SIZE, conf=CONF, nms=nms, verbose=False)[0] for x in images]
+
+
+def assert_same_detections(served: Detections, local: Any, where: str) -> int:
+    """Same classes (by name), boxes IoU >= 0.9, one to one; a detection within ``EDGE``
+    of the confidence threshold may be on one side only. Returns the detections matched."""
+    boxes = local.boxes.xyxy.cpu().numpy()
+    scores = local.boxes.conf.cpu().numpy()
+    labels = [local.names[int(c)] for c in local.boxes.cls.tolist()]
+    taken = [False] * len(labels)
+    matched = 0
+    for box, score, label in zip(served.boxes, served.scores, served.labels, strict=True):
+        candidates = [
+            (float(box_iou([box], [boxes[j]])[0, 0]), j)
+            for j in range(len(labels))
+            if not taken[j] and labels[j] == label
+        ]
+        iou, j = max(candidates, default=(0.0, -1))
+        if iou >= 0.9:
+            taken[j] = True
+            matched += 1
+            continue
+        assert score < CONF + EDGE, f"{where}: served {label} {score:.3f} {box} not in predict"
+    for j, was_taken in enumerate(taken):
+        assert was_taken or scores[j] < CONF + EDGE, f"{where}: predict's {labels[j]} not served"
+    return matched
+
+
+def assert_version_equals_predict(
+    router: Router, version: str, weights: Path, images: list[np.ndarray], *, nms: bool | None
+) -> None:
+    local = predict(weights, images, nms=nms)
+    matched = 0
+    for i, (image, mine) in enumerate(zip(images, local, strict=True)):
+        found = router.detect(image, version=version, conf=CONF)
+        assert found.version == version
+        matched += assert_same_detections(found, mine, f"version {version} image {i}")
+    assert matched >= len(images), f"version {version} matched only {matched} detections"
+
+
+def ultralytics_client(stack: Stack, model: str, images: list[np.ndarray]) -> list[Any]:
+    from ultralytics import YOLO
+
+    remote = YOLO(f"grpc://{stack.url}/{model}", task="detect")
+    return [remote.predict(x, imgsz=SIZE, verbose=False)[0] for x in images]
+
+
+def inference_count(url: str, model: str) -> int:
+    """Images Triton ran for ``model`` (its statistics' ``inference_count``, every version)."""
+    with grpcclient.InferenceServerClient(url) as client:
+        stats = client.get_inference_statistics(model, as_json=True)
+    return sum(int(s.get("inference_count", 0)) for s in stats.get("model_stats", []))
+
+
+def triangle_images(count: int, seed: int = 5) -> list[np.ndarray]:
+    """Images of the three-class data in which at least one triangle is drawn."""
+    rng = np.random.default_rng(seed)
+    found: list[np.ndarray] = []
+    while len(found) < count:
+        sample = generate_shapes_image(imgsz=SIZE, rng=rng, classes=3)
+        if 2 in sample.classes.tolist():
+            found.append(sample.image)
+    return found
+
+
+def test_a_canary_across_generations_and_one_that_adds_a_class(
+    server: Stack,
+    detectors: dict[str, Path],
+    golden_images: list[np.ndarray],
+    golden_set: Path,
+) -> None:
+    """v1 YOLOv8n stable, v2 YOLO26n canary promoted, v3 YOLOv10n canary rolled back, v4 a
+    YOLOv8n with a third class promoted: one output shape on the public name throughout,
+    every version's detections those of Ultralytics' predict, no failed request."""
+    stack, model = server, "shapes"
+    stack.publish(model, "1", detectors["yolov8n"])
+    status = json.loads(stack.cli("status", model, "--json").stdout)
+    assert status["contract"] == "end2end"
+
+    # Ultralytics' own client: stable's names, and one inference per image it sends.
+    warm = ultralytics_client(stack, model, golden_images[:1])  # its set-up sends a warm-up
+    assert warm[0].names == dict(enumerate(CLASS_NAMES))
+    before = inference_count(stack.url, versions_model_name(model))
+    results = ultralytics_client(stack, model, golden_images[:6])
+    assert inference_count(stack.url, versions_model_name(model)) - before == 6 + 1  # + warm-up
+    assert sum(len(r.boxes) for r in results) > 0
+
+    traffic_images = triangle_images(8)
+
+    def routed(i: int) -> str:
+        return router.detect(traffic_images[i % len(traffic_images)]).version
+
+    shapes: set[tuple[int, ...]] = set()
+    public_client = grpcclient.InferenceServerClient(stack.url)  # one thread calls it
+
+    def unpinned(i: int) -> str:
+        """A plain client of the public name: no version, whatever the rollout does."""
+        image = cv2.cvtColor(traffic_images[i % len(traffic_images)], cv2.COLOR_BGR2RGB)
+        tensor = grpcclient.InferInput("images", [1, 3, SIZE, SIZE], "FP32")
+        tensor.set_data_from_numpy(image.transpose(2, 0, 1)[None].astype(np.float32) / 255)
+        output = public_client.infer(model, [tensor]).as_numpy("output0")
+        assert output is not None
+        shapes.add(tuple(output.shape))
+        return "public"
+
+    with (
+        Router(model, url=stack.url, repository=str(stack.repository), shadow=0.5) as router,
+        client_traffic(routed, threads=2) as traffic,
+        client_traffic(unpinned, threads=1) as public,
+    ):
+        assert_version_equals_predict(router, "1", detectors["yolov8n"], golden_images, nms=None)
+
+        stack.publish(model, "2", detectors["yolo26n"])  # another generation: a canary
+        assert_version_equals_predict(router, "2", detectors["yolo26n"], golden_images, nms=False)
+        stack.cli("set-weight", model, "50")
+        stack.cli("promote", model)
+
+        stack.publish(model, "3", detectors["yolov10n"])
+        assert_version_equals_predict(router, "3", detectors["yolov10n"], golden_images, nms=False)
+        stack.cli("rollback", model)
+
+        three = detectors["yolov8n-3class"]
+        stack.publish(model, "4", three)  # one more class: still a canary of the model
+        assert_version_equals_predict(router, "4", three, golden_images, nms=None)
+        assert_version_equals_predict(router, "4", three, traffic_images, nms=None)
+        labels = {label for x in traffic_images for label in router.detect(x, version="4").labels}
+        assert "triangle" in labels, labels
+        assert "triangle" not in router.class_names("2")
+        gate = stack.cli("validate", model, "4", "--golden", str(golden_set), "--json", check=False)
+        report = json.loads(gate.stdout)  # stable v2 (YOLO26n) judges a YOLOv8n by name
+        assert report["candidate"]["missing_classes"] == [], report
+        assert report["stable"]["map50"] > 0.5 and report["candidate"]["map50"] > 0.5, report
+        # Unpinned clients get the new class only after promote: stable names theirs.
+        before_promote = ultralytics_client(stack, model, traffic_images[:2])
+        assert before_promote[0].names == dict(enumerate(CLASS_NAMES))
+        stack.cli("set-weight", model, "50")
+        stack.cli("promote", model)
+        after_promote = ultralytics_client(stack, model, traffic_images)
+        shadow = router.metrics.shadow(model, "4").snapshot()
+    public_client.close()
+
+    assert after_promote[0].names == dict(enumerate(ALL_CLASS_NAMES))
+    assert any(2 in r.boxes.cls.tolist() for r in after_promote)  # it names triangles now
+    assert traffic.failures == [], traffic.failures[:3]
+    assert public.failures == [], public.failures[:3]
+    assert len(public.served) >= 200, len(public.served)
+    assert shapes == {(1, 300, 6)}, shapes
+    assert {v for _, v in traffic.served} == {"1", "2", "3", "4"}
+    # Shadow agreement compared v4 with stable v2 by name: its triangles counted apart.
+    assert shadow["ok"] > 0 and shadow["boxes_matched"] > 0
+    assert shadow["boxes_new_class"] > 0, shadow
+
+
+def test_a_yolo26_checkpoint_is_the_first_version_of_a_new_model(
+    server: Stack, detectors: dict[str, Path], golden_images: list[np.ndarray]
+) -> None:
+    """End to end (its one-to-one head, no NMS anywhere) and raw (its one-to-many head,
+    NMS on the client): served detections are predict's in the same head mode."""
+    stack = server
+    stack.publish("yolo26", "1", detectors["yolo26n"])
+    stack.publish("yolo26-raw", "1", detectors["yolo26n"], "--contract", "raw")
+    for model, nms in (("yolo26", False), ("yolo26-raw", None)):
+        manifest = json.loads(
+            (stack.repository / versions_model_name(model) / "1" / "manifest.json").read_text()
+        )
+        assert manifest["lineage"]["generation"] == "yolo26"
+        assert manifest["head_mode"] == ("one2one" if nms is False else "one2many")
+        assert manifest["published_after"] is None
+        with Router(model, url=stack.url, repository=str(stack.repository)) as router:
+            assert_version_equals_predict(router, "1", detectors["yolo26n"], golden_images, nms=nms)
