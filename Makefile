@@ -64,7 +64,7 @@ test: setup
 
 # Every benchmark, each printing its ratios measured side by side (see BENCHMARKS.md).
 # `make bench QUICK=1`: a smoke run of each in a few minutes, not figures to quote.
-BENCH_SCRIPTS := router_overhead serving warmup propagation publish_phases memory watch_transport
+BENCH_SCRIPTS := router_overhead serving warmup propagation publish_phases memory watch_transport contracts
 bench: setup $(DETECTOR)
 	@for script in $(BENCH_SCRIPTS); do \
 		echo "== bench/$$script.py"; \
