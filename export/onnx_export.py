@@ -54,6 +54,7 @@ __all__ = [
     "NumericalCheck",
     "check_onnx",
     "export_onnx",
+    "onnx_session",
     "pytorch_reference",
     "read_io",
 ]
@@ -310,7 +311,7 @@ def _compare(got: np.ndarray, want: np.ndarray, *, atol: float, what: str, where
     return float(diff.max()) if diff.size else 0.0
 
 
-def _session(path: Path) -> Any:
+def onnx_session(path: Path) -> Any:
     """An onnxruntime CPU session that prints only errors: its warnings (e.g. about unused
     initializers of an exported graph) are colour-coded lines for its developers, printed
     before our own one-line verdict."""
@@ -363,7 +364,7 @@ def check_onnx(
         (batch, 3, expected.imgsz, expected.imgsz), dtype=np.float32
     )
     try:
-        (got,) = _session(path).run([expected.output_name], {expected.input_name: sample})
+        (got,) = onnx_session(path).run([expected.output_name], {expected.input_name: sample})
     except Exception as exc:
         detail = " ".join(str(exc).split())[:300]
         raise ExportError(f"{where}: onnxruntime cannot run the model: {detail}") from exc

@@ -22,19 +22,14 @@ from export.shapes import ALL_CLASS_NAMES, CLASS_NAMES, generate_shapes_image
 from export.tiny_detector import cached_detector
 from repo_manager import Router
 from repo_manager.names import versions_model_name
-from repo_manager.routing import Detections
-from repo_manager.yolo import box_iou
 from tests.integration.conftest import Stack, running_stack
+from tests.integration.detections import CONF, assert_same_detections
 from tests.integration.traffic import client_traffic
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
 
 ROOT = Path(__file__).resolve().parents[2]
 SIZE = 160
-#: Ultralytics' predict confidence; served detections are compared at it.
-CONF = 0.25
-#: A detection this close to ``CONF`` may be on either side of it in two runtimes.
-EDGE = 0.01
 
 
 @pytest.fixture(scope="module")
@@ -66,31 +61,6 @@ def predict(weights: Path, images: list[np.ndarray], *, nms: bool | None) -> lis
 
     model = YOLO(str(weights), task="detect")
     return [model.predict(x, imgsz=SIZE, conf=CONF, nms=nms, verbose=False)[0] for x in images]
-
-
-def assert_same_detections(served: Detections, local: Any, where: str) -> int:
-    """Same classes (by name), boxes IoU >= 0.9, one to one; a detection within ``EDGE``
-    of the confidence threshold may be on one side only. Returns the detections matched."""
-    boxes = local.boxes.xyxy.cpu().numpy()
-    scores = local.boxes.conf.cpu().numpy()
-    labels = [local.names[int(c)] for c in local.boxes.cls.tolist()]
-    taken = [False] * len(labels)
-    matched = 0
-    for box, score, label in zip(served.boxes, served.scores, served.labels, strict=True):
-        candidates = [
-            (float(box_iou([box], [boxes[j]])[0, 0]), j)
-            for j in range(len(labels))
-            if not taken[j] and labels[j] == label
-        ]
-        iou, j = max(candidates, default=(0.0, -1))
-        if iou >= 0.9:
-            taken[j] = True
-            matched += 1
-            continue
-        assert score < CONF + EDGE, f"{where}: served {label} {score:.3f} {box} not in predict"
-    for j, was_taken in enumerate(taken):
-        assert was_taken or scores[j] < CONF + EDGE, f"{where}: predict's {labels[j]} not served"
-    return matched
 
 
 def assert_version_equals_predict(
