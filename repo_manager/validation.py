@@ -29,6 +29,7 @@ import numpy as np
 
 from repo_manager.errors import GateUndecidedError, GoldenSetError, RoutingError, TritonError
 from repo_manager.gates import GateResult, GoldenGates
+from repo_manager.golden_set import GoldenImage, load_golden_set, read_labels
 from repo_manager.routing import Detections, Router
 
 __all__ = [
@@ -42,69 +43,10 @@ __all__ = [
     "run_golden_set",
 ]
 
-IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
 #: What ``yolo val`` uses: a very low confidence and NMS IoU 0.7 give the full PR curve.
 MAP_CONF, MAP_IOU, MAX_DET = 0.001, 0.7, 300
 #: Detections a user would see, for agreement.
 AGREEMENT_CONF, AGREEMENT_IOU = 0.25, 0.5
-
-
-@dataclass(kw_only=True, frozen=True)
-class GoldenImage:
-    """One golden image and, when labelled, its boxes (xyxy pixels) and classes."""
-
-    path: Path
-    labels: Path | None
-
-
-def _label_path(image: Path) -> Path | None:
-    """YOLO convention (last ``images/`` -> ``labels/``), else a ``.txt`` beside the image."""
-    parts = list(image.parts)
-    if "images" in parts[:-1]:
-        i = len(parts) - 2 - parts[-2::-1].index("images")
-        candidate = Path(*parts[:i], "labels", *parts[i + 1 :]).with_suffix(".txt")
-        if candidate.is_file():
-            return candidate
-    beside = image.with_suffix(".txt")
-    return beside if beside.is_file() else None
-
-
-def load_golden_set(directory: str | Path) -> list[GoldenImage]:
-    """Every image under ``directory`` (sorted), with its label file when there is one."""
-    root = Path(directory)
-    if not root.is_dir():
-        raise GoldenSetError(f"golden set {root} is not a folder")
-    images = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not images:
-        raise GoldenSetError(f"golden set {root} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-    return [GoldenImage(path=p, labels=_label_path(p.absolute())) for p in images]
-
-
-def read_labels(path: Path | None, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """YOLO label file -> (xyxy pixel boxes [n, 4], classes [n]); none -> empty arrays."""
-    if path is None:
-        return np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
-    rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            cls, cx, cy, w, h = (float(x) for x in line.split()[:5])
-        except ValueError:
-            raise GoldenSetError(f"{path}:{number}: not 'class cx cy w h'") from None
-        rows.append(
-            (
-                cls,
-                (cx - w / 2) * width,
-                (cy - h / 2) * height,
-                (cx + w / 2) * width,
-                (cy + h / 2) * height,
-            )
-        )
-    if not rows:
-        return np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
-    array = np.asarray(rows, dtype=np.float64)
-    return array[:, 1:].astype(np.float32), array[:, 0].astype(np.int64)
 
 
 def _correct(
@@ -168,7 +110,10 @@ def mean_average_precision(
 
 def stable_class_ids(found: Detections, stable_names: Sequence[str]) -> np.ndarray:
     """``found``'s class ids in stable's numbering, by class name (-1: stable has no
-    such class; Ultralytics' ``ap_per_class`` and matching then leave it aside)."""
+    such class; Ultralytics' ``ap_per_class`` and matching then leave it aside). Without
+    stable's names (a config that never had them), ids are compared as they are."""
+    if not stable_names:
+        return found.class_ids
     index = {name: i for i, name in enumerate(stable_names)}
     return np.asarray([index.get(label, -1) for label in found.labels], dtype=np.int64)
 

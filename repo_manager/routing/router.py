@@ -33,7 +33,7 @@ from repo_manager.routing.servers import ClientFactory, Inputs, Outputs, ServerP
 from repo_manager.routing.shadow import ShadowMirror
 from repo_manager.routing.subscriber import check_watch_url
 from repo_manager.routing.table import TableWatcher
-from repo_manager.shm import SharedMemoryChannel, is_local_url
+from repo_manager.shm import SharedMemoryChannel, wants_shared_memory
 from repo_manager.state import RoutingTable
 from repo_manager.storage import LocalStorage, open_storage
 from repo_manager.transport import GrpcSecurity, make_grpc_client
@@ -72,14 +72,6 @@ def _shut_down(table: TableWatcher, shadow: ShadowMirror, servers: ServerPool) -
         shadow.close()
     finally:
         servers.close()
-
-
-def _wants_shared_memory(setting: bool | str, url: str, *, custom_client: bool) -> bool:
-    if setting == "auto":
-        return is_local_url(url) and not custom_client
-    if isinstance(setting, bool):
-        return setting
-    raise InvalidInputError(f"shared_memory must be True, False or 'auto', not {setting!r}")
 
 
 class Router:
@@ -171,7 +163,7 @@ class Router:
         if (
             len(clients) == 1
             and not addresses
-            and _wants_shared_memory(
+            and wants_shared_memory(
                 shared_memory, clients[0][0], custom_client=client_factory is not None
             )
         ):
@@ -199,11 +191,9 @@ class Router:
         self._shadow = ShadowMirror(
             model, self._servers.send, queue_size=shadow_queue, metrics=self.metrics
         )
-        repository_facts = ModelRepository(storage)
+        facts = ModelRepository(storage)  # each version's class names: its manifest's
         self._detector = Detector(
-            model,
-            self._servers.model_config,
-            read_names=lambda version: repository_facts.class_names(model, version),
+            model, self._servers.model_config, lambda v: facts.class_names(model, v)
         )
         self._closed = False
         # close() without the Router: a dropped Router, and every live one at interpreter
