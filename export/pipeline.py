@@ -182,7 +182,10 @@ def _checked_onnx(weights: Path, work: Path, options: ExportOptions) -> CachedEx
         contract=options.contract,
     )
     reference = pytorch_reference(detector, head_mode=mode, imgsz=imgsz)
-    check = check_onnx(onnx_path, expected=expected, reference=reference)
+    # An NMS graph serves batches up to the one it was traced at (its max batch).
+    check = check_onnx(
+        onnx_path, expected=expected, reference=reference, batch=min(2, options.max_batch)
+    )
     made = CachedExport(
         onnx=onnx_path,
         weights_sha256=detector.sha256,

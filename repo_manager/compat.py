@@ -118,7 +118,7 @@ def io_difference(candidate: ModelConfig, current: ModelConfig) -> str:
         words.append(f"imgsz {new_size}, the model serves {old_size}")
     new_classes, old_classes = _class_count(candidate), _class_count(current)
     if new_classes is not None and old_classes is not None and new_classes != old_classes:
-        grows = " (the raw contract's output grows with the class count)"
+        grows = " (the raw contract's output grows with the class count; end2end's does not)"
         words.append(
             f"{new_classes} classes, the model serves {old_classes}"
             + (grows if old_contract == RAW and new_contract == RAW else "")

@@ -194,8 +194,12 @@ def test_a_yolo26_checkpoint_is_the_first_version_of_a_new_model(
     """End to end (its one-to-one head, no NMS anywhere) and raw (its one-to-many head,
     NMS on the client): served detections are predict's in the same head mode."""
     stack = server
-    stack.publish("yolo26", "1", detectors["yolo26n"])
-    stack.publish("yolo26-raw", "1", detectors["yolo26n"], "--contract", "raw")
+    published = [
+        stack.publish("yolo26", "1", detectors["yolo26n"]),
+        stack.publish("yolo26-raw", "1", detectors["yolo26n"], "--contract", "raw"),
+    ]
+    for result in published:  # no colour-coded onnxruntime warnings before our own lines
+        assert "\x1b[" not in result.stderr and "onnxruntime" not in result.stderr.lower()
     for model, nms in (("yolo26", False), ("yolo26-raw", None)):
         manifest = json.loads(
             (stack.repository / versions_model_name(model) / "1" / "manifest.json").read_text()
