@@ -53,6 +53,7 @@ __all__ = [
     "DetectorIO",
     "NumericalCheck",
     "check_onnx",
+    "compare_detections",
     "export_onnx",
     "onnx_session",
     "pytorch_reference",
@@ -337,7 +338,7 @@ def check_onnx(
     random batch of ``batch`` images and returns the contract's shape; and, when
     ``reference`` is given, the outputs match it: a raw output element by element within
     ``BOX_ATOL_PX``/``SCORE_ATOL`` + ``RTOL``·|reference|, end-to-end detections row by row
-    (``_compare_detections``). Any failure raises ``ExportError`` naming the file.
+    (``compare_detections``). Any failure raises ``ExportError`` naming the file.
     """
     import onnx
 
@@ -381,7 +382,7 @@ def check_onnx(
             f"{where}: PyTorch returned shape {tuple(want.shape)}, expected {want_shape}"
         )
     if expected.contract == END2END:
-        box_diff, score_diff = _compare_detections(got, want, where=where)
+        box_diff, score_diff = compare_detections(got, want, where=where)
     else:
         box_diff = _compare(got[:, :4], want[:, :4], atol=BOX_ATOL_PX, what="boxes", where=where)
         score_diff = _compare(got[:, 4:], want[:, 4:], atol=SCORE_ATOL, what="scores", where=where)
@@ -428,7 +429,7 @@ def _row_words(row: np.ndarray) -> str:
     return f"class {int(row[5])}, score {row[4]:.4g}, box {np.round(row[:4], 2).tolist()}"
 
 
-def _compare_detections(got: np.ndarray, want: np.ndarray, *, where: str) -> tuple[float, float]:
+def compare_detections(got: np.ndarray, want: np.ndarray, *, where: str) -> tuple[float, float]:
     """End-to-end outputs ``[B, K, 6]`` compared as sets of detections per image: each
     detection of either list has one of the other of its class whose box is within
     ``BOX_ATOL_PX`` + ``RTOL``·|x| and score within ``SCORE_ATOL`` + ``RTOL``·s, unless
