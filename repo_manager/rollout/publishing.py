@@ -41,6 +41,7 @@ from repo_manager.rollout.ledger import Ledger, with_canary_at
 from repo_manager.rollout.settings import check_weight
 from repo_manager.state import RolloutState
 from repo_manager.timing import PhaseTimer
+from repo_manager.unpinned import WEIGHTED, check_weighted_classes
 
 __all__ = ["PublishRequest", "Publisher", "read_staged", "resolve_weights"]
 
@@ -185,6 +186,14 @@ class Publisher:
         request = self.check(model, version, canary_weight=canary_weight, replace=replace)
         config, manifest = read_staged(staged, request.model, request.version)
         self.repository.check_compatible(request.model, config)
+        state = request.state
+        if state is not None and state.unpinned == WEIGHTED and state.stable is not None:
+            names = manifest.get("class_names")
+            check_weighted_classes(
+                request.model,
+                (state.stable, self.repository.class_names(request.model, state.stable)),
+                (request.version, tuple(names) if isinstance(names, list) else None),
+            )
         check_plan_compatible(manifest, self.fleet.server_versions(), force=force)
         with self.ledger.locked(request.model):
             return self._add_and_load(request, staged, config, timer)

@@ -24,6 +24,7 @@ __all__ = [
     "WEIGHTED",
     "check_mode",
     "check_shadow",
+    "check_weighted_classes",
     "describe",
     "public_config",
     "public_route",
@@ -50,6 +51,28 @@ def check_mode(mode: str) -> str:
     if mode not in MODES:
         raise InvalidInputError(f"unpinned mode must be one of {', '.join(MODES)}, not {mode!r}")
     return mode
+
+
+def check_weighted_classes(
+    model: str,
+    stable: tuple[str, tuple[str, ...] | None],
+    canary: tuple[str, tuple[str, ...] | None],
+) -> None:
+    """Refuse, in one line, a weighted public name over a canary that names other classes
+    than stable ((version, names) each; None names: unknown, not judged). The public name
+    states one set of names (stable's, what Ultralytics' client reads), and in weighted
+    mode the canary answers some of its requests: ids its clients cannot name."""
+    (stable_version, stable_names), (canary_version, canary_names) = stable, canary
+    if stable_names is None or canary_names is None or stable_names == canary_names:
+        return
+    added = [n for n in canary_names if n not in stable_names]
+    shown = f"adds {', '.join(added)}" if added else "orders or names them otherwise"
+    raise InvalidInputError(
+        f"{model}: canary {canary_version} names other classes than stable {stable_version} "
+        f"({shown}); with --unpinned {WEIGHTED} clients of the public name would get "
+        "detections their class names do not cover: keep --unpinned stable until it is "
+        "promoted or rolled back"
+    )
 
 
 def weighted_files() -> dict[str, bytes]:

@@ -159,3 +159,16 @@ def test_end_to_end_rows_are_filtered_by_confidence_and_need_no_nms() -> None:
     assert len(everything) == 2  # zero rows are padding, never detections
     with pytest.raises(ValueError, match=r"\[B, K, 6\]"):
         decode_end2end(np.zeros((1, 6, 84), np.float32))
+
+
+def test_a_weighted_public_name_over_a_canary_with_other_classes_is_refused() -> None:
+    from repo_manager.unpinned import check_weighted_classes
+
+    two, three = ("rectangle", "circle"), ("rectangle", "circle", "triangle")
+    check_weighted_classes("shapes", ("2", two), ("3", two))  # same classes: fine
+    check_weighted_classes("shapes", ("2", two), ("3", None))  # unknown: not judged
+    with pytest.raises(InvalidInputError) as refused:
+        check_weighted_classes("shapes", ("2", two), ("4", three))
+    message = str(refused.value)
+    assert "canary 4 names other classes than stable 2 (adds triangle)" in message
+    assert "\n" not in message
