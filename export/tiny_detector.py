@@ -130,6 +130,29 @@ def _class_names(nc: int) -> dict[int, str]:
     return {i: f"class{i}" for i in range(nc)}
 
 
+def _calibrate_batch_norm(model: Any, *, imgsz: int, images: int = 8) -> None:
+    """Measure every BatchNorm's running mean and variance on generated images and on
+    uniform noise (what the export's numerical check feeds), half of each: calibrated on
+    shapes alone, noise saturated every score at 1.0 (measured)."""
+    import numpy as np
+    import torch
+
+    shapes = np.stack(
+        [generate_shapes_image(imgsz=imgsz, seed=s).image[..., ::-1] for s in range(images)]
+    )
+    noise = np.random.default_rng(0).integers(0, 256, shapes.shape)
+    batch = np.concatenate([shapes, noise]).astype(np.float32)
+    tensor = torch.from_numpy(batch.transpose(0, 3, 1, 2).copy()) / 255
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None  # a cumulative average over the calibration batch
+    model.train()
+    with torch.no_grad():
+        model(tensor)
+    model.eval()
+
+
 def make_untrained_detector(
     path: Path,
     *,
@@ -146,7 +169,10 @@ def make_untrained_detector(
     ``imgsz`` as the training size), so it loads like real weights; the global torch RNG
     is left as it was. ``class_bias``: the bias of every class output (Ultralytics starts
     it near -8, so an untrained model scores nothing above 0.001; 0 makes it score about
-    0.5 everywhere: dense detections for tests that compare them).
+    0.5 everywhere: dense detections for tests that compare them). With it, BatchNorm's
+    running statistics are also measured on a few generated images: the layers' fresh
+    statistics shrink the features to nothing, so that every anchor scored the same to
+    1e-7 (measured), and rounding alone would decide every NMS.
     """
     import_ultralytics()
     import torch
@@ -158,6 +184,7 @@ def make_untrained_detector(
         torch.manual_seed(seed)
         model = DetectionModel(model_yaml, nc=nc, verbose=False)
     if class_bias is not None:
+        _calibrate_batch_norm(model, imgsz=min(imgsz, 160))
         with torch.no_grad():
             for name, parameter in model.model[-1].named_parameters():
                 if "cv3" in name and name.endswith("bias") and parameter.shape[0] == nc:

@@ -65,7 +65,7 @@ def test_every_generation_exports_and_detects_as_ultralytics_predicts(
     from ultralytics import YOLO
 
     weights = make_untrained_detector(
-        tmp_path / f"{Path(yaml).stem}.pt", model_yaml=yaml, imgsz=SIZE, class_bias=0.0
+        tmp_path / f"untrained-{Path(yaml).stem}.pt", model_yaml=yaml, imgsz=SIZE, class_bias=0.0
     )
     image = generate_shapes_image(imgsz=SIZE, seed=1).image
     contracts = [END2END] + ([RAW] if mode == "one2one" else [])  # raw v8..12: the old path
