@@ -212,7 +212,7 @@ def test_numerical_check_agrees_with_pytorch(
     result = check_onnx(
         exported.version_dir / "model.onnx",
         expected=expected_io(),
-        reference=pytorch_reference(detector.model),
+        reference=pytorch_reference(detector, head_mode="one2many", imgsz=IMGSZ),
     )
     assert result is not None
     assert result.batch == 2
@@ -596,3 +596,19 @@ def test_importing_export_loads_neither_torch_nor_ultralytics() -> None:
         "assert not {'torch', 'ultralytics', 'onnx'} & set(sys.modules), sorted(sys.modules)"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=BACKEND_FILE.parents[2])
+
+
+def test_a_new_models_default_is_end_to_end_with_its_lineage_in_the_manifest(
+    weights: Path, tmp_path: Path
+) -> None:
+    """YOLOv8n into the end-to-end contract: NMS inside the graph, [B, 300, 6] out."""
+    options = ExportOptions(imgsz=IMGSZ, max_batch=4, export_cache=None)
+    result = export_model(weights, tmp_path / "m", model_name="m", options=options)
+    assert [list(o.dims) for o in result.config.output] == [[300, 6]]
+    assert result.config.parameters["contract"].string_value == "end2end"
+    manifest = result.manifest
+    assert (manifest["contract"], manifest["head_mode"]) == ("end2end", "nms")
+    assert manifest["lineage"]["generation"] == "yolov8"
+    assert manifest["lineage"]["head"] == "Detect"
+    assert manifest["lineage"]["train_args"] == {"imgsz": 640, "model": "yolov8n.yaml"}
+    assert manifest["lineage"]["ultralytics_version"]
