@@ -10,6 +10,7 @@ network.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
@@ -149,15 +150,16 @@ def _checked_onnx(weights: Path, work: Path, options: ExportOptions) -> CachedEx
     from export.weights import load_detector, sha256_file
 
     cache = ExportCache(root=options.export_cache) if options.export_cache else None
-    keyed = {
-        "imgsz": options.imgsz,
-        "opset": options.opset,
-        "contract": options.contract,
-        "max_batch": options.max_batch,
-    }
+    keyed = functools.partial(
+        export_cache_key,
+        imgsz=options.imgsz,
+        opset=options.opset,
+        contract=options.contract,
+        max_batch=options.max_batch,
+    )
     if cache is not None and weights.is_file():
         try:
-            key = export_cache_key(weights_sha256=sha256_file(weights), **keyed)
+            key = keyed(weights_sha256=sha256_file(weights))
         except OSError:  # unreadable: load_detector says so in its own words
             key = ""
         found = cache.get(key) if key else None
@@ -199,7 +201,7 @@ def _checked_onnx(weights: Path, work: Path, options: ExportOptions) -> CachedEx
         lineage=detector.lineage,
     )
     if cache is not None:
-        cache.put(export_cache_key(weights_sha256=detector.sha256, **keyed), onnx_path, made)
+        cache.put(keyed(weights_sha256=detector.sha256), onnx_path, made)
     return made
 
 

@@ -186,7 +186,9 @@ def make_untrained_detector(
     if class_bias is not None:
         _calibrate_batch_norm(model, imgsz=min(imgsz, 160))
         with torch.no_grad():
-            for name, parameter in model.model[-1].named_parameters():
+            layers: Any = model.model
+            head = layers[-1]
+            for name, parameter in head.named_parameters():
                 if "cv3" in name and name.endswith("bias") and parameter.shape[0] == nc:
                     parameter.fill_(class_bias)
     model.names = _class_names(nc)
