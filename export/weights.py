@@ -170,11 +170,15 @@ def checkpoint_lineage(ckpt: dict[str, Any], model: Any, head: str) -> dict[str,
     }
 
 
-def _head_refusal(candidate: Any, head: Any) -> str | None:
-    """Why a detector's head is not served (None: it is)."""
+def _head_refusal(candidate: Any, head: Any, task: str | None) -> str | None:
+    """Why a model is not served (None: it is)."""
     head_name = type(head).__name__
     if head_name == "RTDETRDecoder" or type(candidate).__name__.startswith("RTDETR"):
         return f"an RT-DETR detector is not supported (served: {SUPPORTED_GENERATIONS})"
+    if task != "detect":
+        return f"a YOLO {task or 'non-detection'} model, not a detector (served: " + (
+            f"{SUPPORTED_GENERATIONS})"
+        )
     if head_name not in SUPPORTED_HEADS:
         return (
             f"detection head {head_name} is not supported (served: {SUPPORTED_GENERATIONS}, "
@@ -210,14 +214,10 @@ def load_detector(source: Path, work_dir: Path) -> LoadedDetector:
 
     from ultralytics.nn.tasks import guess_model_task, load_checkpoint
 
-    task = getattr(candidate, "task", None) or guess_model_task(candidate)
-    if task != "detect":
-        raise _refuse(
-            source, f"a YOLO {task} model, not a detector (served: {SUPPORTED_GENERATIONS})"
-        )
     layers: Any = getattr(candidate, "model", None)
     head = layers[-1] if isinstance(layers, torch.nn.Sequential) and len(layers) else None
-    refusal = _head_refusal(candidate, head)
+    task = getattr(candidate, "task", None) or guess_model_task(candidate)
+    refusal = _head_refusal(candidate, head, task)
     if refusal is not None:
         raise _refuse(source, refusal)
     head_name = type(head).__name__
