@@ -28,6 +28,7 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 LONGEST_FIRST = (
     "tests/integration/test_soak.py::",
     "tests/integration/test_readme.py::test_every_readme_command_and_example_runs_in_order",
+    "tests/integration/test_generations.py::test_a_canary_across_generations_and_one_that_",
     "tests/integration/test_weighted_public_name.py::test_no_unpinned_request_fails_",
     "tests/integration/test_public_name.py::test_no_unpinned_request_fails_through_a_rollout_",
     "tests/integration/test_weighted_public_name.py::test_weighted_public_name_splits_by_weight",

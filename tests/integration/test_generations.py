@@ -38,12 +38,18 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield stack
 
 
+class Detectors(dict[str, Path]):
+    """The trained detectors by recipe, each trained on first use when missing (once per
+    machine: ``cached_detector`` holds a lock file while it trains)."""
+
+    def __missing__(self, recipe: str) -> Path:
+        self[recipe] = cached_detector(recipe, ROOT / ".cache")
+        return self[recipe]
+
+
 @pytest.fixture(scope="module")
-def detectors(trained_detector: Path) -> dict[str, Path]:
-    """The trained detectors by recipe (trained here, once per machine, when missing)."""
-    cache = ROOT / ".cache"
-    found = {r: cached_detector(r, cache) for r in ("yolo26n", "yolov10n", "yolov8n-3class")}
-    return {"yolov8n": trained_detector, **found}
+def detectors(trained_detector: Path) -> Detectors:
+    return Detectors(yolov8n=trained_detector)
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +108,7 @@ def triangle_images(count: int, seed: int = 5) -> list[np.ndarray]:
 
 def test_a_canary_across_generations_and_one_that_adds_a_class(
     server: Stack,
-    detectors: dict[str, Path],
+    detectors: Detectors,
     golden_images: list[np.ndarray],
     golden_set: Path,
 ) -> None:
@@ -189,7 +195,7 @@ def test_a_canary_across_generations_and_one_that_adds_a_class(
 
 
 def test_a_yolo26_checkpoint_is_the_first_version_of_a_new_model(
-    server: Stack, detectors: dict[str, Path], golden_images: list[np.ndarray]
+    server: Stack, detectors: Detectors, golden_images: list[np.ndarray]
 ) -> None:
     """End to end (its one-to-one head, no NMS anywhere) and raw (its one-to-many head,
     NMS on the client): served detections are predict's in the same head mode."""
