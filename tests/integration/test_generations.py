@@ -9,6 +9,7 @@ module; each test uses its own model names.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -160,6 +161,7 @@ def test_a_canary_across_generations_and_one_that_adds_a_class(
 
         stack.publish(model, "3", detectors["yolov10n"])
         assert_version_equals_predict(router, "3", detectors["yolov10n"], golden_images, nms=False)
+        stack.cli("set-weight", model, "50")
         stack.cli("rollback", model)
 
         three = detectors["yolov8n-3class"]
@@ -182,6 +184,10 @@ def test_a_canary_across_generations_and_one_that_adds_a_class(
         shadow = router.metrics.shadow(model, "4").snapshot()
     public_client.close()
 
+    served = Counter(v for _, v in traffic.served)
+    print(
+        f"Router requests by version {dict(served)}, public {len(public.served)}, shadow {shadow}"
+    )
     assert after_promote[0].names == dict(enumerate(ALL_CLASS_NAMES))
     assert any(2 in r.boxes.cls.tolist() for r in after_promote)  # it names triangles now
     assert traffic.failures == [], traffic.failures[:3]
