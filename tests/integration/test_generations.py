@@ -41,10 +41,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 class Detectors(dict[str, Path]):
     """The trained detectors by recipe, each trained on first use when missing (once per
-    machine: ``cached_detector`` holds a lock file while it trains)."""
+    machine: ``cached_detector`` holds a lock file while it trains), fine-tuned from the
+    suite's YOLOv8n."""
 
     def __missing__(self, recipe: str) -> Path:
-        self[recipe] = cached_detector(recipe, ROOT / ".cache")
+        self[recipe] = cached_detector(recipe, ROOT / ".cache", start_from=self["yolov8n"])
         return self[recipe]
 
 

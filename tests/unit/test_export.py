@@ -24,6 +24,8 @@ from export import ExportOptions, ExportResult, export_model
 from export.manifest import MANIFEST_FILE, manifest_mismatches
 from export.onnx_export import DetectorIO, check_onnx, read_io
 from export.tiny_detector import (
+    RECIPES,
+    Recipe,
     generate_shapes_dataset,
     generate_shapes_image,
     make_untrained_detector,
@@ -588,6 +590,13 @@ def test_shapes_dataset_is_written_in_yolo_layout(tmp_path: Path) -> None:
     for line in labels[0].read_text().splitlines():
         cls, *box = line.split()
         assert cls in {"0", "1"} and all(0.0 <= float(v) <= 1.0 for v in box)
+
+
+def test_fine_tuned_recipes_start_from_a_recipe_trained_from_scratch() -> None:
+    bases = {r.fine_tune for r in RECIPES.values() if r.fine_tune is not None}
+    assert bases and all(RECIPES[b].fine_tune is None for b in bases)
+    with pytest.raises(ValueError, match="epochs and images"):
+        Recipe(epochs=0)
 
 
 def test_importing_export_loads_neither_torch_nor_ultralytics() -> None:
