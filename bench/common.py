@@ -175,10 +175,17 @@ def reconfigure(stack: BenchStack, model: str, change: Callable[[Any], None]) ->
     manager.applier.apply(state)  # type: ignore[attr-defined]
 
 
-def table_only_manager(storage: Any) -> Any:
+def table_only_manager(storage: Any, model: str, versions: Sequence[str] = ("1", "2")) -> Any:
     """A RolloutManager whose moves write the routing table and reach no server: for the
     benches that time only the table's propagation (``set_weight`` checks that the fleet
-    answers before it writes, so the fleet here says it does)."""
+    answers before it writes, so the fleet here says it does). ``model``'s ``versions``
+    are written as small placeholders with their manifests and a sealed config, since every
+    move first checks that what it serves is what was published."""
+    import hashlib
+    import json
+
+    from repo_manager.modelconfig import ModelConfig
+    from repo_manager.names import MANIFEST_FILE, versions_model_name
     from repo_manager.repository import ModelRepository
     from repo_manager.rollout import RolloutManager
     from repo_manager.triton import TritonFleet
@@ -187,4 +194,12 @@ def table_only_manager(storage: Any) -> Any:
         def check_reachable(self) -> None:
             return None
 
-    return RolloutManager(ModelRepository(storage), NoServers(["127.0.0.1:1"]))
+    repository = ModelRepository(storage)
+    for version in versions:
+        folder, code = f"{versions_model_name(model)}/{version}", b"# a placeholder\n"
+        storage.write_bytes_atomic(f"{folder}/model.py", code)
+        files = {"model.py": hashlib.sha256(code).hexdigest()}
+        manifest = {"model": model, "version": version, "files": files}
+        storage.write_bytes_atomic(f"{folder}/{MANIFEST_FILE}", json.dumps(manifest).encode())
+    repository.write_config(model, ModelConfig(name=versions_model_name(model)))
+    return RolloutManager(repository, NoServers(["127.0.0.1:1"]))

@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
             generation=1,
         )
         storage.write_bytes_atomic(state_key(MODEL), state.to_json())
-        manager = table_only_manager(storage)
+        manager = table_only_manager(storage, MODEL)
         ready, reports = context.Queue(), context.Queue()
         workers = [
             context.Process(target=follow, args=(tmp, ready, reports, args.changes), daemon=True)

@@ -242,7 +242,7 @@ def run(args: Any, endpoint: str, tmp: Path) -> dict[str, Any]:
         model=MODEL, phase=Phase.PROGRESSING, stable="1", canary="2", weights={"1": 90, "2": 10}
     )
     storage.write_bytes_atomic(state_key(MODEL), state.to_json())
-    manager = table_only_manager(storage)
+    manager = table_only_manager(storage, MODEL)
     rng = random.Random(0)
     figures: dict[str, Any] = {}
     port = free_port()

@@ -4,7 +4,7 @@ A fleet of ``--servers`` (2) embedded tritonservers reads one S3 repository (mot
 child process that can be restarted with its data); 4 Router threads and 2 unpinned client
 threads run throughout; each round publishes a canary, sets its weight and promotes or
 rolls it back through real ``repo-manager`` processes, with one fault drawn by the seed
-(``bench/soak_faults.py``; every kind once per cycle of five rounds, in seeded order).
+(``bench/soak_faults.py``; every kind once per cycle of seven rounds, in seeded order).
 After each round ``reconcile`` runs, then the invariants of ``bench/soak_checks.py``.
 
 Prints rounds, faults by kind, requests sent and failed, invariant violations; exits 1 on
@@ -48,11 +48,11 @@ from bench.soak_traffic import (  # noqa: E402
 from bench.soak_world import IMGSZ, MODEL, World, export_template  # noqa: E402
 
 
-def fault_plan(rng: random.Random, rounds: int) -> list[str]:
-    """Every kind once per cycle of len(KINDS) rounds, each cycle in a seeded order."""
+def fault_plan(rng: random.Random, rounds: int, kinds: tuple[str, ...] = KINDS) -> list[str]:
+    """Every kind once per cycle of len(kinds) rounds, each cycle in a seeded order."""
     plan: list[str] = []
     while len(plan) < rounds:
-        cycle = list(KINDS)
+        cycle = list(kinds)
         rng.shuffle(cycle)
         plan += cycle
     return plan[:rounds]
@@ -71,9 +71,19 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--pause", type=float, default=PAUSE, help="seconds between a client thread's requests"
     )
+    parser.add_argument(
+        "--kinds",
+        type=lambda text: tuple(k.strip() for k in text.split(",") if k.strip()),
+        default=KINDS,
+        help=f"comma-separated fault kinds drawn from (default: all: {','.join(KINDS)})",
+    )
     parser.add_argument("--weights", type=Path, default=None, help="detector .pt")
     parser.add_argument("--keep", type=Path, default=None, help="keep logs in this folder")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.kinds) - set(KINDS))
+    if unknown or not args.kinds:
+        parser.error(f"unknown fault kinds {unknown}; known: {', '.join(KINDS)}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,7 +108,7 @@ def soak(args: argparse.Namespace, root: Path, template: Path, started: float) -
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
     logging.getLogger().addHandler(handler)
     rng = random.Random(args.seed)
-    plan = fault_plan(rng, args.rounds)
+    plan = fault_plan(rng, args.rounds, args.kinds)
     world = World(root, template, servers=args.servers)
     versions = iter(range(2, 1_000_000))
     violations: list[str] = []
@@ -123,8 +133,7 @@ def soak(args: argparse.Namespace, root: Path, template: Path, started: float) -
             url=world.urls,
             repository=world.repository,
             s3_endpoint=world.endpoint,
-            timeout=30,
-        )
+        )  # the default deadline: a hung server leaves the rotation after one miss
         routed = RouterTraffic(router, images, args.router_threads, args.pause)
         unpinned = UnpinnedTraffic(
             lambda: world.urls, MODEL, images, downtime, args.unpinned_threads, args.pause

@@ -11,12 +11,19 @@ Faults (``KINDS``):
 - ``s3_restart``: close the S3 port for a moment while a publish uploads;
 - ``manager_race``: two managers at once; the lock makes one wait or refuse in one line;
 - ``truncated_upload``: SIGKILL a publish halfway through its model.onnx upload: nothing
-  may become visible, and publishing the same number again must work.
+  may become visible, and publishing the same number again must work;
+- ``hang``: SIGSTOP one tritonserver for longer than the Routers' deadline while a step
+  runs, then SIGCONT: Routers fail over, the step succeeds or names the hung server in
+  one line (then it is run again);
+- ``tamper``: change a file of the canary (or of stable) in S3 after its publish: the
+  step is refused in one line naming the file, a tampered canary is rolled back, the
+  injected code never runs; the file is put back afterwards.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import signal
 import threading
@@ -30,7 +37,15 @@ from bench.soak_world import MODEL, Outcome, Running, World, wait_done
 
 __all__ = ["KINDS", "Round"]
 
-KINDS = ("triton_kill", "manager_kill", "s3_restart", "manager_race", "truncated_upload")
+KINDS = (
+    "triton_kill",
+    "manager_kill",
+    "s3_restart",
+    "manager_race",
+    "truncated_upload",
+    "hang",
+    "tamper",
+)
 DRAIN = "1.5"  # --drain-seconds: longer than the Routers' 1 s poll
 
 
@@ -61,6 +76,7 @@ class Round:
             "manager_kill": [s for s in steps if s in ("publish", "promote", "rollback")],
             "s3_restart": ["publish"],
             "truncated_upload": ["publish"],
+            "tamper": steps[steps.index("publish") + 1 :],  # a canary exists then
         }.get(self.kind, steps)
         target = self.rng.choice(targets)
         faulted = False
@@ -106,7 +122,11 @@ class Round:
         if not self.applies(step):
             self.notes.append(f"{self.kind}: {step} skipped (state moved)")
             return
-        getattr(self, self.kind)(step)
+        outside = {"hang": hang, "tamper": tamper}.get(self.kind)
+        if outside is not None:
+            outside(self, step)
+        else:
+            getattr(self, self.kind)(step)
 
     def watched(
         self,
@@ -274,3 +294,76 @@ class Round:
 def _last(outcome: Outcome) -> str:
     lines = [line for line in outcome.stderr.splitlines() if line.strip()]
     return lines[-1][:300] if lines else ""
+
+
+def hang(round_: Round, step: str) -> None:
+    """SIGSTOP one server for longer than the Routers' 10 s deadline during ``step``."""
+    index = round_.rng.randrange(len(round_.world.servers))
+    delay, stopped = round(round_.rng.uniform(0.0, 1.5), 2), round(round_.rng.uniform(12, 16), 1)
+    running = round_.world.spawn(*round_.step_args(step))
+    round_.watch.manager_pids.add(running.pid)
+    time.sleep(delay)
+    pid = round_.world.servers[index].pid
+    assert pid is not None
+    round_.downtime.mark_down(index)  # raw clients wait on a stopped server: Triton's own
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(stopped)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    outcome = wait_done(round_.world, running)
+    round_.downtime.mark_up(index)
+    round_.notes.append(
+        f"hang: server {index} stopped {stopped}s, {delay}s into {step} (exit {outcome.code}"
+        + (f": {_last(outcome)})" if outcome.code else ")")
+    )
+    if outcome.code != 0:
+        if not outcome.one_line_error():
+            round_.problems.append(f"hang: {step} failed without one line: {outcome.stderr}")
+        round_.reconcile_now()
+        if round_.applies(step):
+            round_.clean(step)  # refused while the server hung: it must work now
+
+
+def tamper(round_: Round, step: str) -> None:
+    """Change one file of the canary (mostly) or of stable in S3, run ``step``: refused in
+    one line naming the file (a rollback may remove a tampered canary), never run."""
+    import boto3
+
+    state = read_state(round_.world)
+    rng = round_.rng
+    version = state.canary if state.canary and rng.random() < 0.7 else state.stable
+    name = rng.choice(["model.py", "model.onnx", "manifest.json"])
+    marker = round_.world.root / "tamper-marker"
+    s3 = boto3.client("s3", endpoint_url=round_.world.endpoint)
+    key = f"repo/{MODEL}.versions/{version}/{name}"
+    bucket = round_.world.bucket
+    original = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    if name == "model.py":
+        line = f"\nopen({str(marker)!r}, 'w').write('tampered code ran')\n"
+        s3.put_object(Bucket=bucket, Key=key, Body=original + line.encode())
+    elif name == "model.onnx":
+        flipped = bytearray(original)
+        flipped[len(flipped) // 2] ^= 0xFF
+        s3.put_object(Bucket=bucket, Key=key, Body=bytes(flipped))
+    else:
+        s3.delete_object(Bucket=bucket, Key=key)
+    try:
+        outcome = round_.world.cli(*round_.step_args(step))
+    finally:
+        s3.put_object(Bucket=bucket, Key=key, Body=original)
+    said = f"{MODEL}.versions/{version}/{name}"
+    round_.notes.append(f"tamper: {name} of {version} before {step}: exit {outcome.code}")
+    # What the step itself replaces may be tampered: a rollback's canary, a promote's stable.
+    tolerated = (step, version) in (("rollback", state.canary), ("promote", state.stable))
+    if not tolerated and (outcome.code != 1 or not outcome.one_line_error()):
+        round_.problems.append(f"tamper: {step} not refused in one line: {outcome.stderr}")
+    elif not tolerated and said not in outcome.stderr:
+        round_.problems.append(f"tamper: the refusal does not name {said}: {_last(outcome)}")
+    after = read_state(round_.world)
+    if version == state.canary and not tolerated and after.canary is not None:
+        round_.problems.append(f"tamper: canary {version} kept its traffic: {after.weights}")
+    if marker.exists():
+        round_.problems.append("tamper: the injected code ran")
+    if version == state.stable and round_.applies(step):
+        round_.clean(step)  # restored: it must work now

@@ -23,8 +23,12 @@ translated where they enter and chained with ``from``.
     │   └── StorageUnavailableError       the S3 endpoint could not be reached
     ├── TritonError                       exit 1: Triton refused or failed an operation
     │   ├── TritonUnavailableError        Triton could not be reached
-    │   │   └── FleetResolutionError      a dns:// fleet name resolved to no address
+    │   │   ├── FleetResolutionError      a dns:// fleet name resolved to no address
+    │   │   └── TritonHungError           Triton took the call but did not answer in time
     │   └── VersionNotReadyError          a version did not become READY (or unloaded) in time
+    ├── IntegrityError                    exit 1: a version's files differ from its manifest,
+    │                                     or a manifest or the model's config is not the one
+    │                                     published (refused: never loaded, never given traffic)
     ├── RoutingError                      exit 1: the Router has no version it can send to
     ├── GateFailedError                   exit 1: a canary failed a validation gate
     ├── GateUndecidedError                exit 1: the gates cannot judge the canary (no verdict)
@@ -42,6 +46,7 @@ __all__ = [
     "GoldenSetError",
     "IllegalTransitionError",
     "IncompatibleModelError",
+    "IntegrityError",
     "InvalidGateError",
     "InvalidInputError",
     "InvalidNameError",
@@ -54,6 +59,7 @@ __all__ = [
     "StorageError",
     "StorageUnavailableError",
     "TritonError",
+    "TritonHungError",
     "TritonUnavailableError",
     "VersionExistsError",
     "VersionNotReadyError",
@@ -137,6 +143,18 @@ class FleetResolutionError(TritonUnavailableError):
 
 class VersionNotReadyError(TritonError):
     """A version did not reach the expected readiness before the deadline."""
+
+
+class IntegrityError(RepoManagerError):
+    """What is in the repository is not what was published: a file whose sha256 differs
+    from its version's manifest, a file the manifest does not name, a missing or malformed
+    (or, with a signing key, unsigned) manifest, or a model config changed outside
+    repo-manager. Such a version is never loaded nor given traffic."""
+
+
+class TritonHungError(TritonUnavailableError):
+    """A server that accepts connections but answers nothing within the deadline (a
+    stopped or wedged process): treated like a dead one, only slower to notice."""
 
 
 class RoutingError(RepoManagerError):

@@ -30,6 +30,11 @@ _RANGES: dict[str, tuple[float, float]] = {
     "max_error_rate": (0.0, 1.0),
     "min_stable_map50": (0.0, 1.0),
     "min_requests": (1, 1_000_000),
+    "max_box_count_z": (0.5, 1000.0),
+    "max_confidence_drop": (0.0, 1.0),
+    "detection_window_s": (1.0, 3600.0),
+    "max_p99_ratio": (1.0, 1000.0),
+    "max_p99_ms": (0.0, 600_000.0),
 }
 
 
@@ -85,6 +90,23 @@ class LiveGates:
     #: Routers mirror traffic (F1 of one-to-one matches, same class, IoU >= 0.5).
     #: Default 0.8.
     min_agreement: float = 0.8
+    #: Most standard errors the canary's mean boxes per image may be from stable's, over
+    #: the detection window (``detection_gates``: a blind canary, or one that sees boxes
+    #: everywhere). Judged from ``Router.detect``'s counts. Default 3.0.
+    max_box_count_z: float = 3.0
+    #: Largest allowed drop of the canary's mean box confidence below stable's (absolute),
+    #: over the detection window. Default 0.15.
+    max_confidence_drop: float = 0.15
+    #: Seconds of readings the detection gates judge (more than one interval: a canary at
+    #: a small weight sends few images per interval). Default 120.0.
+    detection_window_s: float = 120.0
+    #: Highest allowed ratio of canary p99 latency to stable p99 latency, from the
+    #: Routers' histograms (``latency_gates``): looser than the mean's bound, a tail over
+    #: one interval is noisier (an identical canary's mean measured 2x stable's for two
+    #: intervals on a loaded 2-core machine). Default 3.0.
+    max_p99_ratio: float = 3.0
+    #: Highest allowed canary p99 latency in ms, an SLO (0: off). Default 0.0.
+    max_p99_ms: float = 0.0
 
     def __post_init__(self) -> None:
         _check_ranges(self)

@@ -3,7 +3,8 @@
 A rollout's analysis judges a canary on live traffic; where no real clients are attached
 (the compose stack, a demo) this sends ``Router.detect`` requests at a steady rate, so
 the Router's per-version metrics and Triton's fill exactly as real clients would fill them.
-Random images: the load, not the detections, is what matters here.
+Random images by default (load only: a detector finds nothing on noise); recorded frames
+(``--images DIR``) so that the live detection gates compare what each version sees.
 """
 
 from __future__ import annotations
@@ -12,12 +13,37 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
+from repo_manager.errors import InvalidInputError
 from repo_manager.routing import Router
 
-__all__ = ["LoadReport", "run_load"]
+__all__ = ["LoadReport", "load_images", "run_load"]
+
+#: Image files ``load_images`` reads from a folder.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+def load_images(folder: Path, *, limit: int = 256) -> list[npt.NDArray[np.uint8]]:
+    """Up to ``limit`` BGR images of ``folder`` (sorted by name); bad input: one line."""
+    import cv2
+
+    if not folder.is_dir():
+        raise InvalidInputError(f"--images {folder}: not a folder")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
+    images = [
+        np.asarray(image, dtype=np.uint8)
+        for p in files
+        if (image := cv2.imread(str(p))) is not None
+    ]
+    if not images:
+        raise InvalidInputError(
+            f"--images {folder}: no readable image ({', '.join(IMAGE_SUFFIXES)})"
+        )
+    return images
 
 
 @dataclass(kw_only=True)
@@ -35,14 +61,22 @@ class LoadReport:
 
 
 def run_load(
-    router: Router, *, rate: float, threads: int, imgsz: int, stop: threading.Event
+    router: Router,
+    *,
+    rate: float,
+    threads: int,
+    imgsz: int,
+    stop: threading.Event,
+    images: list[npt.NDArray[np.uint8]] | None = None,
 ) -> LoadReport:
-    """Send ``rate`` requests per second from ``threads`` threads until ``stop`` is set.
+    """Send ``rate`` requests per second from ``threads`` threads until ``stop`` is set,
+    cycling through ``images`` (default: 8 random ``imgsz`` images).
 
     A thread that falls behind does not burst to catch up: the rate is an upper bound.
     """
-    rng = np.random.default_rng(0)
-    images = [rng.integers(0, 256, (imgsz, imgsz, 3), dtype=np.uint8) for _ in range(8)]
+    if not images:
+        rng = np.random.default_rng(0)
+        images = [rng.integers(0, 256, (imgsz, imgsz, 3), dtype=np.uint8) for _ in range(8)]
     period = threads / rate
     report = LoadReport()
 

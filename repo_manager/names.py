@@ -18,6 +18,7 @@ import re
 from repo_manager.errors import InvalidNameError, InvalidVersionError
 
 __all__ = [
+    "BYTECODE_FOLDER",
     "CONFIG_FILE",
     "MANIFEST_FILE",
     "VERSIONS_SUFFIX",
@@ -29,6 +30,9 @@ __all__ = [
 
 CONFIG_FILE = "config.pbtxt"
 MANIFEST_FILE = "manifest.json"
+#: A plain, empty *file* where the python backend's stub would create its bytecode folder
+#: (``repository.block_bytecode``); the only file of a version its manifest does not name.
+BYTECODE_FOLDER = "__pycache__"
 #: Appended to the public name to name the model holding the version folders. A dot is
 #: valid in Triton model names, S3 keys and Prometheus label values alike.
 VERSIONS_SUFFIX = ".versions"

@@ -26,9 +26,24 @@ from typing import Any
 from tritonclient.grpc import model_config_pb2
 
 from repo_manager.compat import io_difference
-from repo_manager.errors import IncompatibleModelError, StorageError, VersionExistsError
+from repo_manager.errors import (
+    IncompatibleModelError,
+    IntegrityError,
+    InvalidInputError,
+    StorageError,
+    VersionExistsError,
+)
+from repo_manager.integrity import (
+    SIGNATURE_FIELD,
+    ConfigSeal,
+    SigningKey,
+    Verifier,
+    config_digest,
+    sign_manifest,
+)
 from repo_manager.modelconfig import alias_target, parse_config, render_config
 from repo_manager.names import (
+    BYTECODE_FOLDER,
     CONFIG_FILE,
     MANIFEST_FILE,
     is_version_folder,
@@ -47,8 +62,6 @@ __all__ = [
     "validate_version",
 ]
 
-#: A plain *file* where the python backend's stub would create its bytecode folder.
-BYTECODE_FOLDER = "__pycache__"
 ALIAS_VERSION = "1"
 ALIAS_README = (
     "The public name of this model: an ensemble whose one step pins the stable version of\n"
@@ -91,8 +104,10 @@ def block_bytecode(version_dir: Path) -> None:
 class ModelRepository:
     """Typed access to one repository through its storage."""
 
-    def __init__(self, storage: Storage) -> None:
+    def __init__(self, storage: Storage, *, signing_key: SigningKey | None = None) -> None:
         self.storage = storage
+        self.signing_key = signing_key
+        self.seals = ConfigSeal(storage, signing_key)
 
     @property
     def location(self) -> str:
@@ -164,8 +179,46 @@ class ModelRepository:
         return config
 
     def write_config(self, model: str, config: model_config_pb2.ModelConfig) -> None:
+        """Replace the versions model's config, and its seal when more than the version
+        policy changed (the old and new digests accepted while the config is written)."""
         folder = versions_model_name(model)
+        current = self.config(model)
+        old, new = (None if current is None else config_digest(current)), config_digest(config)
+        if old != new:
+            self.seals.write(model, [new] if old is None else [new, old])
         self.storage.write_bytes_atomic(f"{folder}/{CONFIG_FILE}", render_config(config))
+        if old != new:
+            self.seals.write(model, [new])
+
+    def sign_published(self, model: str) -> list[str]:
+        """Sign what a repository holds from before the signing key was set: every version
+        whose files match its manifest, and the config when it matches its seal (or has
+        none). Refused, naming the file, when anything does not. Returns what was signed.
+        A version whose manifest is rewritten is re-initialized by its next load."""
+        if self.signing_key is None:
+            raise InvalidInputError("sign needs --signing-key (the key to sign with)")
+        unsigned = ModelRepository(self.storage)
+        config = self.require_config(model)
+        problem = unsigned.config_problem(model, config)
+        checker = Verifier(self.storage)
+        problems = [problem] + [checker.problem(model, v) for v in self.versions(model)]
+        if any(problems):
+            raise IntegrityError(f"{model} not signed: {next(p for p in problems if p)}")
+        signed = []
+        for version in self.versions(model):
+            key = f"{versions_model_name(model)}/{version}/{MANIFEST_FILE}"
+            document = json.loads(self.storage.read_bytes(key) or b"{}")
+            if not self.signing_key.verifies(document):
+                document[SIGNATURE_FIELD] = self.signing_key.sign(document)
+                data = json.dumps(document, indent=2, sort_keys=True) + "\n"
+                self.storage.write_bytes_atomic(key, data.encode())
+                signed.append(f"version {version}")
+        self.seals.write(model, [config_digest(config)])
+        return [*signed, "config"]
+
+    def config_problem(self, model: str, config: model_config_pb2.ModelConfig) -> str | None:
+        """What makes ``config`` not the model's sealed config (``integrity.seal``)."""
+        return self.seals.problem(model, config)
 
     def public_config(self, model: str) -> model_config_pb2.ModelConfig | None:
         """The public name's config (an ensemble pinning stable, or the weighted model),
@@ -247,18 +300,23 @@ class ModelRepository:
         Returns True when this created the model. A new model's versions folder appears
         whole, config included; a later version's folder appears whole beside the others.
         The public name's folder (config ``alias``) is published once, when missing. Python
-        versions get ``block_bytecode`` first.
+        versions get ``block_bytecode`` first; with a signing key, the manifest is signed.
         """
         staged_version = staged_model_dir / version
         if not staged_version.is_dir():
             raise StorageError(f"staged export has no version folder {staged_version}")
         block_bytecode(staged_version)
+        if self.signing_key is not None:
+            sign_manifest(staged_version / MANIFEST_FILE, self.signing_key)
         folder = versions_model_name(model)
         created = not self.storage.exists(folder)
         if created:
             if alias is None:
                 raise StorageError(f"{model} is new: its public name's config is needed")
             self._refuse_old_layout(model)
+            staged_config = staged_model_dir / CONFIG_FILE
+            sealed = parse_config(staged_config.read_bytes(), source=str(staged_config))
+            self.seals.write(model, [config_digest(sealed)])
             self.storage.publish_dir(staged_model_dir, folder, progress)
         else:
             self.storage.publish_dir(staged_version, f"{folder}/{version}", progress)

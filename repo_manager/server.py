@@ -29,6 +29,7 @@ from typing import Any
 
 from repo_manager.errors import RepoManagerError, TritonUnavailableError
 from repo_manager.shm_owners import backend_region_prefix, reclaim_dead_regions, unlink_regions
+from repo_manager.transport import restricted_flags
 
 __all__ = ["EmbeddedTriton", "ServerPorts", "connect_address", "find_tritonserver", "free_port"]
 
@@ -150,7 +151,10 @@ class EmbeddedTriton:
         log_path: Path | None = None,
         host: str = "127.0.0.1",
         extra_args: tuple[str, ...] = (),
+        control_key: str | None = None,
     ) -> None:
+        """``control_key``: serve model control, shared memory, trace and log settings only
+        to callers that send it (``transport.restricted_flags``); None: open to all."""
         location = str(repository)
         # Triton resolves a relative path against its own cwd: hand it an absolute one.
         self.repository = location if "://" in location else str(Path(location).resolve())
@@ -158,6 +162,7 @@ class EmbeddedTriton:
         self.ports = ports or ServerPorts()
         self.log_path = log_path
         self.extra_args = extra_args
+        self.control_key = control_key
         self._process: subprocess.Popen[bytes] | None = None
         self._log_handle: int | None = None
         # The python backend's regions of the running process: unlinked once it has exited,
@@ -197,6 +202,7 @@ class EmbeddedTriton:
                 if self._region_prefix
                 else []
             ),
+            *(restricted_flags(self.control_key) if self.control_key else []),
             *self.extra_args,
         ]
 

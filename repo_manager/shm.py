@@ -37,7 +37,6 @@ import tritonclient.utils.shared_memory as shm
 from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException, triton_to_np_dtype
 
-from repo_manager.errors import InvalidInputError
 from repo_manager.shm_owners import PREFIX, Owner, leftover_regions, reclaim_dead_regions
 
 __all__ = [
@@ -46,7 +45,6 @@ __all__ = [
     "leaked_regions",
     "leftover_regions",
     "reclaim_dead_regions",
-    "wants_shared_memory",
 ]
 
 logger = logging.getLogger(__name__)
@@ -63,16 +61,6 @@ _SIGNAL_RPC_TIMEOUT_S = 2.0
 #: this often, until those requests end, for at most ``_IN_USE_RETRY_S``.
 _IN_USE_RETRY_S = 5.0
 _IN_USE_PAUSE_S = 0.02
-
-
-def wants_shared_memory(setting: bool | str, url: str, *, custom_client: bool) -> bool:
-    """A Router's ``shared_memory`` setting resolved: "auto" is on for a local server with
-    the default client."""
-    if setting == "auto":
-        return is_local_url(url) and not custom_client
-    if isinstance(setting, bool):
-        return setting
-    raise InvalidInputError(f"shared_memory must be True, False or 'auto', not {setting!r}")
 
 
 def is_local_url(url: str) -> bool:

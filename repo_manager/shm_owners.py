@@ -175,12 +175,13 @@ def leftover_regions(urls: Iterable[str] = ()) -> list[str]:
     registrations (``URL: NAME``). Empty when nothing was left behind; a live process's
     regions are never listed.
 
-    Raises InferenceServerException when a url's server does not answer.
+    Raises InferenceServerException when a url's server does not answer. Listing the
+    registrations is a shared-memory call: a locked server answers it with the control key.
     """
-    import tritonclient.grpc as grpcclient
+    from repo_manager.transport import make_grpc_client
 
     left = [f"{_SHM_DIR}/{name}" for name in of_dead_owners(_our_files())]
     for url in urls:
-        with grpcclient.InferenceServerClient(url) as client:
+        with make_grpc_client(url) as client:
             left += [f"{url}: {name}" for name in of_dead_owners(_our_registrations(client))]
     return left

@@ -7,6 +7,7 @@ import tempfile
 import pytest
 
 from export.cache import CACHE_ENV
+from repo_manager.transport import CONTROL_KEY_ENV
 
 #: Server-wide defaults of the python backend's onnxruntime settings for every server the
 #: tests start (export/backend/model.py reads them): a dozen servers' models side by side on
@@ -36,6 +37,7 @@ LONGEST_FIRST = (
     "tests/integration/test_rollout.py::test_canary_gets_its_share_and_keys_stick",
     "tests/integration/test_public_name.py::test_on_an_s3_fleet_of_two_no_load_re_initializes",
     "tests/integration/test_s3_fleet.py::test_killed_server_mid_rollout_is_reported",
+    "tests/integration/test_manager_judges.py::",
 )
 
 
@@ -47,6 +49,10 @@ def pytest_configure(config: pytest.Config) -> None:
     of the export, turn it off."""
     for name, value in BACKEND_DEFAULTS.items():
         os.environ.setdefault(name, value)
+    # Every client of the run holds a control key: a ``serve`` the tests start locks its
+    # server with it (and writes no key file into the user's home), and the manager and
+    # the Routers send it (servers started unlocked ignore the header).
+    os.environ.setdefault(CONTROL_KEY_ENV, "test-control-key-0123456789abcdef")
     if CACHE_ENV in os.environ or hasattr(config, "workerinput"):
         return  # the user's choice, or a worker inheriting the controller's folder
     folder = tempfile.mkdtemp(prefix="repo-manager-test-exports-")

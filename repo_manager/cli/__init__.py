@@ -9,6 +9,7 @@ exporting.py   export
 publishing.py  publish, validate
 analysis.py    rollout (the progressive analysis; also publish --auto)
 moves.py       set-weight, promote, rollback, policy
+approval.py    approve, reject, pause, resume (a person in the loop of an analysis)
 status.py      status (watch.py: its live view)
 history.py     history (text, JSON, --plot)
 reconcile.py   reconcile [--watch]
@@ -19,6 +20,7 @@ from __future__ import annotations
 # Importing a command module registers its commands on the group.
 from repo_manager.cli import (  # noqa: F401
     analysis,
+    approval,
     exporting,
     history,
     initialize,

@@ -21,19 +21,23 @@ from repo_manager.errors import GateFailedError, RepoManagerError
 from repo_manager.gates import LiveGates, parse_gate_overrides
 from repo_manager.names import validate_model_name
 from repo_manager.phases import Phase
-from repo_manager.rollout import AnalysisPlan, RolloutManager, parse_steps
+from repo_manager.rollout import AnalysisPlan, RolloutManager
+from repo_manager.rollout.settings import parse_step_plan
 
 __all__ = ["analysis_hint", "analysis_setup", "run_analysis"]
 
 
 def analysis_setup(options: dict[str, Any]) -> tuple[AnalysisPlan, Any]:
     """Validate every analysis option before anything moves (bad input: exit 2)."""
-    parse_interval(options["interval"])
+    steps, approve_before = parse_step_plan(options["steps"], options["approve_before"])
     plan = AnalysisPlan(
-        steps=parse_steps(options["steps"]),
+        steps=steps,
+        approve_before=approve_before,
         threshold=options["threshold"],
         max_metrics_errors=options["max_metrics_errors"],
         gates=parse_gate_overrides(LiveGates(), options["live_gates"]),
+        interval_s=parse_interval(options["interval"]),
+        detached=bool(options.get("detach")),
     )
     return plan, metrics_source(options["prometheus"], options["metrics_urls"])
 
@@ -116,6 +120,12 @@ def _record_stop(manager: RolloutManager, model: str, reason: str) -> None:
 @cli.command("rollout")
 @click.argument("model")
 @analysis_options
+@click.option(
+    "--detach",
+    is_flag=True,
+    help="Start the analysis and return: the long-running manager (reconcile --watch) "
+    "takes each step, reading its own metrics sources.",
+)
 @drain_option
 @click.pass_obj
 def rollout_command(obj: Context, model: str, drain_seconds: float | None, **analysis: Any) -> None:
@@ -125,4 +135,12 @@ def rollout_command(obj: Context, model: str, drain_seconds: float | None, **ana
     require_repository(obj)
     metrics = serve_manager_metrics(analysis["metrics_port"], analysis["metrics_addr"])
     manager = obj.manager(drain_seconds=drain_seconds, metrics=metrics)
+    if plan.detached:
+        state = manager.start_analysis(model, plan)
+        click.echo(decision_text(state))
+        click.echo(
+            f"  detached: the long-running manager (reconcile --watch) takes a step every "
+            f"{analysis['interval']}; follow it with: repo-manager status {model} --watch"
+        )
+        return
     run_analysis(obj, manager, model, plan, provider, analysis)

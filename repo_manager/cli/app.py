@@ -17,6 +17,8 @@ import click
 
 from repo_manager.discovery import resolve_urls
 from repo_manager.errors import RepoManagerError
+from repo_manager.integrity import SigningKey
+from repo_manager.notifications import Notifier, Target
 from repo_manager.progress import Progress
 from repo_manager.repository import ModelRepository
 from repo_manager.rollout import RolloutManager, RolloutSettings
@@ -54,8 +56,28 @@ class Context:
     urls: list[str]
     s3_endpoint: str | None = None
     security: GrpcSecurity | None = None
+    #: The manager's HMAC key (``--signing-key``): manifests it publishes are signed, and
+    #: unsigned or badly signed ones refused.
+    signing_key: SigningKey | None = None
     verbose: bool = False
+    #: Webhooks every recorded decision is posted to (``--notify``).
+    notify: tuple[Target, ...] = ()
     _progress: tuple[bool, Progress] | None = field(default=None, init=False, repr=False)
+    _notifier: Notifier | None = field(default=None, init=False, repr=False)
+
+    @property
+    def notifier(self) -> Notifier | None:
+        """The command's notifier (made on first use; closed when the command ends)."""
+        if self._notifier is None and self.notify:
+            self._notifier = Notifier(
+                list(self.notify), storage=self.storage(), repository=self.repository
+            )
+        return self._notifier
+
+    def close(self) -> None:
+        """Flush what is queued for the webhooks (bounded: a slow one delays no move)."""
+        if self._notifier is not None:
+            self._notifier.close()
 
     @property
     def progress(self) -> Progress:
@@ -86,13 +108,28 @@ class Context:
             else RolloutSettings(drain_seconds=drain_seconds)
         )
         return RolloutManager(
-            ModelRepository(self.storage()),
+            ModelRepository(self.storage(), signing_key=self.signing_key),
             TritonFleet(resolve_urls(self.urls), security=self.security),
             settings=settings,
             progress=self.progress,
             metrics=metrics,
-            recorded=recorded,
+            recorded=_both(recorded, self.notifier),
         )
+
+
+def _both(
+    recorded: Callable[[RolloutState], None] | None, notifier: Notifier | None
+) -> Callable[[RolloutState], None] | None:
+    """The caller's ``recorded`` callback, then the notifier's."""
+    if notifier is None:
+        return recorded
+
+    def both(state: RolloutState) -> None:
+        if recorded is not None:
+            recorded(state)
+        notifier.recorded(state)
+
+    return both
 
 
 def emit(document: Any, as_json: bool, text: str) -> None:
@@ -178,6 +215,25 @@ class Commands(click.Group):
     metavar="NAME=VALUE",
     help="gRPC metadata on every call to Triton (e.g. for an auth proxy); repeatable.",
 )
+@click.option(
+    "--signing-key",
+    envvar="REPO_MANAGER_SIGNING_KEY_FILE",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="File holding the manager's HMAC key (at least 16 bytes): the manifests it "
+    "publishes and the configs it writes are signed, and none without a valid signature "
+    "is loaded.",
+)
+@click.option(
+    "--notify",
+    "notify",
+    multiple=True,
+    envvar="REPO_MANAGER_NOTIFY",
+    metavar="[FORMAT+]URL",
+    help="Post every recorded decision as JSON to this webhook (repeatable; env "
+    "REPO_MANAGER_NOTIFY, space-separated). Slack, WeCom and DingTalk robots are known by "
+    "their host; FORMAT (json, slack, wecom, dingtalk) forces one.",
+)
 @click.version_option(package_name="repo-manager")
 @click.pass_context
 def cli(
@@ -191,6 +247,8 @@ def cli(
     tls_cert: str | None,
     tls_key: str | None,
     headers: tuple[str, ...],
+    signing_key: str | None,
+    notify: tuple[str, ...],
     verbose: bool,
 ) -> None:
     """Canary rollouts of YOLOv8 detectors inside NVIDIA Triton."""
@@ -204,8 +262,11 @@ def cli(
         urls=expand_urls(list(urls) or [DEFAULT_URL], resolve=resolve_dns),
         s3_endpoint=s3_endpoint or None,
         security=security,
+        signing_key=None if signing_key is None else SigningKey.from_file(signing_key),
         verbose=verbose,
+        notify=tuple(Target.parse(t) for t in notify),
     )
+    ctx.call_on_close(ctx.obj.close)
 
 
 def _fail(message: str, code: int) -> NoReturn:

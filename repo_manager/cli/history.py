@@ -10,7 +10,9 @@ import click
 from repo_manager.cli.app import Context, cli, emit, require_repository
 from repo_manager.cli.options import json_option
 from repo_manager.cli.render import history_text
+from repo_manager.errors import InvalidInputError
 from repo_manager.history import entry_document, read_history
+from repo_manager.history.incident import incident_text, read_incident
 from repo_manager.names import validate_model_name
 
 
@@ -25,11 +27,30 @@ from repo_manager.names import validate_model_name
     help="Draw weights over time and each analysis step's readings to this PNG "
     "(needs the plot extra: pip install 'repo-manager[plot]').",
 )
+@click.option(
+    "--incident",
+    is_flag=True,
+    help="The post-mortem of the last automatic rollback: why, every verdict on the "
+    "canary with its readings, the servers right after, Triton's log lines naming it.",
+)
 @click.pass_obj
-def history(obj: Context, model: str, as_json: bool, limit: int | None, plot: Path | None) -> None:
+def history(
+    obj: Context,
+    model: str,
+    as_json: bool,
+    limit: int | None,
+    plot: Path | None,
+    incident: bool,
+) -> None:
     """Every transition of MODEL, oldest first: time, action, phases, weights, who, why."""
     model = validate_model_name(model)
     require_repository(obj)
+    if incident:
+        document = read_incident(obj.storage(), model)
+        if document is None:
+            raise InvalidInputError(f"{model} has no automatic rollback to report")
+        emit(document, as_json, incident_text(document))
+        return
     entries = read_history(obj.storage(), model, limit=limit)
     if plot is not None:
         from repo_manager.history.plot import write_plot

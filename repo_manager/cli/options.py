@@ -36,6 +36,7 @@ __all__ = [
     "serve_manager_watch",
     "serve_metrics_options",
     "stop_on_signals",
+    "verdict_options",
 ]
 
 
@@ -82,15 +83,25 @@ def serve_manager_metrics(port: int | None, addr: str) -> ManagerMetrics | None:
 
 
 def serve_manager_watch(
-    port: int, addr: str, storage: Storage
+    port: int, addr: str, storage: Storage, *, max_connections: int | None = None
 ) -> tuple[ManagerMetrics, WatchServer]:
     """The long-running manager's port: its metrics at /metrics and the routing tables of
-    ``storage`` at /watch/MODEL, where Routers subscribe (``REPO_MANAGER_WATCH_URL``)."""
-    from repo_manager.watch import WatchServer
+    ``storage`` at /watch/MODEL, where Routers subscribe (``REPO_MANAGER_WATCH_URL``).
+    The process's descriptor limit is raised to its hard limit first, and the server holds
+    at most ``max_connections`` (default ``WatchLimits``'), fewer if descriptors are short."""
+    from repo_manager.watch import WatchLimits, WatchServer, raise_descriptor_limit
 
+    raise_descriptor_limit()
+    limits = WatchLimits()
+    if max_connections is not None:
+        limits = WatchLimits(
+            max_connections=max_connections,
+            max_pending=min(limits.max_pending, max_connections),
+            max_subscribers=max_connections,
+        )
     registry = CollectorRegistry()
     metrics = ManagerMetrics(registry)
-    server = WatchServer(storage, registry).start(port, addr)
+    server = WatchServer(storage, registry, limits=limits).start(port, addr)
     return metrics, server
 
 
@@ -135,7 +146,13 @@ def analysis_options(func: Any) -> Any:
                 "--steps",
                 default="10,25,50,100",
                 show_default=True,
-                help="Canary weights, one per passed interval; the last promotes.",
+                help="Canary weights, one per passed interval; the last promotes. 'pause' "
+                "before a weight waits for `approve` (e.g. 10,25,pause,50,100).",
+            ),
+            click.option(
+                "--approve-before",
+                default="",
+                help="Weights of --steps reached only once a person approves (e.g. 50).",
             ),
             click.option(
                 "--interval",
@@ -143,6 +160,23 @@ def analysis_options(func: Any) -> Any:
                 show_default=True,
                 help="Time between analysis steps (30s, 2m, 500ms).",
             ),
+        ]
+    ):
+        func = option(func)
+    func = verdict_options(func)
+    func = metrics_source_options(func)
+    # The same pair as every long-running command: a container's manager binds 0.0.0.0.
+    return serve_metrics_options("Expose weight, phase, failed checks and gates on this port.")(
+        func
+    )
+
+
+def verdict_options(func: Any) -> Any:
+    """How a canary is judged live (``rollout``, ``publish --auto``, and the long-running
+    manager's guard of every canary): the failed-check threshold, the metrics-error
+    limit, the live gates' bounds."""
+    for option in reversed(
+        [
             click.option(
                 "--threshold",
                 type=int,
@@ -167,11 +201,7 @@ def analysis_options(func: Any) -> Any:
         ]
     ):
         func = option(func)
-    func = metrics_source_options(func)
-    # The same pair as every long-running command: a container's manager binds 0.0.0.0.
-    return serve_metrics_options("Expose weight, phase, failed checks and gates on this port.")(
-        func
-    )
+    return func
 
 
 def metrics_source_options(func: Any) -> Any:

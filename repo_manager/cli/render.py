@@ -32,6 +32,7 @@ def status_text(doc: dict[str, Any]) -> str:
         + (f"; contract {doc['contract']}" if doc.get("contract") else "")
     )
     lines += [f"  version {v['version']}: {v['state']}" for v in doc["versions"]]
+    lines += [f"  REFUSED {what}: {why}" for what, why in doc.get("refused", {}).items()]
     for server in doc["servers"]:
         if server["error"]:
             lines.append(f"  server {server['url']}: {server['error']}")
@@ -96,10 +97,12 @@ def report_text(doc: dict[str, Any]) -> str:
 
 
 def reconcile_text(documents: Sequence[dict[str, Any]]) -> str:
-    """One line per model: desired versions and what the pass did."""
+    """One line per model: desired versions and what the pass did (or why it refused)."""
     return (
         "\n".join(
-            f"{d['model']}: versions {','.join(d['desired'])}; "
+            f"{d['model']}: REFUSED: {d['refused']}"
+            if d.get("refused")
+            else f"{d['model']}: versions {','.join(d['desired'])}; "
             f"{'; '.join(d['actions']) or 'already in desired state'}"
             for d in documents
         )
@@ -163,10 +166,16 @@ def _live_lines(
             rate = r.get("rate")
             errors = "-" if r["error_rate"] is None else f"{r['error_rate'] * 100:.2f}%"
             latency = "-" if r["latency_ms"] is None else f"{r['latency_ms']:.1f} ms"
+            found = ""
+            if r.get("boxes_per_image") is not None:
+                confidence = r.get("mean_confidence")
+                found = f"  boxes/image {r['boxes_per_image']:.2f}" + (
+                    "" if confidence is None else f"  confidence {confidence:.2f}"
+                )
             lines.append(
                 f"  {source:<7} {role:<7} v{r['version']:<4} "
                 f"{'-' if rate is None else f'{rate:.1f}':>7} req/s  errors {errors:>7}  "
-                f"latency {latency}"
+                f"latency {latency}{found}"
             )
     return lines
 

@@ -16,6 +16,7 @@ from repo_manager.cli.reconcile import run_until_stopped
 from repo_manager.errors import RepoManagerError, TritonUnavailableError
 from repo_manager.names import validate_model_name
 from repo_manager.rollout import RolloutManager
+from repo_manager.transport import ensure_control_key
 
 
 @cli.command()
@@ -26,6 +27,14 @@ from repo_manager.rollout import RolloutManager
     "--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0: all)."
 )
 @click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option(
+    "--unlocked",
+    is_flag=True,
+    help="Serve model control (load, unload) and shared memory to anyone who reaches the "
+    "ports. Default: only to callers with the control key (REPO_MANAGER_CONTROL_KEY, or "
+    "the file REPO_MANAGER_CONTROL_KEY_FILE names, else one made in "
+    "~/.config/repo-manager/control-key); inference stays open.",
+)
 @click.option(
     "--reconcile-interval",
     default="10s",
@@ -40,6 +49,7 @@ def serve(
     metrics_port: int,
     host: str,
     log_file: Path | None,
+    unlocked: bool,
     reconcile_interval: str,
 ) -> None:
     """Run the embedded tritonserver on the repository (foreground) and keep reconciling
@@ -48,11 +58,13 @@ def serve(
     from repo_manager.server import EmbeddedTriton, ServerPorts
 
     storage = prepare_repository(obj)
+    key, kept = (None, "") if unlocked else ensure_control_key()
     server = EmbeddedTriton(
         storage.triton_location,
         ports=ServerPorts(http=http_port, grpc=grpc_port, metrics=metrics_port),
         log_path=log_file,
         host=host,
+        control_key=key,
     )
     stop = stop_on_signals()
     server.start()
@@ -63,15 +75,25 @@ def serve(
             f"metrics {server.metrics_url}",
             err=True,
         )
+        click.echo(
+            "model control OPEN to anyone who reaches these ports (--unlocked)"
+            if key is None
+            else f"model control and shared memory need the control key (from {kept})",
+            err=True,
+        )
         local = Context(
             repository=obj.repository,
             urls=[server.grpc_url],
             s3_endpoint=obj.s3_endpoint,
+            signing_key=obj.signing_key,
             verbose=obj.verbose,
         )
         manager = local.manager()
         for report in manager.reconcile():
-            click.echo(f"{report.model}: versions {','.join(report.desired)} loaded", err=True)
+            if report.refused:
+                click.echo(f"error: {report.refused}", err=True)
+            else:
+                click.echo(f"{report.model}: versions {','.join(report.desired)} loaded", err=True)
         next_pass = time.monotonic() + interval
         while not stop.wait(0.5):
             if not server.is_alive():
@@ -89,7 +111,9 @@ def _reconcile_quietly(manager: RolloutManager) -> RolloutManager:
     """One reconcile pass; a line on stderr only for a model it had to change."""
     for report in manager.reconcile():
         done = [a for a in report.actions if not a.startswith("unreachable")]
-        if done:
+        if report.refused:
+            click.echo(f"error: {report.refused}", err=True)
+        elif done:
             click.echo(f"{report.model}: reconciled ({'; '.join(done)})", err=True)
     return manager
 
@@ -106,6 +130,13 @@ def _reconcile_quietly(manager: RolloutManager) -> RolloutManager:
 @click.option("--threads", type=click.IntRange(1, 64), default=2, show_default=True)
 @click.option("--duration", default=None, help="Stop after this long (30s, 5m) [default: never].")
 @click.option("--imgsz", type=click.IntRange(32, 4096), default=640, show_default=True)
+@click.option(
+    "--images",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Send these recorded frames (a folder of .jpg/.png) instead of random --imgsz "
+    "images, so the live detection gates compare what each version sees.",
+)
 @serve_metrics_options("Serve the Router's per-version metrics at :PORT/metrics.")
 @click.pass_obj
 def traffic(
@@ -115,16 +146,19 @@ def traffic(
     threads: int,
     duration: str | None,
     imgsz: int,
+    images: Path | None,
     metrics_port: int | None,
     metrics_addr: str,
 ) -> None:
-    """Send Router.detect requests on random images: load for a rollout to judge."""
-    from repo_manager.loadgen import run_load
+    """Send Router.detect requests on random images or recorded frames: load for a
+    rollout (or the long-running manager) to judge."""
+    from repo_manager.loadgen import load_images, run_load
     from repo_manager.metrics import start_metrics_server
     from repo_manager.routing import Router
 
     model = validate_model_name(model)
     seconds = parse_interval(duration, "--duration") if duration else None
+    frames = None if images is None else load_images(images)
     require_repository(obj)
     if metrics_port is not None:
         start_metrics_server(metrics_port, addr=metrics_addr)
@@ -141,7 +175,7 @@ def traffic(
         security=obj.security,
         s3_endpoint=obj.s3_endpoint,
     ) as router:
-        report = run_load(router, rate=rate, threads=threads, imgsz=imgsz, stop=stop)
+        report = run_load(router, rate=rate, threads=threads, imgsz=imgsz, stop=stop, images=frames)
     served = sum(report.served.values())
     shares = ", ".join(
         f"v{v}: {n} ({100 * n / served:.1f}%)" for v, n in sorted(report.served.items())

@@ -18,8 +18,9 @@ from repo_manager.cli.options import (
 )
 from repo_manager.cli.render import status_text
 from repo_manager.cli.watch import Watch
-from repo_manager.errors import InvalidInputError
+from repo_manager.errors import IntegrityError, InvalidInputError
 from repo_manager.names import validate_model_name
+from repo_manager.notifications import read_failures
 
 
 @cli.command()
@@ -51,13 +52,37 @@ def status(
         return
     require_repository(obj)
     manager = obj.manager()
+    failure = read_failures(manager.repository.storage)
     if model:
         document: Any = manager.status(model)
-        emit(document, as_json, status_text(document))
+        if failure is not None:
+            document["notifications"] = {"last_failure": failure}
+        emit(document, as_json, status_text(document) + _failure_text(failure))
+        _refuse_tampered([document])
         return
     documents = [manager.status(name) for name in manager.models()]
     text = "\n\n".join(status_text(d) for d in documents) or "no published models"
-    emit(documents, as_json, text)
+    emit(documents, as_json, text + _failure_text(failure))
+    _refuse_tampered(documents)
+
+
+def _refuse_tampered(documents: list[dict[str, Any]]) -> None:
+    """Exit 1 after the status when a model is not what was published (the first finding
+    on stderr: the status above lists them all)."""
+    for document in documents:
+        for what, why in document["refused"].items():
+            name = "the config" if what == "config" else f"version {what}"
+            raise IntegrityError(f"{document['model']} {name} refused: {why}")
+
+
+def _failure_text(failure: dict[str, Any] | None) -> str:
+    """The line that says notifications fail (the URL redacted when it was written)."""
+    if failure is None:
+        return ""
+    return (
+        f"\nnotifications: a delivery to {failure.get('target')} was dropped at "
+        f"{failure.get('at')} ({failure.get('error')})"
+    )
 
 
 def _watch(

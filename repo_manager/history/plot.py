@@ -10,6 +10,7 @@ extra), never at import: a Router or a manager never pays for it.
 from __future__ import annotations
 
 import datetime as dt
+import io
 import os
 import tempfile
 from collections.abc import Sequence
@@ -82,6 +83,11 @@ class StepReading:
     max_error_rate: float
     #: The latency gate in ms: stable's latency times the plan's max ratio.
     max_latency_ms: float | None
+    #: Boxes per image ``Router.detect`` counted (the Routers' readings, whichever source
+    #: the other panels draw; None: no detect traffic). Its gate is a test of the two
+    #: means (``max_box_count_z``), drawn as the steps it failed, not as a line.
+    canary_boxes_per_image: float | None = None
+    stable_boxes_per_image: float | None = None
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -122,6 +128,7 @@ def _step(entry: Transition, source: str) -> StepReading | None:
     canary, stable = roles.get("canary", {}), roles.get("stable", {})
     bounds = analysis["bounds"]
     stable_latency = stable.get("latency_ms")
+    router = analysis["readings"].get("router", {})
     return StepReading(
         at=_time(entry.at),
         canary=str(canary.get("version", entry.canary)),
@@ -136,6 +143,8 @@ def _step(entry: Transition, source: str) -> StepReading | None:
         max_latency_ms=None
         if stable_latency is None
         else stable_latency * float(bounds["max_latency_ratio"]),
+        canary_boxes_per_image=router.get("canary", {}).get("boxes_per_image"),
+        stable_boxes_per_image=router.get("stable", {}).get("boxes_per_image"),
     )
 
 
@@ -179,32 +188,33 @@ def _matplotlib() -> Any:
 
 
 def figure(entries: Sequence[Transition], *, model: str) -> Figure:
-    """Three panels sharing the time axis: weights with every transition marked, then the
-    canary's and stable's error rate and latency per analysis step with the gates."""
+    """Four panels sharing the time axis: weights with every transition marked, then the
+    canary's and stable's error rate, latency and boxes per image per analysis step with
+    the gates."""
     mdates = _matplotlib()
     from matplotlib.figure import Figure
 
     data = plot_data(entries)
-    fig = Figure(figsize=(12, 9), dpi=100, layout="constrained")
-    top, errors, latency = fig.subplots(
-        3, 1, sharex=True, gridspec_kw={"height_ratios": [1.3, 1, 1]}
+    fig = Figure(figsize=(12, 11), dpi=100, layout="constrained")
+    top, errors, latency, boxes = fig.subplots(
+        4, 1, sharex=True, gridspec_kw={"height_ratios": [1.3, 1, 1, 1]}
     )
     _draw_weights(top, data)
-    _draw_steps(errors, latency, data)
+    _draw_steps(errors, latency, boxes, data)
     start, end = data.times[0], data.times[-1]
     fig.suptitle(
         f"{model}: {len(entries)} transitions, {start:%Y-%m-%d %H:%M:%S} to {end:%H:%M:%S} UTC",
         fontsize=13,
     )
     locator = mdates.AutoDateLocator()
-    latency.xaxis.set_major_locator(locator)
+    boxes.xaxis.set_major_locator(locator)
     within_a_day = end - start < dt.timedelta(days=1)
-    latency.xaxis.set_major_formatter(
+    boxes.xaxis.set_major_formatter(
         mdates.DateFormatter("%H:%M:%S", tz=dt.UTC)
         if within_a_day
         else mdates.ConciseDateFormatter(locator, tz=dt.UTC)
     )
-    latency.set_xlabel("time (UTC)")
+    boxes.set_xlabel("time (UTC)")
     return fig
 
 
@@ -257,14 +267,23 @@ def _draw_weights(ax: Any, data: PlotData) -> None:
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
 
 
-def _draw_steps(errors: Any, latency: Any, data: PlotData) -> None:
+def _draw_steps(errors: Any, latency: Any, boxes: Any, data: PlotData) -> None:
     where = f"{data.source} metrics" if data.source else "no analysis step recorded readings"
     panels = (
-        (errors, "error rate", "error rate (%)", "error_rate", "max_error_rate", 100.0),
-        (latency, "mean latency", "latency (ms)", "latency_ms", "max_latency_ms", 1.0),
+        (errors, "error rate", "error rate (%)", "error_rate", "max_error_rate", 100.0, where),
+        (latency, "mean latency", "latency (ms)", "latency_ms", "max_latency_ms", 1.0, where),
+        (
+            boxes,
+            "boxes per image",
+            "boxes",
+            "boxes_per_image",
+            "max_box_count_z",
+            1.0,
+            "router metrics",
+        ),
     )
-    for ax, title, unit, figure_name, gate, scale in panels:
-        ax.set_title(f"{title} per analysis step ({where})", fontsize=10)
+    for ax, title, unit, figure_name, gate, scale, source in panels:
+        ax.set_title(f"{title} per analysis step ({source})", fontsize=10)
         ax.set_ylabel(unit)
         ax.grid(True, alpha=0.3)
         if not data.steps:
@@ -288,9 +307,10 @@ def _draw_panel(
         if not i or step.canary != steps[i - 1].canary:
             groups.append([])
         groups[-1].append(step)
-    gate_label = (
-        "gate: max error rate" if gate == "max_error_rate" else "gate: stable latency x max ratio"
-    )
+    gate_label = {
+        "max_error_rate": "gate: max error rate",
+        "max_latency_ms": "gate: stable latency x max ratio",
+    }.get(gate)
     for n, group in enumerate(groups):
         at = [s.at for s in group]
         hidden = "_" if n else ""  # matplotlib leaves labels starting with "_" out of legends
@@ -307,14 +327,15 @@ def _draw_panel(
                 zorder=z,
                 label=f"{hidden}{role} {title.removeprefix('mean ')}",
             )
-        ax.plot(
-            at,
-            values(group, gate),
-            drawstyle="steps-mid",
-            linestyle="--",
-            color="tab:red",
-            label=f"{hidden}{gate_label}",
-        )
+        if gate_label is not None:  # a bound in the panel's unit
+            ax.plot(
+                at,
+                values(group, gate),
+                drawstyle="steps-mid",
+                linestyle="--",
+                color="tab:red",
+                label=f"{hidden}{gate_label}",
+            )
         if len(groups) > 1 and (y := values(group, f"canary_{figure_name}")[0]) == y:
             ax.annotate(
                 f"canary v{group[0].canary}",
@@ -344,6 +365,13 @@ def _draw_panel(
     # A little room below 0, so a series that stays at 0 is not hidden by the axis.
     ax.set_ylim(bottom=-0.04 * ax.get_ylim()[1])
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
+
+
+def plot_png(entries: Sequence[Transition], *, model: str) -> bytes:
+    """The figure as PNG bytes (a post-mortem stores it beside the state)."""
+    out = io.BytesIO()
+    figure(entries, model=model).savefig(out, format="png")
+    return out.getvalue()
 
 
 def write_plot(entries: Sequence[Transition], path: Path, *, model: str) -> None:

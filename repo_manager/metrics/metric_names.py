@@ -22,6 +22,10 @@ __all__ = [
     "RECONCILE_RUNS",
     "RECONCILE_UNREACHABLE",
     "ROLLOUT_PHASE",
+    "ROUTER_DETECTED_IMAGES",
+    "ROUTER_DETECTIONS",
+    "ROUTER_DETECTIONS_SQUARED",
+    "ROUTER_DETECTION_SCORES",
     "ROUTER_ERRORS",
     "ROUTER_FALLBACKS",
     "ROUTER_LATENCY",
@@ -44,6 +48,12 @@ ROUTER_REQUESTS = "repo_manager_router_requests"
 ROUTER_ERRORS = "repo_manager_router_errors"
 ROUTER_FALLBACKS = "repo_manager_router_fallbacks"
 ROUTER_LATENCY = "repo_manager_router_latency_seconds"
+# What ``Router.detect`` found, per version: images, boxes, the sum of each image's box count
+# squared (the spread of counts, for a test of two means) and the sum of the boxes' scores.
+ROUTER_DETECTED_IMAGES = "repo_manager_router_detect_images"
+ROUTER_DETECTIONS = "repo_manager_router_detections"
+ROUTER_DETECTIONS_SQUARED = "repo_manager_router_detections_squared"
+ROUTER_DETECTION_SCORES = "repo_manager_router_detection_scores"
 SHADOW_REQUESTS = "repo_manager_router_shadow_requests"
 SHADOW_LATENCY = "repo_manager_router_shadow_latency_seconds"
 SHADOW_BOXES = "repo_manager_router_shadow_boxes"

@@ -10,6 +10,9 @@ clients saw, including fallbacks that Triton cannot know about:
   including those a fallback rescued (the canary's health as clients see it).
 - ``repo_manager_router_fallbacks_total{model, version}``: requests moved away from it.
 - ``repo_manager_router_latency_seconds{model, version}``: histogram of successful attempts.
+- ``repo_manager_router_detect_images_total`` / ``_detections_total`` /
+  ``_detections_squared_total`` / ``_detection_scores_total{model, version}``: what
+  ``Router.detect`` found on the images a version answered (the live detection gates).
 - ``repo_manager_router_shadow_*``: mirrored requests to a canary (see ``routing.shadow``).
 - ``repo_manager_router_table_source{model, source}``: Routers following the routing table
   through the manager's watch (``watch``) or by polling storage (``storage``) now.
@@ -49,6 +52,10 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from repo_manager.metrics.metric_names import (
+    ROUTER_DETECTED_IMAGES,
+    ROUTER_DETECTION_SCORES,
+    ROUTER_DETECTIONS,
+    ROUTER_DETECTIONS_SQUARED,
     ROUTER_ERRORS,
     ROUTER_FALLBACKS,
     ROUTER_LATENCY,
@@ -60,11 +67,18 @@ from repo_manager.metrics.metric_names import (
     SHADOW_REQUESTS,
 )
 
-__all__ = ["LATENCY_BUCKETS", "RouterMetrics", "ShadowMetrics", "TableSource", "VersionMetrics"]
+__all__ = [
+    "BUCKET_LABELS",
+    "LATENCY_BUCKETS",
+    "RouterMetrics",
+    "ShadowMetrics",
+    "TableSource",
+    "VersionMetrics",
+]
 
 #: Seconds; inference through Triton is ms-scale (python backend ~0.4 ms, YOLO ~5-50 ms).
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
-_BUCKET_LABELS = [floatToGoString(b) for b in LATENCY_BUCKETS] + ["+Inf"]
+BUCKET_LABELS = [floatToGoString(b) for b in LATENCY_BUCKETS] + ["+Inf"]
 
 _DOCS = {
     SHADOW_REQUESTS: "Requests mirrored to a canary (responses discarded), by outcome.",
@@ -77,7 +91,18 @@ _DOCS = {
     ROUTER_LATENCY: "Latency of successful inference attempts through a Router, per version.",
     ROUTER_TABLE_SOURCE: "Routers following the routing table by the watch or by storage.",
     ROUTER_WATCH_FALLBACKS: "Times a Router lost its watch endpoint and polled storage instead.",
+    ROUTER_DETECTED_IMAGES: "Images a version answered through Router.detect.",
+    ROUTER_DETECTIONS: "Boxes Router.detect found on those images.",
+    ROUTER_DETECTIONS_SQUARED: "Sum over those images of each image's box count, squared.",
+    ROUTER_DETECTION_SCORES: "Sum of the scores of those boxes.",
 }
+#: The detection counters, in ``VersionMetrics.detections`` order.
+_DETECTION_FAMILIES = (
+    ROUTER_DETECTED_IMAGES,
+    ROUTER_DETECTIONS,
+    ROUTER_DETECTIONS_SQUARED,
+    ROUTER_DETECTION_SCORES,
+)
 
 
 class VersionMetrics:
@@ -85,6 +110,7 @@ class VersionMetrics:
 
     __slots__ = (
         "_buckets",
+        "_detections",
         "_lock",
         "_sum",
         "error",
@@ -107,6 +133,7 @@ class VersionMetrics:
         self.fallbacks = 0
         self._buckets = [0] * (len(LATENCY_BUCKETS) + 1)
         self._sum = 0.0
+        self._detections = [0.0, 0.0, 0.0, 0.0]  # images, boxes, boxes squared, scores
 
     def served(self, seconds: float, *, fallback: bool = False) -> None:
         """A request this version answered (after ``seconds``)."""
@@ -128,6 +155,23 @@ class VersionMetrics:
         """A request chosen for this version was retried on the other one."""
         with self._lock:
             self.fallbacks += 1
+
+    def detected(self, boxes: int, score_sum: float) -> None:
+        """``Router.detect`` found ``boxes`` boxes (scores adding up to ``score_sum``) on
+        one image this version answered."""
+        with self._lock:
+            found = self._detections
+            found[0] += 1
+            found[1] += boxes
+            found[2] += boxes * boxes
+            found[3] += score_sum
+
+    @property
+    def detections(self) -> tuple[float, float, float, float]:
+        """Images, boxes, the sum of each image's box count squared, the sum of scores."""
+        with self._lock:
+            images, boxes, squared, scores = self._detections
+        return images, boxes, squared, scores
 
     def request_failed(self) -> None:
         """A request chosen for this version ended in an exception for the caller."""
@@ -289,6 +333,7 @@ class _RouterCollector(Collector):
             CounterMetricFamily(SHADOW_BOXES, _DOCS[SHADOW_BOXES]),
             GaugeMetricFamily(ROUTER_TABLE_SOURCE, _DOCS[ROUTER_TABLE_SOURCE]),
             CounterMetricFamily(ROUTER_WATCH_FALLBACKS, _DOCS[ROUTER_WATCH_FALLBACKS]),
+            *(CounterMetricFamily(name, _DOCS[name]) for name in _DETECTION_FAMILIES),
         )
 
     def collect(self) -> Iterator[Metric]:
@@ -303,11 +348,12 @@ class _RouterCollector(Collector):
             errors.add_metric(labels, n_errors)
             fallbacks.add_metric(labels, n_fallbacks)
             cumulative, running = [], 0
-            for bound, count in zip(_BUCKET_LABELS, buckets, strict=True):
+            for bound, count in zip(BUCKET_LABELS, buckets, strict=True):
                 running += count
                 cumulative.append((bound, float(running)))
             latency.add_metric(labels, cumulative, total)
         yield from (requests, errors, fallbacks, latency)
+        yield from _detection_families(series)
         shadow_requests = CounterMetricFamily(
             SHADOW_REQUESTS, _DOCS[SHADOW_REQUESTS], labels=["model", "version", "outcome"]
         )
@@ -327,6 +373,17 @@ class _RouterCollector(Collector):
                 shadow_boxes.add_metric([*labels, side], v[f"boxes_{side}"])
         yield from (shadow_requests, shadow_latency, shadow_boxes)
         yield from _source_families(sources)
+
+
+def _detection_families(series: list[VersionMetrics]) -> Iterator[Metric]:
+    families = [
+        CounterMetricFamily(name, _DOCS[name], labels=["model", "version"])
+        for name in _DETECTION_FAMILIES
+    ]
+    for s in series:
+        for family, value in zip(families, s.detections, strict=True):
+            family.add_metric([s.model, s.version], value)
+    yield from families
 
 
 def _source_families(sources: list[TableSource]) -> Iterator[Metric]:

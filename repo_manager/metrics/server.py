@@ -12,7 +12,7 @@ __all__ = ["start_metrics_server"]
 
 
 def start_metrics_server(
-    port: int, addr: str = "0.0.0.0", *, registry: CollectorRegistry = REGISTRY
+    port: int, addr: str = "127.0.0.1", *, registry: CollectorRegistry = REGISTRY
 ) -> Any:
     """Serve ``registry`` at ``http://addr:port/metrics`` (the default registry holds the
     Routers' metrics; a manager command passes the registry of its ``ManagerMetrics``).

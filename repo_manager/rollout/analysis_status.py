@@ -30,6 +30,36 @@ class AnalysisStatus:
     #: Cumulative counters at the previous step (None before the first reading).
     snapshot: Snapshot | None = None
     last: Verdict | None = None
+    #: Unix time the analysis started, and of its last reading (taken or failed; None
+    #: before the first): when the next step is due (``due``).
+    since: float | None = None
+    read_at: float | None = None
+    #: The detection counters of the readings inside the detection window, oldest first,
+    #: each with its unix time (``detection_gates.window_readings``).
+    window: tuple[tuple[float, Snapshot], ...] = ()
+    #: The weight of ``plan.approve_before`` the canary waits at the step before to reach
+    #: (None: not waiting), and the weights a person approved.
+    waiting: int | None = None
+    approved: tuple[int, ...] = ()
+    #: Who paused the analysis (``pause``): it keeps judging, and moves on at ``resume``.
+    paused_by: str | None = None
+
+    @property
+    def held(self) -> str | None:
+        """Why a passed step does not move the canary on (None: it does)."""
+        if self.paused_by is not None:
+            return f"paused by {self.paused_by}"
+        if self.waiting is not None:
+            return f"waiting for approval of {self.waiting}%"
+        return None
+
+    def due(self, now: float, *, patience: float = 1.0) -> bool:
+        """Whether a step may be taken at unix time ``now``: a whole interval (times
+        ``patience``) after the last reading, or after the start before any. A process
+        that is not the analysis' driver waits ``patience`` intervals, so it never judges
+        a short interval beside a driver that is alive."""
+        last = self.read_at if self.read_at is not None else self.since
+        return last is None or now - last >= self.plan.interval_s * patience
 
     def to_json(self, *, snapshot: bool = True) -> dict[str, Any]:
         """The state document's ``analysis`` (``snapshot=False``: as ``status`` shows it)."""
@@ -41,6 +71,13 @@ class AnalysisStatus:
             "snapshot": None if self.snapshot is None else snapshot_to_json(self.snapshot),
             "last": None if self.last is None else self.last.to_dict(),
         }
+        for name in ("since", "read_at", "waiting", "paused_by"):
+            if getattr(self, name) is not None:
+                document[name] = getattr(self, name)
+        if self.approved:
+            document["approved"] = list(self.approved)
+        if snapshot and self.window:
+            document["window"] = [[at, snapshot_to_json(kept)] for at, kept in self.window]
         if not snapshot:
             del document["snapshot"]
         return document
@@ -57,6 +94,18 @@ class AnalysisStatus:
                 metrics_errors=int(document.get("metrics_errors", 0)),
                 snapshot=None if before is None else snapshot_from_json(before),
                 last=None if last is None else Verdict.from_dict(last),
+                since=_time(document.get("since")),
+                waiting=None if document.get("waiting") is None else int(document["waiting"]),
+                approved=tuple(int(w) for w in document.get("approved", [])),
+                paused_by=document.get("paused_by"),
+                read_at=_time(document.get("read_at")),
+                window=tuple(
+                    (float(at), snapshot_from_json(kept)) for at, kept in document.get("window", [])
+                ),
             )
         except (KeyError, TypeError, ValueError, InvalidGateError) as exc:
             raise StorageError(f"corrupt analysis in the rollout state: {exc}") from exc
+
+
+def _time(value: Any) -> float | None:
+    return None if value is None else float(value)

@@ -9,10 +9,12 @@ one write; only a decision that ends the analysis goes on to promote or roll bac
 from __future__ import annotations
 
 import enum
+import time
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from repo_manager.analysis import Outcome, Snapshot, Verdict, judge, readings
+from repo_manager.detection_gates import window_readings
 from repo_manager.errors import MetricsUnavailableError
 from repo_manager.names import validate_model_name
 from repo_manager.phases import Phase, check_transition
@@ -107,6 +109,7 @@ def decide(
     stable: str,
     canary: str,
     weight: int,
+    at: float,
 ) -> Step:
     """Judge the interval since the last reading: the new status and what follows.
 
@@ -116,7 +119,7 @@ def decide(
     plan = status.plan
     if isinstance(reading, MetricsUnavailableError):
         errors, limit = status.metrics_errors + 1, plan.max_metrics_errors
-        unread = replace(status, metrics_errors=errors)
+        unread = replace(status, metrics_errors=errors, read_at=at)
         return Step(
             status=unread,
             weight=weight,
@@ -133,7 +136,10 @@ def decide(
                 error=str(reading),
             ),
         )
-    read = replace(status, metrics_errors=0, snapshot=reading)
+    kept = window_readings(
+        status.window, at=at, reading=reading, seconds=plan.gates.detection_window_s
+    )
+    read = replace(status, metrics_errors=0, snapshot=reading, window=kept, read_at=at)
     if status.snapshot is None:
         return Step(
             status=read,
@@ -142,7 +148,16 @@ def decide(
             reason="first reading of metrics",
             details=step_details(read, weight=weight, step=status.step, outcome="baseline"),
         )
-    verdict = judge(reading, status.snapshot, stable=stable, canary=canary, gates=plan.gates)
+    # The detection gates judge every reading of their window: since the oldest one still
+    # inside it (``kept`` ends with this reading), else since the previous reading.
+    verdict = judge(
+        reading,
+        status.snapshot,
+        stable=stable,
+        canary=canary,
+        gates=plan.gates,
+        window_start=kept[0][1] if len(kept) > 1 else None,
+    )
     judged = replace(read, last=verdict)
     seen = readings(reading, status.snapshot, {"stable": stable, "canary": canary})
 
@@ -177,6 +192,20 @@ def decide(
             details=details(counted),
         )
     step = status.step + 1
+    if step < len(plan.steps):
+        ahead = plan.steps[step]
+        if ahead in plan.approve_before and ahead not in status.approved:
+            judged = replace(judged, waiting=ahead)
+        if judged.held is not None:
+            # A person decides the next move (approve, reject, resume); meanwhile the
+            # canary is still judged at its weight, and a failing one still rolls back.
+            return Step(
+                status=judged,
+                weight=weight,
+                action=f"analysis: passed at {weight}%, {judged.held}",
+                reason=verdict.reason,
+                details=details(judged),
+            )
     passed = replace(judged, step=step)
     if step >= len(plan.steps):
         return Step(
@@ -206,7 +235,7 @@ def start_analysis(ledger: Ledger, model: str, plan: AnalysisPlan) -> RolloutSta
             return state  # already in charge: resume where it stands
         check_transition(state.phase, Phase.ANALYZING, action="start the analysis")
         weight = plan.steps[0]
-        status = AnalysisStatus(plan=plan)
+        status = AnalysisStatus(plan=plan, since=time.time())
         new = with_canary_at(state, weight, phase=Phase.ANALYZING, analysis=status.to_json())
         return ledger.record(
             state,
@@ -223,6 +252,7 @@ def advance(
     *,
     promote: Finish,
     rollback: Finish,
+    patience: float | None = None,
 ) -> RolloutState:
     """One analysis step: read live figures, decide, record the decision and why.
 
@@ -230,6 +260,8 @@ def advance(
     ``rollback`` at the threshold. No data: nothing moves. Unreadable metrics: one more
     metrics error; at its own limit MetricsUnavailableError is raised and the canary keeps
     its weight. Outside the analyzing phase it changes nothing, so calling it again is safe.
+    With ``patience`` (the long-running manager) the step is taken only when due
+    (``AnalysisStatus.due``); otherwise (the ``rollout`` driving it) always.
     """
     model = validate_model_name(model)
     with ledger.locked(model):
@@ -237,17 +269,22 @@ def advance(
         if state.phase is not Phase.ANALYZING or state.analysis is None:
             return state
         assert state.stable is not None and state.canary is not None
+        status = AnalysisStatus.from_json(state.analysis)
+        now = time.time()
+        if patience is not None and not status.due(now, patience=patience):
+            return state
         reading: Snapshot | MetricsUnavailableError
         try:
             reading = provider.snapshot(model)
         except MetricsUnavailableError as exc:
             reading = exc
         step = decide(
-            AnalysisStatus.from_json(state.analysis),
+            status,
             reading,
             stable=state.stable,
             canary=state.canary,
             weight=state.weights.get(state.canary, 0),
+            at=now,
         )
         new = with_canary_at(
             state, step.weight, phase=Phase.ANALYZING, analysis=step.status.to_json()

@@ -11,6 +11,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from repo_manager.errors import IntegrityError
+from repo_manager.integrity import Verifier
 from repo_manager.modelconfig import ModelConfig, build_alias_config, with_version_policy
 from repo_manager.names import versions_model_name
 from repo_manager.repository import ModelRepository
@@ -52,6 +54,8 @@ class FleetApplier:
         self.fleet = fleet
         self.settings = settings
         self.progress = progress
+        #: Checks every version before it is loaded; its digests last as long as the applier.
+        self.verifier = Verifier(repository.storage, signing_key=repository.signing_key)
 
     def desired_versions(self, state: RolloutState) -> list[str]:
         """Versions Triton must hold: the rollout's own plus those the policy keeps."""
@@ -76,16 +80,19 @@ class FleetApplier:
         restarts. A version the public name still answers from must not be in ``gone``:
         retirements re-point it first (``Retirement.finish``).
         """
-        versions = [v for v in self.desired_versions(state) if v not in (gone or [])]
+        gone = list(gone or [])
+        versions = [v for v in self.desired_versions(state) if v not in gone]
         deadline = self.settings.ready_timeout if timeout is None else timeout
         config = self.repository.require_config(state.model)
+        versions, refused = self._verified(state, config, versions)
+        gone += refused
         count = len(only) if only is not None else len(self.fleet.servers)
         self.progress(f"loading {state.model} versions {','.join(versions)} on {count} server(s)")
         self.fleet.apply(
             versions_model_name(state.model),
             config,
             versions,
-            gone=gone or [],
+            gone=gone,
             timeout=deadline,
             only=only,
         )
@@ -93,6 +100,27 @@ class FleetApplier:
         if on_disk != config:
             self.repository.write_config(state.model, on_disk)
         return self.point_public(state, config, only=only, timeout=deadline)
+
+    def _verified(
+        self, state: RolloutState, config: ModelConfig, versions: list[str]
+    ) -> tuple[list[str], list[str]]:
+        """The versions that may be loaded, and those left out (unloaded) as not what was
+        published. Every load call names each version it keeps, and Triton re-reads a
+        version whose files are newer than its last load: so a call that named a tampered
+        version could load its bytes. A tampered config, stable or canary therefore
+        stops the call (Triton keeps serving what it has); a tampered version without
+        traffic (retiring, kept by the policy) is left out."""
+        found = self.repository.config_problem(state.model, config)
+        if found is not None:
+            raise IntegrityError(f"{state.model} refused: {found}")
+        problems = {v: p for v in versions if (p := self.verifier.problem(state.model, v))}
+        for version in (state.stable, state.canary):
+            if version in problems:
+                found = problems[version]
+                raise IntegrityError(f"{state.model} version {version} refused: {found}")
+        for version, found in problems.items():
+            self.progress(f"left out {state.model} version {version}: {found}")
+        return [v for v in versions if v not in problems], sorted(problems, key=int)
 
     def point_public(
         self,

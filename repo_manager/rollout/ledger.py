@@ -106,13 +106,14 @@ class Ledger:
         )
 
     def record_setting(
-        self, state: RolloutState, new: RolloutState, *, action: str
+        self, state: RolloutState, new: RolloutState, *, action: str, reason: str = ""
     ) -> RolloutState:
-        """Record a change that moves no phase (a version policy): its history entry names
-        no phases, so every entry that names them is a move the phase table allows."""
+        """Record a change that moves no phase (a version policy, a refused version): its
+        history entry names no phases, so every entry that names them is a move the phase
+        table allows."""
         if new.phase is not state.phase:
             raise IllegalTransitionError(f"cannot {action}: a setting change moves no phase")
-        return self._persist(state, new, action=action, reason="", public=None, phases=None)
+        return self._persist(state, new, action=action, reason=reason, public=None, phases=None)
 
     def _persist(
         self,

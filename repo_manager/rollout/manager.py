@@ -14,7 +14,6 @@ reconcile: steps, then one persist of the status).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,21 +22,30 @@ from repo_manager.errors import (
     GateFailedError,
     GateUndecidedError,
     IllegalTransitionError,
+    IntegrityError,
     InvalidInputError,
+    RepoManagerError,
 )
 from repo_manager.gates import GoldenGates
+from repo_manager.history.incident import write_incident
 from repo_manager.names import validate_model_name, validate_version, versions_model_name
 from repo_manager.phases import Phase, check_transition
 from repo_manager.progress import as_progress
 from repo_manager.repository import ModelRepository
 from repo_manager.rollout import analysis_step
-from repo_manager.rollout.applier import FleetApplier, Progress, desired_route
+from repo_manager.rollout import guard as canary_guard
+from repo_manager.rollout.applier import FleetApplier, Progress
+from repo_manager.rollout.approval import Approvals
+from repo_manager.rollout.guard import GuardSettings
+from repo_manager.rollout.health import HealthWatch
+from repo_manager.rollout.integrity_guard import IntegrityGuard, Tolerate
 from repo_manager.rollout.ledger import Ledger, with_canary_at
 from repo_manager.rollout.publishing import Publisher, PublishRequest
+from repo_manager.rollout.reconciler import Reconciler, ReconcileReport
 from repo_manager.rollout.retirement import Retirement
 from repo_manager.rollout.setting_changes import SettingChanges
 from repo_manager.rollout.settings import AnalysisPlan, RolloutSettings, parse_weight
-from repo_manager.rollout.status import status_document
+from repo_manager.rollout.status import server_rows, status_document
 from repo_manager.state import RolloutState
 from repo_manager.timing import PhaseTimer
 from repo_manager.triton import TritonFleet
@@ -54,17 +62,6 @@ __all__ = ["ReconcileReport", "RolloutManager"]
 
 def _quiet(_: str) -> None:
     return None
-
-
-@dataclass(kw_only=True)
-class ReconcileReport:
-    """What ``reconcile`` did for one model."""
-
-    model: str
-    desired: list[str]
-    actions: list[str] = field(default_factory=list)
-    #: Servers that could not be reached (reported, not fatal: the others are reconciled).
-    unreachable: list[str] = field(default_factory=list)
 
 
 class RolloutManager:
@@ -93,6 +90,9 @@ class RolloutManager:
         self.retirement = Retirement(self.applier, self.ledger)
         self.publisher = Publisher(self.applier, self.ledger)
         self.settings_changes = SettingChanges(self.applier, self.ledger)
+        self.guard = IntegrityGuard(self.applier, self.ledger, self.retirement)
+        self.reconciler = Reconciler(self.publisher, self.retirement, self.guard)
+        self.approvals = Approvals(self.ledger, rollback=self.retirement.rollback)
 
     def state(self, model: str) -> RolloutState | None:
         return self.ledger.load(model)
@@ -105,6 +105,15 @@ class RolloutManager:
             self.recorded(state)
         if state.unpinned == WEIGHTED and state.stable is not None:
             self.applier.point_public(state)
+
+    def _guarded(self, model: str, tolerate: Tolerate | None = None) -> None:
+        """The integrity guard, under the model's lock, for a command that takes the lock
+        itself afterwards (a published model only)."""
+        model = validate_model_name(model)
+        with self.ledger.locked(model):
+            state = self.ledger.load(model)
+            if state is not None:
+                self.guard.check(state, tolerate or Tolerate())
 
     def desired_versions(self, state: RolloutState) -> list[str]:
         """Versions Triton must hold: the rollout's own plus those the policy keeps."""
@@ -125,6 +134,7 @@ class RolloutManager:
 
         ``publish`` checks all of it again; this is for callers that export first.
         """
+        self._guarded(model)
         return self.publisher.check(model, version, canary_weight=canary_weight, replace=replace)
 
     def publish(
@@ -148,6 +158,7 @@ class RolloutManager:
         ``timer``) prints under ``--verbose``; the timings go into the history entry. A
         canary in progress is replaced only with ``replace`` (the history says which).
         """
+        self._guarded(model)
         return self.publisher.publish(
             model,
             version,
@@ -165,7 +176,7 @@ class RolloutManager:
         weight = parse_weight(percent)
         model = validate_model_name(model)
         with self.ledger.locked(model):
-            state = self.ledger.require(model, action="set the weight")
+            state = self.guard.check(self.ledger.require(model, action="set the weight"))
             check_transition(state.phase, Phase.PROGRESSING, action="set the weight")
             if state.canary is None or state.stable is None:
                 raise IllegalTransitionError(f"cannot set the weight: {model} has no canary")
@@ -178,6 +189,7 @@ class RolloutManager:
         model = validate_model_name(model)
         with self.ledger.locked(model):
             state = self.ledger.require(model, action="promote")
+            state = self.guard.check(state, Tolerate(stable=True))  # a canary replaces it
             return self.retirement.promote(state, reason=reason)
 
     def rollback(self, model: str, *, reason: str = "") -> RolloutState:
@@ -185,6 +197,7 @@ class RolloutManager:
         model = validate_model_name(model)
         with self.ledger.locked(model):
             state = self.ledger.require(model, action="roll back")
+            state = self.guard.check(state, Tolerate(canary=True))  # what a rollback removes
             return self.retirement.rollback(state, reason=reason)
 
     # -- the manager's own Router -----------------------------------------------------------
@@ -285,24 +298,63 @@ class RolloutManager:
     def advance(self, model: str, provider: MetricsProvider) -> RolloutState:
         """One analysis step (``analysis_step.advance``): promotes past the last step, rolls
         back at the failed-check threshold."""
+        self._guarded(model)
         return analysis_step.advance(
             self.ledger,
             model,
             provider,
             promote=self.retirement.promote,
-            rollback=self.retirement.rollback,
+            rollback=self._rolled_back_by_analysis,
         )
+
+    def _rolled_back_by_analysis(self, state: RolloutState, *, reason: str) -> RolloutState:
+        """Roll back, then write the post-mortem beside the state (``history.incident``)."""
+        after = self.retirement.rollback(state, reason=reason)
+        try:
+            survey = self.fleet.survey(versions_model_name(after.model), alias=after.model)
+            servers = server_rows(survey)
+        except RepoManagerError as exc:  # the post-mortem says so; the rollback stands
+            servers = [{"url": "", "error": str(exc), "public": None, "versions": []}]
+        write_incident(self.repository.storage, after, servers=servers)
+        return after
+
+    def judge_canary(
+        self,
+        model: str,
+        provider: MetricsProvider,
+        settings: GuardSettings,
+        health: HealthWatch | None = None,
+    ) -> RolloutState | None:
+        """The long-running manager's judgement of ``model``'s canary this pass
+        (``guard.judge_canary``); None when nothing was due."""
+        return canary_guard.judge_canary(
+            self.ledger,
+            model,
+            provider.snapshot,
+            settings,
+            promote=self.retirement.promote,
+            rollback=self._rolled_back_by_analysis,
+            health=health,
+            ready=self._ready_everywhere,
+        )
+
+    def _ready_everywhere(self, model: str, version: str) -> bool:
+        """READY on every server that answers (one that does not is reconcile's matter)."""
+        survey = self.fleet.survey(versions_model_name(model))
+        return all(version in s.ready for s in survey if s.error is None)
 
     # -- settings (no phase moves) ---------------------------------------------------------
 
     def set_policy(self, model: str, policy: dict[str, Any] | None) -> RolloutState:
         """Keep extra versions loaded (e.g. the previous stable, for a fast rollback)."""
+        self._guarded(model)
         return self.settings_changes.set_policy(model, policy)
 
     def set_unpinned(
         self, model: str, mode: str | None, *, shadow: float | None = None
     ) -> RolloutState:
         """What the public name does with requests that name no version (``SettingChanges``)."""
+        self._guarded(model)
         return self.settings_changes.set_unpinned(model, mode, shadow=shadow)
 
     # -- reconcile --------------------------------------------------------------------------
@@ -332,41 +384,11 @@ class RolloutManager:
         reports = []
         for name in models:
             with self.ledger.locked(name):
-                reports.append(self._reconcile_one(name))
+                try:
+                    reports.append(self.reconciler.reconcile_one(name))
+                except IntegrityError as exc:  # said, and the other models reconciled
+                    reports.append(ReconcileReport(model=name, desired=[], refused=str(exc)))
         return reports
-
-    def _reconcile_one(self, name: str) -> ReconcileReport:
-        undone = self.publisher.settle(name)
-        state = self.ledger.load(name)
-        if state is None and undone is not None:
-            return ReconcileReport(model=name, desired=[], actions=[undone])
-        state = self.ledger.require(name, action="reconcile")
-        report = ReconcileReport(model=name, desired=self.desired_versions(state))
-        if undone is not None:
-            report.actions.append(undone)
-        if state.phase is Phase.PROMOTING:
-            self.retirement.finish(state, Phase.SUCCEEDED, action="promoted (reconcile)")
-            report.actions.append("finished promote")
-        elif state.phase is Phase.ROLLING_BACK:
-            self.retirement.finish(state, Phase.ROLLED_BACK, action="rolled back (reconcile)")
-            report.actions.append("finished rollback")
-        else:
-            desired = set(report.desired)
-            survey = self.fleet.survey(versions_model_name(name), alias=name)
-            report.unreachable = [s.url for s in survey if s.error]
-            # Only servers that lack the desired versions, or whose public name answers
-            # from another version, are touched.
-            stale = [
-                s.url
-                for s in survey
-                if not s.error and (s.ready != desired or s.public != desired_route(state))
-            ]
-            if stale:
-                self.applier.apply(state, gone=[], only=stale)
-                report.actions.append(f"loaded {','.join(report.desired)} on {', '.join(stale)}")
-            if report.unreachable:
-                report.actions.append(f"unreachable: {', '.join(report.unreachable)}")
-        return report
 
     # -- status -----------------------------------------------------------------------------
 
@@ -384,5 +406,8 @@ class RolloutManager:
         survey = self.fleet.survey(versions_model_name(model), alias=model)
         config = self.repository.config(model)
         contract = None if config is None else contract_of(config)
-        versions = self.repository.versions(model)
-        return status_document(state, survey, versions, contract), state
+        refused = self.guard.findings(state)
+        document = status_document(
+            state, survey, self.repository.versions(model), refused, contract
+        )
+        return document, state

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from repo_manager.modelconfig import with_version_policy
 from repo_manager.phases import Phase, check_transition
 from repo_manager.rollout.applier import FleetApplier
 from repo_manager.rollout.ledger import Ledger
@@ -95,6 +96,18 @@ class Retirement:
         """
         retiring = state.retiring
         assert retiring is not None and state.stable is not None
+        if self.applier.verifier.problem(state.model, retiring) is not None:
+            # The apply leaves a tampered version out, i.e. unloads it: the public name and
+            # the Routers must be off it first (the soak saw 415 failed unpinned requests
+            # when a promote unloaded a tampered stable the public name still pinned).
+            # Loading the public name (an ensemble) makes Triton poll the versions model it
+            # names and reload it from its config on disk, re-reading a version whose files
+            # changed: that config must not name the tampered version by then.
+            config = self.applier.repository.require_config(state.model)
+            loaded = [v for v in self.applier.desired_versions(state) if v != retiring]
+            self.applier.repository.write_config(state.model, with_version_policy(config, loaded))
+            self.applier.point_public(state)
+            self.applier.drain()
         self.applier.apply(state)
         self.applier.drain()
         done = RolloutState(

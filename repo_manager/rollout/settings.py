@@ -66,8 +66,19 @@ class AnalysisPlan:
     #: stops with an error (the canary keeps its weight; never a rollback). Default 5.
     max_metrics_errors: int = 5
     gates: LiveGates = field(default_factory=LiveGates)
+    #: Seconds between steps. A process that takes a step never judges an interval
+    #: shorter than this (the long-running manager may take over). Default 30.
+    interval_s: float = 30.0
+    #: Taken step by step by the long-running manager (``rollout --detach``), not by the
+    #: ``rollout`` process that started it. Default False.
+    detached: bool = False
+    #: Weights of ``steps`` the canary reaches only once a person approves (``approve``):
+    #: the analysis keeps judging at the step before, and waits. Default none.
+    approve_before: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        if not 0.1 <= self.interval_s <= 86400:
+            raise InvalidGateError(f"invalid interval {self.interval_s}: must be 100ms .. 24h")
         # A first step of 0 judges the canary on shadow traffic only (Routers mirroring
         # stable's requests) before any user request reaches it.
         shown = ",".join(map(str, self.steps))
@@ -77,6 +88,12 @@ class AnalysisPlan:
             raise InvalidGateError(f"invalid steps {shown}: each step must be 0..100")
         if any(b <= a for a, b in itertools.pairwise(self.steps)):
             raise InvalidGateError(f"invalid steps {shown}: steps must increase")
+        unknown = [w for w in self.approve_before if w not in self.steps[1:]]
+        if unknown:
+            raise InvalidGateError(
+                f"invalid approval before {','.join(map(str, unknown))}: "
+                f"name a step after the first of {shown}"
+            )
         if self.threshold < 1:
             raise InvalidGateError(f"invalid threshold {self.threshold}: must be at least 1")
         if self.max_metrics_errors < 1:
@@ -90,15 +107,23 @@ class AnalysisPlan:
             "threshold": self.threshold,
             "max_metrics_errors": self.max_metrics_errors,
             "gates": asdict(self.gates),
+            "interval_s": self.interval_s,
+            "detached": self.detached,
+            "approve_before": list(self.approve_before),
         }
 
     @classmethod
     def from_dict(cls, document: dict[str, Any]) -> AnalysisPlan:
+        """A persisted plan (one written before ``interval_s``/``detached`` takes their
+        defaults)."""
         return cls(
             steps=tuple(int(s) for s in document["steps"]),
             threshold=int(document["threshold"]),
             max_metrics_errors=int(document["max_metrics_errors"]),
             gates=LiveGates(**document.get("gates", {})),
+            interval_s=float(document.get("interval_s", cls.interval_s)),
+            detached=bool(document.get("detached", False)),
+            approve_before=tuple(int(w) for w in document.get("approve_before", [])),
         )
 
 
@@ -166,10 +191,33 @@ def parse_weight(value: str | int) -> int:
 
 def parse_steps(text: str) -> tuple[int, ...]:
     """``"10,25,50,100"`` -> the canary weights of the steps (``AnalysisPlan`` checks them)."""
+    return parse_step_plan(text)[0]
+
+
+def parse_step_plan(text: str, approve_before: str = "") -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``"10,25,pause,50,100"`` (and ``--approve-before 50``) -> the steps' weights and
+    those a person must approve first (the step after each ``pause``)."""
+    steps: list[int] = []
+    gated: list[int] = []
+    pause = False
     try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
+        for item in (x.strip() for x in text.split(",")):
+            if item.lower() == "pause":
+                pause = True
+            elif item:
+                steps.append(int(item))
+                if pause:
+                    gated.append(steps[-1])
+                pause = False
+        gated += [int(x) for x in approve_before.split(",") if x.strip()]
     except ValueError:
-        raise InvalidGateError(f"invalid --steps {text!r}: integers like 10,25,50,100") from None
+        raise InvalidGateError(
+            f"invalid --steps {text!r}: integers like 10,25,50,100, 'pause' before a step "
+            "that waits for approval"
+        ) from None
+    if pause:
+        raise InvalidGateError(f"invalid --steps {text!r}: 'pause' must come before a step")
+    return tuple(steps), tuple(sorted(set(gated)))
 
 
 def parse_policy(*, latest: int | None, all_versions: bool, specific: str | None) -> dict[str, Any]:

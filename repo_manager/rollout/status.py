@@ -7,7 +7,7 @@ answers from, the analysis in charge and the last recorded move.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from repo_manager.names import versions_model_name
@@ -17,17 +17,33 @@ from repo_manager.state import RolloutState
 if TYPE_CHECKING:
     from repo_manager.triton import ServerVersions
 
-__all__ = ["status_document"]
+__all__ = ["server_rows", "status_document"]
+
+
+def server_rows(survey: Sequence[ServerVersions]) -> list[dict[str, Any]]:
+    """What each server holds of a model and answers from (``status``, a post-mortem)."""
+    return [
+        {
+            "url": s.url,
+            "error": s.error,
+            "public": s.public,
+            "versions": [{"version": v.version, "state": v.state} for v in s.versions],
+        }
+        for s in survey
+    ]
 
 
 def status_document(
     state: RolloutState,
     survey: Sequence[ServerVersions],
     on_disk: Sequence[str],
+    refused: Mapping[str, str] | None = None,
     contract: str | None = None,
 ) -> dict[str, Any]:
-    """The status of ``state.model`` from each server's ``survey``, the versions on disk
-    and the contract its config states (``repo_manager.contract``).
+    """The status of ``state.model`` from each server's ``survey`` and the versions on disk;
+    ``refused``: what of the model is not what was published ("config" or a version ->
+    why), as the integrity check found it; ``contract``: what its config states
+    (``repo_manager.contract``).
 
     Versions are listed as the first server that answers reports them; one that does not
     hold a version on disk shows it UNLOADED (UNAVAILABLE when no server answered).
@@ -51,18 +67,11 @@ def status_document(
         # What a client that names no version gets (the public name on the first server).
         "public": {"name": model, "version": None if first.error else first.public},
         "generation": state.generation,
+        "refused": dict(refused or {}),
         "policy": state.policy,
         "unpinned": state.unpinned,
         "unpinned_shadow": state.unpinned_shadow,
-        "servers": [
-            {
-                "url": s.url,
-                "error": s.error,
-                "public": s.public,
-                "versions": [{"version": v.version, "state": v.state} for v in s.versions],
-            }
-            for s in survey
-        ],
+        "servers": server_rows(survey),
         # The snapshot is raw counters for the next step, no news to a reader.
         "analysis": analysis and analysis.to_json(snapshot=False),
         "last_transition": None

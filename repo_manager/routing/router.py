@@ -29,21 +29,23 @@ from repo_manager.names import versions_model_name
 from repo_manager.repository import ModelRepository
 from repo_manager.routing.detection import Detections, Detector
 from repo_manager.routing.plan import Key, RoutePlan
-from repo_manager.routing.servers import ClientFactory, Inputs, Outputs, ServerPool
+from repo_manager.routing.servers import ClientFactory, Inputs, Outputs, ServerPool, shm_wanted
 from repo_manager.routing.shadow import ShadowMirror
 from repo_manager.routing.subscriber import check_watch_url
 from repo_manager.routing.table import TableWatcher
-from repo_manager.shm import SharedMemoryChannel, wants_shared_memory
+from repo_manager.shm import SharedMemoryChannel
 from repo_manager.state import RoutingTable
 from repo_manager.storage import LocalStorage, open_storage
 from repo_manager.transport import GrpcSecurity, make_grpc_client
 
-__all__ = ["WATCH_URL_ENV", "RoutedResult", "Router"]
+__all__ = ["DEFAULT_TIMEOUT", "WATCH_URL_ENV", "RoutedResult", "Router"]
 
 logger = logging.getLogger(__name__)
 
 #: Where Routers find the manager's watch endpoint when not given ``watch_url``.
 WATCH_URL_ENV = "REPO_MANAGER_WATCH_URL"
+#: Seconds one attempt may take by default (the manager's calls take as long at most).
+DEFAULT_TIMEOUT = 10.0
 
 
 @dataclass(kw_only=True, slots=True)
@@ -84,7 +86,7 @@ class Router:
         repository: str | os.PathLike[str] = "./model_repository",
         *,
         poll_interval: float = 0.2,
-        timeout: float | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
         server_retry_after: float = 1.0,
         client_factory: ClientFactory | None = None,
         shadow: float = 0.0,
@@ -109,7 +111,8 @@ class Router:
             repository: where the manager keeps the routing table (the CLI's --repository).
             poll_interval: seconds between checks of the routing table's change token
                 when no watch endpoint is given.
-            timeout: client-side deadline per attempt, in seconds (None: none).
+            timeout: client-side deadline per attempt, in seconds (None: none). In a fleet
+                a server that misses it leaves the rotation until a probe (``servers``).
             server_retry_after: seconds an unreachable server is skipped before a retry.
             client_factory: makes the per-server client (tests pass fakes).
             shadow: share (0..1) of requests served by stable that are also sent to the
@@ -163,9 +166,7 @@ class Router:
         if (
             len(clients) == 1
             and not addresses
-            and wants_shared_memory(
-                shared_memory, clients[0][0], custom_client=client_factory is not None
-            )
+            and shm_wanted(shared_memory, clients[0][0], custom_client=client_factory is not None)
         ):
             channel = SharedMemoryChannel(clients[0][1], self.triton_model)
         self._servers = ServerPool(
@@ -213,6 +214,11 @@ class Router:
         return self._servers.urls
 
     @property
+    def hung_servers(self) -> list[str]:
+        """Servers out of rotation for a missed deadline, until a probe answers."""
+        return self._servers.out_of_rotation()
+
+    @property
     def table(self) -> RoutingTable | None:
         """The routing table in force (None until the model's state document exists)."""
         return self._table.plan.table
@@ -232,8 +238,7 @@ class Router:
         return self._table.refresh()
 
     def rediscover(self) -> tuple[str, ...]:
-        """Resolve ``dns://`` urls again and serve the fleet they name now; returns it (a
-        failed lookup keeps the last good fleet)."""
+        """Resolve ``dns://`` urls again; serve the fleet they name (a failed lookup keeps it)."""
         return self._servers.rediscover()
 
     def wait_for_generation(self, generation: int, timeout: float) -> bool:
@@ -326,7 +331,10 @@ class Router:
         )
         started = time.perf_counter()
         try:
-            result = self._servers.send(alternative, inputs, outputs)
+            # On another server if there is one: the failure may be the server's.
+            result = self._servers.send(
+                alternative, inputs, outputs, avoid=self._servers.last_url()
+            )
         except InferenceServerException as exc:
             alt.attempt_failed()
             m.request_failed()
@@ -374,7 +382,13 @@ class Router:
                 request.outputs,
                 request.comparison(found, routed.version),
             )
-        return request.detections(found, version=routed.version, fallback=routed.fallback)
+        detections = request.detections(found, version=routed.version, fallback=routed.fallback)
+        # What each version sees, for the live detection gates (a fast, error-free canary
+        # that finds nothing passes every gate on errors and latency).
+        self._series(self._table.plan, routed.version).detected(
+            len(detections), float(detections.scores.sum())
+        )
+        return detections
 
     def class_names(self, version: str | int) -> tuple[str, ...]:
         """The classes ``version`` names (its own: a canary may add or rename some)."""

@@ -47,6 +47,15 @@ class Storage(Protocol):
 
     def exists(self, key: str) -> bool: ...
 
+    def list_files(self, key: str) -> dict[str, Hashable]:
+        """Every file under a folder key, by its path relative to that folder, with a change
+        token that moves whenever the file's content may have (one listing, no content read)."""
+        ...
+
+    def sha256(self, key: str) -> str | None:
+        """The sha256 (hex) of a file's content, read as a stream (None: missing)."""
+        ...
+
     def list_dir(self, key: str) -> list[str]:
         """Names of the entries directly under a folder key ('' is the root)."""
         ...

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Hashable, Iterator
@@ -14,6 +15,23 @@ from pathlib import Path
 from repo_manager.errors import InvalidInputError, StorageError
 
 _STAGING_PREFIX = ".staging-"
+#: Bytes read at a time when hashing (a 100 MB plan is never held in memory whole).
+_HASH_BLOCK = 1 << 20
+
+
+def os_error_words(exc: OSError) -> str:
+    """What went wrong, in the OS's words: ``strerror``, or for ``shutil.copytree``'s
+    collected errors (whose ``strerror`` is None: "cannot publish ...: None" once hid a
+    full disk) the first file's cause, e.g. "No space left on device"."""
+    if exc.strerror:
+        return str(exc.strerror)
+    errors = exc.args[0] if exc.args and isinstance(exc.args[0], list) else []
+    for entry in errors:
+        cause = entry[2] if isinstance(entry, tuple) and len(entry) == 3 else entry
+        text = str(cause)
+        found = re.match(r"\[Errno \d+\] ([^:]+)", text)
+        return found.group(1) if found else text
+    return str(exc) or type(exc).__name__
 
 
 class LocalStorage:
@@ -41,7 +59,9 @@ class LocalStorage:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise StorageError(f"cannot create repository {self.root}: {exc.strerror}") from exc
+            raise StorageError(
+                f"cannot create repository {self.root}: {os_error_words(exc)}"
+            ) from exc
 
     def path(self, key: str) -> Path:
         return self.root / key if key else self.root
@@ -52,7 +72,7 @@ class LocalStorage:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise StorageError(f"cannot read {self.path(key)}: {exc.strerror}") from exc
+            raise StorageError(f"cannot read {self.path(key)}: {os_error_words(exc)}") from exc
 
     def write_bytes_atomic(self, key: str, data: bytes) -> None:
         target = self.path(key)
@@ -70,7 +90,7 @@ class LocalStorage:
                 Path(staged).unlink(missing_ok=True)
                 raise
         except OSError as exc:
-            raise StorageError(f"cannot write {target}: {exc.strerror}") from exc
+            raise StorageError(f"cannot write {target}: {os_error_words(exc)}") from exc
 
     def change_token(self, key: str) -> Hashable | None:
         try:
@@ -81,6 +101,38 @@ class LocalStorage:
 
     def exists(self, key: str) -> bool:
         return self.path(key).exists()
+
+    def list_files(self, key: str) -> dict[str, Hashable]:
+        """Files under ``key`` with a token of size, mtime, ctime and inode: a content change
+        moves ctime even when mtime is set back (``touch -d``), and a replaced file has
+        another inode."""
+        folder = self.path(key)
+        found: dict[str, Hashable] = {}
+        try:
+            for dirpath, dirs, names in os.walk(folder):
+                # A linked folder is not walked (its files could change unseen): it is
+                # listed as an entry of its own, which no manifest names.
+                linked = [d for d in dirs if (Path(dirpath) / d).is_symlink()]
+                for name in [*names, *linked]:
+                    path = Path(dirpath) / name
+                    st = path.stat()  # a linked file: its target's, which is what is read
+                    token = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode)
+                    found[path.relative_to(folder).as_posix()] = token
+        except OSError as exc:
+            raise StorageError(f"cannot list {folder}: {os_error_words(exc)}") from exc
+        return found
+
+    def sha256(self, key: str) -> str | None:
+        digest = hashlib.sha256()
+        try:
+            with open(self.path(key), "rb") as handle:
+                while block := handle.read(_HASH_BLOCK):
+                    digest.update(block)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StorageError(f"cannot read {self.path(key)}: {os_error_words(exc)}") from exc
+        return digest.hexdigest()
 
     def list_dir(self, key: str) -> list[str]:
         folder = self.path(key)
@@ -105,7 +157,7 @@ class LocalStorage:
                 shutil.rmtree(staged, ignore_errors=True)
                 raise
         except OSError as exc:
-            raise StorageError(f"cannot publish {target}: {exc.strerror}") from exc
+            raise StorageError(f"cannot publish {target}: {os_error_words(exc)}") from exc
 
     def remove_tree(self, key: str) -> None:
         target = self.path(key)
@@ -117,7 +169,7 @@ class LocalStorage:
             os.rename(target, doomed)
             shutil.rmtree(doomed)
         except OSError as exc:
-            raise StorageError(f"cannot remove {target}: {exc.strerror}") from exc
+            raise StorageError(f"cannot remove {target}: {os_error_words(exc)}") from exc
 
     @contextmanager
     def lock(self, name: str) -> Iterator[None]:

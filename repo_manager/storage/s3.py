@@ -232,6 +232,22 @@ class S3Storage:
     def _list(self, key: str) -> list[dict[str, Any]]:
         return [item for page in self._pages(key) for item in page.get("Contents", [])]
 
+    def list_files(self, key: str) -> dict[str, Hashable]:
+        """One listing: each object's ETag, size and LastModified. LastModified is in the
+        token because an ETag is an MD5, and two contents with one MD5 can be made."""
+        prefix = self._prefix(key)
+        return {
+            item["Key"][len(prefix) :]: (
+                item.get("ETag"),
+                item.get("Size"),
+                str(item.get("LastModified")),
+            )
+            for item in self._list(key)
+        }
+
+    def sha256(self, key: str) -> str | None:
+        return self.calls.sha256(f"read {key} in", self.where.key(key))
+
     def list_dir(self, key: str) -> list[str]:
         prefix = self._prefix(key)
         names: set[str] = set()

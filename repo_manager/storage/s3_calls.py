@@ -15,6 +15,7 @@ send is safe to repeat (conditional writes say so themselves: see ``s3_lock``).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import time
@@ -201,6 +202,19 @@ class S3Calls:
             lambda: bytes(self.client.get_object(Bucket=self.where.bucket, Key=key)["Body"].read()),
             MISSING,
         )
+
+    def sha256(self, what: str, key: str) -> str | None:
+        """The sha256 of an object's content, streamed (None: missing)."""
+
+        def digest() -> str:
+            body = self.client.get_object(Bucket=self.where.bucket, Key=key)["Body"]
+            hashed = hashlib.sha256()
+            for block in body.iter_chunks(chunk_size=1 << 20):
+                hashed.update(block)
+            return hashed.hexdigest()
+
+        found: str | None = self._run(what, "get_object", digest, MISSING)
+        return found
 
     def pages(self, what: str, operation: str, **params: Any) -> list[dict[str, Any]]:
         """Every page of a paginated listing; pages are fetched inside the translation."""

@@ -7,7 +7,8 @@ on the metrics port. The Router's side is ``repo_manager.routing.subscriber``.
 
 from __future__ import annotations
 
+from repo_manager.watch.http import WatchLimits, raise_descriptor_limit
 from repo_manager.watch.hub import TableHub
 from repo_manager.watch.server import WatchServer, table_event
 
-__all__ = ["TableHub", "WatchServer", "table_event"]
+__all__ = ["TableHub", "WatchLimits", "WatchServer", "raise_descriptor_limit", "table_event"]

@@ -16,7 +16,11 @@ subscriber in p50 24 ms / p99 45 ms for 8.0 ms of the manager's CPU; long-poll i
 answer and re-open). So Routers use SSE.
 
 One asyncio loop in a daemon thread serves every connection: 10,000 idle subscribers are
-10,000 sockets and small coroutines, not 10,000 threads.
+10,000 sockets and small coroutines, not 10,000 threads. What it holds is bounded
+(``http.WatchLimits``: connections, connections still without a request, subscribers; the
+rest get 503), only models with a routing table are served (any other name is 404 and
+costs no storage request: ``TableHub.known``), and errors are logged once per kind per
+minute (``http.ErrorLog``).
 """
 
 from __future__ import annotations
@@ -27,19 +31,26 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from http import HTTPStatus
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import unquote
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from repo_manager.errors import InvalidInputError, InvalidNameError
+from repo_manager.errors import InvalidInputError, InvalidNameError, StorageError
 from repo_manager.metrics.metric_names import WATCH_SUBSCRIBERS
 from repo_manager.names import validate_model_name
 from repo_manager.state import RoutingTable
 from repo_manager.storage import Storage
+from repo_manager.watch.http import (
+    BUSY,
+    ErrorLog,
+    Request,
+    WatchLimits,
+    parse_request,
+    response,
+    watch_arguments,
+)
 from repo_manager.watch.hub import TableHub
 
 __all__ = ["WatchServer", "table_event"]
@@ -67,43 +78,6 @@ def table_event(table: RoutingTable) -> bytes:
     return f"id: {table.generation}\nevent: table\ndata: {data}\n\n".encode()
 
 
-def _response(status: int, body: bytes, content_type: str, *, close: bool, head: bool) -> bytes:
-    lines = [
-        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}",
-        f"Content-Type: {content_type}",
-        f"Content-Length: {len(body)}",
-    ]
-    if close:
-        lines.append("Connection: close")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + (b"" if head else body)
-
-
-@dataclass(kw_only=True, frozen=True)
-class _Request:
-    method: str
-    path: str
-    query: dict[str, list[str]]
-    close: bool
-
-
-def _parse(head: bytes) -> _Request | None:
-    """The request line and the one header that matters (Connection); None: malformed."""
-    try:
-        lines = head.decode("latin-1").split("\r\n")
-        method, target, version = lines[0].split(" ")
-    except ValueError:
-        return None
-    headers = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if sep:
-            headers[name.strip().lower()] = value.strip().lower()
-    connection = headers.get("connection", "")
-    close = connection == "close" or (version == "HTTP/1.0" and connection != "keep-alive")
-    url = urlsplit(target)
-    return _Request(method=method, path=url.path, query=parse_qs(url.query), close=close)
-
-
 class _Subscribers(Collector):
     """``repo_manager_watch_subscribers{model}``: Routers subscribed to each model now."""
 
@@ -129,11 +103,22 @@ class WatchServer:
         *,
         poll_interval: float = 0.2,
         heartbeat: float = 10.0,
+        limits: WatchLimits | None = None,
     ) -> None:
+        """``limits``: what the server holds at most, lowered at ``start`` to what the
+        process's descriptor limit allows (``WatchLimits.fitted``)."""
         if heartbeat <= 0:
             raise ValueError(f"heartbeat must be positive, got {heartbeat}")
         self.registry = registry
         self.heartbeat = heartbeat
+        self.limits = limits or WatchLimits()
+        self.errors = ErrorLog(logger)
+        #: Connections open now, those without a whole request yet, subscribers, and the
+        #: connections answered 503 (all touched only on the event loop).
+        self.connections = 0
+        self.pending = 0
+        self.subscribed = 0
+        self.refused = 0
         self.hub = TableHub(storage, poll_interval=poll_interval, on_change=self._changed)
         registry.register(_Subscribers(self.hub))
         self._loop = asyncio.new_event_loop()
@@ -145,10 +130,15 @@ class WatchServer:
         self._listeners: dict[str, set[_Listener]] = {}
         self._last_event: tuple[RoutingTable, bytes] | None = None
         self.port = 0
+        #: Answers ``/decide/...`` (a person's one-click decision, ``links``): called off
+        #: the event loop with the method, path and query; (status, content type, body).
+        self.decide: Callable[[str, str, dict[str, list[str]]], tuple[int, str, str]] | None = None
 
-    def start(self, port: int, addr: str = "0.0.0.0") -> WatchServer:
+    def start(self, port: int, addr: str = "127.0.0.1") -> WatchServer:
         """Bind ``addr:port`` (0: any free port, then in ``self.port``) and serve. A port
         that is taken is one clear InvalidInputError."""
+        self.limits = self.limits.fitted()
+        self._loop.set_exception_handler(self._loop_error)
         self._thread.start()
         starting = asyncio.start_server(
             self._serve, addr, port, limit=_MAX_HEAD, backlog=4096, reuse_address=True
@@ -212,68 +202,136 @@ class WatchServer:
 
     # -- connections --------------------------------------------------------------------------
 
+    def _loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
+        """asyncio's own errors (an accept that failed, a transport's): one line per kind
+        per interval instead of a traceback each."""
+        error = context.get("exception")
+        kind = type(error).__name__ if error is not None else "event loop"
+        self.errors(kind, str(context.get("message", "")) + (f": {error}" if error else ""))
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.connections >= self.limits.max_connections or (
+            self.pending >= self.limits.max_pending
+        ):
+            self.refused += 1
+            self.errors("connections refused", "at the connection limit, answering 503")
+            writer.write(BUSY)
+            writer.close()
+            return
+        self.connections += 1
+        try:
+            await self._converse(reader, writer)
+        except (ConnectionError, asyncio.CancelledError):
+            return
+        except Exception as exc:  # one client's failure: logged once per kind, never fatal
+            self.errors(type(exc).__name__, str(exc))
+        finally:
+            self.connections -= 1
+            writer.close()
+
+    async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Requests on one connection until it ends; the first must come within the head
+        timeout (a connection that sends nothing holds a slot only that long)."""
+        first = True  # no request yet: the connection counts as pending
+        self.pending += 1
         try:
             while True:
+                timeout = self.limits.head_timeout if first else _IDLE_TIMEOUT
                 try:
-                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), _IDLE_TIMEOUT)
+                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
                 except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
                     return
-                request = _parse(head)
+                if first:
+                    self.pending -= 1
+                    first = False
+                request = parse_request(head)
                 if request is None:
-                    writer.write(
-                        _response(400, b"bad request\n", "text/plain", close=True, head=False)
-                    )
+                    writer.write(response(400, b"bad request\n", "text/plain", close=True))
                     return
                 if not await self._answer(request, reader, writer):
                     return
                 await writer.drain()
                 if request.close:
                     return
-        except (ConnectionError, asyncio.CancelledError):
-            return
         finally:
-            writer.close()
+            if first:
+                self.pending -= 1
 
     async def _answer(
-        self, request: _Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self, request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> bool:
         """Answer one request; False when the connection must end afterwards."""
         head = request.method == "HEAD"
+        close = request.close
+
+        def plain(status: int, text: str) -> bytes:
+            return response(status, f"{text}\n".encode(), "text/plain", close=close, head=head)
+
+        if request.path.startswith("/decide/") and self.decide is not None:
+            decide = self.decide
+            status, kind, text = await self._loop.run_in_executor(
+                None, lambda: decide(request.method, request.path, request.query)
+            )
+            writer.write(response(status, text.encode(), kind, close=True, head=head))
+            return False  # a POST's body is not read: never reuse the connection
         if request.method not in ("GET", "HEAD"):
-            writer.write(_response(405, b"GET only\n", "text/plain", close=True, head=head))
+            writer.write(response(405, b"GET only\n", "text/plain", close=True, head=head))
             return False
         if request.path == "/metrics":
             body = await self._loop.run_in_executor(None, generate_latest, self.registry)
-            writer.write(_response(200, body, CONTENT_TYPE_LATEST, close=request.close, head=head))
+            writer.write(response(200, body, CONTENT_TYPE_LATEST, close=close, head=head))
             return True
         if not request.path.startswith("/watch/"):
-            writer.write(
-                _response(404, b"not found\n", "text/plain", close=request.close, head=head)
-            )
+            writer.write(plain(404, "not found"))
             return True
         try:
             model = validate_model_name(unquote(request.path.removeprefix("/watch/")))
-            after = int(request.query.get("after", ["-1"])[0])
-            wait = float(request.query["wait"][0]) if "wait" in request.query else None
-        except (InvalidNameError, ValueError) as exc:
-            body = f"{exc}\n".encode()
-            writer.write(_response(400, body, "text/plain", close=request.close, head=head))
+        except InvalidNameError as exc:
+            writer.write(plain(400, str(exc)))
+            return True
+        arguments = watch_arguments(request)
+        if isinstance(arguments, str):
+            writer.write(plain(400, arguments))
+            return True
+        found = await self._exists(model)
+        if found is not True:
+            writer.write(plain(503, found) if found else plain(404, f"no model {model}"))
             return True
         if head:
-            writer.write(_response(200, b"", "text/event-stream", close=True, head=True))
+            writer.write(response(200, b"", "text/event-stream", close=True, head=True))
             return False
+        if self.subscribed >= self.limits.max_subscribers:
+            self.refused += 1
+            self.errors("subscribers refused", "at the subscriber limit, answering 503")
+            writer.write(BUSY)
+            return False
+        after, wait = arguments
         if wait is None:
             await self._stream(model, after, reader, writer)
             return False
-        writer.write(await self._long_poll(model, after, min(max(wait, 0.0), 300.0), request))
+        writer.write(await self._long_poll(model, after, wait, request))
         return True
 
+    async def _exists(self, model: str) -> bool | str:
+        """True when ``model`` has a routing table; False when it has none; a reason when
+        storage could not tell (the listing runs off the loop, once per interval)."""
+        known = self.hub.known(model)
+        if known is None:
+            try:
+                await self._loop.run_in_executor(None, self.hub.relist)
+            except StorageError as exc:
+                self.errors("storage", str(exc))
+                return "cannot list the repository's models now"
+            known = self.hub.known(model)
+        return bool(known)
+
     async def _subscribed(self, model: str, listener: _Listener) -> None:
+        self.subscribed += 1
         self._listeners.setdefault(model, set()).add(listener)
         await self._loop.run_in_executor(None, self.hub.subscribe, model)
 
     def _unsubscribed(self, model: str, listener: _Listener) -> None:
+        self.subscribed -= 1
         listeners = self._listeners.get(model, set())
         listeners.discard(listener)
         if not listeners:
@@ -317,7 +375,7 @@ class WatchServer:
             gone.cancel()
             self._unsubscribed(model, push)
 
-    async def _long_poll(self, model: str, after: int, wait: float, request: _Request) -> bytes:
+    async def _long_poll(self, model: str, after: int, wait: float, request: Request) -> bytes:
         """One table newer than ``after`` as JSON, or 204 after ``wait`` seconds."""
         wake = asyncio.Event()
 
@@ -332,10 +390,10 @@ class WatchServer:
                 table = self.hub.latest(model)
                 if table is not None and table.generation > after:
                     body = json.dumps(table.to_document()).encode()
-                    return _response(200, body, "application/json", close=request.close, head=False)
+                    return response(200, body, "application/json", close=request.close)
                 remaining = deadline - self._loop.time()
                 if remaining <= 0:
-                    return _response(204, b"", "text/plain", close=request.close, head=False)
+                    return response(204, b"", "text/plain", close=request.close)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), remaining)
         finally:

@@ -121,6 +121,16 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         yield running
 
 
+@pytest.fixture(scope="module")
+def shared(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    """One server for a module's tests that each publish models of their own."""
+    name = request.module.__name__.rsplit(".", 1)[-1]
+    with running_stack(tmp_path_factory.mktemp(name)) as running:
+        yield running
+
+
 @pytest.fixture(scope="session")
 def prometheus_binary() -> str:
     """Debian's prometheus (`.ci/run` installs it); its tests skip with the reason without."""

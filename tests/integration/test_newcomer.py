@@ -10,27 +10,19 @@ import json
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import cv2
 import pytest
-import tritonclient.grpc as grpcclient
 
 from repo_manager import Router
 from repo_manager.modelconfig import ModelConfig, parse_config
 from repo_manager.server import ServerPorts
-from tests.integration.conftest import CLI, Stack, running_stack, snapshot
+from repo_manager.transport import make_grpc_client
+from tests.integration.conftest import CLI, Stack, snapshot
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
-
-
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """One server for the module: each test publishes a model of its own."""
-    with running_stack(tmp_path_factory.mktemp("newcomer")) as running:
-        yield running
 
 
 def versions_config(stack: Stack, model: str) -> ModelConfig:
@@ -166,7 +158,7 @@ def test_serve_keeps_reconciling_while_it_runs(tmp_path: Path, weights: Path) ->
             "--weights", str(weights), "--imgsz", "160",
         ]  # fmt: skip
         subprocess.run(publish, check=True, capture_output=True, timeout=300)
-        client = grpcclient.InferenceServerClient(url)
+        client = make_grpc_client(url)  # with the control key: serve locks model control
         client.unload_model("m.versions")
         deadline = time.monotonic() + 60
         while "m: reconciled (loaded 1 on" not in log.read_text():

@@ -22,7 +22,9 @@ from repo_manager.rollout import RolloutManager, RolloutSettings
 from repo_manager.state import load_state
 from repo_manager.storage import LocalStorage
 from repo_manager.triton import TritonFleet
+from tests.eventually import eventually
 from tests.integration.conftest import CLI, Stack, publish_args, snapshot
+from tests.integration.manifests import reseal
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -56,6 +58,21 @@ def slow_down(model_py: Path, seconds: float) -> None:
     )
 
 
+def slow_export(stack: Stack, root: Path, seconds: float) -> Path:
+    """An export of version 2 under ``root``: version 1's files, with a load that takes
+    ``seconds`` longer (exported with that code: its manifest says so)."""
+    staged = root / "staged" / MODEL
+    staged.mkdir(parents=True)
+    shutil.copytree(stack.repository / VERSIONS / "1", staged / "2")
+    slow_down(staged / "2" / "model.py", seconds)
+    reseal(staged / "2", version="2")
+    on_disk = stack.repository / VERSIONS / "config.pbtxt"
+    config = parse_config(on_disk.read_bytes(), source=str(on_disk))
+    config.name = MODEL
+    (staged / "config.pbtxt").write_bytes(render_config(config))
+    return staged
+
+
 def staging_folders(pid: int) -> list[Path]:
     return sorted(Path("/tmp").glob(f"repo-manager-stage-{pid}-*"))
 
@@ -84,15 +101,7 @@ def test_a_load_past_its_deadline_is_one_line_naming_the_version_and_is_undone(
     stack: Stack, weights: Path, tmp_path: Path
 ) -> None:
     stack.publish(MODEL, "1", weights)
-    # Version 2: version 1's files, with a load that takes 25 s.
-    staged = tmp_path / "staged" / MODEL
-    staged.mkdir(parents=True)
-    shutil.copytree(stack.repository / VERSIONS / "1", staged / "2")
-    slow_down(staged / "2" / "model.py", 25)
-    on_disk = stack.repository / VERSIONS / "config.pbtxt"
-    config = parse_config(on_disk.read_bytes(), source=str(on_disk))
-    config.name = MODEL
-    (staged / "config.pbtxt").write_bytes(render_config(config))
+    staged = slow_export(stack, tmp_path, 25)
     storage = LocalStorage(stack.repository)
     before = load_state(storage, MODEL)
     manager = RolloutManager(
@@ -131,6 +140,7 @@ def test_reconcile_watch_stops_on_a_signal_while_a_load_is_slow(
 ) -> None:
     stack.publish(MODEL, "1", weights)
     slow_down(stack.repository / VERSIONS / "1" / "model.py", 90)
+    reseal(stack.repository / VERSIONS / "1")  # as if published with that code
     stack.restart(kill=True)  # comes back with nothing loaded: reconcile loads the slow 1
     command = [*CLI, "--repository", str(stack.repository), "--url", stack.url]
     with (tmp_path / "watch.log").open("wb") as log:
@@ -157,12 +167,16 @@ def test_reconcile_watch_stops_on_a_signal_while_a_load_is_slow(
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
 def test_a_publish_interrupted_during_its_load_is_undone_and_can_be_repeated(
-    stack: Stack, weights: Path, signum: int
+    stack: Stack, weights: Path, tmp_path: Path, signum: int
 ) -> None:
     stack.publish(MODEL, "1", weights)
+    # A load 3 s longer than usual: the signal 0.5 s after the line lands inside it even
+    # when this process reads the line late (under parallel load a normal load of about
+    # 1.7 s once ended, and the publish with it, before the signal: exit 0).
+    exported = slow_export(stack, tmp_path, 3)
     command = [*CLI, "--repository", str(stack.repository), "--url", stack.url]
     process = subprocess.Popen(
-        [*command, *publish_args(MODEL, "2", weights), "-v"],
+        [*command, "publish", MODEL, "2", "--exported", str(exported), "-v"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -184,9 +198,11 @@ def test_a_publish_interrupted_during_its_load_is_undone_and_can_be_repeated(
         assert not (stack.repository / VERSIONS / "2").exists()
         assert staging_folders(process.pid) == []
     else:
-        # Killed: its version and journal are left until reconcile settles them.
+        # Killed: its version and journal are left until reconcile settles them (once
+        # Triton finished the load the killed manager started).
         assert (stack.repository / VERSIONS / "2").exists()
         assert json.loads((stack.repository / JOURNAL).read_text())["pending"]
+        assert eventually(lambda: triton_states(stack).get("2") != "LOADING", 60)
         report = json.loads(stack.cli("reconcile", "--json").stdout)
         assert report[0]["actions"][0].startswith("undid the interrupted publish of version 2")
         assert not (stack.repository / VERSIONS / "2").exists()

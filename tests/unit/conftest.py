@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from export.cache import CACHE_ENV
+from repo_manager.transport import CONTROL_KEY_ENV, CONTROL_KEY_FILE_ENV
 from tests.conftest import BACKEND_DEFAULTS
 from tests.unit.routing_fakes import write_state
 
@@ -18,6 +19,15 @@ def _real_exports(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(CACHE_ENV, "off")
     for name in BACKEND_DEFAULTS:  # the backend's own defaults are what its tests prove
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _no_control_key(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No control key unless a test gives one (the session sets one for the servers of the
+    integration tests), and no key file of the user's own home."""
+    for name in (CONTROL_KEY_ENV, CONTROL_KEY_FILE_ENV):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
 
 
 @pytest.fixture

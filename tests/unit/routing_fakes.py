@@ -21,6 +21,7 @@ from repo_manager.storage import LocalStorage
 
 MODEL = "det"
 UNREACHABLE = "failed to connect to all addresses; last error: Connection refused"
+LATE = "Deadline Exceeded"
 
 
 def table(weights: dict[str, int], *, stable: str = "1", canary: str | None = "2") -> RoutingTable:
@@ -36,7 +37,7 @@ def write_state(repo: Path, weights: dict[str, int], generation: int, **kw: Any)
         weights=weights,
         generation=generation,
     )
-    LocalStorage(repo).write_bytes_atomic(state_key(MODEL), state.to_json())
+    LocalStorage(repo).write_bytes_atomic(state_key(state.model), state.to_json())
 
 
 def binomial_ok(hits: int, n: int, p: float, sigmas: float = 5.0) -> bool:
@@ -59,6 +60,8 @@ class FakeClient:
         self.url = url
         self.fail: dict[str, InferenceServerException] = {}
         self.down = False
+        #: Takes every call and answers none within its deadline (a stopped server).
+        self.hung = False
         self.calls: list[str] = []
         self.outputs: dict[str, np.ndarray] = {}
         self.config = config
@@ -69,9 +72,18 @@ class FakeClient:
         if self.down:
             raise InferenceServerException(UNREACHABLE, status="StatusCode.UNAVAILABLE")
         self.calls.append(model_version)
+        if self.hung:
+            raise InferenceServerException(LATE, status="StatusCode.DEADLINE_EXCEEDED")
         if model_version in self.fail:
             raise self.fail[model_version]
         return FakeResult(model_version, self.outputs)
+
+    def is_server_live(self, **_: Any) -> bool:
+        if self.down:
+            raise InferenceServerException(UNREACHABLE, status="StatusCode.UNAVAILABLE")
+        if self.hung:
+            raise InferenceServerException(LATE, status="StatusCode.DEADLINE_EXCEEDED")
+        return True
 
     def get_model_config(self, model_name: str) -> Any:
         return service_pb2.ModelConfigResponse(config=self.config)

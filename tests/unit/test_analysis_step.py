@@ -4,7 +4,7 @@ scripted metrics provider; the live figures themselves are tested against real s
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -18,6 +18,7 @@ from repo_manager.phases import Phase
 from repo_manager.rollout import AnalysisPlan, AnalysisStatus, RolloutManager
 from repo_manager.rollout.analysis_step import Then, decide
 from repo_manager.state import RolloutState, load_state
+from tests.unit.published import write_published
 from tests.unit.test_rollout_ordering import Harness, RecordingFleet
 from tests.unit.test_rollout_ordering import manager as manager
 
@@ -213,15 +214,12 @@ def test_a_person_setting_the_weight_takes_over_from_the_analysis(
 
 
 def test_analysis_needs_a_canary(tmp_path: Path) -> None:
-    from repo_manager.modelconfig import ModelConfig, render_config
     from repo_manager.repository import ModelRepository
     from repo_manager.state import state_key
     from repo_manager.storage import LocalStorage
 
     storage = LocalStorage(tmp_path)
-    (tmp_path / "m.versions" / "1").mkdir(parents=True)
-    config = render_config(ModelConfig(name="m.versions"))
-    (tmp_path / "m.versions" / "config.pbtxt").write_bytes(config)
+    write_published(tmp_path, "m", ["1"])
     state = RolloutState(model="m", phase=Phase.INITIALIZED, stable="1", weights={"1": 100})
     storage.write_bytes_atomic(state_key("m"), state.to_json())
     rollout = RolloutManager(ModelRepository(storage), RecordingFleet(storage, "m"))  # type: ignore[arg-type]
@@ -235,15 +233,20 @@ def test_a_step_is_decided_from_the_status_alone() -> None:
     provider.interval("failing")
     reading = provider.snapshot("m")
     status = AnalysisStatus(plan=PLAN, snapshot=baseline)
-    first = decide(status, reading, stable="1", canary="2", weight=10)
+    first = decide(status, reading, stable="1", canary="2", weight=10, at=0.0)
     assert first.then is Then.STAY and first.weight == 10
     assert first.status.failed_checks == 1 and first.status.snapshot == reading
     assert first.status.last is not None and first.status.last.outcome is Outcome.FAIL
     assert status.failed_checks == 0  # a new status; the old one is unchanged
-    second = decide(first.status, reading, stable="1", canary="2", weight=10)
+    second = decide(first.status, reading, stable="1", canary="2", weight=10, at=1.0)
     assert second.status.last is not None and second.status.last.outcome is Outcome.NO_DATA
     last = decide(
-        replace(first.status, snapshot=baseline), reading, stable="1", canary="2", weight=10
+        replace(first.status, snapshot=baseline),
+        reading,
+        stable="1",
+        canary="2",
+        weight=10,
+        at=2.0,
     )
     assert last.then is Then.ROLL_BACK and "2 failed checks (threshold 2)" in last.why
     down = decide(
@@ -252,6 +255,7 @@ def test_a_step_is_decided_from_the_status_alone() -> None:
         stable="1",
         canary="2",
         weight=10,
+        at=3.0,
     )
     assert down.then is Then.STOP and down.status.snapshot == baseline and "limit 3" in down.why
 
@@ -290,5 +294,12 @@ def test_an_analysis_persisted_before_the_typed_status_loads_unchanged() -> None
     status = AnalysisStatus.from_json(document)
     assert status.plan.steps == (10, 50) and status.last is not None
     assert status.last.outcome is Outcome.FAIL and not status.last.gates[0].passed
-    assert status.to_json() == document
+    # Gates added since take their defaults; everything the document held is kept.
+    written = status.to_json()
+    assert written["plan"]["gates"] == {**asdict(LiveGates()), **document["plan"]["gates"]}
+    written["plan"]["gates"] = document["plan"]["gates"]
+    # Driven by its rollout, at the default interval (the manager takes over after three).
+    assert written["plan"].pop("interval_s") == 30.0 and written["plan"].pop("detached") is False
+    assert written["plan"].pop("approve_before") == []
+    assert written == document
     assert "snapshot" not in status.to_json(snapshot=False)

@@ -59,9 +59,14 @@ def interpolate(text: str, env: dict[str, str]) -> str:
     return _VARIABLE.sub(value, text)
 
 
+#: What a user adds to .env before the first ``docker compose up`` (the file ships without).
+USER_ENV = {"REPO_MANAGER_CONTROL_KEY": "k3y-from-the-users-env-file"}
+
+
 def compose(env: dict[str, str] | None = None) -> dict[str, Any]:
-    """The compose file as ``docker compose config`` sees it: parsed, then interpolated."""
-    values = dotenv() if env is None else env
+    """The compose file as ``docker compose config`` sees it: parsed, then interpolated
+    (by default with the shipped .env plus what the user must add, ``USER_ENV``)."""
+    values = {**dotenv(), **USER_ENV} if env is None else env
 
     def walk(node: Any) -> Any:
         if isinstance(node, str):
@@ -291,8 +296,8 @@ def test_kubernetes_tritonservers_start_only_after_the_repository_init_step() ->
     # The manager's image and the same repository, endpoint and credentials as tritonserver.
     assert step["image"] == manager["image"]
     assert step["envFrom"] == triton["envFrom"] == manager["envFrom"]
-    secrets = {e["name"]: e for e in step["env"]}
-    assert secrets == {e["name"]: e for e in triton["env"]}
+    triton_env = {e["name"]: e for e in triton["env"]}
+    assert all(triton_env.get(e["name"]) == e for e in step["env"])  # the same credentials
     config = docs["repo-manager-s3/ConfigMap"]["data"]
     bucket_prefix = config["REPO_MANAGER_REPOSITORY"].removeprefix("s3://")
     assert config["TRITON_MODEL_REPOSITORY"] == (
@@ -351,3 +356,60 @@ def test_kubernetes_clients_are_told_the_watch_url_of_the_manager_service() -> N
     served = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert f"--metrics-port={served[port['targetPort']]}" in container["args"]
     assert "--metrics-addr=0.0.0.0" in container["args"]
+
+
+# -- a locked control plane ----------------------------------------------------------------------
+
+
+def test_compose_refuses_to_start_without_a_control_key() -> None:
+    with pytest.raises(AssertionError, match="REPO_MANAGER_CONTROL_KEY unset"):
+        compose(dotenv())  # the .env as shipped: no key, so no stack at all
+
+
+def test_compose_triton_serves_model_control_only_to_callers_with_the_key() -> None:
+    from repo_manager.transport import CONTROL_KEY_ENV, restricted_flags
+
+    services = compose()["services"]
+    key = USER_ENV[CONTROL_KEY_ENV]
+    command = services["triton"]["command"]
+    assert [a for a in command if "restricted" in a] == restricted_flags(key)
+    # The manager (and every client of the image: init, exporter, loadgen) sends it.
+    for name in ("manager", "exporter", "loadgen", "init"):
+        assert services[name]["environment"][CONTROL_KEY_ENV] == key
+    assert "--model-control-mode=explicit" in command
+
+
+def test_kubernetes_tritonservers_serve_model_control_only_with_the_secret_key() -> None:
+    from repo_manager.transport import CONTROL_KEY_ENV, restricted_flags
+
+    docs = {doc["metadata"]["name"] + "/" + doc["kind"]: doc for _n, doc in manifests()}
+    triton = docs["triton/StatefulSet"]["spec"]["template"]["spec"]["containers"][0]
+    manager = docs["repo-manager/Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    # Kubernetes expands $(VAR) in args from the container's env: the Secret's key.
+    flags = [a for a in triton["args"] if "restricted" in a]
+    assert flags == restricted_flags(f"$({CONTROL_KEY_ENV})")
+    from_secret = {
+        "name": CONTROL_KEY_ENV,
+        "valueFrom": {"secretKeyRef": {"name": "repo-manager-control", "key": CONTROL_KEY_ENV}},
+    }
+    assert from_secret in triton["env"] and from_secret in manager["env"]
+
+
+def test_compose_publishes_every_port_on_loopback_unless_told_otherwise() -> None:
+    for env, address in (
+        (None, "127.0.0.1"),
+        ({**dotenv(), **USER_ENV, "PUBLISH_ADDR": "0.0.0.0"}, "0.0.0.0"),
+    ):
+        services = compose(env)["services"]
+        published = [str(p) for s in services.values() for p in s.get("ports", [])]
+        assert published and all(p.startswith(f"{address}:") for p in published), published
+
+
+def test_compose_has_no_default_secret_and_no_prometheus_lifecycle_api() -> None:
+    text = COMPOSE.read_text()
+    assert "minioadmin" not in text
+    services = compose()["services"]
+    # Unset in the shipped .env: MinIO refuses to start without a password of its own.
+    assert services["minio"]["environment"]["MINIO_ROOT_PASSWORD"] == ""
+    assert "${AWS_SECRET_ACCESS_KEY:-}" in text
+    assert not any("lifecycle" in a for a in services["prometheus"]["command"])

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from repo_manager.analysis import Snapshot
 from repo_manager.history.plot import figure, plot_data, write_plot
 from repo_manager.rollout.ledger import Ledger
 from repo_manager.state import Transition
@@ -73,7 +74,7 @@ def test_each_step_shows_canary_and_stable_error_rate_and_latency_with_the_gates
     # Judged steps: one pass at 10%, two failed checks at 25%.
     assert [(s.weight, s.outcome) for s in data.steps] == [(10, "pass"), (25, "fail"), (25, "fail")]
     fig = figure(history, model="m")
-    _, errors, latency = fig.axes
+    _, errors, latency, _ = fig.axes
     e, lat = lines(errors), lines(latency)
     assert e["canary error rate"] == pytest.approx([0.0, 20.0, 20.0])
     assert e["stable error rate"] == pytest.approx([0.0, 0.0, 0.0])
@@ -90,9 +91,56 @@ def test_a_history_without_analysis_draws_weights_alone(manager: Harness) -> Non
     state = rollout.set_weight("m", 40)
     data = plot_data(state.history)
     assert data.source is None and data.steps == []
-    _, errors, _ = figure(state.history, model="m").axes
+    _, errors, _, _ = figure(state.history, model="m").axes
     assert not lines(errors)
     assert any(t.get_text() == "no analysis steps" for t in errors.texts)
+
+
+class DetectingProvider(ScriptedProvider):
+    """Also what the Routers' ``detect`` counted: per interval 100 images a version, box
+    counts 1..4 (mean 2.5); a ``blind`` canary finds none."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blind = False
+
+    def snapshot(self, model: str) -> Snapshot:
+        for version in ("1", "2"):
+            counts = [0] * 100 if self.blind and version == "2" else [1, 2, 3, 4] * 25
+            for key, value in (
+                ("router_ok", 100),
+                ("router_latency_sum", 1.0),
+                ("router_latency_count", 100),
+                ("router_images", 100),
+                ("router_boxes", sum(counts)),
+                ("router_boxes_squared", sum(c * c for c in counts)),
+                ("router_scores", 0.8 * sum(counts)),
+            ):
+                self.totals.setdefault(key, {})
+                self._add(key, version, value)
+        return super().snapshot(model)
+
+
+def test_each_step_shows_canary_and_stable_boxes_per_image_and_the_failed_checks(
+    manager: Harness,
+) -> None:
+    rollout = manager[0]
+    provider = DetectingProvider()
+    rollout.start_analysis("m", PLAN)
+    rollout.advance("m", provider)  # baseline
+    rollout.advance("m", provider)  # a pass at 10%
+    provider.blind = True
+    for _ in range(2):
+        state = rollout.advance("m", provider)
+    data = plot_data(state.history)
+    assert [(s.weight, s.outcome) for s in data.steps] == [(10, "pass"), (25, "fail"), (25, "fail")]
+    assert "max_box_count_z[router]" in data.steps[-1].failed
+    boxes = lines(figure(state.history, model="m").axes[3])
+    # Per interval, as the other panels (the gate itself judged its 120 s window).
+    assert boxes["canary boxes per image"] == pytest.approx([2.5, 0.0, 0.0])
+    assert boxes["stable boxes per image"] == pytest.approx([2.5, 2.5, 2.5])
+    assert boxes["failed check"] == pytest.approx([0.0, 0.0])
+    assert "gate: max error rate" not in boxes
 
 
 def test_write_plot_writes_a_png_and_nothing_else(manager: Harness, tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from repo_manager.repository import ModelRepository
 from repo_manager.rollout import RolloutManager, RolloutSettings
 from repo_manager.state import RolloutState, load_state, state_key
 from repo_manager.storage import LocalStorage
+from tests.unit.published import write_published, write_version
 
 Call = tuple[list[str], list[str], dict[str, int]] | tuple[str, str | None, dict[str, int]]
 
@@ -84,10 +85,7 @@ Harness = tuple[RolloutManager, RecordingFleet, LocalStorage]
 @pytest.fixture
 def manager(tmp_path: Path) -> Harness:
     storage = LocalStorage(tmp_path)
-    for version in ("1", "2"):
-        (tmp_path / "m.versions" / version).mkdir(parents=True)
-    config = ModelConfig(name="m.versions")
-    (tmp_path / "m.versions" / "config.pbtxt").write_bytes(render_config(config))
+    write_published(tmp_path, "m", ["1", "2"])
     state = RolloutState(
         model="m", phase=Phase.PROGRESSING, stable="1", canary="2", weights={"1": 90, "2": 10}
     )
@@ -151,9 +149,8 @@ def test_promote_twice_is_refused_after_the_first(manager: Harness) -> None:
 def staged_version(root: Path, version: str, config: ModelConfig | None = None) -> Path:
     """What a caller hands ``publish``: config.pbtxt + VERSION/manifest.json, exported."""
     staged = root / f"staged-{version}" / "m"
-    (staged / version).mkdir(parents=True)
+    write_version(staged / version, "m", version)
     (staged / "config.pbtxt").write_bytes(render_config(config or ModelConfig(name="m")))
-    (staged / version / "manifest.json").write_text('{"format": "python"}')
     return staged
 
 

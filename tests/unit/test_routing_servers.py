@@ -106,3 +106,55 @@ def test_shared_memory_is_passed_in_and_only_for_a_single_fixed_server() -> None
                 channel=channel,
                 addresses=addresses,
             )
+
+
+def test_a_hung_server_leaves_the_rotation_and_is_probed_back_in(repo: Path) -> None:
+    """A server that takes requests and answers none costs one request its deadline, then
+    gets none until a liveness probe answers again."""
+    from tests.eventually import eventually
+
+    router, clients = make_router(repo, ["a:1", "b:1"])
+    router._servers._probe_interval = 0.02
+    clients[0].hung = True
+    with router:
+        results = [router.infer([]) for _ in range(20)]
+        assert all(not r.fallback for r in results)
+        assert len(clients[0].calls) == 1 and len(clients[1].calls) == 20
+        assert router.hung_servers == ["a:1"]
+        clients[0].hung = False
+        assert eventually(lambda: router.hung_servers == [], 5)
+        for _ in range(20):
+            router.infer([])
+    assert len(clients[0].calls) == 11  # back in the round robin
+
+
+def test_a_failed_canary_falls_back_to_stable_on_another_server(repo: Path) -> None:
+    from tests.unit.routing_fakes import write_state
+
+    write_state(repo, {"1": 0, "2": 100}, generation=1)
+    router, clients = make_router(repo, ["a:1", "b:1"])
+    broken = InferenceServerException("canary crashed", status="StatusCode.INTERNAL")
+    for client in clients:
+        client.fail["2"] = broken
+    with router:
+        for _ in range(10):
+            result = router.infer([])
+            assert result.version == "1" and result.fallback
+            first = next(c for c in clients if c.calls and c.calls[-1] == "2")
+            other = next(c for c in clients if c is not first)
+            assert other.calls[-1] == "1"  # stable, on the server that did not fail
+            for client in clients:
+                client.calls.clear()
+
+
+def test_when_every_server_is_late_the_other_version_is_tried(repo: Path) -> None:
+    from tests.unit.routing_fakes import write_state
+
+    write_state(repo, {"1": 0, "2": 100}, generation=1)
+    router, clients = make_router(repo, ["a:1", "b:1"])
+    late = InferenceServerException("Deadline Exceeded", status="StatusCode.DEADLINE_EXCEEDED")
+    for client in clients:
+        client.fail["2"] = late  # a slow canary: the servers answer probes
+    with router:
+        result = router.infer([])
+    assert (result.version, result.fallback) == ("1", True)

@@ -11,7 +11,12 @@ from tritonclient._request import Request
 from tritonclient.utils import InferenceServerException
 
 from repo_manager import transport
-from repo_manager.errors import InvalidInputError, TritonError, TritonUnavailableError
+from repo_manager.errors import (
+    InvalidInputError,
+    TritonError,
+    TritonHungError,
+    TritonUnavailableError,
+)
 from repo_manager.transport import (
     GrpcSecurity,
     expand_urls,
@@ -25,6 +30,10 @@ from tests.unit.routing_fakes import UNREACHABLE, make_router, write_state
 #: What tritonclient raised for a TLS handshake the server refused (measured, Triton 2.51).
 TLS_REFUSED = "failed to connect to all addresses; last error: UNAVAILABLE: ipv4:1: Socket closed"
 NOT_READY = "Request for unknown model: 'det' version 2 is not at ready state"
+
+RESTRICTED = (
+    "This protocol is restricted, expecting header 'triton-grpc-protocol-repo-manager-control-key'"
+)
 
 
 def test_headers_are_sent_on_every_call_with_lowercase_names() -> None:
@@ -113,12 +122,46 @@ def test_dns_names_expand_only_when_asked(monkeypatch: pytest.MonkeyPatch) -> No
         ("StatusCode.DEADLINE_EXCEEDED", "Deadline Exceeded", False),  # late, maybe live
         ("StatusCode.NOT_FOUND", "Request for unknown model: 'det' is not found", False),
         ("StatusCode.INTERNAL", "boom", False),
+        # A locked control plane without the key (Triton 2.51's words): it answered.
+        ("StatusCode.UNAVAILABLE", RESTRICTED, False),
     ],
 )
 def test_one_rule_says_when_a_server_is_unreachable(
     status: str, message: str, unreachable: bool
 ) -> None:
     assert is_unreachable(InferenceServerException(message, status=status)) is unreachable
+
+
+def test_clients_send_the_control_key_under_the_header_triton_expects_over_grpc(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from repo_manager.transport import (
+        CONTROL_KEY_ENV,
+        CONTROL_KEY_FILE_ENV,
+        GRPC_CONTROL_HEADER,
+        control_key,
+        ensure_control_key,
+        restricted_flags,
+    )
+
+    assert control_key() is None  # no variable, no file (tests/unit/conftest.py)
+    key, kept = ensure_control_key()  # what serve does: a key file of mode 0600
+    path = Path(kept)
+    assert path.read_text().strip() == key and oct(path.stat().st_mode & 0o777) == "0o600"
+    assert control_key() == key and ensure_control_key() == (key, kept)
+    monkeypatch.setenv(CONTROL_KEY_ENV, "from-env")
+    assert control_key() == "from-env"
+    monkeypatch.delenv(CONTROL_KEY_ENV)
+    monkeypatch.setenv(CONTROL_KEY_FILE_ENV, str(tmp_path / "missing"))
+    with pytest.raises(InvalidInputError, match="which is missing"):
+        control_key()
+    assert GRPC_CONTROL_HEADER == "triton-grpc-protocol-repo-manager-control-key"
+    assert restricted_flags("k")[0] == (
+        "--grpc-restricted-protocol=model-repository,shared-memory,trace,logging:"
+        "repo-manager-control-key=k"
+    )
+    with pytest.raises(InvalidInputError):
+        restricted_flags("has space")
 
 
 class _Raising:
@@ -134,31 +177,33 @@ class _Raising:
         return None
 
 
-def test_the_manager_and_the_router_agree_that_a_deadline_is_not_unreachable(
-    tmp_path: Path,
-) -> None:
+def test_a_deadline_is_not_unreachable_but_a_hung_server_is_left_out(tmp_path: Path) -> None:
+    """A late answer is not "unreachable" (``is_unreachable`` stays False: a slow canary
+    must still fall back to stable), but the server that was late is hung for the
+    manager (one line naming it and how to leave it out) and out of the Router's rotation
+    until a probe answers."""
     late = InferenceServerException("Deadline Exceeded", status="StatusCode.DEADLINE_EXCEEDED")
+    assert not is_unreachable(late)
     control = TritonControl("a:1")
     control._client.close()
     control._client = _Raising(late)
-    with pytest.raises(TritonError, match="refused to answer: Deadline Exceeded") as info:
+    with pytest.raises(TritonHungError, match="a:1 did not answer within 10s") as info:
         control.check_reachable()
-    assert not isinstance(info.value, TritonUnavailableError)
+    assert "leave it out with --url" in str(info.value)
     control._client = _Raising(
         InferenceServerException(UNREACHABLE, status="StatusCode.UNAVAILABLE")
     )
     with pytest.raises(TritonUnavailableError, match="Triton unreachable at a:1"):
         control.check_reachable()
 
-    # The Router falls back to the other version and never marks the late server down:
-    # each request still tries version 2 on it first (a:1 then b:1, in round-robin turn).
+    # Version 2 is late on a:1 only: the request moves to b:1 for the same version.
     write_state(tmp_path, {"1": 0, "2": 100}, generation=1)
     router, clients = make_router(tmp_path, ["a:1", "b:1"])
     clients[0].fail["2"] = late
     with router:
         results = [router.infer([]) for _ in range(4)]
-    assert [(r.version, r.fallback) for r in results] == [("1", True)] * 4
-    assert clients[0].calls == ["2"] * 4 and clients[1].calls == ["1"] * 4
+    assert [(r.version, r.fallback) for r in results] == [("2", False)] * 4
+    assert clients[0].calls == ["2"]  # left out after its first miss
 
 
 def test_a_refusal_with_an_empty_message_is_still_one_line_naming_the_server() -> None:

@@ -25,6 +25,7 @@ from repo_manager.state import RoutingTable
 from repo_manager.storage import LocalStorage
 from repo_manager.watch import WatchServer
 from tests.eventually import eventually
+from tests.unit.published import write_published
 from tests.unit.routing_fakes import MODEL, make_router, write_state
 
 
@@ -246,6 +247,7 @@ def test_a_move_the_long_running_manager_records_is_pushed_through_its_hook(repo
         def check_reachable(self) -> None:
             return None
 
+    write_published(repo, MODEL, ["1", "2"])
     server = start_server(repo, poll_interval=3600)  # only the hook can tell it
     manager = RolloutManager(
         ModelRepository(LocalStorage(repo)),

@@ -1,4 +1,4 @@
-"""Model control on one or many Triton servers, over tritonclient's gRPC client.
+"""Model control on one Triton server, over tritonclient's gRPC client.
 
 tritonclient errors are translated here, where they enter: an unreachable server becomes
 ``TritonUnavailableError``, anything Triton refuses becomes ``TritonError``, both chained.
@@ -17,12 +17,25 @@ from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException
 
-from repo_manager.errors import TritonError, TritonUnavailableError, VersionNotReadyError
+from repo_manager.errors import (
+    TritonError,
+    TritonHungError,
+    TritonUnavailableError,
+    VersionNotReadyError,
+)
 from repo_manager.modelconfig import config_to_json, with_version_policy
-from repo_manager.transport import GrpcSecurity, is_unreachable, make_grpc_client
+from repo_manager.transport import (
+    CONTROL_KEY_ENV,
+    CONTROL_KEY_FILE_ENV,
+    RESTRICTED_ANSWER,
+    GrpcSecurity,
+    control_key,
+    is_unreachable,
+    make_grpc_client,
+)
 from repo_manager.unpinned.config import public_route
 
-__all__ = ["ServerVersions", "TritonControl", "TritonFleet", "VersionState"]
+__all__ = ["Index", "ServerVersions", "TritonControl", "VersionState"]
 
 T = TypeVar("T")
 DEADLINE_EXCEEDED = "StatusCode.DEADLINE_EXCEEDED"  # gRPC: a client deadline passed
@@ -72,10 +85,22 @@ class TritonControl:
         try:
             return call()
         except InferenceServerException as exc:
-            if late is not None and exc.status() == DEADLINE_EXCEEDED:
-                raise late() from exc
+            if exc.status() == DEADLINE_EXCEEDED:
+                if late is not None:
+                    raise late() from exc
+                raise TritonHungError(
+                    f"Triton at {self.url} did not answer within {self.request_timeout:g}s "
+                    "(hung or stopped: it takes connections and answers nothing); leave it "
+                    "out with --url until it answers again"
+                ) from exc
             if is_unreachable(exc):
                 raise TritonUnavailableError(f"Triton unreachable at {self.url}") from exc
+            if RESTRICTED_ANSWER in (exc.message() or str(exc)):
+                raise TritonError(
+                    f"Triton at {self.url} refused to {what}: its model control needs the "
+                    f"control key, and this process has {'another' if control_key() else 'none'}"
+                    f" (set {CONTROL_KEY_ENV} or {CONTROL_KEY_FILE_ENV})"
+                ) from exc
             lines = (exc.message() or str(exc)).strip().splitlines()
             message = lines[0] if lines else f"no message ({exc.status() or 'no status'})"
             raise TritonError(f"Triton at {self.url} refused to {what}: {message}") from exc
@@ -222,183 +247,9 @@ class TritonControl:
         self._client.close()
 
 
-class TritonFleet:
-    """The same model-control call on every server of a fleet, in order."""
-
-    def __init__(
-        self,
-        urls: Sequence[str],
-        *,
-        request_timeout: float = 10.0,
-        security: GrpcSecurity | None = None,
-    ) -> None:
-        if not urls:
-            raise ValueError("a fleet needs at least one server")
-        self.request_timeout = request_timeout
-        self.security = security
-        self.servers = [
-            TritonControl(url, request_timeout=request_timeout, security=security) for url in urls
-        ]
-
-    @property
-    def urls(self) -> list[str]:
-        return [server.url for server in self.servers]
-
-    def set_urls(self, urls: Sequence[str]) -> None:
-        """Become the fleet at ``urls`` (a DNS fleet re-resolved): known servers keep their
-        connection, new ones are added, those gone are closed."""
-        if not urls:
-            raise ValueError("a fleet needs at least one server")
-        known = {server.url: server for server in self.servers}
-        self.servers = [
-            known.pop(url)
-            if url in known
-            else TritonControl(url, request_timeout=self.request_timeout, security=self.security)
-            for url in urls
-        ]
-        for gone in known.values():
-            gone.close()
-
-    def check_reachable(self) -> None:
-        """Raise one error naming every server that does not answer (not just the first)."""
-        down = []
-        for server in self.servers:
-            try:
-                server.check_reachable()
-            except TritonUnavailableError as exc:
-                down.append((server.url, exc))
-        if len(self.servers) == 1 and down:
-            raise down[0][1]
-        if down:
-            names = ", ".join(url for url, _ in down)
-            raise TritonUnavailableError(
-                f"Triton unreachable at {names} ({len(down)} of {len(self.servers)} servers); "
-                "start it or leave it out with --url, then run reconcile"
-            ) from down[0][1]
-
-    def server_versions(self) -> dict[str, str]:
-        """Each server's Triton version (from its metadata), by url."""
-        return {s.url: str(s.server_metadata().get("version", "")) for s in self.servers}
-
-    def apply(
-        self,
-        model: str,
-        config: model_config_pb2.ModelConfig,
-        versions: Sequence[str],
-        *,
-        gone: Sequence[str] = (),
-        timeout: float,
-        only: Sequence[str] | None = None,
-    ) -> None:
-        """Load ``versions`` everywhere and wait until they are READY and ``gone`` are not.
-
-        Every server is tried even when one fails, so that a rollback (an ``apply`` of the
-        previous versions) reaches every server that answers; the error names them all.
-        ``only`` limits the call to those urls (reconcile of a restarted server).
-        """
-        targets = self._targets(only)
-        failures: list[TritonError] = []
-        loaded = []
-        for server in targets:
-            try:
-                server.load(model, config, versions, timeout=timeout)
-                loaded.append(server)
-            except TritonError as exc:
-                failures.append(exc)
-        for server in loaded:
-            try:
-                server.wait_versions(model, ready=versions, gone=gone, timeout=timeout)
-            except TritonError as exc:
-                failures.append(exc)
-        _raise_failures(failures, len(targets))
-
-    def point_public(
-        self,
-        name: str,
-        config: model_config_pb2.ModelConfig,
-        *,
-        timeout: float,
-        only: Sequence[str] | None = None,
-    ) -> list[str]:
-        """Make the public name ``name`` route unpinned requests as ``config`` does, everywhere.
-
-        A server whose public name already routes so is left alone (a load call would
-        re-create it for nothing). Returns the urls where it moved; like ``apply``, every
-        server is tried and one error names each that failed.
-        """
-        wanted = public_route(config)
-        targets = self._targets(only)
-        failures: list[TritonError] = []
-        moved = []
-        for server in targets:
-            try:
-                if server.public_route(name) == wanted:
-                    continue
-                server.load_public(name, config, timeout=timeout)
-                server.wait_versions(name, ready=["1"], timeout=timeout)
-                moved.append(server.url)
-            except TritonError as exc:
-                failures.append(exc)
-        _raise_failures(failures, len(targets))
-        return moved
-
-    def _targets(self, only: Sequence[str] | None) -> list[TritonControl]:
-        return [s for s in self.servers if only is None or s.url in only]
-
-    def unload(self, *models: str, timeout: float) -> None:
-        """Unload each of ``models`` on every server (the public name first, then its
-        versions model, so no client is left with an alias to nothing), and wait until
-        Triton let go of every version (a load in flight ends first: only then may the
-        files go, or a python stub starting on them hangs the model)."""
-        failures: list[TritonError] = []
-        for server in self.servers:
-            for model in models:
-                try:
-                    server.unload(model)
-                    known = [v.version for v in server.versions(model)]
-                    server.wait_versions(model, ready=[], gone=known, timeout=timeout)
-                except TritonError as exc:
-                    failures.append(exc)
-        _raise_failures(failures, len(self.servers))
-
-    def survey(self, model: str, *, alias: str | None = None) -> list[ServerVersions]:
-        """Each server's view of ``model`` (and of the public name ``alias`` pointing into
-        it); an unreachable server is reported, not raised."""
-        report = []
-        for server in self.servers:
-            try:
-                index = server.index()  # one read serves both models
-                report.append(
-                    ServerVersions(
-                        url=server.url,
-                        versions=server.versions(model, index=index),
-                        public=server.public_route(alias, index=index) if alias else None,
-                    )
-                )
-            except TritonError as exc:
-                report.append(ServerVersions(url=server.url, error=str(exc)))
-        return report
-
-    def close(self) -> None:
-        for server in self.servers:
-            server.close()
-
-
 def _said(version: str, state: VersionState | None) -> str:
     """What Triton's index says of one version (its first reason line)."""
     if state is None:
         return f"version {version} not in its index"
     reason = state.reason.splitlines()[0] if state.reason else ""
     return f"version {version} {state.state}" + (f" ({reason})" if reason else "")
-
-
-def _raise_failures(failures: list[TritonError], targets: int) -> None:
-    """Raise nothing, the one failure, or one error naming every failed server."""
-    if len(failures) == 1:
-        raise failures[0]
-    if failures:
-        first = failures[0]
-        error = type(first) if all(type(f) is type(first) for f in failures) else TritonError
-        raise error(
-            f"{len(failures)} of {targets} servers failed: " + "; ".join(str(f) for f in failures)
-        ) from first
