@@ -51,8 +51,8 @@ def unpinned(client: grpcclient.InferenceServerClient, images: np.ndarray) -> np
 class Reference:
     """One version's own ``model.onnx`` run in-process by onnxruntime."""
 
-    def __init__(self, repository: Path, version: str) -> None:
-        onnx = repository / VERSIONS / version / "model.onnx"
+    def __init__(self, repository: Path, version: str, *, model: str = MODEL) -> None:
+        onnx = repository / versions_model_name(model) / version / "model.onnx"
         self.session = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
         # Traffic cycles through a few images: each is run once, not once per answer
         # checked (thousands of runs that took the CPU from the tests beside this one).

@@ -4,6 +4,10 @@ Detectors trained for the test on the same generated shapes (``export.tiny_detec
 RECIPES, cached in ``.cache/``): YOLOv8n (stable), YOLO26n and YOLOv10n (end-to-end
 heads), and a YOLOv8n that learnt one more class (``triangle``). One server for the
 module; each test uses its own model names.
+
+``make test`` runs the canary of the fine-tuned YOLOv10n and 3-class YOLOv8n (their
+training costs seconds); the tests with the YOLO26n (40 epochs from scratch, minutes) are
+marked ``generations`` and run by ``make test-generations``.
 """
 
 from __future__ import annotations
@@ -23,8 +27,10 @@ from export.shapes import ALL_CLASS_NAMES, CLASS_NAMES, generate_shapes_image
 from export.tiny_detector import cached_detector
 from repo_manager import Router
 from repo_manager.names import versions_model_name
+from tests.eventually import eventually
 from tests.integration.conftest import Stack, running_stack
 from tests.integration.detections import CONF, assert_same_detections
+from tests.integration.public_clients import Reference, matches
 from tests.integration.traffic import client_traffic
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
@@ -72,15 +78,24 @@ def predict(weights: Path, images: list[np.ndarray], *, nms: bool | None) -> lis
 
 
 def assert_version_equals_predict(
-    router: Router, version: str, weights: Path, images: list[np.ndarray], *, nms: bool | None
+    router: Router,
+    version: str,
+    weights: Path,
+    images: list[np.ndarray],
+    *,
+    nms: bool | None,
+    least: int | None = None,
 ) -> None:
+    """``version``'s pinned detections are predict's on every image, and at least ``least``
+    of them (default: one per image) were matched: the comparison was not of nothing."""
     local = predict(weights, images, nms=nms)
     matched = 0
     for i, (image, mine) in enumerate(zip(images, local, strict=True)):
         found = router.detect(image, version=version, conf=CONF)
         assert found.version == version
         matched += assert_same_detections(found, mine, f"version {version} image {i}")
-    assert matched >= len(images), f"version {version} matched only {matched} detections"
+    least = len(images) if least is None else least
+    assert matched >= least, f"version {version} matched only {matched} detections"
 
 
 def ultralytics_client(stack: Stack, model: str, images: list[np.ndarray]) -> list[Any]:
@@ -108,6 +123,104 @@ def triangle_images(count: int, seed: int = 5) -> list[np.ndarray]:
     return found
 
 
+def as_tensor(image: np.ndarray) -> np.ndarray:
+    """A BGR image of the test's size as a plain client of the public name sends it."""
+    rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return np.ascontiguousarray(rgb.transpose(2, 0, 1)[None], dtype=np.float32) / 255
+
+
+def golden_report(stack: Stack, model: str, version: str, golden: Path) -> dict[str, Any]:
+    """``validate``'s golden-set report of ``version`` against stable (passed or not)."""
+    gate = stack.cli("validate", model, version, "--golden", str(golden), "--json", check=False)
+    assert gate.code in (0, 1), gate.stderr  # a verdict either way, not an error
+    report: dict[str, Any] = json.loads(gate.stdout)
+    return report
+
+
+#: Detections the default suite's cheap canaries must match on the 40 golden images: a
+#: few epochs of fine-tuning find boxes on some of them (measured in the issue 22 note).
+CHEAP_MATCHED = 20
+
+
+def test_a_canary_of_another_generation_and_one_that_adds_a_class(
+    server: Stack,
+    detectors: Detectors,
+    golden_images: list[np.ndarray],
+    golden_set: Path,
+) -> None:
+    """The default suite's canary across generations and class sets: v1 YOLOv8n stable, v2
+    a YOLOv8n with a third class (golden gate by name) rolled back, v3 a YOLOv10n (its
+    end-to-end one-to-one head) through the weighted public name, promoted. Each version's
+    detections are Ultralytics' predict of its ``.pt``; no Router or unpinned request fails
+    and unpinned clients see one output shape throughout."""
+    stack, model = server, "mixed"
+    stack.publish(model, "1", detectors["yolov8n"])
+    images = triangle_images(6)
+    tensors = [as_tensor(x) for x in images]
+    answers: list[tuple[int, np.ndarray]] = []
+    public_client = grpcclient.InferenceServerClient(stack.url)  # one thread calls it
+
+    def unpinned(i: int) -> str:
+        request = grpcclient.InferInput("images", [1, 3, SIZE, SIZE], "FP32")
+        request.set_data_from_numpy(tensors[i % len(tensors)])
+        output = public_client.infer(model, [request]).as_numpy("output0")
+        assert output is not None
+        answers.append((i % len(tensors), output))
+        return "public"
+
+    with (
+        Router(model, url=stack.url, repository=str(stack.repository)) as router,
+        client_traffic(lambda i: router.detect(images[i % len(images)]).version, 1) as traffic,
+        client_traffic(unpinned, threads=1) as public,
+    ):
+        assert_version_equals_predict(router, "1", detectors["yolov8n"], golden_images, nms=None)
+
+        three = detectors["yolov8n-3class"]
+        stack.publish(model, "2", three)  # one more class: a canary of the same model
+        assert_version_equals_predict(
+            router, "2", three, golden_images, nms=None, least=CHEAP_MATCHED
+        )
+        assert_version_equals_predict(router, "2", three, images, nms=None, least=len(images))
+        labels = {label for x in images for label in router.detect(x, version="2").labels}
+        assert "triangle" in labels and "triangle" not in router.class_names("1"), labels
+        report = golden_report(stack, model, "2", golden_set)  # stable judges it by name
+        assert report["candidate"]["missing_classes"] == [], report
+        assert report["stable"]["map50"] > 0.5 and report["gates"], report
+        stack.cli("set-weight", model, "50")
+        assert eventually(lambda: traffic.versions_since(0)["2"] > 0, 30, every=0.1)
+        stack.cli("rollback", model)
+
+        stack.cli("policy", model, "--unpinned", "weighted")  # the split inside Triton
+        v10 = detectors["yolov10n"]
+        stack.publish(model, "3", v10)  # another generation: a canary of the same model
+        assert_version_equals_predict(
+            router, "3", v10, golden_images, nms=False, least=CHEAP_MATCHED
+        )
+        references = {v: Reference(stack.repository, v, model=model) for v in ("1", "3")}
+        stack.cli("set-weight", model, "50")
+        split_from = len(answers)
+        assert eventually(
+            lambda: len(answers) >= split_from + 40 and traffic.versions_since(0)["3"] > 0,
+            60,
+            every=0.1,
+        )
+        split_to = len(answers)
+        stack.cli("promote", model)
+    public_client.close()
+
+    def answered_by(index: int, output: np.ndarray) -> str:
+        found = [v for v, r in references.items() if matches(output, r(tensors[index]))]
+        assert len(found) == 1, f"answer to image {index} matches versions {found}"
+        return found[0]
+
+    split = Counter(answered_by(i, out) for i, out in answers[split_from:split_to])
+    assert set(split) == {"1", "3"}, split  # the public name split by weight
+    assert traffic.failures == [] and public.failures == [], traffic.failures + public.failures
+    assert {v for _, v in traffic.served} == {"1", "2", "3"}
+    assert {out.shape for _, out in answers} == {(1, 300, 6)}
+
+
+@pytest.mark.generations
 def test_a_canary_across_generations_and_one_that_adds_a_class(
     server: Stack,
     detectors: Detectors,
@@ -163,6 +276,7 @@ def test_a_canary_across_generations_and_one_that_adds_a_class(
         stack.publish(model, "3", detectors["yolov10n"])
         assert_version_equals_predict(router, "3", detectors["yolov10n"], golden_images, nms=False)
         stack.cli("set-weight", model, "50")
+        assert eventually(lambda: traffic.versions_since(0)["3"] > 0, 30, every=0.1)
         stack.cli("rollback", model)
 
         three = detectors["yolov8n-3class"]
@@ -201,6 +315,7 @@ def test_a_canary_across_generations_and_one_that_adds_a_class(
     assert shadow["boxes_new_class"] > 0, shadow
 
 
+@pytest.mark.generations
 def test_a_yolo26_checkpoint_is_the_first_version_of_a_new_model(
     server: Stack, detectors: Detectors, golden_images: list[np.ndarray]
 ) -> None:

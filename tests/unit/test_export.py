@@ -39,6 +39,7 @@ from repo_manager.errors import (
     WeightsError,
 )
 from repo_manager.modelconfig import ModelConfig, config_to_json, parse_config
+from tests.checkpoints import NOT_SERVED, untrained_checkpoint
 
 IMGSZ = 160
 ANCHORS = (160 // 8) ** 2 + (160 // 16) ** 2 + (160 // 32) ** 2  # 525
@@ -418,16 +419,16 @@ def test_a_plain_torch_dict_is_a_weights_error(tmp_path: Path) -> None:
     assert_one_line_naming(info, plain)
 
 
-def test_a_classifier_is_a_weights_error(tmp_path: Path) -> None:
-    import torch
-    from ultralytics.nn.tasks import ClassificationModel
-
-    classifier = tmp_path / "classifier.pt"
-    model = ClassificationModel("yolov8n-cls.yaml", nc=2, verbose=False)
-    torch.save({"model": model.half(), "train_args": {"task": "classify"}}, classifier)
-    with pytest.raises(WeightsError, match="classify model, not a detector") as info:
-        export_model(classifier, tmp_path / "m", model_name="m", options=options())
-    assert_one_line_naming(info, classifier)
+@pytest.mark.parametrize(("yaml", "words"), NOT_SERVED)
+def test_a_checkpoint_that_is_no_served_detector_is_a_weights_error(
+    tmp_path: Path, yaml: str, words: str
+) -> None:
+    """Segment, pose, OBB, classify and RT-DETR: one line naming the file, what it is and
+    the generations served."""
+    checkpoint = untrained_checkpoint(tmp_path / "model.pt", yaml, train_args={})
+    with pytest.raises(WeightsError, match=f"{words} \\(served: ") as info:
+        export_model(checkpoint, tmp_path / "m", model_name="m", options=options())
+    assert_one_line_naming(info, checkpoint)
 
 
 class _Payload:
