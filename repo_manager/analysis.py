@@ -20,7 +20,7 @@ monitoring, never a verdict on the canary.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +34,7 @@ from repo_manager.metric_sources import (
     ScrapeProvider,
     Snapshot,
 )
+from repo_manager.resource_gates import resource_gates
 
 __all__ = [
     "QUERIES",
@@ -190,9 +191,14 @@ def judge(
     canary: str,
     gates: LiveGates,
     window_start: Snapshot | None = None,
+    kept: Sequence[tuple[float, Snapshot]] = (),
 ) -> Verdict:
     """Compare canary with stable over the interval between two snapshots (the detection
-    gates: since ``window_start``, the oldest reading of their window; default ``before``)."""
+    gates: since ``window_start``, the oldest reading of their window; default ``before``;
+    the memory gates: over the readings ``kept``, oldest first, ending with ``now``).
+
+    A failed memory gate fails the step even without canary traffic: the servers' memory
+    does not wait for requests."""
     canary_w, stable_w = windows(now, before, canary), windows(now, before, stable)
     results: list[GateResult] = []
     judged = []
@@ -244,7 +250,9 @@ def judge(
         judged.append("router: detections")
         results.extend(seen)
     results.extend(latency_gates(now, before, stable=stable, canary=canary, gates=gates))
-    if not judged:
+    memory = resource_gates(kept, gates=gates)
+    results.extend(memory)
+    if not judged and all(g.passed for g in memory):
         return Verdict(
             outcome=Outcome.NO_DATA,
             reason=f"fewer than {gates.min_requests} canary requests in the interval",

@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from repo_manager.gates import GateResult, LiveGates
+from repo_manager.resource_gates import BASELINE_KEY, RESOURCE_KEYS
 
 __all__ = [
     "DETECTION_KEYS",
@@ -33,6 +34,7 @@ __all__ = [
     "counter_delta",
     "detection_gates",
     "window_readings",
+    "window_start",
 ]
 
 #: Snapshot keys (``analysis.QUERIES``) of the Routers' detection counters.
@@ -41,6 +43,10 @@ DETECTION_KEYS = ("router_images", "router_boxes", "router_boxes_squared", "rout
 #: The z value reported when neither version's counts vary at all but their means differ
 #: (every canary image 0 boxes, every stable image 2): finite, so it fits JSON.
 Z_WITHOUT_SPREAD = 1e6
+
+#: What the readings of a window keep: the detection counters, and the servers' gauges the
+#: memory gates judge over their own window.
+WINDOW_KEYS = (*DETECTION_KEYS, *RESOURCE_KEYS, BASELINE_KEY)
 
 Snapshot = Mapping[str, Mapping[str, float]]
 
@@ -135,7 +141,18 @@ def window_readings(
     reading: Mapping[str, Mapping[str, float]],
     seconds: float,
 ) -> tuple[tuple[float, dict[str, dict[str, float]]], ...]:
-    """The detection counters of the readings inside the last ``seconds`` (oldest first),
-    this one (taken at unix time ``at``) included."""
-    current = {key: dict(reading.get(key, {})) for key in DETECTION_KEYS}
+    """The detection counters and the servers' gauges (``resource_gates``) of the readings
+    inside the last ``seconds`` (oldest first), this one (taken at unix time ``at``)
+    included."""
+    current = {key: dict(reading.get(key, {})) for key in WINDOW_KEYS if key in reading}
     return (*(k for k in kept if k[0] >= at - seconds), (at, current))
+
+
+def window_start(
+    kept: tuple[tuple[float, dict[str, dict[str, float]]], ...], *, seconds: float
+) -> dict[str, dict[str, float]] | None:
+    """The oldest reading of ``kept`` inside the last ``seconds`` before its newest, where
+    the detection gates' window starts (None: only the newest is inside)."""
+    at = kept[-1][0]
+    inside = [reading for t, reading in kept[:-1] if t >= at - seconds]
+    return inside[0] if inside else None

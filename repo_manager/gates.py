@@ -35,6 +35,9 @@ _RANGES: dict[str, tuple[float, float]] = {
     "detection_window_s": (1.0, 3600.0),
     "max_p99_ratio": (1.0, 1000.0),
     "max_p99_ms": (0.0, 600_000.0),
+    "max_memory_share": (0.01, 1.0),
+    "memory_window_s": (1.0, 3600.0),
+    "max_resident_growth": (0.0, 1000.0),
 }
 
 
@@ -107,9 +110,24 @@ class LiveGates:
     max_p99_ratio: float = 3.0
     #: Highest allowed canary p99 latency in ms, an SLO (0: off). Default 0.0.
     max_p99_ms: float = 0.0
+    #: Highest share of a GPU's memory (``nv_gpu_memory_used_bytes`` / total), or of the
+    #: host's on a CPU server, that may stay in use for ``memory_window_s``
+    #: (``resource_gates``). Default 0.95.
+    max_memory_share: float = 0.95
+    #: Seconds every reading must stay above ``max_memory_share`` for it to fail. Default 60.0.
+    memory_window_s: float = 60.0
+    #: Largest growth of a server's resident memory (tritonserver and its backend stubs,
+    #: ``serve --process-metrics-port``) since the canary was first judged, as a share of
+    #: that first reading. Default 0.5.
+    max_resident_growth: float = 0.5
 
     def __post_init__(self) -> None:
         _check_ranges(self)
+
+    @property
+    def window_s(self) -> float:
+        """How long the readings judged over a window are kept (the longer window)."""
+        return max(self.detection_window_s, self.memory_window_s)
 
 
 G = TypeVar("G", GoldenGates, LiveGates)

@@ -14,7 +14,7 @@ import json
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -23,9 +23,11 @@ from repo_manager.errors import MetricsUnavailableError
 from repo_manager.latency_gates import BUCKET_KEYS
 from repo_manager.metrics import metric_names as names
 from repo_manager.names import versions_model_name
+from repo_manager.resource_gates import RESIDENT, TOTAL, USED
 
 __all__ = [
     "QUERIES",
+    "RESOURCE_QUERIES",
     "MetricsProvider",
     "PromQLProvider",
     "ScrapeProvider",
@@ -58,6 +60,32 @@ QUERIES: dict[str, tuple[str, dict[str, str]]] = {
     "router_scores": (f"{names.ROUTER_DETECTION_SCORES}_total", {}),
     **{key: (f"{names.ROUTER_LATENCY}_bucket", {"le": le}) for key, le in BUCKET_KEYS.items()},
 }
+
+
+#: The servers' gauges (no model label), snapshot key -> (sample, the label naming the device
+#: or None for the host) for each sample read into it. A value is keyed ``SERVER DEVICE``
+#: (``SERVER host``); a ``server`` label names the server itself and is the key.
+RESOURCE_QUERIES: dict[str, tuple[tuple[str, str | None], ...]] = {
+    USED: ((names.TRITON_GPU_MEMORY_USED, "gpu_uuid"), (names.TRITON_CPU_MEMORY_USED, None)),
+    TOTAL: ((names.TRITON_GPU_MEMORY_TOTAL, "gpu_uuid"), (names.TRITON_CPU_MEMORY_TOTAL, None)),
+    RESIDENT: ((names.SERVER_RESIDENT, "server"),),
+}
+
+
+def device_key(server: str, label: str | None, labels: Mapping[str, str]) -> str:
+    """The snapshot key of one gauge sample of ``server`` (``RESOURCE_QUERIES``)."""
+    if label == "server":
+        return labels.get("server") or server
+    return f"{server} {'host' if label is None else labels.get(label, '')}"
+
+
+def _resource_samples() -> dict[str, list[tuple[str, str | None]]]:
+    """Sample name -> (snapshot key, device label) of every gauge ``RESOURCE_QUERIES`` reads."""
+    wanted: dict[str, list[tuple[str, str | None]]] = {}
+    for key, samples in RESOURCE_QUERIES.items():
+        for sample, label in samples:
+            wanted.setdefault(sample, []).append((key, label))
+    return wanted
 
 
 def model_label(sample: str, model: str) -> str:
@@ -110,8 +138,10 @@ class ScrapeProvider:
         wanted: dict[str, list[tuple[str, dict[str, str]]]] = {}
         for key, (sample, labels) in QUERIES.items():
             wanted.setdefault(sample.removesuffix("_total"), []).append((key, labels))
-        result: Snapshot = {key: {} for key in QUERIES}
+        gauges = _resource_samples()
+        result: Snapshot = {key: {} for key in (*QUERIES, *RESOURCE_QUERIES)}
         for url in self.urls:
+            server = urllib.parse.urlsplit(url).netloc
             text = _get(url, self.timeout).decode("utf-8", "replace")
             try:
                 families = list(text_string_to_metric_families(text))
@@ -119,6 +149,8 @@ class ScrapeProvider:
                 raise MetricsUnavailableError(f"metrics source {url}: unparsable: {exc}") from exc
             for family in families:
                 for s in family.samples:
+                    for key, label in gauges.get(s.name, ()):
+                        result[key][device_key(server, label, s.labels)] = float(s.value)
                     name = s.name.removesuffix("_total")
                     if name not in wanted or s.labels.get("model") != model_label(name, model):
                         continue
@@ -173,4 +205,13 @@ class PromQLProvider:
                 version = str(item.get("metric", {}).get("version", ""))
                 per[version] = float(item["value"][1])
             result[key] = per
+        for key, samples in RESOURCE_QUERIES.items():
+            devices: dict[str, float] = {}
+            for sample, label in samples:
+                by = {None: "instance", "server": "server"}.get(label, f"instance, {label}")
+                for item in self.query(f"max by ({by}) ({sample})"):
+                    labels = {k: str(v) for k, v in item.get("metric", {}).items()}
+                    server = labels.get("instance", "")
+                    devices[device_key(server, label, labels)] = float(item["value"][1])
+            result[key] = devices
         return result

@@ -188,11 +188,13 @@ def watch_text(
     seconds: float | None,
     recent: Sequence[Any],
     now: str,
+    memory: dict[str, dict[str, float]] | None = None,
 ) -> str:
     """One frame of ``status --watch``: phase, steps (the current one marked), weights,
-    analysis counters and last gates, per-version live figures, each server, and the
-    recent history. ``live``: ``analysis.readings`` over the last ``seconds`` (None when
-    there are none yet; ``note`` says why, or names the source)."""
+    analysis counters and last gates, per-version live figures, each server (and its
+    memory, where a source reports it), and the recent history. ``live``:
+    ``analysis.readings`` over the last ``seconds`` (None when there are none yet; ``note``
+    says why, or names the source)."""
     lines = [
         f"{doc['model']}  phase {doc['phase']}  stable {doc['stable']}  "
         f"canary {doc['canary'] or '-'}  generation {doc['generation']}  at {now} UTC",
@@ -221,10 +223,25 @@ def watch_text(
         held = ", ".join(f"v{v['version']} {v['state']}" for v in server["versions"])
         answers = f"public -> v{server['public']}" if server["public"] else "public not loaded"
         lines.append(f"server    {server['url']}: {held or 'no versions'}; {answers}")
+    lines += _memory_lines(memory or {})
     if recent:
         lines.append("history")
         lines += [f"  {short_time(t.at)[11:]} {t.action}" + _why(t.reason) for t in recent]
     return "\n".join(lines)
+
+
+def _memory_lines(memory: dict[str, dict[str, float]]) -> list[str]:
+    lines = []
+    for device, figures in memory.items():
+        shown = []
+        if "memory_share" in figures:
+            shown.append(f"{figures['memory_share']:.1%} of memory in use")
+        if "resident_mib" in figures:
+            shown.append(f"{figures['resident_mib']:.0f} MiB resident")
+        if "resident_growth" in figures:
+            shown.append(f"{figures['resident_growth']:+.1%} since first judged")
+        lines.append(f"memory    {device}: {', '.join(shown)}")
+    return lines
 
 
 def _why(reason: str, width: int = 110) -> str:

@@ -6,6 +6,7 @@ import functools
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -17,6 +18,9 @@ from repo_manager.errors import RepoManagerError, TritonUnavailableError
 from repo_manager.names import validate_model_name
 from repo_manager.rollout import RolloutManager
 from repo_manager.transport import ensure_control_key
+
+if TYPE_CHECKING:
+    from repo_manager.server import EmbeddedTriton
 
 
 @cli.command()
@@ -36,6 +40,14 @@ from repo_manager.transport import ensure_control_key
     "~/.config/repo-manager/control-key); inference stays open.",
 )
 @click.option(
+    "--process-metrics-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Serve the resident memory of tritonserver and its backend stubs at :PORT/metrics "
+    "(repo_manager_server_resident_bytes; bound to --host), for the memory gates of "
+    "reconcile --watch and rollout (give it as a --metrics-url).",
+)
+@click.option(
     "--reconcile-interval",
     default="10s",
     show_default=True,
@@ -50,6 +62,7 @@ def serve(
     host: str,
     log_file: Path | None,
     unlocked: bool,
+    process_metrics_port: int | None,
     reconcile_interval: str,
 ) -> None:
     """Run the embedded tritonserver on the repository (foreground) and keep reconciling
@@ -69,6 +82,8 @@ def serve(
     stop = stop_on_signals()
     server.start()
     try:
+        if process_metrics_port is not None:
+            _serve_process_metrics(server, process_metrics_port, host)
         server.wait_ready()
         click.echo(
             f"tritonserver ready: grpc {server.grpc_url}, http {server.http_url}, "
@@ -105,6 +120,19 @@ def serve(
                 next_pass = time.monotonic() + interval
     finally:
         server.stop()
+
+
+def _serve_process_metrics(server: EmbeddedTriton, port: int, host: str) -> None:
+    """The server's resident memory at ``host:port/metrics``, in its own registry."""
+    from prometheus_client import CollectorRegistry
+
+    from repo_manager.metrics import start_metrics_server
+    from repo_manager.metrics.resident import ResidentMemoryCollector
+
+    registry = CollectorRegistry()
+    registry.register(ResidentMemoryCollector(server=server.grpc_url, pid=lambda: server.pid))
+    start_metrics_server(port, addr=host, registry=registry)
+    click.echo(f"process metrics http://{host}:{port}/metrics", err=True)
 
 
 def _reconcile_quietly(manager: RolloutManager) -> RolloutManager:

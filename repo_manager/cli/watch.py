@@ -21,6 +21,7 @@ from repo_manager.analysis import readings
 from repo_manager.cli.render import watch_text
 from repo_manager.errors import MetricsUnavailableError
 from repo_manager.phases import STEADY_PHASES, Phase
+from repo_manager.resource_gates import resource_readings
 from repo_manager.state import RolloutState, Transition
 
 if TYPE_CHECKING:
@@ -59,6 +60,8 @@ class Watch:
     clock: Callable[[], float] = time.monotonic
     #: Readings of the last ``WINDOW`` seconds, oldest first (live figures span them).
     _readings: deque[tuple[float, Snapshot]] = field(default_factory=deque)
+    #: The servers' memory at the last reading (``resource_gates.resource_readings``).
+    _memory: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def run(self) -> RolloutState:
         """Draw until the phase is terminal (at once if it already is) or ``stop`` is set;
@@ -88,7 +91,15 @@ class Watch:
         seconds: float | None,
         recent: list[Transition],
     ) -> str:
-        return watch_text(doc, live=live, note=note, seconds=seconds, recent=recent, now=_now())
+        return watch_text(
+            doc,
+            live=live,
+            note=note,
+            seconds=seconds,
+            recent=recent,
+            now=_now(),
+            memory=self._memory,
+        )
 
     @staticmethod
     def _since(state: RolloutState, shown: int | None) -> list[Transition]:
@@ -104,6 +115,7 @@ class Watch:
             self._readings.clear()
             return None, f"metrics unavailable: {exc}", None
         now = self.clock()
+        self._memory = resource_readings(snapshot)
         kept = self._readings
         while len(kept) > 1 and now - kept[1][0] >= WINDOW:
             kept.popleft()

@@ -72,6 +72,7 @@ def _verdict(entry: Transition) -> dict[str, Any]:
         "outcome": analysis.get("outcome"),
         "gates": analysis.get("gates", []),
         "readings": analysis.get("readings", {}),
+        "servers": analysis.get("servers", {}),
     }
 
 
@@ -169,6 +170,9 @@ def incident_text(document: dict[str, Any]) -> str:
                     if r.get(k) is not None
                 )
                 lines.append(f"      {source} {role} v{r['version']}: {figures}")
+        for device, figures in v.get("servers", {}).items():
+            shown = ", ".join(f"{k} {value:.4g}" for k, value in figures.items())
+            lines.append(f"      memory {device}: {shown}")
     lines.append("  servers right after:")
     for s in document["servers"]:
         held = ", ".join(f"v{v['version']} {v['state']}" for v in s["versions"])

@@ -14,21 +14,17 @@ import io
 import os
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from repo_manager.errors import InvalidInputError
+from repo_manager.history.plot_data import PlotData, StepReading, plot_data
 from repo_manager.state import Transition
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 __all__ = ["PlotData", "StepReading", "figure", "plot_data", "write_plot"]
-
-#: Source preference when several judged equally many steps (the Router's figures are
-#: what clients saw; Triton's what reached the server; shadow is mirrored traffic).
-_PREFERENCE = ("router", "triton", "shadow")
 
 #: How each kind of transition is marked: (category, colour, marker).
 _KINDS: dict[str, tuple[str, str, str]] = {
@@ -44,139 +40,6 @@ _KINDS: dict[str, tuple[str, str, str]] = {
 }
 
 
-def category(entry: Transition) -> str:
-    """Which kind of mark a transition gets (a key of ``_KINDS``)."""
-    action = entry.action
-    if action.startswith("publish"):
-        return "publish"
-    if action.startswith(("promote", "promoted")):
-        return "promote"
-    if action.startswith(("rollback", "rolled back")):
-        return "rollback"
-    if action.startswith("analysis stopped"):
-        return "stopped"
-    if action.startswith("analysis started"):
-        return "start"
-    outcome = (entry.details or {}).get("analysis", {}).get("outcome")
-    if outcome in ("pass", "fail"):
-        return str(outcome)
-    if action.startswith("analysis"):
-        return "quiet"
-    return "manual"
-
-
-@dataclass(kw_only=True, frozen=True)
-class StepReading:
-    """One judged analysis step, from the chosen source (None: no figure that step)."""
-
-    at: dt.datetime
-    #: The canary judged (a new canary starts a new line).
-    canary: str
-    weight: int
-    outcome: str
-    #: Names of the gates that failed this step (e.g. ``max_latency_ratio[triton]``).
-    failed: tuple[str, ...]
-    canary_error_rate: float | None
-    stable_error_rate: float | None
-    canary_latency_ms: float | None
-    stable_latency_ms: float | None
-    max_error_rate: float
-    #: The latency gate in ms: stable's latency times the plan's max ratio.
-    max_latency_ms: float | None
-    #: Boxes per image ``Router.detect`` counted (the Routers' readings, whichever source
-    #: the other panels draw; None: no detect traffic). Its gate is a test of the two
-    #: means (``max_box_count_z``), drawn as the steps it failed, not as a line.
-    canary_boxes_per_image: float | None = None
-    stable_boxes_per_image: float | None = None
-
-
-@dataclass(kw_only=True, frozen=True)
-class PlotData:
-    """Everything the figure draws, as plain numbers (tests check these)."""
-
-    times: list[dt.datetime]
-    #: Version -> its weight after each transition: None before it was published and
-    #: after the one that took it out of the routing table (which shows it at 0).
-    weights: dict[str, list[int | None]]
-    categories: list[str]
-    actions: list[str]
-    source: str | None
-    steps: list[StepReading] = field(default_factory=list)
-
-
-def _time(at: str) -> dt.datetime:
-    return dt.datetime.fromisoformat(at)
-
-
-def _source(entries: Sequence[Transition]) -> str | None:
-    """The source whose canary readings cover the most steps."""
-    counts: dict[str, int] = {}
-    for e in entries:
-        for source, roles in (e.details or {}).get("analysis", {}).get("readings", {}).items():
-            if "canary" in roles:
-                counts[source] = counts.get(source, 0) + 1
-    if not counts:
-        return None
-    return max(_PREFERENCE, key=lambda s: (counts.get(s, 0), -_PREFERENCE.index(s)))
-
-
-def _step(entry: Transition, source: str) -> StepReading | None:
-    analysis = (entry.details or {}).get("analysis", {})
-    roles = analysis.get("readings", {}).get(source)
-    if analysis.get("outcome") not in ("pass", "fail") or not roles:
-        return None
-    canary, stable = roles.get("canary", {}), roles.get("stable", {})
-    bounds = analysis["bounds"]
-    stable_latency = stable.get("latency_ms")
-    router = analysis["readings"].get("router", {})
-    return StepReading(
-        at=_time(entry.at),
-        canary=str(canary.get("version", entry.canary)),
-        weight=int(analysis["weight"]),
-        outcome=str(analysis["outcome"]),
-        failed=tuple(g["name"] for g in analysis.get("gates", []) if not g["passed"]),
-        canary_error_rate=canary.get("error_rate"),
-        stable_error_rate=stable.get("error_rate"),
-        canary_latency_ms=canary.get("latency_ms"),
-        stable_latency_ms=stable_latency,
-        max_error_rate=float(bounds["max_error_rate"]),
-        max_latency_ms=None
-        if stable_latency is None
-        else stable_latency * float(bounds["max_latency_ratio"]),
-        canary_boxes_per_image=router.get("canary", {}).get("boxes_per_image"),
-        stable_boxes_per_image=router.get("stable", {}).get("boxes_per_image"),
-    )
-
-
-def _weights_of(version: str, entries: Sequence[Transition]) -> list[int | None]:
-    """``version``'s weight after each entry; 0 at the entry that retired it, None where
-    it is not routed otherwise (no line: a version's life is where its line is)."""
-    weights: list[int | None] = []
-    for entry in entries:
-        if version in entry.weights:
-            weights.append(entry.weights[version])
-        else:
-            weights.append(0 if weights and weights[-1] not in (None, 0) else None)
-    return weights
-
-
-def plot_data(entries: Sequence[Transition]) -> PlotData:
-    """What the figure of ``entries`` (oldest first) draws."""
-    if not entries:
-        raise InvalidInputError("no history to plot")
-    versions = sorted({v for e in entries for v in e.weights}, key=int)
-    source = _source(entries)
-    steps = [s for e in entries if source and (s := _step(e, source)) is not None]
-    return PlotData(
-        times=[_time(e.at) for e in entries],
-        weights={v: _weights_of(v, entries) for v in versions},
-        categories=[category(e) for e in entries],
-        actions=[e.action for e in entries],
-        source=source,
-        steps=steps,
-    )
-
-
 def _matplotlib() -> Any:
     try:
         import matplotlib.dates as mdates
@@ -190,31 +53,37 @@ def _matplotlib() -> Any:
 def figure(entries: Sequence[Transition], *, model: str) -> Figure:
     """Four panels sharing the time axis: weights with every transition marked, then the
     canary's and stable's error rate, latency and boxes per image per analysis step with
-    the gates."""
+    the gates; a fifth with the servers' memory where a source reported it."""
     mdates = _matplotlib()
     from matplotlib.figure import Figure
 
     data = plot_data(entries)
-    fig = Figure(figsize=(12, 11), dpi=100, layout="constrained")
-    top, errors, latency, boxes = fig.subplots(
-        4, 1, sharex=True, gridspec_kw={"height_ratios": [1.3, 1, 1, 1]}
+    memory = any(s.memory_share is not None for s in data.steps)
+    panels = 5 if memory else 4
+    fig = Figure(figsize=(12, 11 + 2.5 * memory), dpi=100, layout="constrained")
+    axes = fig.subplots(
+        panels, 1, sharex=True, gridspec_kw={"height_ratios": [1.3] + [1] * (panels - 1)}
     )
+    top, errors, latency, boxes = axes[:4]
     _draw_weights(top, data)
     _draw_steps(errors, latency, boxes, data)
+    if memory:
+        _draw_memory(axes[4], data.steps)
+    bottom = axes[-1]
     start, end = data.times[0], data.times[-1]
     fig.suptitle(
         f"{model}: {len(entries)} transitions, {start:%Y-%m-%d %H:%M:%S} to {end:%H:%M:%S} UTC",
         fontsize=13,
     )
     locator = mdates.AutoDateLocator()
-    boxes.xaxis.set_major_locator(locator)
+    bottom.xaxis.set_major_locator(locator)
     within_a_day = end - start < dt.timedelta(days=1)
-    boxes.xaxis.set_major_formatter(
+    bottom.xaxis.set_major_formatter(
         mdates.DateFormatter("%H:%M:%S", tz=dt.UTC)
         if within_a_day
         else mdates.ConciseDateFormatter(locator, tz=dt.UTC)
     )
-    boxes.set_xlabel("time (UTC)")
+    bottom.set_xlabel("time (UTC)")
     return fig
 
 
@@ -364,6 +233,31 @@ def _draw_panel(
         )
     # A little room below 0, so a series that stays at 0 is not hidden by the axis.
     ax.set_ylim(bottom=-0.04 * ax.get_ylim()[1])
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
+
+
+def _draw_memory(ax: Any, steps: list[StepReading]) -> None:
+    """The servers' highest share of memory in use per step, its gate, the failed steps."""
+    shown = [s for s in steps if s.memory_share is not None]
+    at = [s.at for s in shown]
+    ax.set_title("servers' memory in use per analysis step (highest device)", fontsize=10)
+    ax.set_ylabel("memory in use (%)")
+    ax.grid(True, alpha=0.3)
+    shares = [100 * (s.memory_share or 0) for s in shown]
+    ax.plot(at, shares, marker="o", color="tab:purple", label="highest share in use")
+    bounds = [100 * (s.max_memory_share or 1.0) for s in shown]
+    ax.plot(at, bounds, drawstyle="steps-mid", linestyle="--", color="tab:red", label="gate")
+    failed = [s for s in shown if any("memory" in g or "resident" in g for g in s.failed)]
+    ax.plot(
+        [s.at for s in failed],
+        [100 * (s.memory_share or 0) for s in failed],
+        linestyle="none",
+        marker="X",
+        markersize=12,
+        color="darkred",
+        label="failed check",
+    )
+    ax.set_ylim(0, 105)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
 
 

@@ -32,12 +32,17 @@ __all__ = [
     "ROUTER_REQUESTS",
     "ROUTER_TABLE_SOURCE",
     "ROUTER_WATCH_FALLBACKS",
+    "SERVER_RESIDENT",
     "SHADOW_BOXES",
     "SHADOW_LATENCY",
     "SHADOW_REQUESTS",
     "STABLE_VERSION",
+    "TRITON_CPU_MEMORY_TOTAL",
+    "TRITON_CPU_MEMORY_USED",
     "TRITON_DURATION_US",
     "TRITON_FAILURE",
+    "TRITON_GPU_MEMORY_TOTAL",
+    "TRITON_GPU_MEMORY_USED",
     "TRITON_PREFIX",
     "TRITON_SUCCESS",
     "WATCH_SUBSCRIBERS",
@@ -85,3 +90,11 @@ TRITON_PREFIX = "nv_"
 TRITON_SUCCESS = "nv_inference_request_success"
 TRITON_FAILURE = "nv_inference_request_failure"
 TRITON_DURATION_US = "nv_inference_request_duration_us"
+# Triton's gauges of the server (no model label): per GPU (``gpu_uuid``), and the host's.
+TRITON_GPU_MEMORY_USED = "nv_gpu_memory_used_bytes"
+TRITON_GPU_MEMORY_TOTAL = "nv_gpu_memory_total_bytes"
+TRITON_CPU_MEMORY_USED = "nv_cpu_memory_used_bytes"
+TRITON_CPU_MEMORY_TOTAL = "nv_cpu_memory_total_bytes"
+
+# Resident memory of an embedded server and its backend stubs (``serve --process-metrics-port``).
+SERVER_RESIDENT = "repo_manager_server_resident_bytes"

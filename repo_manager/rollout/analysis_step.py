@@ -14,10 +14,11 @@ from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from repo_manager.analysis import Outcome, Snapshot, Verdict, judge, readings
-from repo_manager.detection_gates import window_readings
+from repo_manager.detection_gates import window_readings, window_start
 from repo_manager.errors import MetricsUnavailableError
 from repo_manager.names import validate_model_name
 from repo_manager.phases import Phase, check_transition
+from repo_manager.resource_gates import resource_readings, with_resident_baseline
 from repo_manager.rollout.analysis_status import AnalysisStatus
 from repo_manager.rollout.ledger import Ledger, with_canary_at
 from repo_manager.state import RolloutState
@@ -73,10 +74,12 @@ def step_details(
     read: dict[str, Any] | None = None,
     verdict: Verdict | None = None,
     error: str | None = None,
+    servers: dict[str, dict[str, float]] | None = None,
 ) -> dict[str, Any]:
     """What one step saw, for the history (``history --plot`` draws it): the weight judged,
     the outcome, the counters after the step, the per-version readings of each source, the
-    gates and the plan's bounds."""
+    servers' memory (``resource_gates.resource_readings``), the gates and the plan's
+    bounds."""
     plan = status.plan
     analysis: dict[str, Any] = {
         "step": step,
@@ -91,6 +94,8 @@ def step_details(
         "readings": read or {},
         "gates": [g.to_dict() for g in verdict.gates] if verdict else [],
     }
+    if servers:
+        analysis["servers"] = servers
     if error is not None:
         analysis["error"] = error
     return {"analysis": analysis}
@@ -136,9 +141,8 @@ def decide(
                 error=str(reading),
             ),
         )
-    kept = window_readings(
-        status.window, at=at, reading=reading, seconds=plan.gates.detection_window_s
-    )
+    reading = with_resident_baseline(reading, status.snapshot)
+    kept = window_readings(status.window, at=at, reading=reading, seconds=plan.gates.window_s)
     read = replace(status, metrics_errors=0, snapshot=reading, window=kept, read_at=at)
     if status.snapshot is None:
         return Step(
@@ -149,14 +153,16 @@ def decide(
             details=step_details(read, weight=weight, step=status.step, outcome="baseline"),
         )
     # The detection gates judge every reading of their window: since the oldest one still
-    # inside it (``kept`` ends with this reading), else since the previous reading.
+    # inside it (``kept`` ends with this reading), else since the previous reading; the
+    # memory gates every reading of theirs.
     verdict = judge(
         reading,
         status.snapshot,
         stable=stable,
         canary=canary,
         gates=plan.gates,
-        window_start=kept[0][1] if len(kept) > 1 else None,
+        window_start=window_start(kept, seconds=plan.gates.detection_window_s),
+        kept=kept,
     )
     judged = replace(read, last=verdict)
     seen = readings(reading, status.snapshot, {"stable": stable, "canary": canary})
@@ -169,6 +175,7 @@ def decide(
             outcome=verdict.outcome.value,
             read=seen,
             verdict=verdict,
+            servers=resource_readings(reading),
         )
 
     if verdict.outcome is Outcome.NO_DATA:

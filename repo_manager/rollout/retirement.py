@@ -9,13 +9,14 @@ A manager that dies in between leaves the transient phase, and ``reconcile`` cal
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from repo_manager.modelconfig import with_version_policy
 from repo_manager.phases import Phase, check_transition
 from repo_manager.rollout.applier import FleetApplier
 from repo_manager.rollout.ledger import Ledger
 from repo_manager.state import RolloutState
+from repo_manager.unpinned import WEIGHTED
 
 __all__ = ["PROMOTE", "ROLL_BACK", "Ending", "Retirement", "retired_words"]
 
@@ -100,9 +101,16 @@ class Retirement:
             # The apply leaves a tampered version out, i.e. unloads it: the public name and
             # the Routers must be off it first (the soak saw 415 failed unpinned requests
             # when a promote unloaded a tampered stable the public name still pinned).
-            # Loading the public name (an ensemble) makes Triton poll the versions model it
-            # names and reload it from its config on disk, re-reading a version whose files
-            # changed: that config must not name the tampered version by then.
+            # Loading the public name as an ensemble makes Triton poll the versions model
+            # it names and reload it from its config on disk, re-reading a version whose
+            # files changed: that config must not name the tampered version by then, and
+            # the reload drops it before the new ensemble replaces the old one (the soak
+            # saw 1 of 1,326 unpinned requests fail in that gap). So the public name first
+            # becomes the weighted one (a BLS model: no dependency, no reload) sending
+            # everything to the version kept, and only then the ensemble again.
+            if state.unpinned != WEIGHTED:
+                self.applier.point_public(replace(state, unpinned=WEIGHTED))
+                self.applier.drain()
             config = self.applier.repository.require_config(state.model)
             loaded = [v for v in self.applier.desired_versions(state) if v != retiring]
             self.applier.repository.write_config(state.model, with_version_policy(config, loaded))

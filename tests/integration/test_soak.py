@@ -32,12 +32,13 @@ def test_five_seeded_rounds_one_of_each_fault_keep_every_request_and_invariant(
     # The five kinds it always drew (hang and tamper have tests of their own, and the
     # 30-round soak of BENCHMARKS.md draws all seven).
     command += ["--kinds", ",".join(KINDS)]
-    # The soak runs beside other tests, not on a machine of its own: its six client threads
-    # pause twice as long as the suite's other traffic (tests/integration/traffic.py).
-    # Measured with process accounting, the soak took 379 of the suite's ~1,200 core-seconds,
-    # 200 of them in the stubs answering its requests (about 9,100 in 5 rounds at 50 ms);
-    # a request still starts every ~20 ms somewhere in the fleet, inside every fault.
-    command += ["--pause", str(2 * PAUSE)]
+    # The soak runs beside other tests, not on a machine of its own: three client threads
+    # (two Router, one unpinned; the 30-round soak runs six) pause twice as long as the
+    # suite's other traffic (tests/integration/traffic.py). Measured with process
+    # accounting, the soak once took 379 of the suite's ~1,200 core-seconds, 200 of them in
+    # the stubs answering its requests (about 9,100 in 5 rounds with six threads); a request
+    # still starts every ~40 ms somewhere in the fleet, inside every fault.
+    command += ["--pause", str(2 * PAUSE), "--router-threads", "2", "--unpinned-threads", "1"]
     done = subprocess.run(
         [*command, "--keep", str(tmp_path / "soak")],
         capture_output=True,

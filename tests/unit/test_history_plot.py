@@ -149,3 +149,35 @@ def test_write_plot_writes_a_png_and_nothing_else(manager: Harness, tmp_path: Pa
     write_plot(rolled_out(manager, failing=True), out / "rollout.png", model="m")
     assert [p.name for p in out.iterdir()] == ["rollout.png"]
     assert (out / "rollout.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+class MemoryProvider(ScriptedProvider):
+    """Also Triton's memory gauges: a GPU at half of 80 GB, then at three quarters."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.used = 40e9
+
+    def snapshot(self, model: str) -> Snapshot:
+        reading = dict(super().snapshot(model))
+        reading["memory_used"] = {"t0 GPU-1": self.used}
+        reading["memory_total"] = {"t0 GPU-1": 80e9}
+        return reading
+
+
+def test_a_fifth_panel_shows_the_servers_memory_where_a_source_reports_it(
+    manager: Harness,
+) -> None:
+    rollout = manager[0]
+    provider = MemoryProvider()
+    rollout.start_analysis("m", PLAN)
+    rollout.advance("m", provider)  # baseline
+    rollout.advance("m", provider)
+    provider.used = 60e9
+    state = rollout.advance("m", provider)
+    assert [s.memory_share for s in plot_data(state.history).steps] == [0.5, 0.75]
+    fig = figure(state.history, model="m")
+    assert len(fig.axes) == 5
+    memory = lines(fig.axes[4])
+    assert memory["gate"] == pytest.approx([95.0, 95.0])
+    assert memory["failed check"] == []

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
-import urllib.parse
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -31,39 +27,6 @@ nv_inference_request_failure{model="m.versions",reason="BACKEND",version="2"} 2
 nv_inference_request_duration_us{model="m.versions",version="1"} 900000
 nv_inference_request_duration_us{model="m.versions",version="2"} 300000
 """
-
-Served = list[str]
-
-
-@pytest.fixture
-def http_server() -> Iterator[tuple[str, Served, dict[str, bytes]]]:
-    """A loopback server answering what ``responses`` holds per path; records queries."""
-    responses: dict[str, bytes] = {}
-    seen: Served = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            parts = urllib.parse.urlsplit(self.path)
-            seen.append(urllib.parse.unquote_plus(parts.query))
-            body = responses.get(parts.path)
-            if body is None:
-                self.send_error(404)
-                return
-            self.send_response(200)
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            return None
-
-    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"127.0.0.1:{server.server_address[1]}", seen, responses
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_scrape_sums_one_models_series_by_version(http_server) -> None:  # type: ignore[no-untyped-def]

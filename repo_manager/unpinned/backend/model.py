@@ -12,6 +12,12 @@ Config parameters (strings) it reads:
 A request parameter ``key`` (tritonclient ``infer(..., parameters={"key": "cam-17"})``)
 makes the choice sticky: same key, same version, by the Router's rule. A canary request
 that fails is sent again to stable, and counted (``repo_manager_unpinned_retries_total``).
+On an end-to-end output (``[B, K, 6]``: x1 y1 x2 y2 score class) it counts each answered
+image's boxes scoring at least ``_COUNT_CONF`` per version, under the Router's detection
+metric names, so the detection gates judge clients that call Triton directly too: a
+comparison per row, cheap. A raw output (``[B, 4+nc, N]``) is not counted: its boxes exist
+only after NMS, a sort and an IoU matrix per image that would cost each request about what
+the client's own decoding does.
 With a ``shadow`` share, that share of the requests stable answered is also sent to the
 canary in the background (a copy of the inputs; the user's answer never waits on it, and
 at most ``_SHADOW_IN_FLIGHT`` mirrors run at once: more are dropped and counted), counted
@@ -45,6 +51,15 @@ _SHADOW_IN_FLIGHT = 4
 #: The Router's shadow metric names (``repo_manager/metrics/metric_names.py``).
 _SHADOW_REQUESTS = "repo_manager_router_shadow_requests"
 _SHADOW_LATENCY = "repo_manager_router_shadow_latency_seconds"
+#: The Router's detection counters (images, boxes, boxes squared, scores), in that order.
+_DETECTIONS = (
+    "repo_manager_router_detect_images_total",
+    "repo_manager_router_detections_total",
+    "repo_manager_router_detections_squared_total",
+    "repo_manager_router_detection_scores_total",
+)
+#: Lowest score of a counted box: Ultralytics' ``predict`` default, and ``Router.detect``'s.
+_COUNT_CONF = 0.25
 
 
 def _parameter(config: dict[str, Any], key: str) -> str:
@@ -96,6 +111,41 @@ class TritonPythonModel:
         self.shadow_counters: dict[str, Any] = {}
         if self.shadow:
             self._shadow_metrics(labels)
+        dims = [int(d) for d in config["output"][0].get("dims", [])]
+        self.box_counters: dict[str, tuple[Any, ...]] = {}
+        if len(dims) == 2 and dims[-1] == 6:  # end-to-end: boxes can be counted here
+            self._detection_metrics(labels)
+
+    def _detection_metrics(self, labels: dict[str, str]) -> None:
+        self.detection_families = tuple(
+            pb_utils.MetricFamily(
+                name=name,
+                description="What the weighted public name's end-to-end answers held, per "
+                "version (as Router.detect counts it)",
+                kind=pb_utils.MetricFamily.COUNTER,
+            )
+            for name in _DETECTIONS
+        )
+        for version in self.versions + ((self.stable,) if self.stable not in self.versions else ()):
+            self.box_counters[version] = tuple(
+                family.Metric(labels={**labels, "version": version})
+                for family in self.detection_families
+            )
+
+    def _count_boxes(self, version: str, response: Any) -> None:
+        """Add an answered batch's boxes to ``version``'s detection counters."""
+        counters = self.box_counters.get(version)
+        tensor = pb_utils.get_output_tensor_by_name(response, self.output_names[0])
+        if counters is None or tensor is None or not tensor.is_cpu():
+            return  # a GPU output stays on the GPU: not counted
+        scores = tensor.as_numpy()[..., 4]
+        kept = scores >= _COUNT_CONF
+        per_image = kept.sum(axis=-1)
+        images, boxes, squared, total = counters
+        images.increment(int(per_image.size))
+        boxes.increment(int(per_image.sum()))
+        squared.increment(int((per_image * per_image).sum()))
+        total.increment(float(scores[kept].sum()))
 
     def _shadow_metrics(self, labels: dict[str, str]) -> None:
         assert self.canary is not None
@@ -161,6 +211,7 @@ class TritonPythonModel:
                     f"{self.target} version {version}: {response.error().message()}"
                 )
             )
+        self._count_boxes(version, response)
         if outcome == "ok":
             self.counters[(version, "ok")].increment(1)
             if version == self.stable and self.shadow and _random() < self.shadow:
