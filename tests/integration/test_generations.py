@@ -140,6 +140,9 @@ def golden_report(stack: Stack, model: str, version: str, golden: Path) -> dict[
 #: Detections the default suite's cheap canaries must match on the 40 golden images: a
 #: few epochs of fine-tuning find boxes on some of them (measured in the issue 22 note).
 CHEAP_MATCHED = 20
+#: Seconds between two requests of a client thread of the default suite's canary: five a
+#: second keep requests in flight through every move, at a quarter of the stubs' work.
+CHEAP_PAUSE = 0.2
 
 
 def test_a_canary_of_another_generation_and_one_that_adds_a_class(
@@ -170,8 +173,10 @@ def test_a_canary_of_another_generation_and_one_that_adds_a_class(
 
     with (
         Router(model, url=stack.url, repository=str(stack.repository)) as router,
-        client_traffic(lambda i: router.detect(images[i % len(images)]).version, 1) as traffic,
-        client_traffic(unpinned, threads=1) as public,
+        client_traffic(
+            lambda i: router.detect(images[i % len(images)]).version, 1, pause=CHEAP_PAUSE
+        ) as traffic,
+        client_traffic(unpinned, threads=1, pause=CHEAP_PAUSE) as public,
     ):
         assert_version_equals_predict(router, "1", detectors["yolov8n"], golden_images, nms=None)
 
