@@ -108,10 +108,15 @@ class BenchStack:
         imgsz: int,
         max_batch: int = 8,
         canary_weight: int = 0,
+        contract: str = "raw",
     ) -> None:
+        """``contract`` raw by default: the figures of BENCHMARKS.md before contracts
+        existed were measured on raw graphs (``bench/contracts.py`` compares the two)."""
         from export import ExportOptions
 
-        options = ExportOptions(format="python", imgsz=imgsz, max_batch=max_batch)
+        options = ExportOptions(
+            format="python", imgsz=imgsz, max_batch=max_batch, contract=contract
+        )
         publish_weights(self.manager, model, version, weights, options, canary_weight=canary_weight)
 
 

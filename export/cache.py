@@ -1,7 +1,8 @@
 """A content-addressed cache of checked ONNX exports: the same weights with the same
 settings go through torch once per machine, not once per publish.
 
-    key = sha256(weights sha256, imgsz asked for, opset, tool versions, export code)
+    key = sha256(weights sha256, imgsz asked for, opset, contract, max batch (end2end),
+                 tool versions, export code)
     <root>/<key[:2]>/<key>/model.onnx + entry.json     staged beside, then renamed
 
 Why: a team publishes the same weights to several repositories or fleets (and the test
@@ -32,6 +33,7 @@ from typing import Any
 
 from export.manifest import tool_versions
 from export.weights import sha256_file
+from repo_manager.contract import END2END, RAW
 
 __all__ = [
     "CACHE_ENV",
@@ -45,9 +47,14 @@ CACHE_ENV = "REPO_MANAGER_EXPORT_CACHE"
 ONNX_FILE = "model.onnx"
 ENTRY_FILE = "entry.json"
 #: Bumped when the entry's layout changes.
-ENTRY_SCHEMA = 1
+ENTRY_SCHEMA = 2
 #: The modules whose code decides the exported bytes and the facts recorded with them.
-_EXPORT_CODE = ("onnx_export.py", "weights.py", "cache.py")
+_EXPORT_CODE = (
+    ("export", "onnx_export.py"),
+    ("export", "weights.py"),
+    ("export", "cache.py"),
+    ("repo_manager", "contract.py"),  # the end-to-end graph's confidence floor, IoU and K
+)
 
 
 def default_export_cache() -> Path | None:
@@ -63,20 +70,29 @@ def default_export_cache() -> Path | None:
 @cache
 def _export_code_digest() -> str:
     digest = hashlib.sha256()
-    package = resources.files("export")
-    for name in _EXPORT_CODE:
-        digest.update(name.encode())
-        digest.update(package.joinpath(name).read_bytes())
+    for package, name in _EXPORT_CODE:
+        digest.update(f"{package}/{name}".encode())
+        digest.update(resources.files(package).joinpath(name).read_bytes())
     return digest.hexdigest()
 
 
-def export_cache_key(*, weights_sha256: str, imgsz: int | None, opset: int | None) -> str:
-    """The key of an export: everything that decides the ONNX bytes, hashed."""
+def export_cache_key(
+    *,
+    weights_sha256: str,
+    imgsz: int | None,
+    opset: int | None,
+    contract: str = RAW,
+    max_batch: int = 1,
+) -> str:
+    """The key of an export: everything that decides the ONNX bytes, hashed (the max batch
+    only for the end-to-end contract: an NMS graph is traced at it)."""
     parts = {
         "schema": ENTRY_SCHEMA,
         "weights_sha256": weights_sha256,
         "imgsz": imgsz,
         "opset": opset,
+        "contract": contract,
+        "max_batch": max_batch if contract == END2END else None,
         "tools": {k: v for k, v in tool_versions().items() if k != "repo-manager"},
         "code": _export_code_digest(),
     }
@@ -95,6 +111,11 @@ class CachedExport:
     train_imgsz: int | None
     #: The ONNX-vs-PyTorch differences measured when the entry was made.
     numerical_check: Mapping[str, Any] | None
+    #: The served contract and the head mode the graph was made in (``repo_manager.contract``).
+    contract: str = RAW
+    head_mode: str = "one2many"
+    #: The checkpoint's lineage (``export.weights.checkpoint_lineage``).
+    lineage: Mapping[str, Any] | None = None
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -123,6 +144,9 @@ class ExportCache:
                 strides=tuple(int(s) for s in entry["strides"]),
                 train_imgsz=entry["train_imgsz"],
                 numerical_check=entry["numerical_check"],
+                contract=str(entry["contract"]),
+                head_mode=str(entry["head_mode"]),
+                lineage=entry["lineage"],
             )
         except FileNotFoundError:
             return None

@@ -6,9 +6,14 @@ spatial dims (the config states them, TensorRT profiles and shape inference stay
 So the model is exported with everything dynamic and the spatial dims are then pinned
 to ``imgsz`` in the graph's inputs and outputs.
 
+The head mode (``repo_manager.contract``) picks what the graph answers: Ultralytics'
+``nms`` export argument selects the head (None: one-to-many, raw ``[B, 4+nc, N]``;
+False: the one-to-one head of YOLOv10/YOLO26, ``[B, K, 6]``; True: NMS inside the graph,
+``[B, K, 6]`` for every generation).
+
 ``check_onnx`` is the gate between an export and the repository: the graph must be valid,
 have exactly the detector's input and output (names, types, shapes), run in onnxruntime
-and agree numerically with the PyTorch model.
+and agree numerically with the PyTorch model (in the same head mode).
 """
 
 from __future__ import annotations
@@ -22,16 +27,25 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from repo_manager.contract import (
+    END2END,
+    END2END_CONF_FLOOR,
+    END2END_IOU,
+    NMS_IN_GRAPH,
+    ONE2ONE,
+    RAW,
+    end2end_detections,
+    output_dims,
+)
 from repo_manager.errors import ExportError
 from repo_manager.modelconfig import TensorSpec
 
 if TYPE_CHECKING:
-    import torch
-
     from export.weights import LoadedDetector
 
 __all__ = [
     "BOX_ATOL_PX",
+    "EDGE_MARGIN",
     "INPUT_NAME",
     "OUTPUT_NAME",
     "RTOL",
@@ -39,7 +53,9 @@ __all__ = [
     "DetectorIO",
     "NumericalCheck",
     "check_onnx",
+    "compare_detections",
     "export_onnx",
+    "onnx_session",
     "pytorch_reference",
     "read_io",
 ]
@@ -72,11 +88,13 @@ _ONNX_TO_TRITON = {
 
 @dataclass(kw_only=True, frozen=True)
 class DetectorIO:
-    """What a YOLOv8 detector's graph must expose: images in, [B, 4 + nc, anchors] out."""
+    """What a YOLO detector's graph must expose: images in, and out ``[B, 4 + nc, anchors]``
+    (raw contract) or ``[B, K, 6]`` detections (end-to-end contract)."""
 
     imgsz: int
     num_classes: int
     num_anchors: int
+    contract: str = RAW
     input_name: str = INPUT_NAME
     output_name: str = OUTPUT_NAME
 
@@ -88,11 +106,10 @@ class DetectorIO:
 
     @property
     def output_spec(self) -> TensorSpec:
-        return TensorSpec(
-            name=self.output_name,
-            data_type="TYPE_FP32",
-            dims=(4 + self.num_classes, self.num_anchors),
+        dims = output_dims(
+            self.contract, num_classes=self.num_classes, num_anchors=self.num_anchors
         )
+        return TensorSpec(name=self.output_name, data_type="TYPE_FP32", dims=dims)
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -120,8 +137,35 @@ def _quiet_ultralytics() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def export_onnx(detector: LoadedDetector, dest: Path, *, imgsz: int, opset: int | None) -> None:
-    """Export ``detector`` to ``dest`` (dynamic batch, spatial dims fixed to ``imgsz``).
+def _head_overrides(head_mode: str, *, max_batch: int, num_anchors: int) -> dict[str, Any]:
+    """Ultralytics export arguments of a head mode (its ``nms`` argument picks the head)."""
+    if head_mode == ONE2ONE:
+        return {"nms": False, "max_det": end2end_detections(num_anchors)}
+    if head_mode == NMS_IN_GRAPH:
+        # NMSModel unrolls its per-image loop over ``batch`` images at trace time: a dynamic
+        # graph serves batches up to the one it was traced at, so trace at the max batch.
+        return {
+            "nms": True,
+            "conf": END2END_CONF_FLOOR,
+            "iou": END2END_IOU,
+            "max_det": end2end_detections(num_anchors),
+            "batch": max(1, max_batch),
+        }
+    return {"nms": None}
+
+
+def export_onnx(
+    detector: LoadedDetector,
+    dest: Path,
+    *,
+    imgsz: int,
+    opset: int | None,
+    head_mode: str,
+    max_batch: int,
+) -> None:
+    """Export ``detector`` to ``dest`` (dynamic batch, spatial dims fixed to ``imgsz``) in
+    ``head_mode`` (``repo_manager.contract``; ``max_batch``: the largest batch an NMS graph
+    serves).
 
     Ultralytics writes its file beside the detector's private copy, never beside the
     user's weights; nothing here needs the network (no onnxslim, no downloads).
@@ -130,6 +174,7 @@ def export_onnx(detector: LoadedDetector, dest: Path, *, imgsz: int, opset: int 
     from onnx.tools import update_model_dims
     from ultralytics.engine.exporter import Exporter
 
+    num_anchors = detector.num_anchors(imgsz)
     overrides: dict[str, Any] = {
         "mode": "export",
         "format": "onnx",
@@ -141,8 +186,8 @@ def export_onnx(detector: LoadedDetector, dest: Path, *, imgsz: int, opset: int 
         "dynamic": True,
         "simplify": False,  # onnxslim would be auto-installed from the network
         "half": False,
-        "nms": False,
         "opset": opset,
+        **_head_overrides(head_mode, max_batch=max_batch, num_anchors=num_anchors),
     }
     try:
         with _quiet_ultralytics():
@@ -152,7 +197,8 @@ def export_onnx(detector: LoadedDetector, dest: Path, *, imgsz: int, opset: int 
         detail = " ".join(str(exc).split())[:300]
         raise ExportError(f"ONNX export of {detector.source} failed: {detail}") from exc
 
-    num_anchors = detector.num_anchors(imgsz)
+    contract = RAW if head_mode not in (ONE2ONE, NMS_IN_GRAPH) else END2END
+    dims = output_dims(contract, num_classes=detector.num_classes, num_anchors=num_anchors)
     input_names = [i.name for i in graph.graph.input]
     output_names = [o.name for o in graph.graph.output]
     if input_names != [INPUT_NAME] or output_names != [OUTPUT_NAME]:
@@ -163,18 +209,44 @@ def export_onnx(detector: LoadedDetector, dest: Path, *, imgsz: int, opset: int 
     fixed = update_model_dims.update_inputs_outputs_dims(
         graph,
         {INPUT_NAME: ["batch", 3, imgsz, imgsz]},
-        {OUTPUT_NAME: ["batch", 4 + detector.num_classes, num_anchors]},
+        {OUTPUT_NAME: ["batch", *dims]},
     )
     onnx.save(fixed, str(dest))
 
 
-def pytorch_reference(model: torch.nn.Module) -> Callable[[np.ndarray], np.ndarray]:
-    """A numpy-in, numpy-out call of the PyTorch detector (its first output)."""
+def pytorch_reference(
+    detector: LoadedDetector, *, head_mode: str, imgsz: int
+) -> Callable[[np.ndarray], np.ndarray]:
+    """A numpy-in, numpy-out call of the PyTorch detector in ``head_mode``: what its ONNX
+    must answer (the unfused model: the check covers Ultralytics' fusion too)."""
     import torch
+
+    model: Any = detector.model
+    if detector.has_one2one_head:
+        model.end2end = head_mode == ONE2ONE  # the head the export selected
+    head = model.model[-1]
+    head.max_det = end2end_detections(detector.num_anchors(imgsz))
+    runner: Any = model
+    if head_mode == NMS_IN_GRAPH:
+        from types import SimpleNamespace
+
+        from ultralytics.engine.exporter import NMSModel
+
+        head.xyxy = True  # what the exporter sets for NMS inside the graph
+        args = SimpleNamespace(
+            conf=END2END_CONF_FLOOR,
+            iou=END2END_IOU,
+            max_det=head.max_det,
+            agnostic_nms=False,
+            dynamic=False,
+            batch=1,
+            format="onnx",
+        )
+        runner = NMSModel(model, args)
 
     def run(batch: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            out = model(torch.from_numpy(batch))
+            out = runner(torch.from_numpy(batch))
         if isinstance(out, list | tuple):
             out = out[0]
         result: np.ndarray = out.detach().cpu().float().numpy()
@@ -240,6 +312,17 @@ def _compare(got: np.ndarray, want: np.ndarray, *, atol: float, what: str, where
     return float(diff.max()) if diff.size else 0.0
 
 
+def onnx_session(path: Path) -> Any:
+    """An onnxruntime CPU session that prints only errors: its warnings (e.g. about unused
+    initializers of an exported graph) are colour-coded lines for its developers, printed
+    before our own one-line verdict."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors and fatal only
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
 def check_onnx(
     path: Path,
     *,
@@ -252,12 +335,12 @@ def check_onnx(
 
     Checks, in order: the ONNX checker (with shape inference); the graph's only input and
     output match ``expected`` (names, FP32, dims, dynamic batch); onnxruntime runs a
-    random batch of ``batch`` images and returns [batch, 4 + nc, anchors]; and, when
-    ``reference`` is given, the outputs match it within ``BOX_ATOL_PX``/``SCORE_ATOL`` +
-    ``RTOL``·|reference|. Any failure raises ``ExportError`` naming the file.
+    random batch of ``batch`` images and returns the contract's shape; and, when
+    ``reference`` is given, the outputs match it: a raw output element by element within
+    ``BOX_ATOL_PX``/``SCORE_ATOL`` + ``RTOL``·|reference|, end-to-end detections row by row
+    (``compare_detections``). Any failure raises ``ExportError`` naming the file.
     """
     import onnx
-    import onnxruntime as ort
 
     where = str(path)
     try:
@@ -282,8 +365,7 @@ def check_onnx(
         (batch, 3, expected.imgsz, expected.imgsz), dtype=np.float32
     )
     try:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        (got,) = session.run([expected.output_name], {expected.input_name: sample})
+        (got,) = onnx_session(path).run([expected.output_name], {expected.input_name: sample})
     except Exception as exc:
         detail = " ".join(str(exc).split())[:300]
         raise ExportError(f"{where}: onnxruntime cannot run the model: {detail}") from exc
@@ -299,9 +381,90 @@ def check_onnx(
         raise ExportError(
             f"{where}: PyTorch returned shape {tuple(want.shape)}, expected {want_shape}"
         )
-    box_diff = _compare(got[:, :4], want[:, :4], atol=BOX_ATOL_PX, what="boxes", where=where)
-    score_diff = _compare(got[:, 4:], want[:, 4:], atol=SCORE_ATOL, what="scores", where=where)
+    if expected.contract == END2END:
+        box_diff, score_diff = compare_detections(got, want, where=where)
+    else:
+        box_diff = _compare(got[:, :4], want[:, :4], atol=BOX_ATOL_PX, what="boxes", where=where)
+        score_diff = _compare(got[:, 4:], want[:, 4:], atol=SCORE_ATOL, what="scores", where=where)
     return NumericalCheck(batch=batch, max_abs_diff_boxes=box_diff, max_abs_diff_scores=score_diff)
+
+
+#: Score margin of the end-to-end comparison's edge: a detection this close to the lowest
+#: score a list holds (the confidence floor, or the K-th score of a full list) may be in
+#: one list and not the other, as rounding decides.
+EDGE_MARGIN = 1e-3
+#: IoU margin of an NMS near-tie: a box whose IoU with a higher-scored box of its class is
+#: within this of the NMS threshold may be suppressed in one runtime and kept in the other.
+NMS_TIE_MARGIN = 0.01
+
+
+def _box_iou(a: np.ndarray, b: np.ndarray) -> float:
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+def _explained(row: np.ndarray, rows: np.ndarray, edge: float) -> bool:
+    """An unmatched detection that rounding can explain: at the list's edge, or an NMS
+    near-tie with a higher-scored box of its own class."""
+    if row[4] < edge:
+        return True
+    return any(
+        other[4] >= row[4]
+        and other[5] == row[5]
+        and other is not row
+        and abs(_box_iou(row, other) - END2END_IOU) <= NMS_TIE_MARGIN
+        for other in rows
+    )
+
+
+def _edge(rows: np.ndarray, capacity: int) -> float:
+    floor = float(rows[:, 4].min()) if len(rows) == capacity else END2END_CONF_FLOOR
+    return floor + EDGE_MARGIN
+
+
+def _row_words(row: np.ndarray) -> str:
+    return f"class {int(row[5])}, score {row[4]:.4g}, box {np.round(row[:4], 2).tolist()}"
+
+
+def compare_detections(got: np.ndarray, want: np.ndarray, *, where: str) -> tuple[float, float]:
+    """End-to-end outputs ``[B, K, 6]`` compared as sets of detections per image: each
+    detection of either list has one of the other of its class whose box is within
+    ``BOX_ATOL_PX`` + ``RTOL``·|x| and score within ``SCORE_ATOL`` + ``RTOL``·s, unless
+    rounding explains its absence (``_explained``). Returns the largest box and score
+    differences of the matched pairs."""
+    box_worst = score_worst = 0.0
+    capacity = want.shape[1]
+    for image, (mine, theirs) in enumerate(zip(got, want, strict=True)):
+        mine = mine[mine[:, 4] > 0].astype(np.float64)
+        theirs = theirs[theirs[:, 4] > 0].astype(np.float64)
+        taken = np.zeros(len(mine), dtype=bool)
+        for row in theirs:
+            same = np.flatnonzero((mine[:, 5] == row[5]) & ~taken)
+            if same.size:
+                diffs = np.abs(mine[same, :4] - row[:4]).max(axis=1)
+                best = int(same[int(diffs.argmin())])
+                box_diff = float(np.abs(mine[best, :4] - row[:4]).max())
+                score_diff = abs(float(mine[best, 4] - row[4]))
+                box_ok = box_diff <= BOX_ATOL_PX + RTOL * float(np.abs(row[:4]).max())
+                if box_ok and score_diff <= SCORE_ATOL + RTOL * float(row[4]):
+                    taken[best] = True
+                    box_worst, score_worst = max(box_worst, box_diff), max(score_worst, score_diff)
+                    continue
+            if not _explained(row, theirs, _edge(theirs, capacity)):
+                raise ExportError(
+                    f"{where}: onnxruntime misses a detection of PyTorch's in image {image} "
+                    f"({_row_words(row)})"
+                )
+        for row in mine[~taken]:
+            if not _explained(row, mine, _edge(mine, capacity)):
+                raise ExportError(
+                    f"{where}: onnxruntime finds a detection PyTorch does not in image {image} "
+                    f"({_row_words(row)})"
+                )
+    return box_worst, score_worst
 
 
 def _describe(specs: list[TensorSpec]) -> str:

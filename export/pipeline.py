@@ -10,6 +10,7 @@ network.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
@@ -23,6 +24,7 @@ from export.cache import CachedExport, ExportCache, default_export_cache, export
 from export.formats import FormatSpec, get_format
 from export.manifest import build_manifest, write_manifest
 from repo_manager.compat import io_difference
+from repo_manager.contract import DEFAULT_CONTRACT, check_contract, head_mode
 from repo_manager.errors import (
     ExportError,
     IncompatibleModelError,
@@ -59,6 +61,8 @@ class ExportOptions:
     """How to export: serving format, input size, batching, precision (plan only)."""
 
     format: str = "python"
+    #: The served contract (``repo_manager.contract``): ``raw`` or ``end2end``.
+    contract: str = DEFAULT_CONTRACT
     #: Square input size; None: the size the checkpoint was trained at (Ultralytics records
     #: ``train_args.imgsz``), else ``DEFAULT_IMGSZ``.
     imgsz: int | None = None
@@ -97,6 +101,7 @@ def _validate(model_name: str, version: str, options: ExportOptions) -> FormatSp
     validate_model_name(model_name)  # the repository's rule: an export it would refuse is none
     validate_version(version)
     spec = get_format(options.format)
+    check_contract(options.contract)
     if options.imgsz is not None:
         check_imgsz(options.imgsz)
     if options.instances < 1:
@@ -145,11 +150,16 @@ def _checked_onnx(weights: Path, work: Path, options: ExportOptions) -> CachedEx
     from export.weights import load_detector, sha256_file
 
     cache = ExportCache(root=options.export_cache) if options.export_cache else None
+    keyed = functools.partial(
+        export_cache_key,
+        imgsz=options.imgsz,
+        opset=options.opset,
+        contract=options.contract,
+        max_batch=options.max_batch,
+    )
     if cache is not None and weights.is_file():
         try:
-            key = export_cache_key(
-                weights_sha256=sha256_file(weights), imgsz=options.imgsz, opset=options.opset
-            )
+            key = keyed(weights_sha256=sha256_file(weights))
         except OSError:  # unreadable: load_detector says so in its own words
             key = ""
         found = cache.get(key) if key else None
@@ -157,12 +167,27 @@ def _checked_onnx(weights: Path, work: Path, options: ExportOptions) -> CachedEx
             return found
     detector = load_detector(weights, work)
     imgsz = check_imgsz(options.imgsz or detector.train_imgsz or DEFAULT_IMGSZ)
+    mode = head_mode(options.contract, has_one2one_head=detector.has_one2one_head)
     onnx_path = work / "model.onnx"
-    export_onnx(detector, onnx_path, imgsz=imgsz, opset=options.opset)
-    expected = DetectorIO(
-        imgsz=imgsz, num_classes=detector.num_classes, num_anchors=detector.num_anchors(imgsz)
+    export_onnx(
+        detector,
+        onnx_path,
+        imgsz=imgsz,
+        opset=options.opset,
+        head_mode=mode,
+        max_batch=options.max_batch,
     )
-    check = check_onnx(onnx_path, expected=expected, reference=pytorch_reference(detector.model))
+    expected = DetectorIO(
+        imgsz=imgsz,
+        num_classes=detector.num_classes,
+        num_anchors=detector.num_anchors(imgsz),
+        contract=options.contract,
+    )
+    reference = pytorch_reference(detector, head_mode=mode, imgsz=imgsz)
+    # An NMS graph serves batches up to the one it was traced at (its max batch).
+    check = check_onnx(
+        onnx_path, expected=expected, reference=reference, batch=min(2, options.max_batch)
+    )
     made = CachedExport(
         onnx=onnx_path,
         weights_sha256=detector.sha256,
@@ -171,12 +196,12 @@ def _checked_onnx(weights: Path, work: Path, options: ExportOptions) -> CachedEx
         strides=detector.strides,
         train_imgsz=detector.train_imgsz,
         numerical_check=asdict(check) if check else None,
+        contract=options.contract,
+        head_mode=mode,
+        lineage=detector.lineage,
     )
     if cache is not None:
-        key = export_cache_key(
-            weights_sha256=detector.sha256, imgsz=options.imgsz, opset=options.opset
-        )
-        cache.put(key, onnx_path, made)
+        cache.put(keyed(weights_sha256=detector.sha256), onnx_path, made)
     return made
 
 
@@ -219,7 +244,12 @@ def export_model(
             onnx_path = version_dir / "model.onnx"
             shutil.copyfile(made.onnx, onnx_path)
             inputs, outputs = read_io(onnx_path)
-            extra: dict[str, Any] = {"numerical_check": made.numerical_check}
+            extra: dict[str, Any] = {
+                "numerical_check": made.numerical_check,
+                "contract": made.contract,
+                "head_mode": made.head_mode,
+                "lineage": dict(made.lineage or {}),
+            }
             cc_model_filenames: dict[str, str] = {}
 
             if spec.name == "python":
@@ -261,6 +291,7 @@ def export_model(
                 class_names=made.class_names,
                 imgsz=imgsz,
                 cc_model_filenames=cc_model_filenames,
+                contract=made.contract,
             )
             if options.ort_tensorrt:
                 add_tensorrt_accelerator(

@@ -18,6 +18,7 @@ from typing import Any
 
 from export.formats import FORMATS
 from export.pipeline import ExportOptions
+from repo_manager.contract import DEFAULT_CONTRACT, contract_of
 from repo_manager.errors import IncompatibleModelError
 from repo_manager.modelconfig import ModelConfig
 
@@ -25,10 +26,24 @@ __all__ = ["DEFAULTS", "ChosenOptions", "ServedSettings", "choose_export_options
 
 #: The built-in defaults of the settings a later version inherits (``imgsz``: only when the
 #: checkpoint records no training size either).
-DEFAULTS: dict[str, Any] = {"format": "python", "imgsz": 640, "max_batch": 8, "instances": 1}
+#: ``contract``: a new model's; a model keeps the contract of its first version (a config
+#: without the parameter is raw: published before contracts existed).
+DEFAULTS: dict[str, Any] = {
+    "format": "python",
+    "contract": DEFAULT_CONTRACT,
+    "imgsz": 640,
+    "max_batch": 8,
+    "instances": 1,
+}
 
 #: How each inherited setting is named in messages (as its command-line option reads).
-_WORDS = {"format": "format", "imgsz": "imgsz", "max_batch": "max batch", "instances": "instances"}
+_WORDS = {
+    "format": "format",
+    "contract": "contract",
+    "imgsz": "imgsz",
+    "max_batch": "max batch",
+    "instances": "instances",
+}
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -36,6 +51,7 @@ class ServedSettings:
     """The export settings a model's config serves: what its next version inherits."""
 
     format: str | None
+    contract: str
     imgsz: int | None
     max_batch: int
     instances: int
@@ -57,6 +73,7 @@ class ServedSettings:
         instances = config.instance_group[0].count if config.instance_group else 1
         return cls(
             format=fmt,
+            contract=contract_of(config),
             imgsz=imgsz,
             max_batch=int(config.max_batch_size),
             instances=max(1, int(instances)),
@@ -87,8 +104,8 @@ def choose_export_options(
 ) -> ChosenOptions:
     """Export options from the command line's ``given`` values (None: not given).
 
-    Each inherited setting (format, imgsz, max_batch, instances) not given is the served
-    config's; without a config, the default (``imgsz`` None: the export takes the
+    Each inherited setting (format, contract, imgsz, max_batch, instances) not given is the
+    served config's; without a config, the default (``imgsz`` None: the export takes the
     checkpoint's training size). A given value that differs from what the model serves
     raises IncompatibleModelError naming both, before anything is exported.
     """

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
+    "ALL_CLASS_NAMES",
     "CLASS_NAMES",
     "ShapesImage",
     "generate_shapes_dataset",
@@ -23,7 +24,10 @@ __all__ = [
 ]
 
 CLASS_NAMES = ("rectangle", "circle")
-RECTANGLE, CIRCLE = 0, 1
+#: The classes a dataset of ``classes=3`` draws: a new class appended (a new defect type,
+#: the most common reason to retrain), the first two as in every other dataset.
+ALL_CLASS_NAMES = (*CLASS_NAMES, "triangle")
+RECTANGLE, CIRCLE, TRIANGLE = 0, 1, 2
 _MIN_SIZE, _MAX_SIZE = 0.18, 0.42  # object size as a fraction of the image side
 _MIN_CONTRAST = 70.0  # mean absolute colour difference from the background
 
@@ -71,8 +75,12 @@ def generate_shapes_image(
     seed: int | None = None,
     rng: np.random.Generator | None = None,
     max_objects: int = 3,
+    classes: int = len(CLASS_NAMES),
 ) -> ShapesImage:
-    """One image with 1..``max_objects`` non-overlapping shapes (from ``rng`` or ``seed``)."""
+    """One image with 1..``max_objects`` non-overlapping shapes (from ``rng`` or ``seed``) of
+    the first ``classes`` of ``ALL_CLASS_NAMES`` (2: the same draws as always)."""
+    if not 1 <= classes <= len(ALL_CLASS_NAMES):
+        raise ValueError(f"classes must be 1..{len(ALL_CLASS_NAMES)}, got {classes}")
     rng = rng if rng is not None else np.random.default_rng(seed)
     background = rng.integers(0, 256, size=3).astype(np.float32)
     canvas = np.empty((imgsz, imgsz, 3), dtype=np.float32)
@@ -84,10 +92,10 @@ def generate_shapes_image(
     yy, xx = np.mgrid[0:imgsz, 0:imgsz].astype(np.float32)
 
     boxes: list[np.ndarray] = []
-    classes: list[int] = []
+    found: list[int] = []
     for _ in range(int(rng.integers(1, max_objects + 1))):
         for _attempt in range(30):
-            cls = int(rng.integers(0, len(CLASS_NAMES)))
+            cls = int(rng.integers(0, classes))
             size = rng.uniform(_MIN_SIZE, _MAX_SIZE) * imgsz
             if cls == RECTANGLE:
                 aspect = rng.uniform(0.5, 2.0)
@@ -105,23 +113,30 @@ def generate_shapes_image(
         colour = _contrasting_colour(rng, background)
         if cls == RECTANGLE:
             mask = (xx >= box[0]) & (xx < box[2]) & (yy >= box[1]) & (yy < box[3])
+        elif cls == TRIANGLE:  # apex at the top centre, base along the bottom edge
+            depth = (yy + 0.5 - box[1]) / max(box[3] - box[1], 1.0)
+            half = depth * (box[2] - box[0]) / 2
+            centre = (box[0] + box[2]) / 2
+            mask = (depth >= 0) & (depth <= 1) & (np.abs(xx + 0.5 - centre) <= half)
         else:
             cx, cy, r = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2, w / 2
             mask = (xx + 0.5 - cx) ** 2 + (yy + 0.5 - cy) ** 2 <= r**2
         canvas[mask] = colour
         boxes.append(box)
-        classes.append(cls)
+        found.append(cls)
 
     canvas += rng.normal(0.0, rng.uniform(6, 20), size=canvas.shape).astype(np.float32)
     image = np.clip(canvas, 0, 255).astype(np.uint8)
     return ShapesImage(
         image=image,
         boxes=np.array(boxes, dtype=np.float32).reshape(-1, 4),
-        classes=np.array(classes, dtype=np.int64),
+        classes=np.array(found, dtype=np.int64),
     )
 
 
-def write_shapes_split(root: Path, split: str, n: int, *, imgsz: int, seed: int) -> None:
+def write_shapes_split(
+    root: Path, split: str, n: int, *, imgsz: int, seed: int, classes: int = len(CLASS_NAMES)
+) -> None:
     """Write ``n`` images and labels under ``root/images/split`` and ``root/labels/split``."""
     import cv2
 
@@ -130,7 +145,7 @@ def write_shapes_split(root: Path, split: str, n: int, *, imgsz: int, seed: int)
     labels.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     for index in range(n):
-        sample = generate_shapes_image(imgsz=imgsz, rng=rng)
+        sample = generate_shapes_image(imgsz=imgsz, rng=rng, classes=classes)
         stem = f"{split}_{index:05d}"
         if not cv2.imwrite(str(images / f"{stem}.png"), sample.image):
             raise OSError(f"cannot write {images / stem}.png")
@@ -138,7 +153,13 @@ def write_shapes_split(root: Path, split: str, n: int, *, imgsz: int, seed: int)
 
 
 def generate_shapes_dataset(
-    root: Path, n: int, imgsz: int = 160, seed: int = 0, *, n_val: int | None = None
+    root: Path,
+    n: int,
+    imgsz: int = 160,
+    seed: int = 0,
+    *,
+    n_val: int | None = None,
+    classes: int = len(CLASS_NAMES),
 ) -> Path:
     """Write a train split of ``n`` images and a val split; return the ``data.yaml``.
 
@@ -147,9 +168,9 @@ def generate_shapes_dataset(
     """
     root = Path(root).absolute()
     n_val = max(16, n // 4) if n_val is None else n_val
-    write_shapes_split(root, "train", n, imgsz=imgsz, seed=seed)
-    write_shapes_split(root, "val", n_val, imgsz=imgsz, seed=seed + 1_000_003)
-    names = "\n".join(f"  {i}: {name}" for i, name in enumerate(CLASS_NAMES))
+    write_shapes_split(root, "train", n, imgsz=imgsz, seed=seed, classes=classes)
+    write_shapes_split(root, "val", n_val, imgsz=imgsz, seed=seed + 1_000_003, classes=classes)
+    names = "\n".join(f"  {i}: {name}" for i, name in enumerate(ALL_CLASS_NAMES[:classes]))
     data_yaml = root / "data.yaml"
     data_yaml.write_text(
         f"path: {json.dumps(str(root))}\ntrain: images/train\nval: images/val\nnames:\n{names}\n",

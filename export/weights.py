@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +23,9 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "SUPPORTED_GENERATIONS",
     "LoadedDetector",
+    "checkpoint_lineage",
     "copy_and_hash",
     "import_ultralytics",
     "load_detector",
@@ -30,7 +33,13 @@ __all__ = [
     "trained_imgsz",
 ]
 
-SUPPORTED_HEADS = frozenset({"Detect"})  # YOLOv8-style head: output [B, 4 + nc, anchors]
+#: Detection heads served, and the generations that have them (Ultralytics 8.4 builds every
+#: one of these from its own yaml files): ``Detect`` (YOLOv3u, v5u, v6, v8, v9, 11 and 12
+#: one-to-many; YOLO26 one-to-many plus one-to-one) and ``v10Detect`` (YOLOv10, both).
+SUPPORTED_HEADS = frozenset({"Detect", "v10Detect"})
+SUPPORTED_GENERATIONS = "YOLOv3u, v5u, v6, v8, v9, v10, 11, 12 and 26"
+#: The keys of ``train_args`` a model review needs (the manifest's lineage).
+LINEAGE_TRAIN_ARGS = ("data", "epochs", "imgsz", "model")
 
 
 @dataclass(kw_only=True)
@@ -45,6 +54,13 @@ class LoadedDetector:
     strides: tuple[int, ...]
     #: The square image size it was trained at (``train_args.imgsz``), None if unrecorded.
     train_imgsz: int | None = None
+    #: The detection head's class name (``Detect``, ``v10Detect``).
+    head: str = "Detect"
+    #: True when the head has a one-to-one (NMS-free) branch: YOLOv10, YOLO26.
+    has_one2one_head: bool = False
+    #: Where it came from: generation, head, Ultralytics version, train_args (see
+    #: ``checkpoint_lineage``); recorded in the manifest.
+    lineage: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -127,11 +143,56 @@ def trained_imgsz(ckpt: dict[str, Any]) -> int | None:
     return None
 
 
+def _generation(yaml_file: str) -> str | None:
+    """``yolov8`` of ``yolov8n.yaml``, ``yolo26`` of ``yolo26n.yaml`` (None: unknown)."""
+    found = re.match(r"(yolov?\d+)", Path(yaml_file).name.lower())
+    return found.group(1) if found else None
+
+
+def checkpoint_lineage(ckpt: dict[str, Any], model: Any, head: str) -> dict[str, Any]:
+    """What a model review needs to know of a checkpoint: its generation (from the yaml it
+    was built from), head, the Ultralytics version that wrote it, and the ``train_args``
+    that say what it was trained on (data, epochs, imgsz, model)."""
+    yaml = getattr(model, "yaml", None)
+    yaml_file = str(yaml.get("yaml_file", "")) if isinstance(yaml, dict) else ""
+    args = ckpt.get("train_args")
+    train_args = (
+        {k: args[k] for k in LINEAGE_TRAIN_ARGS if k in args} if isinstance(args, dict) else {}
+    )
+    return {
+        "generation": _generation(yaml_file or str(train_args.get("model", ""))),
+        "head": head,
+        "ultralytics_version": ckpt.get("version"),
+        "train_args": {
+            k: v if isinstance(v, int | float | str | bool | list) or v is None else str(v)
+            for k, v in train_args.items()
+        },
+    }
+
+
+def _head_refusal(candidate: Any, head: Any, task: str | None) -> str | None:
+    """Why a model is not served (None: it is)."""
+    head_name = type(head).__name__
+    if head_name == "RTDETRDecoder" or type(candidate).__name__.startswith("RTDETR"):
+        return f"an RT-DETR detector is not supported (served: {SUPPORTED_GENERATIONS})"
+    if task != "detect":
+        return f"a YOLO {task or 'non-detection'} model, not a detector (served: " + (
+            f"{SUPPORTED_GENERATIONS})"
+        )
+    if head_name not in SUPPORTED_HEADS:
+        return (
+            f"detection head {head_name} is not supported (served: {SUPPORTED_GENERATIONS}, "
+            f"heads {', '.join(sorted(SUPPORTED_HEADS))})"
+        )
+    return None
+
+
 def load_detector(source: Path, work_dir: Path) -> LoadedDetector:
     """Copy ``source`` into ``work_dir`` and load it as a YOLO detector.
 
     Raises ``WeightsError`` (one line naming ``source``) for a missing, unreadable,
-    truncated or foreign file, or one holding a model that is not a YOLOv8-style detector.
+    truncated or foreign file, or one holding a model that is not a YOLO detector of a
+    served generation (segment, pose, OBB, classify, RT-DETR, YOLO-World and YOLOE are not).
     """
     import torch
 
@@ -153,16 +214,13 @@ def load_detector(source: Path, work_dir: Path) -> LoadedDetector:
 
     from ultralytics.nn.tasks import guess_model_task, load_checkpoint
 
-    task = getattr(candidate, "task", None) or guess_model_task(candidate)
-    if task != "detect":
-        raise _refuse(source, f"a YOLO {task} model, not a detector")
     layers: Any = getattr(candidate, "model", None)
     head = layers[-1] if isinstance(layers, torch.nn.Sequential) and len(layers) else None
+    task = getattr(candidate, "task", None) or guess_model_task(candidate)
+    refusal = _head_refusal(candidate, head, task)
+    if refusal is not None:
+        raise _refuse(source, refusal)
     head_name = type(head).__name__
-    if head_name not in SUPPORTED_HEADS or getattr(head, "end2end", False):
-        raise _refuse(
-            source, f"detection head {head_name} is not supported (need YOLOv8-style Detect)"
-        )
 
     # The restricted load proved the file holds only known model classes; load it the
     # standard way so the model gets the attributes the exporter expects.
@@ -190,4 +248,7 @@ def load_detector(source: Path, work_dir: Path) -> LoadedDetector:
         class_names=class_names,
         strides=strides,
         train_imgsz=trained_imgsz(ckpt),
+        head=head_name,
+        has_one2one_head=getattr(head, "one2one_cv2", None) is not None,
+        lineage=checkpoint_lineage(ckpt, model, head_name),
     )

@@ -15,6 +15,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from repo_manager.contract import RAW, contract_of
 from repo_manager.errors import IncompatibleModelError
 from repo_manager.modelconfig import ModelConfig, io_signature
 
@@ -98,12 +99,16 @@ def io_difference(candidate: ModelConfig, current: ModelConfig) -> str:
     """How a new version's inputs/outputs differ from what a model serves, in words
     (``imgsz 640, the model serves 160``); empty when they do not differ.
 
-    Image size, batch bound and class count explain most differences (the tensors' dims
-    follow from them); only when none of them differs are the tensors named one by one.
+    Contract, image size, batch bound and class count explain most differences (the
+    tensors' dims follow from them); only when none of them differs are the tensors named
+    one by one.
     """
     if io_signature(candidate) == io_signature(current):
         return ""
     words = []
+    new_contract, old_contract = contract_of(candidate), contract_of(current)
+    if new_contract != old_contract:
+        words.append(f"contract {new_contract}, the model serves {old_contract}")
     if candidate.max_batch_size != current.max_batch_size:
         words.append(
             f"max batch {candidate.max_batch_size}, the model serves {current.max_batch_size}"
@@ -113,7 +118,11 @@ def io_difference(candidate: ModelConfig, current: ModelConfig) -> str:
         words.append(f"imgsz {new_size}, the model serves {old_size}")
     new_classes, old_classes = _class_count(candidate), _class_count(current)
     if new_classes is not None and old_classes is not None and new_classes != old_classes:
-        words.append(f"{new_classes} classes, the model serves {old_classes}")
+        grows = " (the raw contract's output grows with the class count; end2end's does not)"
+        words.append(
+            f"{new_classes} classes, the model serves {old_classes}"
+            + (grows if old_contract == RAW and new_contract == RAW else "")
+        )
     if words:
         return "; ".join(words)
     _, new_in, new_out = io_signature(candidate)

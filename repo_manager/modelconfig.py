@@ -20,6 +20,7 @@ from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 from tritonclient.grpc.model_config_pb2 import ModelConfig
 
+from repo_manager.contract import CONTRACT_PARAMETER, END2END, RAW, check_contract, contract_of
 from repo_manager.errors import IncompatibleModelError, InvalidVersionError, StorageError
 
 __all__ = [
@@ -155,14 +156,16 @@ def build_detector_config(
     parameters: Mapping[str, str] | None = None,
     dynamic_batching: bool = True,
     cc_model_filenames: Mapping[str, str] | None = None,
+    contract: str = RAW,
 ) -> ModelConfig:
     """The config of a YOLO detector in any serving format.
 
     It carries what every format needs: inputs/outputs, an instance group, dynamic
     batching, a warm-up request per input built from the real input specs (a fresh
     session's first inference is slow, so a version counts as ready only after it), and
-    ``class_names`` (JSON list), ``imgsz`` and ``metadata`` (what Ultralytics' own Triton
-    client reads) parameters for clients and the manager.
+    ``class_names`` (JSON list), ``imgsz``, ``contract`` (``repo_manager.contract``) and
+    ``metadata`` (what Ultralytics' own Triton client reads) parameters for clients and
+    the manager.
     ``instance_kind`` is "KIND_CPU"/"KIND_GPU" (or "cpu"/"gpu"); ``parameters`` adds
     format-specific string parameters.
     """
@@ -213,9 +216,8 @@ def build_detector_config(
     merged = {
         "class_names": json.dumps(list(class_names)),
         "imgsz": str(int(imgsz)),
-        "metadata": ultralytics_metadata(
-            class_names=class_names, imgsz=imgsz, max_batch_size=max_batch_size
-        ),
+        CONTRACT_PARAMETER: check_contract(contract),
+        "metadata": ultralytics_metadata(class_names=class_names, imgsz=imgsz, contract=contract),
     }
     merged.update(parameters or {})
     for key, value in sorted(merged.items()):
@@ -253,30 +255,41 @@ def merge_cc_model_filenames(config: ModelConfig, extra: Mapping[str, str]) -> M
     return merged
 
 
-def ultralytics_metadata(*, class_names: Sequence[str], imgsz: int, max_batch_size: int) -> str:
+def ultralytics_metadata(*, class_names: Sequence[str], imgsz: int, contract: str = RAW) -> str:
     """The ``metadata`` parameter that Ultralytics' ``TritonRemoteModel`` reads.
 
     It parses the string with ``ast.literal_eval`` and applies it as its model's metadata:
     without it ``YOLO("grpc://host:8001/yolov8s", task="detect")`` names the classes
     ``class0`` ... ``class998`` and guesses size and stride. A Python literal, not JSON
-    (JSON's ``true`` is no literal). ``dynamic`` is False: the served input is
-    ``imgsz`` square, and a dynamic model would get minimally padded, non-square images.
+    (JSON's ``true`` is no literal). ``dynamic`` is False: the served input is ``imgsz``
+    square, and a dynamic model would get minimally padded, non-square images.
+
+    ``batch`` is 1: Ultralytics 8.4's ``AutoBackend.forward`` pads every request of a
+    non-dynamic model up to ``batch`` images (with ``batch: 8``, 6 one-image requests were
+    48 inferences in Triton's statistics) and splits a longer list into requests of
+    ``batch``; at 1 every image is one request of one image, whatever ``max_batch_size``.
+    ``end2end`` makes it skip its own NMS and read ``[B, K, 6]`` rows (end-to-end contract).
     """
     size = int(imgsz)
-    batch = max(1, int(max_batch_size))
     document = {
         "task": "detect",
         "stride": 32,
-        "batch": batch,
+        "batch": 1,
         "imgsz": [size, size],
         "names": dict(enumerate(str(name) for name in class_names)),
-        "args": {"batch": batch, "dynamic": False, "nms": False},
+        "end2end": check_contract(contract) == END2END,
+        "args": {"batch": 1, "dynamic": False, "nms": False},
     }
     return repr(document)
 
 
 def build_alias_config(
-    *, name: str, target_name: str, target: ModelConfig, version: str
+    *,
+    name: str,
+    target_name: str,
+    target: ModelConfig,
+    version: str,
+    class_names: Sequence[str] | None = None,
 ) -> ModelConfig:
     """The public name's config: an ensemble whose one step pins ``target_name:version``.
 
@@ -286,10 +299,11 @@ def build_alias_config(
     for Ultralytics' client) are the target's, so a client cannot tell the alias from the
     model. Measured on Triton 2.51: same outputs as the pinned model, latency within noise;
     re-pointing it reloads only the ensemble (no weights), never the target's versions.
+    ``class_names``: the pinned version's own (see ``public_config_base``).
     """
     if not str(version).isdigit() or int(version) < 1:
         raise InvalidVersionError(f"version {version!r} is not a positive integer")
-    alias = public_config_base(name=name, target=target)
+    alias = public_config_base(name=name, target=target, class_names=class_names)
     alias.platform = "ensemble"
     step = alias.ensemble_scheduling.step.add(model_name=target_name, model_version=int(version))
     for tensor in target.input:
@@ -299,10 +313,17 @@ def build_alias_config(
     return alias
 
 
-def public_config_base(*, name: str, target: ModelConfig) -> ModelConfig:
+def public_config_base(
+    *, name: str, target: ModelConfig, class_names: Sequence[str] | None = None
+) -> ModelConfig:
     """What every config of a public name shares with the versions model it answers for:
     inputs, outputs, max batch and parameters (class names, ``metadata`` for Ultralytics'
-    client), so that a client cannot tell the public name from the model."""
+    client), so that a client cannot tell the public name from the model.
+
+    ``class_names``: those of the version the public name answers from (stable's, read
+    from its manifest). Versions of an end-to-end model may name other classes than the
+    first version whose names the versions model's config carries; the public name's
+    ``class_names`` and ``metadata`` are then stable's, and a promote moves them."""
     public = ModelConfig(name=name, max_batch_size=target.max_batch_size)
     for tensor in target.input:
         public.input.add(name=tensor.name, data_type=tensor.data_type, dims=list(tensor.dims))
@@ -310,15 +331,22 @@ def public_config_base(*, name: str, target: ModelConfig) -> ModelConfig:
         public.output.add(name=tensor.name, data_type=tensor.data_type, dims=list(tensor.dims))
     for key in sorted(target.parameters):
         public.parameters[key].string_value = target.parameters[key].string_value
-    if "metadata" not in target.parameters:  # a version exported before the parameter existed
+    names = list(class_names) if class_names is not None else _class_names(target)
+    if class_names is not None:
+        public.parameters["class_names"].string_value = json.dumps(names)
+    if class_names is not None or "metadata" not in target.parameters:
+        # (no metadata: a version exported before the parameter existed)
         public.parameters["metadata"].string_value = ultralytics_metadata(
-            class_names=_class_names(target),
-            imgsz=int(target.parameters["imgsz"].string_value or 640)
-            if "imgsz" in target.parameters
-            else 640,
-            max_batch_size=target.max_batch_size,
+            class_names=names,
+            imgsz=_served_imgsz(target),
+            contract=contract_of(target),
         )
     return public
+
+
+def _served_imgsz(config: ModelConfig) -> int:
+    text = config.parameters["imgsz"].string_value if "imgsz" in config.parameters else ""
+    return int(text) if text.isdigit() else 640
 
 
 def parse_class_names(text: str) -> tuple[str, ...]:

@@ -251,6 +251,18 @@ class ModelRepository:
             raise StorageError(f"corrupt manifest of {model} version {version}") from exc
         return manifest
 
+    def class_names(self, model: str, version: str) -> tuple[str, ...] | None:
+        """The classes ``version`` names, from its manifest (None: no readable list there,
+        e.g. a folder copied in by hand; callers then use the config's)."""
+        try:
+            manifest = self.manifest(model, version)
+        except StorageError:
+            return None
+        names = None if manifest is None else manifest.get("class_names")
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            return None
+        return tuple(names)
+
     def check_compatible(self, model: str, candidate: model_config_pb2.ModelConfig) -> None:
         """A new version must match the model's backend and inputs/outputs: one config
         serves all its versions. A version of another format would be loaded with the

@@ -6,12 +6,19 @@ own ``ap_per_class`` and its prediction-to-label matching, so the figure agrees 
 detections with stable's. ``GoldenGates`` turn the report into a verdict, or into no
 verdict at all when stable, the reference, gives them nothing to judge against.
 
+Classes are compared by name: a canary may add a class (a new defect type) or order its
+classes otherwise. The labels' class ids are stable's; each version's detections are
+mapped to them by name. A canary's detections of classes stable does not know count
+neither for nor against it (no label, no agreement to have): the report lists them per
+class (``new_classes``), and stable's classes the canary lacks (``missing_classes``).
+
 numpy/torch/Ultralytics are imported lazily here; the Router stays light.
 """
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,6 +29,7 @@ import numpy as np
 
 from repo_manager.errors import GateUndecidedError, GoldenSetError, RoutingError, TritonError
 from repo_manager.gates import GateResult, GoldenGates
+from repo_manager.golden_set import GoldenImage, load_golden_set, read_labels
 from repo_manager.routing import Detections, Router
 
 __all__ = [
@@ -35,69 +43,10 @@ __all__ = [
     "run_golden_set",
 ]
 
-IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
 #: What ``yolo val`` uses: a very low confidence and NMS IoU 0.7 give the full PR curve.
 MAP_CONF, MAP_IOU, MAX_DET = 0.001, 0.7, 300
 #: Detections a user would see, for agreement.
 AGREEMENT_CONF, AGREEMENT_IOU = 0.25, 0.5
-
-
-@dataclass(kw_only=True, frozen=True)
-class GoldenImage:
-    """One golden image and, when labelled, its boxes (xyxy pixels) and classes."""
-
-    path: Path
-    labels: Path | None
-
-
-def _label_path(image: Path) -> Path | None:
-    """YOLO convention (last ``images/`` -> ``labels/``), else a ``.txt`` beside the image."""
-    parts = list(image.parts)
-    if "images" in parts[:-1]:
-        i = len(parts) - 2 - parts[-2::-1].index("images")
-        candidate = Path(*parts[:i], "labels", *parts[i + 1 :]).with_suffix(".txt")
-        if candidate.is_file():
-            return candidate
-    beside = image.with_suffix(".txt")
-    return beside if beside.is_file() else None
-
-
-def load_golden_set(directory: str | Path) -> list[GoldenImage]:
-    """Every image under ``directory`` (sorted), with its label file when there is one."""
-    root = Path(directory)
-    if not root.is_dir():
-        raise GoldenSetError(f"golden set {root} is not a folder")
-    images = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not images:
-        raise GoldenSetError(f"golden set {root} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-    return [GoldenImage(path=p, labels=_label_path(p.absolute())) for p in images]
-
-
-def read_labels(path: Path | None, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """YOLO label file -> (xyxy pixel boxes [n, 4], classes [n]); none -> empty arrays."""
-    if path is None:
-        return np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
-    rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            cls, cx, cy, w, h = (float(x) for x in line.split()[:5])
-        except ValueError:
-            raise GoldenSetError(f"{path}:{number}: not 'class cx cy w h'") from None
-        rows.append(
-            (
-                cls,
-                (cx - w / 2) * width,
-                (cy - h / 2) * height,
-                (cx + w / 2) * width,
-                (cy + h / 2) * height,
-            )
-        )
-    if not rows:
-        return np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
-    array = np.asarray(rows, dtype=np.float64)
-    return array[:, 1:].astype(np.float32), array[:, 0].astype(np.int64)
 
 
 def _correct(
@@ -159,17 +108,32 @@ def mean_average_precision(
     return float(ap[:, 0].mean()), float(ap.mean())
 
 
-def _agreement_counts(stable: Detections, canary: Detections) -> tuple[int, int, int]:
-    """(matched, stable count, canary count) at user-facing confidence, stable as truth."""
+def stable_class_ids(found: Detections, stable_names: Sequence[str]) -> np.ndarray:
+    """``found``'s class ids in stable's numbering, by class name (-1: stable has no
+    such class; Ultralytics' ``ap_per_class`` and matching then leave it aside). Without
+    stable's names (a config that never had them), ids are compared as they are."""
+    if not stable_names:
+        return found.class_ids
+    index = {name: i for i, name in enumerate(stable_names)}
+    return np.asarray([index.get(label, -1) for label in found.labels], dtype=np.int64)
+
+
+def _agreement_counts(stable: Detections, canary: Detections) -> tuple[int, int, int, Counter[str]]:
+    """(matched, stable count, canary count, canary's new-class counts) at user-facing
+    confidence, stable as truth, classes compared by name."""
     import torch
 
     s_keep = stable.scores >= AGREEMENT_CONF
     c_keep = canary.scores >= AGREEMENT_CONF
+    c_ids = stable_class_ids(canary, stable.class_names)
+    labels = np.asarray(canary.labels, dtype=object)
+    new = Counter(str(label) for label in labels[c_keep & (c_ids < 0)])
+    c_keep &= c_ids >= 0
     s_boxes, s_cls = stable.boxes[s_keep], stable.class_ids[s_keep]
-    c_boxes, c_scores, c_cls = canary.boxes[c_keep], canary.scores[c_keep], canary.class_ids[c_keep]
+    c_boxes, c_scores, c_cls = canary.boxes[c_keep], canary.scores[c_keep], c_ids[c_keep]
     order = np.argsort(-c_scores, kind="stable")
     correct = _correct(c_boxes[order], c_cls[order], s_boxes, s_cls, torch.tensor([AGREEMENT_IOU]))
-    return int(correct[:, 0].sum()), len(s_cls), len(c_cls)
+    return int(correct[:, 0].sum()), len(s_cls), len(c_cls), new
 
 
 def agreement(*, matched: int, stable: int, candidate: int) -> float | None:
@@ -197,6 +161,10 @@ class VersionReport:
     latency_p95_ms: float | None
     #: Agreement with stable's detections (None for stable itself).
     agreement: float | None = None
+    #: Detections (at the agreement's confidence) of classes stable does not know, by name.
+    new_classes: dict[str, int] = field(default_factory=dict)
+    #: Stable's classes this version does not name.
+    missing_classes: list[str] = field(default_factory=list)
 
     @property
     def error_rate(self) -> float:
@@ -268,9 +236,13 @@ def _version_report(
     latencies: list[float],
     labels: list[tuple[np.ndarray, np.ndarray]],
     labelled: bool,
+    stable_names: Sequence[str],
 ) -> VersionReport:
     empty = (np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
-    preds = [empty if d is None else (d.boxes, d.scores, d.class_ids) for d in detections]
+    preds = [
+        empty if d is None else (d.boxes, d.scores, stable_class_ids(d, stable_names))
+        for d in detections
+    ]
     map50 = map50_95 = None
     if labelled:
         map50, map50_95 = mean_average_precision(preds, labels)
@@ -312,15 +284,25 @@ def run_golden_set(
     _run_versions(router, versions, images[:1], clock)  # one untimed request each warms it
     runs = _run_versions(router, versions, images, clock)
     (stable_dets, stable_lat), (cand_dets, cand_lat) = runs[stable], runs[candidate]
-    stable_report = _version_report(stable, stable_dets, stable_lat, labels, labelled > 0)
-    cand_report = _version_report(candidate, cand_dets, cand_lat, labels, labelled > 0)
+    stable_names = router.class_names(stable)
+    stable_report = _version_report(
+        stable, stable_dets, stable_lat, labels, labelled > 0, stable_names
+    )
+    cand_report = _version_report(
+        candidate, cand_dets, cand_lat, labels, labelled > 0, stable_names
+    )
     matched = n_stable = n_cand = 0
+    new_classes: Counter[str] = Counter()
     for s, c in zip(stable_dets, cand_dets, strict=True):
         if s is None or c is None:
             continue
-        m, ns, nc = _agreement_counts(s, c)
+        m, ns, nc, new = _agreement_counts(s, c)
         matched, n_stable, n_cand = matched + m, n_stable + ns, n_cand + nc
+        new_classes.update(new)
     cand_report.agreement = agreement(matched=matched, stable=n_stable, candidate=n_cand)
+    cand_report.new_classes = dict(sorted(new_classes.items()))
+    candidate_names = set(router.class_names(candidate))
+    cand_report.missing_classes = [n for n in stable_names if n not in candidate_names]
     report = ValidationReport(
         model=router.model,
         golden=str(golden),

@@ -1,9 +1,10 @@
-"""YOLOv8 pre- and post-processing in numpy, so a routing client installs without torch.
+"""YOLO pre- and post-processing in numpy, so a routing client installs without torch.
 
 Mirrors Ultralytics' own steps (letterbox with grey 114 padding split around the centre,
 BGR->RGB, /255, CHW; decode ``[B, 4+nc, N]`` of centre-xywh + class scores with no
-objectness; class-aware NMS; boxes mapped back to the original image), so a model served
-by Triton gives the boxes ``ultralytics`` would. OpenCV is used for resizing when it is
+objectness and class-aware NMS, or read ``[B, K, 6]`` end-to-end detections; boxes mapped
+back to the original image), so a model served by Triton gives the boxes ``ultralytics``
+would. OpenCV is used for resizing when it is
 installed (it is in the ``export`` extra) and a numpy bilinear resize otherwise.
 """
 
@@ -19,6 +20,7 @@ __all__ = [
     "LetterboxInfo",
     "box_iou",
     "decode",
+    "decode_end2end",
     "letterbox",
     "match_count",
     "nms",
@@ -175,6 +177,33 @@ def decode(
                 boxes[keep].astype(np.float32),
                 scores[keep].astype(np.float32),
                 class_ids[keep].astype(np.int64),
+            )
+        )
+    return results
+
+
+def decode_end2end(
+    output: np.ndarray, *, conf: float = 0.25, max_det: int = 300
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``[B, K, 6]`` end-to-end detections (x1, y1, x2, y2, score, class; best first, zero
+    rows after the last) -> per image (boxes xyxy, scores, class_ids) above ``conf``, at
+    most ``max_det``: what Ultralytics does with an end-to-end model's answer (no NMS).
+
+    Boxes stay in model-input (letterboxed) pixels; ``scale_boxes`` maps them back.
+    """
+    pred = np.asarray(output, dtype=np.float32)
+    if pred.ndim == 2:
+        pred = pred[None]
+    if pred.ndim != 3 or pred.shape[2] != 6:
+        raise ValueError(f"expected end-to-end output [B, K, 6], got shape {pred.shape}")
+    results = []
+    for rows in pred:
+        kept = rows[rows[:, 4] > conf][:max_det]
+        results.append(
+            (
+                np.ascontiguousarray(kept[:, :4], dtype=np.float32),
+                np.ascontiguousarray(kept[:, 4], dtype=np.float32),
+                kept[:, 5].astype(np.int64),
             )
         )
     return results

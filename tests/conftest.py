@@ -29,6 +29,7 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 LONGEST_FIRST = (
     "tests/integration/test_soak.py::",
     "tests/integration/test_readme.py::test_every_readme_command_and_example_runs_in_order",
+    "tests/integration/test_generations.py::test_a_canary_across_generations_and_one_that_",
     "tests/integration/test_weighted_public_name.py::test_no_unpinned_request_fails_",
     "tests/integration/test_public_name.py::test_no_unpinned_request_fails_through_a_rollout_",
     "tests/integration/test_weighted_public_name.py::test_weighted_public_name_splits_by_weight",
@@ -37,6 +38,7 @@ LONGEST_FIRST = (
     "tests/integration/test_public_name.py::test_on_an_s3_fleet_of_two_no_load_re_initializes",
     "tests/integration/test_s3_fleet.py::test_killed_server_mid_rollout_is_reported",
     "tests/integration/test_manager_judges.py::",
+    "tests/integration/test_generations.py::test_a_canary_of_another_generation_and_one_",
 )
 
 
@@ -100,12 +102,25 @@ def _longest_first(items: list[pytest.Item]) -> list[pytest.Item]:
     return ordered + rest
 
 
+#: Why `generations` tests are skipped by a run that names no marker (``make test``).
+GENERATIONS_SKIPPED = (
+    "generations test (every YOLO generation; trains a YOLO26n for minutes): "
+    "run `make test-generations` (pytest -m generations)"
+)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Run the longest tests first; skip `gpu`-marked tests with the reason, only where no
-    GPU with TensorRT exists."""
+    GPU with TensorRT exists; skip `generations`-marked tests unless ``-m`` selects by
+    marker (their cost does not fit the suite's budget: README, "How the test suite is
+    organised")."""
     items[:] = _longest_first(items)
     gpu_items = [item for item in items if "gpu" in item.keywords]
     reason = _gpu_unavailable_reason() if gpu_items else None
     if reason:
         for item in gpu_items:
             item.add_marker(pytest.mark.skip(reason=f"gpu test: {reason}"))
+    if not config.getoption("markexpr"):
+        for item in items:
+            if "generations" in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=GENERATIONS_SKIPPED))

@@ -105,6 +105,7 @@ class TritonPythonModel:
         )
         options.inter_op_num_threads = _int_parameter(config, "onnxruntime_inter_op_threads", 1)
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.log_severity_level = 3  # errors only: its warnings are colour-coded noise
         spinning = _int_parameter(config, "onnxruntime_allow_spinning", DEFAULT_ALLOW_SPINNING)
         options.add_session_config_entry("session.intra_op.allow_spinning", str(min(spinning, 1)))
         options.add_session_config_entry("session.inter_op.allow_spinning", str(min(spinning, 1)))

@@ -107,6 +107,7 @@ def serve_manager_watch(
 
 _EXPORT_PARAMETERS = (
     "fmt",
+    "contract",
     "imgsz",
     "max_batch",
     "instances",
@@ -257,8 +258,8 @@ def export_options(func: Any) -> Any:
     def with_export_options(*args: Any, **kwargs: Any) -> Any:
         values = {name: kwargs.pop(name) for name in _EXPORT_PARAMETERS}
         values["format"] = values.pop("fmt")
-        # Not resolved here: format, imgsz, max batch and instances not given (None) are
-        # inherited from the model's config (export.settings.choose_export_options).
+        # Not resolved here: format, contract, imgsz, max batch and instances not given
+        # (None) are inherited from the model's config (export.settings.choose_export_options).
         kwargs["export_options"] = values
         return func(*args, **kwargs)
 
@@ -273,6 +274,14 @@ def export_options(func: Any) -> Any:
                 help="python: onnxruntime in Triton's python backend (CPU); "
                 "onnx: onnxruntime backend; plan: TensorRT (GPU).  "
                 "[default: the model's, else python]",
+            ),
+            click.option(
+                "--contract",
+                type=click.Choice(["end2end", "raw"]),
+                default=None,
+                help="What the model answers: end2end [B, K, 6] detections (NMS inside the "
+                "graph or an NMS-free head, any generation or class count) or raw "
+                "[B, 4+nc, N] (NMS on the client).  [default: the model's, else end2end]",
             ),
             click.option(
                 "--imgsz",

@@ -29,6 +29,7 @@ def status_text(doc: dict[str, Any]) -> str:
         f"  public name {public['name']} (clients that name no version): "
         + (f"version {public['version']}" if public["version"] else "not loaded")
         + f"; the Router calls {doc['versions_model']} pinned"
+        + (f"; contract {doc['contract']}" if doc.get("contract") else "")
     )
     lines += [f"  version {v['version']}: {v['state']}" for v in doc["versions"]]
     lines += [f"  REFUSED {what}: {why}" for what, why in doc.get("refused", {}).items()]
@@ -81,6 +82,13 @@ def report_text(doc: dict[str, Any]) -> str:
             f"errors {r['errors']}/{r['images']}"
             + ("" if r["agreement"] is None else f" agreement {r['agreement']:.3f}")
         )
+        if r.get("new_classes"):  # not counted for or against it: stable has no such class
+            shown = ", ".join(f"{name} {count}" for name, count in r["new_classes"].items())
+            lines.append(f"    classes stable does not know (detections): {shown}")
+        if r.get("missing_classes"):
+            lines.append(
+                f"    stable's classes it does not name: {', '.join(r['missing_classes'])}"
+            )
     for g in doc["gates"]:
         shown = "-" if g["value"] is None else f"{g['value']:.4g}"
         verdict = "ok" if g["passed"] else "FAILED"

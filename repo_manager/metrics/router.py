@@ -83,7 +83,8 @@ BUCKET_LABELS = [floatToGoString(b) for b in LATENCY_BUCKETS] + ["+Inf"]
 _DOCS = {
     SHADOW_REQUESTS: "Requests mirrored to a canary (responses discarded), by outcome.",
     SHADOW_LATENCY: "Latency of successful mirrored requests, per canary version.",
-    SHADOW_BOXES: "Detections compared on mirrored requests: reference, shadow, matched.",
+    SHADOW_BOXES: "Detections compared on mirrored requests: reference, shadow, matched, "
+    "new_class (the shadow's of classes the reference does not know).",
     ROUTER_REQUESTS: "Requests sent through a Router, by the version that served them and outcome.",
     ROUTER_ERRORS: "Failed inference attempts on a version (Triton error or unreachable server).",
     ROUTER_FALLBACKS: "Requests retried on the other version after this version failed.",
@@ -194,7 +195,9 @@ class ShadowMetrics:
     """Mirrored (shadow) requests to one canary version: outcomes, latency, agreement.
 
     ``boxes_reference`` / ``boxes_shadow`` / ``boxes_matched`` count detections of the
-    version that served the user, of the canary, and those that match one to one.
+    version that served the user, of the canary, and those that match one to one (same
+    class name); ``boxes_new_class`` the canary's detections of classes the reference
+    version does not know, which are neither matched nor counted as the canary's.
     """
 
     def __init__(self, model: str, version: str) -> None:
@@ -210,6 +213,7 @@ class ShadowMetrics:
             "boxes_reference": 0.0,
             "boxes_shadow": 0.0,
             "boxes_matched": 0.0,
+            "boxes_new_class": 0.0,
         }
 
     def add(self, **amounts: float) -> None:
@@ -365,7 +369,7 @@ class _RouterCollector(Collector):
             for outcome in ("ok", "error", "dropped"):
                 shadow_requests.add_metric([*labels, outcome], v[outcome])
             shadow_latency.add_metric(labels, int(v["latency_count"]), v["latency_sum"])
-            for side in ("reference", "shadow", "matched"):
+            for side in ("reference", "shadow", "matched", "new_class"):
                 shadow_boxes.add_metric([*labels, side], v[f"boxes_{side}"])
         yield from (shadow_requests, shadow_latency, shadow_boxes)
         yield from _source_families(sources)

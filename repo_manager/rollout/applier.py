@@ -140,6 +140,7 @@ class FleetApplier:
             target=target,
             table=state.routing_table(),
             shadow=state.unpinned_shadow,
+            class_names=self.repository.class_names(state.model, state.stable),
         )
         files = weighted_files() if state.unpinned == WEIGHTED else None
         self.repository.write_public(state.model, public, files)

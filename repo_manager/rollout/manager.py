@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from repo_manager.contract import contract_of
 from repo_manager.errors import (
     GateFailedError,
     GateUndecidedError,
@@ -403,6 +404,10 @@ class RolloutManager:
         if state is None:
             raise InvalidInputError(f"{model} was never published to {self.repository.location}")
         survey = self.fleet.survey(versions_model_name(model), alias=model)
+        config = self.repository.config(model)
+        contract = None if config is None else contract_of(config)
         refused = self.guard.findings(state)
-        document = status_document(state, survey, self.repository.versions(model), refused)
+        document = status_document(
+            state, survey, self.repository.versions(model), refused, contract
+        )
         return document, state

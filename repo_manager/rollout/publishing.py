@@ -41,6 +41,7 @@ from repo_manager.rollout.ledger import Ledger, with_canary_at
 from repo_manager.rollout.settings import check_weight
 from repo_manager.state import RolloutState
 from repo_manager.timing import PhaseTimer
+from repo_manager.unpinned import WEIGHTED, check_weighted_classes
 
 __all__ = ["PublishRequest", "Publisher", "read_staged", "resolve_weights"]
 
@@ -75,6 +76,17 @@ def read_staged(staged: Path, model: str, version: str) -> tuple[ModelConfig, di
     if not isinstance(manifest, dict):
         raise InvalidInputError(f"{manifest_path} is not a manifest (a JSON object)")
     return config, manifest
+
+
+def note_published_after(version_dir: Path, stable: str | None) -> None:
+    """Record in the staged manifest the version this one is published after (the stable
+    it is a canary of; None for a model's first version): the lineage a review reads
+    beside the checkpoint's own (``lineage``). The manifest hashes every other file, not
+    itself, so the version stays checkable."""
+    path = version_dir / MANIFEST_FILE
+    manifest = json.loads(path.read_bytes())
+    manifest["published_after"] = stable
+    path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 #: Seconds the undo of a failed publish may take to put the servers back: the versions it
@@ -174,6 +186,14 @@ class Publisher:
         request = self.check(model, version, canary_weight=canary_weight, replace=replace)
         config, manifest = read_staged(staged, request.model, request.version)
         self.repository.check_compatible(request.model, config)
+        state = request.state
+        if state is not None and state.unpinned == WEIGHTED and state.stable is not None:
+            names = manifest.get("class_names")
+            check_weighted_classes(
+                request.model,
+                (state.stable, self.repository.class_names(request.model, state.stable)),
+                (request.version, tuple(names) if isinstance(names, list) else None),
+            )
         check_plan_compatible(manifest, self.fleet.server_versions(), force=force)
         with self.ledger.locked(request.model):
             return self._add_and_load(request, staged, config, timer)
@@ -200,6 +220,7 @@ class Publisher:
             )
         else:
             new = with_canary_at(state, request.weight, phase=Phase.PROGRESSING, canary=version)
+        note_published_after(staged / version, None if state is None else state.stable)
         previous_config = None if state is None else self.repository.require_config(model)
         creating = not self.repository.has_versions_model(model)
         self.ledger.begin_publish(model, version, created_model=creating)

@@ -13,7 +13,7 @@ from repo_manager.rollout.applier import FleetApplier
 from repo_manager.rollout.ledger import Ledger
 from repo_manager.rollout.settings import VersionPolicy
 from repo_manager.state import RolloutState
-from repo_manager.unpinned import WEIGHTED, check_mode, check_shadow
+from repo_manager.unpinned import WEIGHTED, check_mode, check_shadow, check_weighted_classes
 
 __all__ = ["SettingChanges"]
 
@@ -64,6 +64,13 @@ class SettingChanges:
                 raise InvalidInputError(
                     f"--shadow needs --unpinned {WEIGHTED}: with {mode} the public name "
                     "answers from stable only (the Router has its own shadow option)"
+                )
+            if mode == WEIGHTED and state.stable is not None and state.canary is not None:
+                names = self.applier.repository.class_names
+                check_weighted_classes(
+                    model,
+                    (state.stable, names(model, state.stable)),
+                    (state.canary, names(model, state.canary)),
                 )
             self.applier.fleet.check_reachable()
             new = replace(state, unpinned=mode, unpinned_shadow=share)

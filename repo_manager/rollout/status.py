@@ -38,10 +38,12 @@ def status_document(
     survey: Sequence[ServerVersions],
     on_disk: Sequence[str],
     refused: Mapping[str, str] | None = None,
+    contract: str | None = None,
 ) -> dict[str, Any]:
     """The status of ``state.model`` from each server's ``survey`` and the versions on disk;
     ``refused``: what of the model is not what was published ("config" or a version ->
-    why), as the integrity check found it.
+    why), as the integrity check found it; ``contract``: what its config states
+    (``repo_manager.contract``).
 
     Versions are listed as the first server that answers reports them; one that does not
     hold a version on disk shows it UNLOADED (UNAVAILABLE when no server answered).
@@ -60,6 +62,8 @@ def status_document(
         "phase": state.phase.value,
         "versions": [{"version": v, "state": reported.get(v, missing)} for v in on_disk],
         "versions_model": versions_model_name(model),
+        # What every version answers: "raw" [B, 4+nc, N] or "end2end" [B, K, 6].
+        "contract": contract,
         # What a client that names no version gets (the public name on the first server).
         "public": {"name": model, "version": None if first.error else first.public},
         "generation": state.generation,

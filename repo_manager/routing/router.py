@@ -26,6 +26,7 @@ from repo_manager.discovery import has_dns, resolve_urls
 from repo_manager.errors import InvalidInputError, RoutingError, TritonUnavailableError
 from repo_manager.metrics.router import RouterMetrics, VersionMetrics
 from repo_manager.names import versions_model_name
+from repo_manager.repository import ModelRepository
 from repo_manager.routing.detection import Detections, Detector
 from repo_manager.routing.plan import Key, RoutePlan
 from repo_manager.routing.servers import ClientFactory, Inputs, Outputs, ServerPool, shm_wanted
@@ -191,7 +192,10 @@ class Router:
         self._shadow = ShadowMirror(
             model, self._servers.send, queue_size=shadow_queue, metrics=self.metrics
         )
-        self._detector = Detector(model, self._servers.model_config)
+        facts = ModelRepository(storage)  # each version's class names: its manifest's
+        self._detector = Detector(
+            model, self._servers.model_config, lambda v: facts.class_names(model, v)
+        )
         self._closed = False
         # close() without the Router: a dropped Router, and every live one at interpreter
         # exit, still stops its threads and releases its shared-memory regions.
@@ -376,7 +380,7 @@ class Router:
                 routed.version,
                 request.inputs,
                 request.outputs,
-                request.comparison(found),
+                request.comparison(found, routed.version),
             )
         detections = request.detections(found, version=routed.version, fallback=routed.fallback)
         # What each version sees, for the live detection gates (a fast, error-free canary
@@ -385,6 +389,10 @@ class Router:
             len(detections), float(detections.scores.sum())
         )
         return detections
+
+    def class_names(self, version: str | int) -> tuple[str, ...]:
+        """The classes ``version`` names (its own: a canary may add or rename some)."""
+        return self._detector.names_of(str(version))
 
     # ---- lifecycle -----------------------------------------------------------------------
 

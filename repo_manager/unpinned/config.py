@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from importlib import resources
 
 from tritonclient.grpc.model_config_pb2 import ModelInstanceGroup
@@ -23,6 +24,7 @@ __all__ = [
     "WEIGHTED",
     "check_mode",
     "check_shadow",
+    "check_weighted_classes",
     "describe",
     "public_config",
     "public_route",
@@ -49,6 +51,28 @@ def check_mode(mode: str) -> str:
     if mode not in MODES:
         raise InvalidInputError(f"unpinned mode must be one of {', '.join(MODES)}, not {mode!r}")
     return mode
+
+
+def check_weighted_classes(
+    model: str,
+    stable: tuple[str, tuple[str, ...] | None],
+    canary: tuple[str, tuple[str, ...] | None],
+) -> None:
+    """Refuse, in one line, a weighted public name over a canary that names other classes
+    than stable ((version, names) each; None names: unknown, not judged). The public name
+    states one set of names (stable's, what Ultralytics' client reads), and in weighted
+    mode the canary answers some of its requests: ids its clients cannot name."""
+    (stable_version, stable_names), (canary_version, canary_names) = stable, canary
+    if stable_names is None or canary_names is None or stable_names == canary_names:
+        return
+    added = [n for n in canary_names if n not in stable_names]
+    shown = f"adds {', '.join(added)}" if added else "orders or names them otherwise"
+    raise InvalidInputError(
+        f"{model}: canary {canary_version} names other classes than stable {stable_version} "
+        f"({shown}); with --unpinned {WEIGHTED} clients of the public name would get "
+        "detections their class names do not cover: keep --unpinned stable until it is "
+        "promoted or rolled back"
+    )
 
 
 def weighted_files() -> dict[str, bytes]:
@@ -81,17 +105,27 @@ def _routing(table: RoutingTable, shadow: float) -> str:
 
 
 def public_config(
-    mode: str, *, target: ModelConfig, table: RoutingTable, shadow: float = 0.0
+    mode: str,
+    *,
+    target: ModelConfig,
+    table: RoutingTable,
+    shadow: float = 0.0,
+    class_names: Sequence[str] | None = None,
 ) -> ModelConfig:
     """The public name's config: an ensemble pinning stable, or the weighted model (which
-    mirrors ``shadow`` of stable's answers to the canary)."""
+    mirrors ``shadow`` of stable's answers to the canary); ``class_names`` are stable's
+    (what Ultralytics' client names its classes after)."""
     assert table.stable is not None
     name, target_name = table.model, versions_model_name(table.model)
     if check_mode(mode) == STABLE:
         return build_alias_config(
-            name=name, target_name=target_name, target=target, version=table.stable
+            name=name,
+            target_name=target_name,
+            target=target,
+            version=table.stable,
+            class_names=class_names,
         )
-    public = public_config_base(name=name, target=target)
+    public = public_config_base(name=name, target=target, class_names=class_names)
     public.backend = "python"
     public.parameters["versions_model"].string_value = target_name
     public.parameters["routing"].string_value = _routing(table, check_shadow(shadow))

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from repo_manager.server import free_port
+from tests.checkpoints import NOT_SERVED, untrained_checkpoint
 from tests.integration.conftest import Stack, running_stack, snapshot
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -106,3 +107,24 @@ def test_unreachable_triton_is_an_operational_failure(published: Stack, weights:
     done = subprocess.run(status, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "unreachable" in json.loads(done.stdout)["servers"][0]["error"]
+
+
+def test_a_checkpoint_that_is_no_served_detector_is_refused_in_one_line(
+    published: Stack, tmp_path: Path
+) -> None:
+    """A segmentation checkpoint: exit 2, the served generations named, the repository
+    byte-identical (every kind of ``NOT_SERVED`` is refused in-process by the unit tests
+    of the export: ``test_export.py``)."""
+    yaml, words = NOT_SERVED[0]
+    weights = untrained_checkpoint(tmp_path / f"{Path(yaml).stem}.pt", yaml)
+    args = ["publish", MODEL, "2", "--imgsz", "160", "--weights", str(weights)]
+    assert_refused(published, args, 2, f"{words} (served: YOLOv3u, v5u, v6, v8, v9, v10, 11, 12")
+
+
+def test_a_version_in_another_contract_is_refused_in_one_line(
+    published: Stack, weights: Path
+) -> None:
+    """The model serves end-to-end detections; a raw version would change the public
+    name's output shape during the canary."""
+    args = ["publish", MODEL, "2", "--weights", str(weights), "--contract", "raw"]
+    assert_refused(published, args, 2, "contract raw, the model serves end2end")

@@ -13,7 +13,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Scripts that publish real detectors (or start a fleet on S3) take 30-90 s in --quick mode.
-SLOW = {"serving", "warmup", "publish_phases", "memory", "propagation --fleet"}
+SLOW = {"serving", "warmup", "publish_phases", "memory", "propagation --fleet", "contracts"}
 
 
 @pytest.mark.parametrize(
@@ -27,6 +27,7 @@ SLOW = {"serving", "warmup", "publish_phases", "memory", "propagation --fleet"}
         "warmup",
         "publish_phases",
         "memory",
+        "contracts",
     ],
 )
 def test_bench_script_runs_in_quick_mode_and_prints_its_goal(script: str) -> None:

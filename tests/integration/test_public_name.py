@@ -23,6 +23,7 @@ from export.shapes import CLASS_NAMES, generate_shapes_image
 from tests.integration.conftest import MotoServer, S3Fleet, Stack, running_fleet
 from tests.integration.public_clients import (
     MODEL,
+    RAW,
     SIZE,
     VERSIONS,
     UnpinnedTraffic,
@@ -104,7 +105,7 @@ def test_versions_that_stay_loaded_keep_their_stub_processes_on_every_load_path(
         found = stub_pids(stack.server.pid)
         return {version: pid for (model, version), pid in found.items() if model == VERSIONS}
 
-    stack.publish(MODEL, "1", trained_detector)
+    stack.publish(MODEL, "1", trained_detector, *RAW)
     first = pids()
     stack.publish(MODEL, "2", weights)  # the canary loads and warms up beside stable
     after_canary = pids()
@@ -160,7 +161,7 @@ def test_on_an_s3_fleet_of_two_no_load_re_initializes_a_loaded_version(
             return [np.asarray(r.as_numpy("output0")) for r in served]
 
     images = inputs(3, seed=2)
-    fleet2.publish(MODEL, "1", trained_detector)
+    fleet2.publish(MODEL, "1", trained_detector, *RAW)
     first = [pids(i) for i in range(2)]
     fleet2.publish(MODEL, "2", weights)
     after_canary = [pids(i) for i in range(2)]

@@ -30,6 +30,7 @@ from repo_manager.state import RoutingTable
 from tests.integration.conftest import MotoServer, S3Fleet, Stack, running_fleet
 from tests.integration.public_clients import (
     MODEL,
+    RAW,
     SIZE,
     VERSIONS,
     UnpinnedTraffic,
@@ -118,7 +119,7 @@ def status(stack: Stack | S3Fleet) -> dict[str, Any]:
 def test_weighted_public_name_splits_by_weight_keeps_keys_follows_set_weight_and_goes_back(
     stack: Stack, trained_detector: Path, weights: Path
 ) -> None:
-    stack.publish(MODEL, "1", trained_detector)
+    stack.publish(MODEL, "1", trained_detector, *RAW)
     stack.publish(MODEL, "2", weights, "--canary-weight", "30")
     assert status(stack)["unpinned"] == "stable"
     stack.cli("policy", MODEL, "--unpinned", "weighted")
@@ -179,7 +180,7 @@ def test_weighted_public_name_splits_by_weight_keeps_keys_follows_set_weight_and
 def test_a_failed_canary_request_is_answered_by_stable_and_counted(
     stack: Stack, trained_detector: Path, weights: Path
 ) -> None:
-    stack.publish(MODEL, "1", trained_detector)
+    stack.publish(MODEL, "1", trained_detector, *RAW)
     stack.publish(MODEL, "2", weights, "--canary-weight", "100")
     stack.cli("policy", MODEL, "--unpinned", "weighted")
     versions = Versions(stack.url, inputs(4, seed=5), ["1", "2"])
@@ -209,7 +210,7 @@ def test_a_failed_canary_request_is_answered_by_stable_and_counted(
 def test_weighted_public_name_mirrors_a_shadow_share_to_the_canary_for_the_analysis(
     stack: Stack, trained_detector: Path, weights: Path
 ) -> None:
-    stack.publish(MODEL, "1", trained_detector)
+    stack.publish(MODEL, "1", trained_detector, *RAW)
     stack.publish(MODEL, "2", weights, "--canary-weight", "0")
     refused = stack.cli("policy", MODEL, "--shadow", "0.5", check=False)
     assert refused.code == 2 and "--shadow needs --unpinned weighted" in refused.stderr
@@ -260,7 +261,7 @@ def fleet2(moto: MotoServer, bucket: str, tmp_path: Path) -> Iterator[S3Fleet]:
 def test_no_unpinned_request_fails_on_a_weighted_fleet_through_moves_and_a_restart(
     fleet2: S3Fleet, trained_detector: Path, weights: Path
 ) -> None:
-    fleet2.publish(MODEL, "1", trained_detector)
+    fleet2.publish(MODEL, "1", trained_detector, *RAW)
     fleet2.publish(MODEL, "2", weights)
     fleet2.cli("policy", MODEL, "--unpinned", "weighted")
     seen: list[tuple[str, str, list[str | None], list[str | None]]] = []

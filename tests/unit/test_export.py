@@ -24,6 +24,8 @@ from export import ExportOptions, ExportResult, export_model
 from export.manifest import MANIFEST_FILE, manifest_mismatches
 from export.onnx_export import DetectorIO, check_onnx, read_io
 from export.tiny_detector import (
+    RECIPES,
+    Recipe,
     generate_shapes_dataset,
     generate_shapes_image,
     make_untrained_detector,
@@ -37,6 +39,7 @@ from repo_manager.errors import (
     WeightsError,
 )
 from repo_manager.modelconfig import ModelConfig, config_to_json, parse_config
+from tests.checkpoints import NOT_SERVED, untrained_checkpoint
 
 IMGSZ = 160
 ANCHORS = (160 // 8) ** 2 + (160 // 16) ** 2 + (160 // 32) ** 2  # 525
@@ -44,7 +47,7 @@ BACKEND_FILE = Path(__file__).resolve().parents[2] / "export" / "backend" / "mod
 
 
 def options(**overrides: Any) -> ExportOptions:
-    return ExportOptions(**{"imgsz": IMGSZ, "max_batch": 4, **overrides})
+    return ExportOptions(**{"imgsz": IMGSZ, "max_batch": 4, "contract": "raw", **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +215,7 @@ def test_numerical_check_agrees_with_pytorch(
     result = check_onnx(
         exported.version_dir / "model.onnx",
         expected=expected_io(),
-        reference=pytorch_reference(detector.model),
+        reference=pytorch_reference(detector, head_mode="one2many", imgsz=IMGSZ),
     )
     assert result is not None
     assert result.batch == 2
@@ -416,16 +419,16 @@ def test_a_plain_torch_dict_is_a_weights_error(tmp_path: Path) -> None:
     assert_one_line_naming(info, plain)
 
 
-def test_a_classifier_is_a_weights_error(tmp_path: Path) -> None:
-    import torch
-    from ultralytics.nn.tasks import ClassificationModel
-
-    classifier = tmp_path / "classifier.pt"
-    model = ClassificationModel("yolov8n-cls.yaml", nc=2, verbose=False)
-    torch.save({"model": model.half(), "train_args": {"task": "classify"}}, classifier)
-    with pytest.raises(WeightsError, match="classify model, not a detector") as info:
-        export_model(classifier, tmp_path / "m", model_name="m", options=options())
-    assert_one_line_naming(info, classifier)
+@pytest.mark.parametrize(("yaml", "words"), NOT_SERVED)
+def test_a_checkpoint_that_is_no_served_detector_is_a_weights_error(
+    tmp_path: Path, yaml: str, words: str
+) -> None:
+    """Segment, pose, OBB, classify and RT-DETR: one line naming the file, what it is and
+    the generations served."""
+    checkpoint = untrained_checkpoint(tmp_path / "model.pt", yaml, train_args={})
+    with pytest.raises(WeightsError, match=f"{words} \\(served: ") as info:
+        export_model(checkpoint, tmp_path / "m", model_name="m", options=options())
+    assert_one_line_naming(info, checkpoint)
 
 
 class _Payload:
@@ -590,9 +593,32 @@ def test_shapes_dataset_is_written_in_yolo_layout(tmp_path: Path) -> None:
         assert cls in {"0", "1"} and all(0.0 <= float(v) <= 1.0 for v in box)
 
 
+def test_fine_tuned_recipes_start_from_a_recipe_trained_from_scratch() -> None:
+    bases = {r.fine_tune for r in RECIPES.values() if r.fine_tune is not None}
+    assert bases and all(RECIPES[b].fine_tune is None for b in bases)
+    with pytest.raises(ValueError, match="epochs and images"):
+        Recipe(epochs=0)
+
+
 def test_importing_export_loads_neither_torch_nor_ultralytics() -> None:
     code = (
         "import sys, export; "
         "assert not {'torch', 'ultralytics', 'onnx'} & set(sys.modules), sorted(sys.modules)"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=BACKEND_FILE.parents[2])
+
+
+def test_a_new_models_default_is_end_to_end_with_its_lineage_in_the_manifest(
+    weights: Path, tmp_path: Path
+) -> None:
+    """YOLOv8n into the end-to-end contract: NMS inside the graph, [B, 300, 6] out."""
+    options = ExportOptions(imgsz=IMGSZ, max_batch=4, export_cache=None)
+    result = export_model(weights, tmp_path / "m", model_name="m", options=options)
+    assert [list(o.dims) for o in result.config.output] == [[300, 6]]
+    assert result.config.parameters["contract"].string_value == "end2end"
+    manifest = result.manifest
+    assert (manifest["contract"], manifest["head_mode"]) == ("end2end", "nms")
+    assert manifest["lineage"]["generation"] == "yolov8"
+    assert manifest["lineage"]["head"] == "Detect"
+    assert manifest["lineage"]["train_args"] == {"imgsz": 640, "model": "yolov8n.yaml"}
+    assert manifest["lineage"]["ultralytics_version"]

@@ -101,7 +101,7 @@ def test_io_difference_names_size_batch_and_classes_in_words() -> None:
     assert io_difference(served(), current) == ""
     assert io_difference(served(imgsz=640), current) == "imgsz 640, the model serves 160"
     assert io_difference(served(max_batch=8), current) == "max batch 8, the model serves 4"
-    assert io_difference(served(classes=80), current) == "80 classes, the model serves 2"
+    assert io_difference(served(classes=80), current).startswith("80 classes, the model serves 2")
 
 
 def test_an_export_without_a_size_takes_the_checkpoints_training_size(tmp_path: Path) -> None:

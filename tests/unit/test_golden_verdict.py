@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
+from typing import Any, ClassVar
 
 import cv2
 import numpy as np
@@ -25,6 +26,7 @@ def _detections(version: str, boxes: np.ndarray) -> Detections:
         scores=np.full(n, 0.9, np.float32),
         class_ids=np.zeros(n, np.int64),
         version=version,
+        class_names=("shape",),
     )
 
 
@@ -38,6 +40,9 @@ class _FakeRouter:
 
     def detect(self, image: np.ndarray, *, version: str, **_: object) -> Detections:
         return _detections(version, self.answers[version])
+
+    def class_names(self, version: str) -> tuple[str, ...]:
+        return ("shape",)
 
 
 def _golden(tmp_path: Path, *, labelled: bool, n: int = 3) -> Path:
@@ -121,3 +126,39 @@ def test_a_stable_that_scores_is_judged_and_an_empty_canary_fails(tmp_path: Path
     assert not bad.passed  # type: ignore[attr-defined]
     failed = {g.name for g in bad.failures()}  # type: ignore[attr-defined]
     assert {"max_map50_drop", "min_agreement"} <= failed
+
+
+class _NamedRouter(_FakeRouter):
+    """Stable names (rectangle, circle); the canary orders them otherwise and adds one."""
+
+    NAMES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "1": ("rectangle", "circle"),
+        "2": ("circle", "rectangle", "triangle"),
+    }
+
+    def detect(self, image: np.ndarray, *, version: str, **_: object) -> Detections:
+        if version == "1":
+            boxes, ids = BOX, [0]  # a rectangle
+        else:  # the same rectangle (its id 1) and a triangle elsewhere
+            boxes, ids = np.concatenate([BOX, BOX + 5.0]), [1, 2]
+        return Detections(
+            boxes=boxes.astype(np.float32),
+            scores=np.full(len(ids), 0.9, np.float32),
+            class_ids=np.asarray(ids, np.int64),
+            version=version,
+            class_names=self.NAMES[version],
+        )
+
+    def class_names(self, version: str) -> tuple[str, ...]:
+        return self.NAMES[version]
+
+
+def test_classes_are_compared_by_name_and_a_new_class_is_reported_not_judged(
+    tmp_path: Path,
+) -> None:
+    report: Any = _run(_NamedRouter({}), _golden(tmp_path, labelled=True))
+    stable, canary = report.stable, report.candidate
+    assert canary.agreement == 1.0  # its rectangle is stable's rectangle, by name
+    assert canary.map50 == stable.map50 > 0.99  # the triangle: no label, and no false positive
+    assert canary.new_classes == {"triangle": 3} and canary.missing_classes == []
+    assert report.passed

@@ -66,3 +66,79 @@ def test_detect_refuses_a_model_whose_input_is_not_an_image(repo: Path) -> None:
     router, _ = make_router(repo, config=config)
     with router, pytest.raises(TritonError, match="not \\[3, H, W\\]"):
         router.detect(np.zeros((10, 10, 3), np.uint8))
+
+
+def write_manifest(repo: Path, version: str, class_names: list[str]) -> None:
+    folder = repo / f"{MODEL}.versions" / version
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "manifest.json").write_text(json.dumps({"class_names": class_names}))
+
+
+def end2end_config(**params: str) -> model_config_pb2.ModelConfig:
+    config = yolo_config(contract="end2end", **params)
+    config.output[0].dims[:] = [84, 6]
+    return config
+
+
+def test_each_version_names_its_own_classes_from_its_manifest(repo: Path) -> None:
+    """A canary that adds a class (``triangle``) names it; stable keeps its own names;
+    a version without a readable manifest falls back to the config's."""
+    write_manifest(repo, "1", ["rectangle", "circle"])
+    write_manifest(repo, "2", ["rectangle", "circle", "triangle"])
+    config = end2end_config(class_names=json.dumps(["rectangle", "circle"]))
+    router, [client] = make_router(repo, config=config)
+    rows = np.zeros((1, 84, 6), np.float32)
+    rows[0, 0] = [8, 8, 24, 24, 0.9, 2]
+    rows[0, 1] = [30, 30, 50, 50, 0.7, 1]
+    client.outputs = {"output0": rows}
+    with router:
+        canary = router.detect(np.zeros((64, 64, 3), np.uint8), version="2")
+        stable = router.detect(np.zeros((64, 64, 3), np.uint8), version="1")
+        unknown = router.detect(np.zeros((64, 64, 3), np.uint8), version="3")
+    assert canary.labels == ["triangle", "circle"] and len(canary.names) == 3
+    assert stable.labels == ["2", "circle"]  # stable has no class 2: its id, not a guess
+    assert unknown.class_names == ("rectangle", "circle")
+    np.testing.assert_allclose(canary.boxes[0], [8, 8, 24, 24])  # no NMS, no xywh
+
+
+def test_shadow_agreement_compares_classes_by_name_and_counts_new_ones_apart(
+    repo: Path,
+) -> None:
+    """The canary orders its classes otherwise and knows one more: same-named boxes match,
+    its ``triangle`` is counted apart, never as a disagreement."""
+    from repo_manager.metrics import ShadowMetrics
+    from repo_manager.routing.detection import DetectorSpec
+
+    write_manifest(repo, "1", ["rectangle", "circle"])
+    write_manifest(repo, "2", ["circle", "rectangle", "triangle"])
+    router, _ = make_router(repo, config=end2end_config())
+    with router:
+        names_of = router._detector.names_of
+        spec = DetectorSpec.from_config(end2end_config())
+        request = spec.request(
+            np.zeros((64, 64, 3), np.uint8),
+            model=MODEL,
+            conf=0.25,
+            iou=0.7,
+            max_det=300,
+            names_of=names_of,
+        )
+        stable_found = (
+            np.array([[0, 0, 10, 10], [20, 20, 40, 40]], np.float32),
+            np.array([0.9, 0.8], np.float32),
+            np.array([0, 1]),  # rectangle, circle
+        )
+        rows = np.zeros((1, 84, 6), np.float32)
+        rows[0, 0] = [0, 0, 10, 10, 0.9, 1]  # rectangle in the canary's numbering
+        rows[0, 1] = [20, 20, 40, 40, 0.8, 0]  # circle
+        rows[0, 2] = [45, 45, 60, 60, 0.7, 2]  # triangle: stable has no such class
+
+        class Answer:
+            def as_numpy(self, name: str) -> np.ndarray:
+                return rows
+
+        counts = ShadowMetrics(MODEL, "2")
+        request.comparison(stable_found, "1")(Answer(), counts)
+    values = counts.snapshot()
+    assert (values["boxes_reference"], values["boxes_shadow"]) == (2, 2)
+    assert (values["boxes_matched"], values["boxes_new_class"]) == (2, 1)
