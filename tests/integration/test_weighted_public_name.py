@@ -24,7 +24,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from export.shapes import generate_shapes_image
-from repo_manager.analysis import ScrapeProvider
+from repo_manager.analysis import ScrapeProvider, judge
+from repo_manager.gates import LiveGates
 from repo_manager.routing.plan import RoutePlan
 from repo_manager.state import RoutingTable
 from tests.integration.conftest import MotoServer, S3Fleet, Stack, running_fleet
@@ -314,3 +315,30 @@ def test_no_unpinned_request_fails_on_a_weighted_fleet_through_moves_and_a_resta
     after = [matches(out, two[x]) for at, x, out in traffic.answers if at > rolled_back]
     assert during and not all(during), "no unpinned request reached canary 3 on the fleet"
     assert after and all(after)
+
+
+def test_the_weighted_name_counts_end_to_end_boxes_so_a_blind_canary_fails_without_a_router(
+    stack: Stack, trained_detector: Path, weights: Path
+) -> None:
+    """Clients that call Triton directly are judged on what the versions see: the weighted
+    public name counts each end-to-end answer's boxes per version (Triton's metrics port,
+    the Router's metric names), and the detection gate fails an untrained canary."""
+    stack.publish(MODEL, "1", trained_detector)  # end-to-end: the default contract
+    stack.publish(MODEL, "2", weights, "--canary-weight", "50")
+    stack.cli("policy", MODEL, "--unpinned", "weighted")
+    provider = ScrapeProvider([stack.server.metrics_url])
+    before = provider.snapshot(MODEL)
+    rng = np.random.default_rng(5)
+    with grpcclient.InferenceServerClient(stack.url) as client:
+        for _ in range(120):
+            image = generate_shapes_image(imgsz=SIZE, rng=rng).image
+            x = np.ascontiguousarray(image[:, :, ::-1].transpose(2, 0, 1))[None] / 255.0
+            unpinned_answer(client, x.astype(np.float32))
+    after = provider.snapshot(MODEL)
+    images = {v: after["router_images"].get(v, 0) - before["router_images"].get(v, 0) for v in "12"}
+    assert images["1"] + images["2"] == 120 and min(images.values()) > 20, images
+    verdict = judge(after, before, stable="1", canary="2", gates=LiveGates())
+    gates = {g.name: g for g in verdict.gates}
+    stable_boxes = after["router_boxes"]["1"] - before["router_boxes"].get("1", 0)
+    assert stable_boxes / images["1"] > 1.0, after  # the trained detector sees the shapes
+    assert not gates["max_box_count_z[router]"].passed, verdict.reason
