@@ -239,10 +239,10 @@ class TritonPythonModel:
         except Exception:  # a mirror must never hurt the instance
             failed = True
         counters = self.shadow_counters
-        counters["error" if failed else "ok"].increment(1)
-        if not failed:
+        if not failed:  # timed first: a reader that sees the outcome sees its time too
             counters["latency_sum"].increment(time.perf_counter() - started)
             counters["latency_count"].increment(1)
+        counters["error" if failed else "ok"].increment(1)
 
     async def execute(self, requests: list[Any]) -> list[Any]:
         """Every request of a dynamic batch is forwarded at once and awaited together."""
