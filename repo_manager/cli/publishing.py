@@ -174,13 +174,17 @@ def _alive(pid: int) -> bool:
 
 @contextlib.contextmanager
 def interrupts_undone(model: str, version: str) -> Iterator[None]:
-    """SIGTERM (a container's stop) interrupts like Ctrl-C, so that an interrupted publish
-    undoes itself and removes its staging folder; either ends in one line."""
+    """SIGTERM (a container's stop) and SIGINT interrupt alike, so that an interrupted
+    publish undoes itself and removes its staging folder; either ends in one line. SIGINT
+    is set here as the long-running commands set it (``stop_on_signals``): in fresh-clone
+    runs of the suite started as a background job, a publish signalled with SIGINT while
+    Triton reported its version LOADING finished with exit 0, while SIGTERM (set here
+    already) interrupted it."""
 
     def interrupt(_signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     except KeyboardInterrupt:
@@ -189,7 +193,8 @@ def interrupts_undone(model: str, version: str) -> Iterator[None]:
             "decision was recorded (see status)"
         ) from None
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _stage_version(
