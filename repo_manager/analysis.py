@@ -20,11 +20,16 @@ monitoring, never a verdict on the canary.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from repo_manager.detection_gates import DetectionWindow, counter_delta, detection_gates
+from repo_manager.detection_gates import (
+    DetectionWindow,
+    counter_delta,
+    detection_gates,
+    window_start,
+)
 from repo_manager.gates import GateResult, LiveGates
 from repo_manager.latency_gates import latency_gates, tail_ms
 from repo_manager.metric_sources import (
@@ -190,12 +195,11 @@ def judge(
     stable: str,
     canary: str,
     gates: LiveGates,
-    window_start: Snapshot | None = None,
-    kept: Sequence[tuple[float, Snapshot]] = (),
+    kept: tuple[tuple[float, Snapshot], ...] = (),
 ) -> Verdict:
-    """Compare canary with stable over the interval between two snapshots (the detection
-    gates: since ``window_start``, the oldest reading of their window; default ``before``;
-    the memory gates: over the readings ``kept``, oldest first, ending with ``now``).
+    """Compare canary with stable over the interval between two snapshots; the detection
+    and memory gates judge their windows of the readings ``kept`` (oldest first, ending
+    with ``now``; without them, the detection gates judge since ``before``).
 
     A failed memory gate fails the step even without canary traffic: the servers' memory
     does not wait for requests."""
@@ -239,9 +243,10 @@ def judge(
                     source=source,
                 )
             )
+    start = window_start(kept, seconds=gates.detection_window_s) if kept else None
     seen = detection_gates(
         now,
-        before if window_start is None else window_start,
+        before if start is None else start,
         stable=stable,
         canary=canary,
         gates=gates,

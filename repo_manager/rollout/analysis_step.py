@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from repo_manager.analysis import Outcome, Snapshot, Verdict, judge, readings
-from repo_manager.detection_gates import window_readings, window_start
+from repo_manager.detection_gates import window_readings
 from repo_manager.errors import MetricsUnavailableError
 from repo_manager.names import validate_model_name
 from repo_manager.phases import Phase, check_transition
@@ -152,16 +152,14 @@ def decide(
             reason="first reading of metrics",
             details=step_details(read, weight=weight, step=status.step, outcome="baseline"),
         )
-    # The detection gates judge every reading of their window: since the oldest one still
-    # inside it (``kept`` ends with this reading), else since the previous reading; the
-    # memory gates every reading of theirs.
+    # The detection and memory gates judge every reading of their windows (``kept`` ends
+    # with this reading); the other gates the interval since the previous reading.
     verdict = judge(
         reading,
         status.snapshot,
         stable=stable,
         canary=canary,
         gates=plan.gates,
-        window_start=window_start(kept, seconds=plan.gates.detection_window_s),
         kept=kept,
     )
     judged = replace(read, last=verdict)
