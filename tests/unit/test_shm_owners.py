@@ -1,8 +1,10 @@
 """Which regions a sweep may reclaim: only provably dead owners' in this PID namespace.
 
-Real files in /dev/shm and real processes (a finished child, a zombie, a reused PID);
-Triton's side is a small fake listing registrations (the real one is proven in
-tests/integration/test_shm_lifecycle.py).
+Real files on /dev/shm's tmpfs and real processes (a finished child, a zombie, a reused
+PID); Triton's side is a small fake listing registrations (the real one is proven in
+tests/integration/test_shm_lifecycle.py). The sweep tests list a private folder: in the
+parallel suite every starting server and Router sweeps /dev/shm itself, and once took a
+test's dead-owner file first (CI, 2026-12-07).
 """
 
 from __future__ import annotations
@@ -52,18 +54,20 @@ def name_for(owner: Owner) -> str:
 
 
 @pytest.fixture
-def files() -> Iterator[list[str]]:
-    """Makes /dev/shm files by name; removes whatever is left of them afterwards."""
-    made: list[str] = []
-    yield made
-    for name in made:
-        (SHM / name).unlink(missing_ok=True)
+def shm(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A folder on /dev/shm's tmpfs that only this test's sweeps list."""
+    folder = SHM / f"repo-manager-test-{uuid.uuid4().hex}"
+    folder.mkdir()
+    monkeypatch.setattr("repo_manager.shm_owners._SHM_DIR", str(folder))
+    yield folder
+    for leftover in folder.iterdir():
+        leftover.unlink()
+    folder.rmdir()
 
 
-def make(files: list[str], owner: Owner) -> str:
+def make(shm: Path, owner: Owner) -> str:
     name = name_for(owner)
-    (SHM / name).write_bytes(b"\0" * 64)
-    files.append(name)
+    (shm / name).write_bytes(b"\0" * 64)
     return name
 
 
@@ -90,14 +94,14 @@ def test_a_region_name_carries_its_owner() -> None:
         assert Owner.of(foreign) is None
 
 
-def test_dead_owners_regions_are_reclaimed_and_live_ones_kept(files: list[str]) -> None:
-    mine = make(files, me())
-    gone = make(files, finished_child())
-    reused = make(files, replace(me(), start=me().start + 1))  # my PID, another process
-    assert f"/dev/shm/{gone}" in leftover_regions() and f"/dev/shm/{mine}" not in leftover_regions()
-    removed = reclaim_dead_regions()
-    assert {f"/dev/shm/{gone}", f"/dev/shm/{reused}"} <= set(removed)
-    assert (SHM / mine).exists() and not (SHM / gone).exists() and not (SHM / reused).exists()
+def test_dead_owners_regions_are_reclaimed_and_live_ones_kept(shm: Path) -> None:
+    mine = make(shm, me())
+    gone = make(shm, finished_child())
+    reused = make(shm, replace(me(), start=me().start + 1))  # my PID, another process
+    dead = sorted([f"{shm}/{gone}", f"{shm}/{reused}"])
+    assert sorted(leftover_regions()) == dead
+    assert sorted(reclaim_dead_regions()) == dead
+    assert (shm / mine).exists() and not (shm / gone).exists() and not (shm / reused).exists()
 
 
 def test_a_zombie_owner_is_dead() -> None:
@@ -110,15 +114,12 @@ def test_a_zombie_owner_is_dead() -> None:
         child.wait()
 
 
-def test_regions_of_another_pid_namespace_or_format_are_never_touched(
-    files: list[str],
-) -> None:
-    elsewhere = make(files, replace(finished_child(), namespace=me().namespace + 1))
+def test_regions_of_another_pid_namespace_or_format_are_never_touched(shm: Path) -> None:
+    elsewhere = make(shm, replace(finished_child(), namespace=me().namespace + 1))
     legacy = f"repo-manager-shm-{finished_child().pid}-0a1b2c3d-0"
-    (SHM / legacy).write_bytes(b"\0")
-    files.append(legacy)
-    reclaim_dead_regions()
-    assert (SHM / elsewhere).exists() and (SHM / legacy).exists()
+    (shm / legacy).write_bytes(b"\0")
+    assert reclaim_dead_regions() == []
+    assert (shm / elsewhere).exists() and (shm / legacy).exists()
 
 
 def test_the_sweep_unregisters_only_dead_owners_registrations_from_triton() -> None:
@@ -129,9 +130,9 @@ def test_the_sweep_unregisters_only_dead_owners_registrations_from_triton() -> N
     assert triton.unregistered == [dead]
 
 
-def test_a_server_that_cannot_list_registrations_fails_no_sweep(files: list[str]) -> None:
-    gone = make(files, finished_child())
-    assert reclaim_dead_regions(object()) == [f"/dev/shm/{gone}"]
+def test_a_server_that_cannot_list_registrations_fails_no_sweep(shm: Path) -> None:
+    gone = make(shm, finished_child())
+    assert reclaim_dead_regions(object()) == [f"{shm}/{gone}"]
 
 
 class RecordingClient(Registrations):
