@@ -122,7 +122,7 @@ def test_regions_of_another_pid_namespace_or_format_are_never_touched(shm: Path)
     assert (shm / elsewhere).exists() and (shm / legacy).exists()
 
 
-def test_the_sweep_unregisters_only_dead_owners_registrations_from_triton() -> None:
+def test_the_sweep_unregisters_only_dead_owners_registrations_from_triton(shm: Path) -> None:
     live, dead = name_for(me()), name_for(finished_child())
     other = name_for(replace(finished_child(), namespace=me().namespace + 1))
     triton = Registrations([live, dead, other, "someone-elses-region"])
