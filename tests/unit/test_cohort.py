@@ -54,7 +54,7 @@ def cohort_table(rule: str, inside: int, outside: int = 0) -> RoutingTable:
         ("  line = 3  ", "line=3"),
         ("line in (3, 4,3) and device=crane", "line in (3,4) and device=crane"),
         ("device != 'jetson nano'", "device!='jetson nano'"),
-        ("zone not in (a, \"b c\")", "zone not in (a,'b c')"),
+        ('zone not in (a, "b c")', "zone not in (a,'b c')"),
         ("hour in 22..6", "hour in 22..6"),
         ("hour in 0..5 tz Europe/Berlin and line=3", "hour in 0..5 tz Europe/Berlin and line=3"),
         ("hour in 0..24 tz UTC", "hour in 0..24"),
@@ -221,9 +221,9 @@ def test_set_weight_words_become_the_cohort_and_the_weights() -> None:
     assert weight_move("20", None, None).cohort is KEEP
     cleared = weight_move("20", "-", None)
     assert cleared.cohort is None and cleared.outside == 20
-    with pytest.raises(InvalidInputError, match="--others .* add --cohort RULE"):
+    with pytest.raises(InvalidInputError, match=r"--others .* add --cohort RULE"):
         weight_move("20", None, "5")
-    with pytest.raises(InvalidInputError, match="^cohort rule 'line=': expected a value"):
+    with pytest.raises(InvalidInputError, match=r"^cohort rule 'line=': expected a value"):
         weight_move("100", "line=", None)
     with pytest.raises(InvalidWeightError):
         weight_move("100", "line=3", "101")
