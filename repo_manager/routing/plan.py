@@ -142,17 +142,27 @@ class RoutePlan:
     def inside(self, attributes: Attributes | None) -> bool:
         """True when a request with ``attributes`` is in the canary's cohort now."""
         cohort = self.cohort
-        return cohort is not None and cohort.matches(attributes, self.clock())
+        if cohort is None:
+            return False
+        return cohort.matches(attributes, self.clock() if cohort.timed else 0.0)
 
     def choose(self, key: Key | None = None, attributes: Attributes | None = None) -> str:
-        """One routing decision (well under a microsecond, with a cohort rule too)."""
+        """One routing decision (well under a microsecond, with a cohort rule too: one
+        call, the clock read only for an hour window; ``bench/router_overhead.py``)."""
         cohort = self.cohort
-        if cohort is not None and cohort.matches(attributes, self.clock()):
-            return self.pick(key, inside=True)
-        return self.pick(key)
+        if cohort is not None and cohort.matches(attributes, self.clock() if cohort.timed else 0.0):
+            versions, thresholds = self.inside_versions, self.inside_thresholds
+        else:
+            versions, thresholds = self.versions, self.thresholds
+        if len(versions) == 1:
+            return versions[0]
+        if not versions:
+            raise RoutingError("no routing table: the model has no version to route to")
+        at = _random() * 100.0 if key is None else _point(key_bytes(key))
+        return _choose(versions, thresholds, at)
 
     def pick(self, key: Key | None = None, *, inside: bool = False) -> str:
-        """The decision once ``inside`` (the cohort's answer) is known."""
+        """The decision once ``inside`` (the cohort's answer, ``inside``) is known."""
         if inside:
             versions, thresholds = self.inside_versions, self.inside_thresholds
         else:
