@@ -31,7 +31,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import zoneinfo
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 __all__ = ["Cohort", "parse"]
 
@@ -87,13 +87,43 @@ def _members(values: tuple[str, ...], *, negated: bool = False) -> frozenset[obj
     return frozenset(members)
 
 
+Test = Callable[[Mapping[str, object] | None, float], bool]
+
+
+def _attribute_test(clauses: tuple[tuple[str, frozenset[object], bool], ...]) -> Test:
+    """One function ``(attributes, now)`` testing every attribute clause (not the time):
+    ``a.get(n0) in m0 and ...``.
+
+    Generated, because a loop over the clauses (tuple unpacking, ``is not`` per clause)
+    measured about twice the time of one expression (about 400 against 180 ns for two
+    clauses on this project's loaded 2-core machine). The source holds only the numbered
+    parameter names: names and values of the rule are bound as default arguments, never
+    written into the code.
+    """
+    bound: dict[str, object] = {}
+    terms = []
+    for i, (name, members, wanted) in enumerate(clauses):
+        bound[f"n{i}"], bound[f"m{i}"] = name, members
+        terms.append(f"a.get(n{i}) {'in' if wanted else 'not in'} m{i}")
+    parameters = "".join(f", {k}={k}" for k in bound)
+    body = " and ".join(["a is not None", *terms]) if terms else "True"
+    test: Test = eval(f"lambda a, now{parameters}: {body}", {"__builtins__": {}}, bound)
+    return test
+
+
 class Cohort:
     """A compiled cohort rule; immutable but for the hour window's cached answer.
 
-    ``str(cohort)`` is the canonical text (what the routing table and ``status`` show).
+    ``cohort.matches(attributes, now)`` is True when a request with ``attributes`` at
+    ``now`` (epoch seconds; read only by a rule with an hour window, ``timed``) is inside:
+    set lookups in one generated expression, and the hour window's answer cached until
+    the next hour boundary. ``str(cohort)`` is the canonical text (what the routing table
+    and ``status`` show).
     """
 
-    __slots__ = ("_cache", "_clauses", "_hours", "_text", "_zone", "timed")
+    __slots__ = ("_cache", "_hours", "_match", "_text", "_zone", "matches", "timed")
+
+    matches: Test
 
     def __init__(
         self,
@@ -103,8 +133,6 @@ class Cohort:
         zone: zoneinfo.ZoneInfo | None,
     ) -> None:
         self._text = text
-        #: (attribute, members, wanted): the attribute is in members == wanted.
-        self._clauses = clauses
         self._hours = hours
         self._zone = zone
         #: True when the rule has an hour window (its answer depends on the clock): a
@@ -113,6 +141,9 @@ class Cohort:
         #: (valid from, valid until, answer) of the hour window; replaced whole (one
         #: assignment), so threads never see half of it.
         self._cache = (0.0, 0.0, False)
+        self._match = _attribute_test(clauses)
+        # One call per decision: a rule without an hour window is its attribute test.
+        self.matches = self._timed if self.timed else self._match
 
     def __str__(self) -> str:
         return self._text
@@ -126,19 +157,9 @@ class Cohort:
     def __hash__(self) -> int:
         return hash(self._text)
 
-    def matches(self, attributes: Mapping[str, object] | None, now: float) -> bool:
-        """True when a request with ``attributes`` at ``now`` (epoch seconds) is inside."""
-        # Set lookups only (measured in bench/router_overhead.py): no value is converted,
-        # no object is made but the loop's iterator.
-        clauses = self._clauses
-        if clauses:
-            if attributes is None:
-                return False
-            for name, members, wanted in clauses:
-                if (attributes.get(name) in members) is not wanted:
-                    return False
-        if not self.timed:
-            return True
+    def _timed(self, attributes: Mapping[str, object] | None, now: float) -> bool:
+        if not self._match(attributes, now):
+            return False
         since, until, answer = self._cache
         if since <= now < until:
             return answer
