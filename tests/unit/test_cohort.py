@@ -21,10 +21,11 @@ from repo_manager.rollout.ledger import KEEP, with_canary_at
 from repo_manager.routing import RoutePlan
 from repo_manager.routing.cohort import parse
 from repo_manager.routing.plan import compile_cohort
-from repo_manager.state import RolloutState, RoutingTable
+from repo_manager.state import RolloutState, RoutingTable, state_key
 from repo_manager.unpinned import public_config, public_route, unpinned_route
 from tests.unit.routing_fakes import MODEL, binomial_ok
 from tests.unit.test_modelconfig import detector_config
+from tests.unit.test_rollout_ordering import Harness, manager  # noqa: F401 (the fixture)
 
 
 def at(text: str) -> float:
@@ -318,3 +319,27 @@ def test_promql_sums_router_series_by_version_and_cohort(http_server) -> None:  
     snapshot = PromQLProvider(address).snapshot("m")
     assert snapshot["router_ok"] == {"1": 94.0, in_cohort("1"): 4.0, "2": 6.0}
     assert any(q.startswith("query=sum by (version, cohort) (repo_manager_router") for q in seen)
+
+
+# -- the manager: set-weight records the cohort, promote and rollback clear it -----------------
+
+
+@pytest.mark.parametrize("ending", ["promote", "rollback"])
+def test_the_manager_records_the_cohort_on_each_move_and_clears_it_at_the_end(
+    manager: Harness,  # noqa: F811 (the fixture imported above)
+    ending: str,
+) -> None:
+    rollout, _, storage = manager
+    state = rollout.set_weight("m", 50, cohort="line in (3, 4)", others="5")
+    assert state.cohort == {"rule": "line in (3,4)", "weight": 50}
+    assert state.weights == {"1": 95, "2": 5}
+    assert state.history[-1].cohort == state.cohort
+    assert state.history[-1].action == "set-weight cohort 'line in (3,4)' at 50%, 5% outside it"
+    widened = rollout.set_weight("m", 30)
+    assert widened.cohort == state.cohort and widened.weights == {"1": 70, "2": 30}
+    with pytest.raises(InvalidInputError, match="cohort rule"):
+        rollout.set_weight("m", 50, cohort="line in (3")
+    assert RolloutState.from_json(storage.read_bytes(state_key("m")) or b"", source="t") == widened
+    final = getattr(rollout, ending)("m")
+    assert final.cohort is None and all(t.cohort is None for t in final.history[-2:])
+    assert RoutingTable.from_document(json.loads(final.to_json())).cohort is None
