@@ -147,22 +147,17 @@ class RoutePlan:
         return cohort.matches(attributes, self.clock() if cohort.timed else 0.0)
 
     def choose(self, key: Key | None = None, attributes: Attributes | None = None) -> str:
-        """One routing decision (well under a microsecond, with a cohort rule too: one
-        call, the clock read only for an hour window; ``bench/router_overhead.py``)."""
+        """One routing decision (well under a microsecond, with a cohort rule too: the
+        clock is read only for an hour window; ``bench/router_overhead.py``)."""
         cohort = self.cohort
-        if cohort is not None and cohort.matches(attributes, self.clock() if cohort.timed else 0.0):
-            versions, thresholds = self.inside_versions, self.inside_thresholds
-        else:
-            versions, thresholds = self.versions, self.thresholds
-        if len(versions) == 1:
-            return versions[0]
-        if not versions:
-            raise RoutingError("no routing table: the model has no version to route to")
-        at = _random() * 100.0 if key is None else _point(key_bytes(key))
-        return _choose(versions, thresholds, at)
+        return self.pick(
+            key,
+            cohort is not None
+            and cohort.matches(attributes, self.clock() if cohort.timed else 0.0),
+        )
 
-    def pick(self, key: Key | None = None, *, inside: bool = False) -> str:
-        """The decision once ``inside`` (the cohort's answer, ``inside``) is known."""
+    def pick(self, key: Key | None = None, inside: bool = False) -> str:
+        """The decision once ``inside`` (the cohort's answer, ``inside()``) is known."""
         if inside:
             versions, thresholds = self.inside_versions, self.inside_thresholds
         else:

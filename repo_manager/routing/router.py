@@ -296,7 +296,7 @@ class Router:
         inside = False
         if version is None:
             inside = plan.inside(attributes)
-            chosen = plan.pick(key, inside=inside)
+            chosen = plan.pick(key, inside)
             alternative = plan.fallback.get(chosen)
         else:
             chosen, alternative = str(version), None

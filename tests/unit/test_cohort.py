@@ -24,6 +24,7 @@ from repo_manager.routing.plan import compile_cohort
 from repo_manager.state import RolloutState, RoutingTable, state_key
 from repo_manager.unpinned import public_config, public_route, unpinned_route
 from tests.unit.routing_fakes import MODEL, binomial_ok
+from tests.unit.test_metrics_providers import vector_answer
 from tests.unit.test_modelconfig import detector_config
 from tests.unit.test_rollout_ordering import Harness, manager  # noqa: F401 (the fixture)
 
@@ -303,19 +304,13 @@ def test_with_a_cohort_the_canary_is_compared_with_stables_traffic_from_the_coho
 
 def test_promql_sums_router_series_by_version_and_cohort(http_server) -> None:  # type: ignore[no-untyped-def]
     address, seen, responses = http_server
-    responses["/api/v1/query"] = json.dumps(
-        {
-            "status": "success",
-            "data": {
-                "resultType": "vector",
-                "result": [
-                    {"metric": {"version": "1", "cohort": "in"}, "value": [0, "4"]},
-                    {"metric": {"version": "1", "cohort": "out"}, "value": [0, "90"]},
-                    {"metric": {"version": "2"}, "value": [0, "6"]},
-                ],
-            },
-        }
-    ).encode()
+    responses["/api/v1/query"] = vector_answer(
+        [
+            {"metric": {"version": "1", "cohort": "in"}, "value": [0, "4"]},
+            {"metric": {"version": "1", "cohort": "out"}, "value": [0, "90"]},
+            {"metric": {"version": "2"}, "value": [0, "6"]},
+        ]
+    )
     snapshot = PromQLProvider(address).snapshot("m")
     assert snapshot["router_ok"] == {"1": 94.0, in_cohort("1"): 4.0, "2": 6.0}
     assert any(q.startswith("query=sum by (version, cohort) (repo_manager_router") for q in seen)
