@@ -4,15 +4,20 @@ layout inside the cohort, the per-cohort series and what set-weight --cohort mea
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
+import threading
 from collections import Counter
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from repo_manager.analysis import PromQLProvider, ScrapeProvider, judge
+from repo_manager.cli.render import history_text, status_text
+from repo_manager.cli.watch import Watch
 from repo_manager.errors import InvalidInputError, InvalidWeightError
 from repo_manager.gates import LiveGates
+from repo_manager.history.archive import entry_document
 from repo_manager.metric_sources import baseline_words, in_cohort, judged_series
 from repo_manager.metrics.router import RouterMetrics
 from repo_manager.phases import Phase
@@ -24,9 +29,11 @@ from repo_manager.routing.plan import compile_cohort
 from repo_manager.state import RolloutState, RoutingTable, state_key
 from repo_manager.unpinned import public_config, public_route, unpinned_route
 from tests.unit.routing_fakes import MODEL, binomial_ok
+from tests.unit.test_cli_render import status_document
 from tests.unit.test_metrics_providers import vector_answer
 from tests.unit.test_modelconfig import detector_config
 from tests.unit.test_rollout_ordering import Harness, manager  # noqa: F401 (the fixture)
+from tests.unit.test_status_watch import Scripted
 
 
 def at(text: str) -> float:
@@ -338,3 +345,49 @@ def test_the_manager_records_the_cohort_on_each_move_and_clears_it_at_the_end(
     final = getattr(rollout, ending)("m")
     assert final.cohort is None and all(t.cohort is None for t in final.history[-2:])
     assert RoutingTable.from_document(json.loads(final.to_json())).cohort is None
+
+
+# -- what status, status --watch and history show -----------------------------------------
+
+
+def test_status_watch_and_history_show_the_rule_and_the_weight_inside_it(
+    manager: Harness,  # noqa: F811 (the fixture imported above)
+) -> None:
+    rollout = manager[0]
+    rollout.set_weight("m", 50, cohort="line=3")
+    doc, state = Scripted(manager).read()
+    assert doc["cohort"] == {"rule": "line=3", "weight": 50}
+    shown = (
+        "cohort 'line=3' at 50%: requests it matches go to the canary at 50%, "
+        "all others by the weights"
+    )
+    assert f"  {shown}" in status_text(status_document(cohort=doc["cohort"])).splitlines()
+    frames: list[str] = []
+    stop = threading.Event()
+    clock = itertools.count()
+    totals = itertools.count(1)
+
+    def write(frame: str) -> None:
+        frames.append(frame)
+        stop.set() if len(frames) == 2 else None
+
+    def sample() -> dict[str, dict[str, float]]:
+        n = 10.0 * next(totals)
+        inside = {in_cohort("1"): n, in_cohort("2"): n}
+        return {"router_ok": {"1": 3 * n, "2": n, **inside}}
+
+    Watch(
+        read=lambda: (doc, state),
+        sample=sample,
+        write=write,
+        tty=True,
+        interval=0.001,
+        stop=stop,
+        source="scrape",
+        clock=lambda: float(next(clock)),
+    ).run()
+    frame = frames[-1].splitlines()
+    assert f"cohort    {shown}" in frame
+    assert any(line.split()[:3] == ["router", "canary:in", "v2"] for line in frame), frame
+    text = history_text([entry_document(t) for t in state.history])
+    assert "set-weight cohort 'line=3' at 50%, 0% outside it" in text
