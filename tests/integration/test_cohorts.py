@@ -110,6 +110,8 @@ def test_cohort_line_3_sends_every_line_3_request_and_no_other_to_the_canary(
                 key=f"cam-{camera}",
                 attributes={"line": str(line_of(camera)), "device": "crane"},
             )
+            output = routed.as_numpy("output0")
+            assert output is not None and cohorts.versions.of(i % 4, output) == routed.version
             served[(line_of(camera), routed.version)] += 1
     assert served == Counter(
         {(3, CANARY): 200, (1, "1"): 200, (2, "1"): 200, (4, "1"): 200, (5, "1"): 200}
