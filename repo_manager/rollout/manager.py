@@ -269,9 +269,16 @@ class RolloutManager:
             )
 
     def gate_canary(
-        self, model: str, golden: str | Path, gates: GoldenGates, *, weight: int
+        self,
+        model: str,
+        golden: str | Path,
+        gates: GoldenGates,
+        *,
+        weight: int,
+        cohort: str | None = None,
     ) -> ValidationReport:
-        """Judge a canary that has no traffic yet; pass: give it ``weight``; fail: roll back.
+        """Judge a canary that has no traffic yet; pass: give it ``weight`` (inside the
+        ``cohort`` rule, with one: ``set_weight``); fail: roll back.
 
         Raises GateFailedError (after the rollback: stable serves 100%) when a gate fails,
         GateUndecidedError (nothing moved: the canary keeps its weight) when the gates
@@ -290,7 +297,7 @@ class RolloutManager:
             ) from exc
         summary = "; ".join(g.describe() for g in report.gates)
         if report.passed:
-            self.set_weight(model, weight, reason=f"golden gates passed: {summary}")
+            self.set_weight(model, weight, reason=f"golden gates passed: {summary}", cohort=cohort)
             return report
         failures = "; ".join(g.describe() for g in report.failures())
         self.rollback(model, reason=f"golden gate failed: {failures}")

@@ -70,8 +70,12 @@ class Cohorts:
 
 @pytest.fixture(scope="module")
 def cohorts(shared: Stack, trained_detector: Path, weights: Path) -> Iterator[Cohorts]:
+    first = shared.publish("other", "1", weights, "--cohort", "line=3", check=False)
+    assert first.code == 2 and "--cohort needs a canary" in first.stderr, first
     shared.publish(MODEL, "1", trained_detector, *RAW)
-    shared.publish(MODEL, CANARY, weights, "--canary-weight", "0")
+    published = shared.publish(MODEL, CANARY, weights, "--cohort", "line=3")
+    shown = "canary cohort 'line=3' at 100%, 0% of the others"
+    assert published.stdout.strip().endswith(f"published as {shown}"), published.stdout
     shared.cli("policy", MODEL, "--unpinned", "weighted")
     yield Cohorts(shared)
 
