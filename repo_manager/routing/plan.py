@@ -112,7 +112,9 @@ class RoutePlan:
                 fallback[v] = canary if canary is not None and canary != stable else None
             else:
                 fallback[v] = stable
-        cohort, inside_versions, inside_thresholds = None, (), ()
+        cohort: cohorts.Cohort | None = None
+        inside_versions: tuple[str, ...] = ()
+        inside_thresholds: tuple[float, ...] = ()
         if table.cohort is not None and canary is not None and stable is not None:
             try:
                 cohort = cohorts.parse(table.cohort["rule"])

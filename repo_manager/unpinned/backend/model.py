@@ -128,7 +128,7 @@ class TritonPythonModel:
 
     def _cohort(self, cohort: dict[str, Any] | None) -> None:
         """The cohort's rule, compiled once, and its layout (the canary at its weight)."""
-        self.cohort = None
+        self.cohort: Any = None
         self.cohort_labels: tuple[str, ...] = ("",)
         self.inside_versions, self.inside_thresholds = self.versions, self.thresholds
         if not cohort or self.canary is None:
