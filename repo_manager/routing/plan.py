@@ -115,13 +115,14 @@ class RoutePlan:
         cohort: cohorts.Cohort | None = None
         inside_versions: tuple[str, ...] = ()
         inside_thresholds: tuple[float, ...] = ()
-        if table.cohort is not None and canary is not None and stable is not None:
+        setting = table.cohort
+        if setting is not None and canary is not None and stable is not None:
             try:
-                cohort = cohorts.parse(table.cohort["rule"])
+                cohort = cohorts.parse(setting["rule"])
             except ValueError as exc:
                 logger.warning("routing table of %s: %s; nobody is in the cohort", model, exc)
-        if cohort is not None:
-            weights = _cohort_weights(table, table.cohort["weight"])
+        if cohort is not None and setting is not None:
+            weights = _cohort_weights(table, setting["weight"])
             _, inside, inside_bounds = split.layout(stable, canary, weights)
             inside_versions, inside_thresholds = tuple(inside), tuple(inside_bounds)
 
