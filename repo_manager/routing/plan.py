@@ -153,11 +153,20 @@ class RoutePlan:
         """One routing decision (well under a microsecond, with a cohort rule too: the
         clock is read only for an hour window; ``bench/router_overhead.py``)."""
         cohort = self.cohort
-        return self.pick(
-            key,
-            cohort is not None
-            and cohort.matches(attributes, self.clock() if cohort.timed else 0.0),
-        )
+        if cohort is not None and cohort.matches(
+            attributes, self.clock() if cohort.timed else 0.0
+        ):
+            return self.pick(key, True)
+        # The draw of ``pick`` written out: the plain decision is the hot path, and the call
+        # to ``pick`` measured +60 to +190 ns on it (161 -> 221 ns without a key, 400 ->
+        # 590 ns with one; alternating runs against main on this machine, load 1.9).
+        versions = self.versions
+        if len(versions) == 1:
+            return versions[0]
+        if not versions:
+            raise RoutingError("no routing table: the model has no version to route to")
+        at = _random() * 100.0 if key is None else _point(key_bytes(key))
+        return _choose(versions, self.thresholds, at)
 
     def pick(self, key: Key | None = None, inside: bool = False) -> str:
         """The decision once ``inside`` (the cohort's answer, ``inside()``) is known."""
