@@ -133,7 +133,12 @@ class TritonPythonModel:
         self.inside_versions, self.inside_thresholds = self.versions, self.thresholds
         if not cohort or self.canary is None:
             return
-        self.cohort = routing_cohort.parse(str(cohort["rule"]))
+        try:
+            self.cohort = routing_cohort.parse(str(cohort["rule"]))
+        except ValueError as exc:  # e.g. a time zone this server's tz database lacks
+            # As the Router does: nobody in the cohort, said in the log; the model serves.
+            pb_utils.Logger.log_warn(f"{self.name}: {exc}; nobody is in the cohort")
+            return
         weight = int(cohort["weight"])
         weights = {self.stable: 100 - weight, self.canary: weight}
         _, inside, bounds = routing_split.layout(self.stable, self.canary, weights)
