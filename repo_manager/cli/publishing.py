@@ -121,7 +121,8 @@ def publish(
         serve_manager_metrics(analysis["metrics_port"], analysis["metrics_addr"]) if auto else None
     )
     manager = obj.manager(drain_seconds=drain_seconds, metrics=metrics)
-    known = manager.state(model) is not None
+    # Read only when it matters (as before cohorts: a plain publish reads no state here).
+    known = (golden is not None or cohort is not None) and manager.state(model) is not None
     if cohort is not None and not known:
         raise InvalidInputError(
             f"--cohort needs a canary: version {version} of {model} is its first"

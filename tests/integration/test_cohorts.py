@@ -238,3 +238,24 @@ def test_a_bad_rule_is_one_line_exit_2_and_changes_nothing_and_the_history_recor
     # A table with the rule reaches the Router as it reaches the public name.
     table = RoutingTable.from_document(json.loads(document))
     assert RoutePlan.build(MODEL, table).choose("cam-1", {"line": "4"}) == CANARY
+
+
+def test_a_public_name_whose_server_cannot_compile_the_rule_serves_everyone_by_the_weights(
+    cohorts: Cohorts,
+) -> None:
+    cohorts.set_weight("100", "--cohort", "line=3")
+    with grpcclient.InferenceServerClient(cohorts.stack.url) as client:
+        original = client.get_model_config(MODEL, as_json=True)["config"]
+        # A zone this server's tz database lacks (the manager refuses one it lacks itself).
+        broken = json.loads(json.dumps(original))
+        routing = json.loads(broken["parameters"]["routing"]["string_value"])
+        routing["cohort"]["rule"] = "line=3 and hour in 0..24 tz Mars/Olympus"
+        broken["parameters"]["routing"]["string_value"] = json.dumps(routing)
+        try:
+            client.load_model(MODEL, config=json.dumps(broken))
+            assert client.is_model_ready(MODEL)
+            seen = {cohorts.public(client, i, key=f"cam-{i}", line="3") for i in range(12)}
+            assert seen == {"1"}  # nobody in the cohort; the model serves
+        finally:
+            client.load_model(MODEL, config=json.dumps(original))
+        assert {cohorts.public(client, i, line="3") for i in range(4)} == {CANARY}
