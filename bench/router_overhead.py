@@ -6,7 +6,8 @@ whose server must already serve ``--model``), then alternates ``Router.infer`` a
 runs both, in alternating order, so drift on a shared machine hits both sides alike. Both
 use plain gRPC (``shared_memory=False``): this measures the routing layer, not transport.
 Prints median and p99 latency of each and their ratios (goal: <= 1.02), then the cost of
-one routing decision (goal: <= 1 µs).
+one routing decision (goal: <= 1 µs), without and with a cohort rule side by side (the
+same calls, in alternating order, best of 5 each).
 
     python bench/router_overhead.py [--requests 5000] [--url HOST:PORT --model M] [--quick]
 """
@@ -79,6 +80,62 @@ def decision_ns(plan: RoutePlan, key: object, number: int) -> float:
     return min(timer.repeat(repeat=5, number=number)) / number * 1e9
 
 
+def side_by_side(
+    plain: RoutePlan, cohort: RoutePlan, key: object, attributes: object, number: int
+) -> tuple[float, float]:
+    """ns per decision of ``plain`` (no attributes) and ``cohort``: best of 5 rounds, the
+    two timed in turn within each round so that load on the shared cores hits both."""
+    timers = [
+        timeit.Timer(
+            "choose(key, attributes)",
+            globals={"choose": p.choose, "key": key, "attributes": a},
+        )
+        for p, a in ((plain, None), (cohort, attributes))
+    ]
+    best = [float("inf"), float("inf")]
+    for _ in range(5):
+        for i, timer in enumerate(timers):
+            best[i] = min(best[i], timer.timeit(number) / number * 1e9)
+    return best[0], best[1]
+
+
+#: The cohort rules timed: attributes only, and attributes with an hour window (its answer
+#: cached until the next hour boundary).
+COHORT_RULES = (
+    "line in (3,4) and device=crane",
+    "line in (3,4) and hour in 0..24 tz Europe/Berlin",
+)
+INSIDE = {"line": "3", "device": "crane", "camera": "17"}
+OUTSIDE = {"line": "5", "device": "crane", "camera": "17"}
+
+
+def cohort_decisions(n: int) -> None:
+    """The decision with a cohort rule beside the plain one, with and without a key,
+    matching and not; each pair measured back to back."""
+    plain = RoutePlan.build("m", RoutingTable(**TABLE))
+    print(f"routing decision with a cohort rule, best of 5 x {n:,} calls (goal <= 1000 ns):")
+    for rule in COHORT_RULES:
+        cohort = RoutePlan.build("m", RoutingTable(**TABLE, cohort={"rule": rule, "weight": 50}))
+        print(f"  rule {rule!r}")
+        for label, key in (("no key", None), ("str key", "camera-17")):
+            for where, attributes in (("matching", INSIDE), ("not matching", OUTSIDE)):
+                base, ns = side_by_side(plain, cohort, key, attributes, n)
+                print(
+                    f"    {label:8} {where:13} {ns:6.0f} ns ({met(ns, 1000)})   plain {base:4.0f} "
+                    f"ns   ratio {ns / base:.2f}"
+                )
+    print(f"  {load_now()}")
+
+
+TABLE: dict[str, Any] = {
+    "model": "m",
+    "stable": "1",
+    "canary": "2",
+    "weights": {"1": 90, "2": 10},
+    "generation": 1,
+}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", help="use this Triton (gRPC) instead of starting one")
@@ -89,10 +146,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=500)
     parser.add_argument("--decisions", type=int, default=1_000_000)
     parser.add_argument("--quick", action="store_true", help="a few rounds: a smoke run")
+    parser.add_argument(
+        "--decisions-only", action="store_true", help="time only the routing decisions"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.requests, args.warmup, args.decisions = 200, 20, 10_000
     print(machine())
+    if args.decisions_only:
+        cohort_decisions(args.decisions)
+        return
 
     with tempfile.TemporaryDirectory(prefix="router-bench-") as tmp, ExitStack() as stack:
         root = Path(tmp)
@@ -141,10 +204,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{(med_r - med_d) / 1e3:+.1f} µs"
     )
 
-    table = RoutingTable(
-        model="m", stable="1", canary="2", weights={"1": 90, "2": 10}, generation=1
-    )
-    plan = RoutePlan.build("m", table)
+    plan = RoutePlan.build("m", RoutingTable(**TABLE))
     n = args.decisions
     print(f"routing decision, 90/10 table, best of 5 x {n:,} calls (goal <= 1000 ns):")
     for label, key in (
@@ -154,6 +214,7 @@ def main(argv: list[str] | None = None) -> None:
     ):
         ns = decision_ns(plan, key, n)
         print(f"  {label:20} {ns:6.0f} ns ({met(ns, 1000)})")
+    cohort_decisions(n)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,13 @@ version of a model (``QUERIES``' keys).
 ``PromQLProvider`` asks a Prometheus server (``/api/v1/query``) the same sums in PromQL. A
 source that cannot be read raises ``MetricsUnavailableError``: a fact about the monitoring,
 never a verdict on the canary (``analysis`` judges what they read).
+
+Cohorts: the Routers' per-version series (``COHORT_KEYS``) carry ``cohort="in"`` for
+requests a canary's cohort rule matched (``metrics/router.py``). Besides each version's
+total, a snapshot holds their in-cohort part under ``in_cohort(version)``; the analysis of
+a rollout with a cohort judges those keys (``judged_series``): the canary's requests from
+the cohort against stable's requests from the same cohort. Triton counts per version only,
+so its source has no in-cohort keys and does not judge a cohort.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from repo_manager.errors import MetricsUnavailableError
 from repo_manager.latency_gates import BUCKET_KEYS
 from repo_manager.metrics import metric_names as names
+from repo_manager.metrics.router import IN
 from repo_manager.names import versions_model_name
 from repo_manager.resource_gates import RESIDENT, TOTAL, USED
 
@@ -32,6 +40,9 @@ __all__ = [
     "PromQLProvider",
     "ScrapeProvider",
     "Snapshot",
+    "baseline_words",
+    "in_cohort",
+    "judged_series",
     "model_label",
 ]
 
@@ -60,6 +71,30 @@ QUERIES: dict[str, tuple[str, dict[str, str]]] = {
     "router_scores": (f"{names.ROUTER_DETECTION_SCORES}_total", {}),
     **{key: (f"{names.ROUTER_LATENCY}_bucket", {"le": le}) for key, le in BUCKET_KEYS.items()},
 }
+
+
+#: Keys read from the Routers' per-version series, which carry the ``cohort`` label.
+COHORT_KEYS = frozenset(k for k in QUERIES if k.startswith("router_"))
+
+
+def in_cohort(version: str) -> str:
+    """The snapshot key of ``version``'s requests from inside the canary's cohort."""
+    return f"{version} in cohort"
+
+
+def judged_series(stable: str, canary: str, cohort: Mapping[str, Any] | None) -> tuple[str, str]:
+    """The snapshot keys an analysis compares: the versions, or with a cohort their
+    requests from inside it (stable's from the cohort is the baseline)."""
+    if cohort is None:
+        return stable, canary
+    return in_cohort(stable), in_cohort(canary)
+
+
+def baseline_words(cohort: Mapping[str, Any] | None) -> str:
+    """What the canary is compared with, in the history's words."""
+    if cohort is None:
+        return "stable's traffic"
+    return f"stable inside cohort '{cohort['rule']}'"
 
 
 #: The servers' gauges (no model label), snapshot key -> (sample, the label naming the device
@@ -155,10 +190,14 @@ class ScrapeProvider:
                     if name not in wanted or s.labels.get("model") != model_label(name, model):
                         continue
                     version = s.labels.get("version", "")
+                    inside = s.labels.get("cohort") == IN
                     for key, labels in wanted[name]:
                         if all(s.labels.get(k) == v for k, v in labels.items()):
                             per = result[key]
                             per[version] = per.get(version, 0.0) + float(s.value)
+                            if inside:
+                                part = in_cohort(version)
+                                per[part] = per.get(part, 0.0) + float(s.value)
         return result
 
 
@@ -201,9 +240,13 @@ class PromQLProvider:
                 for k, v in {"model": model_label(sample, model), **labels}.items()
             )
             per: dict[str, float] = {}
-            for item in self.query(f"sum by (version) ({sample}{{{matchers}}})"):
-                version = str(item.get("metric", {}).get("version", ""))
-                per[version] = float(item["value"][1])
+            by = "version, cohort" if key in COHORT_KEYS else "version"
+            for item in self.query(f"sum by ({by}) ({sample}{{{matchers}}})"):
+                labels = item.get("metric", {})
+                version, value = str(labels.get("version", "")), float(item["value"][1])
+                per[version] = per.get(version, 0.0) + value
+                if labels.get("cohort") == IN:
+                    per[in_cohort(version)] = value
             result[key] = per
         for key, samples in RESOURCE_QUERIES.items():
             devices: dict[str, float] = {}

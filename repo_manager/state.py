@@ -23,6 +23,8 @@ __all__ = [
     "RolloutState",
     "RoutingTable",
     "Transition",
+    "cohort_document",
+    "cohort_words",
     "load_routing_table",
     "load_state",
     "publish_journal_key",
@@ -40,6 +42,20 @@ def state_key(model: str) -> str:
 def publish_journal_key(model: str) -> str:
     """The storage key of a model's publish journal (the publish under way, if any)."""
     return f".repo-manager.{model}.publishing.json"
+
+
+def cohort_document(document: Any) -> dict[str, Any] | None:
+    """A stored cohort as ``{"rule": str, "weight": int}`` (None: no cohort)."""
+    if not document:
+        return None
+    return {"rule": str(document["rule"]), "weight": int(document["weight"])}
+
+
+def cohort_words(cohort: dict[str, Any] | None) -> str:
+    """A cohort as status and history show it: ``cohort 'line=3' at 50%`` ("" for none)."""
+    if not cohort:
+        return ""
+    return f"cohort '{cohort['rule']}' at {cohort['weight']}%"
 
 
 def utc_now() -> str:
@@ -73,6 +89,8 @@ class Transition:
     #: Structured figures behind the reason (an analysis step's readings, verdict and
     #: bounds, under ``"analysis"``); None when the reason says it all.
     details: dict[str, Any] | None = None
+    #: The canary's cohort after this move (``RoutingTable.cohort``); None: none.
+    cohort: dict[str, Any] | None = None
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -115,6 +133,9 @@ class RoutingTable:
     canary: str | None
     weights: dict[str, int]
     generation: int
+    #: The canary's cohort (``routing/cohort.py``), ``{"rule": TEXT, "weight": W}``: requests
+    #: the rule matches go to the canary at W percent, all others by ``weights``; None: none.
+    cohort: dict[str, Any] | None = None
 
     @classmethod
     def from_document(cls, document: dict[str, Any]) -> RoutingTable:
@@ -124,6 +145,7 @@ class RoutingTable:
             canary=document.get("canary"),
             weights={str(k): int(v) for k, v in document.get("weights", {}).items()},
             generation=int(document.get("generation", 0)),
+            cohort=cohort_document(document.get("cohort")),
         )
 
     def to_document(self) -> dict[str, Any]:
@@ -167,6 +189,8 @@ class RolloutState:
     #: also sends to the canary in the background (``policy --shadow``): the Router's
     #: shadow, for clients that cannot use the Router.
     unpinned_shadow: float = 0.0
+    #: The canary's cohort (``RoutingTable.cohort``); cleared at promote and rollback.
+    cohort: dict[str, Any] | None = None
 
     @property
     def serving_versions(self) -> list[str]:
@@ -181,6 +205,7 @@ class RolloutState:
             canary=self.canary,
             weights=dict(self.weights),
             generation=self.generation,
+            cohort=self.cohort,
         )
 
     def to_json(self) -> bytes:
@@ -199,6 +224,7 @@ class RolloutState:
             "analysis": self.analysis,
             "unpinned": self.unpinned,
             "unpinned_shadow": self.unpinned_shadow,
+            "cohort": self.cohort,
         }
         return (json.dumps(document, indent=1) + "\n").encode()
 
@@ -220,6 +246,7 @@ class RolloutState:
                 analysis=document.get("analysis"),
                 unpinned=str(document.get("unpinned", "stable")),
                 unpinned_shadow=float(document.get("unpinned_shadow", 0.0)),
+                cohort=cohort_document(document.get("cohort")),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise StorageError(f"corrupt rollout state {source}: {exc}") from exc

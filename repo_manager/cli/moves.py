@@ -7,24 +7,44 @@ import click
 from repo_manager.cli.app import Context, cli, require_repository
 from repo_manager.cli.options import drain_option, reason_option
 from repo_manager.errors import InvalidInputError
-from repo_manager.rollout import parse_policy, parse_weight
-from repo_manager.state import RolloutState
+from repo_manager.rollout import parse_policy
+from repo_manager.rollout.cohorts import weight_move
+from repo_manager.state import RolloutState, cohort_words
 from repo_manager.unpinned import MODES, WEIGHTED
 
 
 @cli.command("set-weight", context_settings={"ignore_unknown_options": True})
 @click.argument("model")
 @click.argument("percent")
+@click.option(
+    "--cohort",
+    default=None,
+    metavar="RULE",
+    help="Send requests whose attributes match RULE to the canary at PERCENT, e.g. "
+    "'line in (3,4) and device=crane' or 'hour in 0..5 tz Europe/Berlin'; everyone else "
+    "gets --others. '-' clears the cohort. Without it, PERCENT is the weight outside "
+    "the cohort and the cohort stands.",
+)
+@click.option(
+    "--others",
+    default=None,
+    metavar="PERCENT",
+    help="With --cohort RULE: the canary's weight for requests outside the cohort (0).",
+)
 @reason_option
 @click.pass_obj
-def set_weight(obj: Context, model: str, percent: str, reason: str) -> None:
-    """Give the canary PERCENT of the traffic."""
-    weight = parse_weight(percent)
+def set_weight(
+    obj: Context, model: str, percent: str, cohort: str | None, others: str | None, reason: str
+) -> None:
+    """Give the canary PERCENT of the traffic (of the cohort's, with --cohort)."""
+    weight_move(percent, cohort, others)  # bad input: one line before the repository
     require_repository(obj)
-    state = obj.manager().set_weight(model, weight, reason=reason)
-    click.echo(
-        f"{model}: canary {state.canary} at {weight}%, stable {state.stable} at {100 - weight}%"
-    )
+    state = obj.manager().set_weight(model, percent, reason=reason, cohort=cohort, others=others)
+    outside = state.weights.get(state.canary, 0) if state.canary else 0
+    words = f"canary {state.canary} at {outside}%, stable {state.stable} at {100 - outside}%"
+    if state.cohort is not None:
+        words = f"canary {state.canary} {cohort_words(state.cohort)}, {outside}% of the others"
+    click.echo(f"{model}: {words}")
 
 
 @cli.command()

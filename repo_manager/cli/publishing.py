@@ -31,6 +31,8 @@ from repo_manager.errors import GateFailedError, InvalidInputError, RepoManagerE
 from repo_manager.gates import GoldenGates, parse_gate_overrides
 from repo_manager.names import validate_model_name, validate_version
 from repo_manager.rollout import RolloutManager, parse_weight, resolve_weights
+from repo_manager.rollout.cohorts import weight_move
+from repo_manager.state import cohort_words
 from repo_manager.timing import PhaseTimer
 
 
@@ -50,6 +52,13 @@ from repo_manager.timing import PhaseTimer
     default="10",
     show_default=True,
     help="Percent of traffic a new canary starts with.",
+)
+@click.option(
+    "--cohort",
+    default=None,
+    metavar="RULE",
+    help="Give the new canary only to requests whose attributes match RULE, at "
+    "--canary-weight (100 when not given); everyone else gets 0 (as set-weight --cohort).",
 )
 @click.option("--force", is_flag=True, help="Publish a plan even if the servers' TensorRT differs.")
 @click.option(
@@ -81,6 +90,7 @@ def publish(
     exported: Path | None,
     export_options: dict[str, Any],
     canary_weight: str,
+    cohort: str | None,
     force: bool,
     replace: bool,
     golden: Path | None,
@@ -92,7 +102,11 @@ def publish(
     """Publish VERSION of MODEL: first becomes stable, later ones the canary."""
     model = validate_model_name(model)
     version = validate_version(version)
+    if cohort is not None and _defaulted("canary_weight"):
+        canary_weight = "100"  # a cohort's canary gets the whole cohort unless told
     weight = parse_weight(canary_weight)
+    if cohort is not None:
+        weight_move(weight, cohort, None)  # a bad rule: one line, before the export
     golden_gates = parse_gate_overrides(GoldenGates(), gates)
     plan, provider = analysis_setup(analysis) if auto else (None, None)
     if golden is not None:
@@ -107,8 +121,15 @@ def publish(
         serve_manager_metrics(analysis["metrics_port"], analysis["metrics_addr"]) if auto else None
     )
     manager = obj.manager(drain_seconds=drain_seconds, metrics=metrics)
-    gated = golden is not None and manager.state(model) is not None
-    first_weight = 0 if gated else weight
+    # Read only when it matters (as before cohorts: a plain publish reads no state here).
+    known = (golden is not None or cohort is not None) and manager.state(model) is not None
+    if cohort is not None and not known:
+        raise InvalidInputError(
+            f"--cohort needs a canary: version {version} of {model} is its first"
+        )
+    gated = golden is not None and known
+    # A gated canary gets no traffic before its gate, a cohort's none before its rule stands.
+    first_weight = 0 if gated or cohort is not None else weight
     # What can refuse the publish is refused before the export, which takes seconds to minutes.
     request = manager.check_publish(model, version, canary_weight=first_weight, replace=replace)
     timer = PhaseTimer(progress=obj.progress, label=f"publish {model} {version}")
@@ -135,12 +156,23 @@ def publish(
     if gated:
         assert golden is not None
         with timer.phase("gate"):
-            report = manager.gate_canary(model, golden, golden_gates, weight=weight)
+            report = manager.gate_canary(model, golden, golden_gates, weight=weight, cohort=cohort)
         click.echo(report_text(report.to_dict()))
+    elif cohort is not None:
+        manager.set_weight(model, weight, cohort=cohort, reason=f"publish {version}")
     obj.progress(f"publish {model} {version} timings: {timer.summary()}")
-    click.echo(f"{model} version {version} published as canary at {weight}%")
+    shown = f"at {weight}%"
+    if cohort is not None:  # as the gate or set-weight left it
+        shown = f"{cohort_words((manager.state(model) or state).cohort)}, 0% of the others"
+    click.echo(f"{model} version {version} published as canary {shown}")
     if plan is not None and provider is not None:
         run_analysis(obj, manager, model, plan, provider, analysis)
+
+
+def _defaulted(parameter: str) -> bool:
+    """True when the command line left ``parameter`` at its default."""
+    source = click.get_current_context().get_parameter_source(parameter)
+    return source in (None, click.core.ParameterSource.DEFAULT)
 
 
 STAGING_PREFIX = "repo-manager-stage-"

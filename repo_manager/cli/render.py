@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from repo_manager.state import RolloutState
+from repo_manager.state import RolloutState, cohort_words
 
 __all__ = [
     "decision_text",
@@ -24,6 +24,8 @@ def status_text(doc: dict[str, Any]) -> str:
         f"{doc['model']}  phase {doc['phase']}  stable {doc['stable']}  "
         f"canary {doc['canary'] or '-'}  weights {weights}",
     ]
+    if doc.get("cohort"):
+        lines.append(f"  {_cohort_line(doc['cohort'])}")
     public = doc["public"]
     lines.append(
         f"  public name {public['name']} (clients that name no version): "
@@ -115,6 +117,13 @@ def short_time(at: str) -> str:
     return at[:19].replace("T", " ")
 
 
+def _cohort_line(cohort: dict[str, Any]) -> str:
+    return (
+        f"{cohort_words(cohort)}: requests it matches go to the canary at "
+        f"{cohort['weight']}%, all others by the weights"
+    )
+
+
 def _weights(weights: dict[str, int]) -> str:
     return " ".join(f"v{v} {w}%" for v, w in weights.items()) or "-"
 
@@ -131,6 +140,8 @@ def history_text(entries: Sequence[dict[str, Any]]) -> str:
             f"{short_time(e['at'])}  {e['action']:<38} {phases:<27} "
             f"{_weights(e['weights']):<15} {e['who'] or '-'}"
         )
+        if e.get("cohort") and "cohort" not in e["action"]:
+            lines.append(f"{'':21}{cohort_words(e['cohort'])}")
         if e["reason"]:
             lines.append(f"{'':21}why: {e['reason']}")
     return "\n".join(lines)
@@ -201,6 +212,8 @@ def watch_text(
         _steps_line(doc),
     ]
     lines += [f"weight    v{v:<4} {w:>3}% {_bar(w)}" for v, w in doc["weights"].items()]
+    if doc.get("cohort"):
+        lines.append(f"cohort    {_cohort_line(doc['cohort'])}")
     analysis = doc.get("analysis")
     if analysis:
         plan = analysis["plan"]

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from repo_manager.analysis import readings
 from repo_manager.cli.render import watch_text
 from repo_manager.errors import MetricsUnavailableError
+from repo_manager.metric_sources import in_cohort
 from repo_manager.phases import STEADY_PHASES, Phase
 from repo_manager.resource_gates import resource_readings
 from repo_manager.state import RolloutState, Transition
@@ -125,6 +126,8 @@ class Watch:
         roles = {"stable": doc["stable"]}
         if doc["canary"]:
             roles["canary"] = doc["canary"]
+        if doc.get("cohort"):  # and their requests from the cohort (what the analysis judges)
+            roles.update({f"{role}:in": in_cohort(v) for role, v in list(roles.items())})
         since, before = kept[0]
         seconds = now - since
         return readings(snapshot, before, roles, seconds=seconds), self.source, seconds

@@ -116,6 +116,7 @@ def entry_document(entry: Transition) -> dict[str, Any]:
         "stable": entry.stable,
         "canary": entry.canary,
         "weights": entry.weights,
+        "cohort": entry.cohort,
         "public": entry.public,
         "who": entry.who,
         "reason": entry.reason,

@@ -93,6 +93,17 @@ def _draw_weights(ax: Any, data: PlotData) -> None:
         ax.plot(
             data.times, shown, drawstyle="steps-post", linewidth=2.2, label=f"v{version} weight"
         )
+    if data.cohort_rules:
+        rules = " / ".join(f"'{r}'" for r in data.cohort_rules)
+        ax.plot(
+            data.times,
+            [float("nan") if w is None else float(w) for w in data.cohort],
+            drawstyle="steps-post",
+            linewidth=1.6,
+            linestyle="--",
+            color="black",
+            label=f"canary weight inside cohort {rules}",
+        )
     seen: set[str] = set()
     notes: list[tuple[dt.datetime, str, str]] = []
     close = (data.times[-1] - data.times[0]) * 0.02

@@ -82,6 +82,10 @@ class PlotData:
     actions: list[str]
     source: str | None
     steps: list[StepReading] = field(default_factory=list)
+    #: The canary's weight inside its cohort after each transition (None: no cohort),
+    #: and the rules in force, in the order they first stood.
+    cohort: list[int | None] = field(default_factory=list)
+    cohort_rules: list[str] = field(default_factory=list)
 
 
 def _time(at: str) -> dt.datetime:
@@ -158,4 +162,6 @@ def plot_data(entries: Sequence[Transition]) -> PlotData:
         actions=[e.action for e in entries],
         source=source,
         steps=steps,
+        cohort=[None if e.cohort is None else int(e.cohort["weight"]) for e in entries],
+        cohort_rules=list(dict.fromkeys(str(e.cohort["rule"]) for e in entries if e.cohort)),
     )

@@ -19,6 +19,13 @@ clients saw, including fallbacks that Triton cannot know about:
 - ``repo_manager_router_watch_fallbacks_total{model}``: times a Router's watch endpoint was
   unreachable and it fell back to polling storage.
 
+With a cohort rule in the routing table (``routing/cohort.py``), the per-version series
+(requests, errors, fallbacks, latency, detections) carry ``cohort="in"`` or ``"out"``:
+whether the request matched the rule; without one they carry no cohort label (Prometheus
+reads an empty label as no label), so series and queries of rollouts without a cohort
+are as they were. The live analysis judges a cohort's canary against stable's
+``cohort="in"`` series (``metric_sources``).
+
 A ``RouterMetrics`` store holds the series and is registered into the registry it is
 given; several Routers share one store (one per model, or several per model, add to the
 same series). Nothing is registered at import: ``RouterMetrics.default()`` creates the
@@ -69,7 +76,10 @@ from repo_manager.metrics.metric_names import (
 
 __all__ = [
     "BUCKET_LABELS",
+    "IN",
     "LATENCY_BUCKETS",
+    "NO_COHORT",
+    "OUT",
     "RouterMetrics",
     "ShadowMetrics",
     "TableSource",
@@ -79,6 +89,8 @@ __all__ = [
 #: Seconds; inference through Triton is ms-scale (python backend ~0.4 ms, YOLO ~5-50 ms).
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 BUCKET_LABELS = [floatToGoString(b) for b in LATENCY_BUCKETS] + ["+Inf"]
+#: The ``cohort`` label's values: no rule (no label), inside the rule, outside it.
+NO_COHORT, IN, OUT = "", "in", "out"
 
 _DOCS = {
     SHADOW_REQUESTS: "Requests mirrored to a canary (responses discarded), by outcome.",
@@ -113,6 +125,7 @@ class VersionMetrics:
         "_detections",
         "_lock",
         "_sum",
+        "cohort",
         "error",
         "errors",
         "fallback",
@@ -122,9 +135,10 @@ class VersionMetrics:
         "version",
     )
 
-    def __init__(self, model: str, version: str) -> None:
+    def __init__(self, model: str, version: str, cohort: str = NO_COHORT) -> None:
         self.model = model
         self.version = version
+        self.cohort = cohort
         self._lock = threading.Lock()
         self.ok = 0
         self.fallback = 0
@@ -260,7 +274,7 @@ class RouterMetrics:
         #: Where the series are exposed (None: kept, not exposed; for tests of counts).
         self.registry = registry
         self._lock = threading.Lock()
-        self._series: dict[tuple[str, str], VersionMetrics] = {}
+        self._series: dict[tuple[str, str, str], VersionMetrics] = {}
         self._shadow: dict[tuple[str, str], ShadowMetrics] = {}
         self._sources: dict[str, TableSource] = {}
         if registry is not None:
@@ -275,14 +289,15 @@ class RouterMetrics:
                 cls._default = cls(REGISTRY)
             return cls._default
 
-    def version(self, model: str, version: str) -> VersionMetrics:
-        """The counters of one model version (created on first use)."""
-        key = (model, version)
+    def version(self, model: str, version: str, cohort: str = NO_COHORT) -> VersionMetrics:
+        """The counters of one model version, inside or outside a cohort (``IN``, ``OUT``)
+        or with none (created on first use)."""
+        key = (model, version, cohort)
         found = self._series.get(key)
         if found is not None:
             return found
         with self._lock:
-            return self._series.setdefault(key, VersionMetrics(model, version))
+            return self._series.setdefault(key, VersionMetrics(model, version, cohort))
 
     def shadow(self, model: str, version: str) -> ShadowMetrics:
         """The shadow counters of one canary version (created on first use)."""
@@ -309,14 +324,25 @@ _Families = tuple[
 
 
 def _families() -> _Families:
+    labels = ["model", "version", "cohort"]
     return (
-        CounterMetricFamily(
-            ROUTER_REQUESTS, _DOCS[ROUTER_REQUESTS], labels=["model", "version", "outcome"]
-        ),
-        CounterMetricFamily(ROUTER_ERRORS, _DOCS[ROUTER_ERRORS], labels=["model", "version"]),
-        CounterMetricFamily(ROUTER_FALLBACKS, _DOCS[ROUTER_FALLBACKS], labels=["model", "version"]),
-        HistogramMetricFamily(ROUTER_LATENCY, _DOCS[ROUTER_LATENCY], labels=["model", "version"]),
+        CounterMetricFamily(ROUTER_REQUESTS, _DOCS[ROUTER_REQUESTS], labels=[*labels, "outcome"]),
+        CounterMetricFamily(ROUTER_ERRORS, _DOCS[ROUTER_ERRORS], labels=labels),
+        CounterMetricFamily(ROUTER_FALLBACKS, _DOCS[ROUTER_FALLBACKS], labels=labels),
+        HistogramMetricFamily(ROUTER_LATENCY, _DOCS[ROUTER_LATENCY], labels=labels),
     )
+
+
+def _drop_empty_cohort(families: Iterable[Metric]) -> None:
+    """Samples of series without a cohort lose the empty label: their names and labels are
+    those of a Router without cohorts (an empty label is no label to Prometheus anyway)."""
+    for family in families:
+        family.samples = [
+            s._replace(labels={k: v for k, v in s.labels.items() if k != "cohort"})
+            if s.labels.get("cohort") == NO_COHORT
+            else s
+            for s in family.samples
+        ]
 
 
 class _RouterCollector(Collector):
@@ -341,7 +367,7 @@ class _RouterCollector(Collector):
         series, shadows, sources = self.store._all()
         for s in series:
             ok, fallback, error, n_errors, n_fallbacks, buckets, total = s._snapshot()
-            labels = [s.model, s.version]
+            labels = [s.model, s.version, s.cohort]
             requests.add_metric([*labels, "ok"], ok)
             requests.add_metric([*labels, "fallback"], fallback)
             requests.add_metric([*labels, "error"], error)
@@ -352,8 +378,9 @@ class _RouterCollector(Collector):
                 running += count
                 cumulative.append((bound, float(running)))
             latency.add_metric(labels, cumulative, total)
-        yield from (requests, errors, fallbacks, latency)
-        yield from _detection_families(series)
+        found = (requests, errors, fallbacks, latency, *_detection_families(series))
+        _drop_empty_cohort(found)
+        yield from found
         shadow_requests = CounterMetricFamily(
             SHADOW_REQUESTS, _DOCS[SHADOW_REQUESTS], labels=["model", "version", "outcome"]
         )
@@ -375,15 +402,15 @@ class _RouterCollector(Collector):
         yield from _source_families(sources)
 
 
-def _detection_families(series: list[VersionMetrics]) -> Iterator[Metric]:
+def _detection_families(series: list[VersionMetrics]) -> list[Metric]:
     families = [
-        CounterMetricFamily(name, _DOCS[name], labels=["model", "version"])
+        CounterMetricFamily(name, _DOCS[name], labels=["model", "version", "cohort"])
         for name in _DETECTION_FAMILIES
     ]
     for s in series:
         for family, value in zip(families, s.detections, strict=True):
-            family.add_metric([s.model, s.version], value)
-    yield from families
+            family.add_metric([s.model, s.version, s.cohort], value)
+    return list(families)
 
 
 def _source_families(sources: list[TableSource]) -> Iterator[Metric]:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from repo_manager.analysis import Outcome, Snapshot, Verdict, judge, readings
 from repo_manager.detection_gates import window_readings
 from repo_manager.errors import MetricsUnavailableError
+from repo_manager.metric_sources import baseline_words, judged_series
 from repo_manager.names import validate_model_name
 from repo_manager.phases import Phase, check_transition
 from repo_manager.resource_gates import resource_readings, with_resident_baseline
@@ -75,6 +76,7 @@ def step_details(
     verdict: Verdict | None = None,
     error: str | None = None,
     servers: dict[str, dict[str, float]] | None = None,
+    baseline: str | None = None,
 ) -> dict[str, Any]:
     """What one step saw, for the history (``history --plot`` draws it): the weight judged,
     the outcome, the counters after the step, the per-version readings of each source, the
@@ -96,6 +98,8 @@ def step_details(
     }
     if servers:
         analysis["servers"] = servers
+    if baseline is not None:
+        analysis["baseline"] = baseline
     if error is not None:
         analysis["error"] = error
     return {"analysis": analysis}
@@ -115,11 +119,14 @@ def decide(
     canary: str,
     weight: int,
     at: float,
+    baseline: str | None = None,
 ) -> Step:
     """Judge the interval since the last reading: the new status and what follows.
 
     Unreadable metrics count as metrics errors, never as failed checks; the first reading
     is the baseline; too few canary requests give no verdict and nothing moves.
+    ``stable`` and ``canary`` are the snapshot keys compared (``judged_series``: with a
+    cohort, their requests from inside it), and ``baseline`` says so in the history.
     """
     plan = status.plan
     if isinstance(reading, MetricsUnavailableError):
@@ -162,6 +169,8 @@ def decide(
         gates=plan.gates,
         kept=kept,
     )
+    if baseline is not None:
+        verdict = replace(verdict, reason=f"{verdict.reason}; baseline: {baseline}")
     judged = replace(read, last=verdict)
     seen = readings(reading, status.snapshot, {"stable": stable, "canary": canary})
 
@@ -174,6 +183,7 @@ def decide(
             read=seen,
             verdict=verdict,
             servers=resource_readings(reading),
+            baseline=baseline,
         )
 
     if verdict.outcome is Outcome.NO_DATA:
@@ -283,13 +293,15 @@ def advance(
             reading = provider.snapshot(model)
         except MetricsUnavailableError as exc:
             reading = exc
+        stable, canary = judged_series(state.stable, state.canary, state.cohort)
         step = decide(
             status,
             reading,
-            stable=state.stable,
-            canary=state.canary,
+            stable=stable,
+            canary=canary,
             weight=state.weights.get(state.canary, 0),
             at=now,
+            baseline=None if state.cohort is None else baseline_words(state.cohort),
         )
         new = with_canary_at(
             state, step.weight, phase=Phase.ANALYZING, analysis=step.status.to_json()

@@ -12,6 +12,7 @@ whose manager was killed.
 
 from __future__ import annotations
 
+import enum
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -39,7 +40,16 @@ from repo_manager.storage import Storage
 if TYPE_CHECKING:
     from repo_manager.metrics import ManagerMetrics
 
-__all__ = ["Ledger", "with_canary_at"]
+__all__ = ["KEEP", "Keep", "Ledger", "with_canary_at"]
+
+
+class Keep(enum.Enum):
+    """A setting left as it stands (``with_canary_at``'s default cohort)."""
+
+    KEEP = "keep"
+
+
+KEEP = Keep.KEEP
 
 
 class Ledger:
@@ -141,6 +151,7 @@ class Ledger:
             kind=MOVE if phases else SETTING,
             who=recorded_by(),
             details=details,
+            cohort=new.cohort,
         )
         # Older entries go to the archive first, so the state never names entries that
         # are nowhere (see history/archive.py).
@@ -220,10 +231,14 @@ def with_canary_at(
     phase: Phase,
     canary: str | None = None,
     analysis: dict[str, Any] | None = None,
+    cohort: dict[str, Any] | Keep | None = KEEP,
 ) -> RolloutState:
     """``state``'s stable beside its canary (or the new ``canary``) at ``weight`` percent.
 
     ``analysis`` is the analysis document in charge (None: nobody, e.g. a person set it).
+    ``cohort``: the canary's cohort (``RoutingTable.cohort``); by default ``state``'s for
+    its own canary (an analysis step moves the weight outside the cohort and keeps it),
+    none for a new canary.
     """
     canary = canary or state.canary
     assert state.stable is not None and canary is not None
@@ -237,4 +252,7 @@ def with_canary_at(
         analysis=analysis,
         unpinned=state.unpinned,
         unpinned_shadow=state.unpinned_shadow,
+        cohort=(state.cohort if canary == state.canary else None)
+        if isinstance(cohort, Keep)
+        else cohort,
     )

@@ -36,6 +36,7 @@ from repo_manager.rollout import analysis_step
 from repo_manager.rollout import guard as canary_guard
 from repo_manager.rollout.applier import FleetApplier, Progress
 from repo_manager.rollout.approval import Approvals
+from repo_manager.rollout.cohorts import weight_move
 from repo_manager.rollout.guard import GuardSettings
 from repo_manager.rollout.health import HealthWatch
 from repo_manager.rollout.integrity_guard import IntegrityGuard, Tolerate
@@ -44,7 +45,7 @@ from repo_manager.rollout.publishing import Publisher, PublishRequest
 from repo_manager.rollout.reconciler import Reconciler, ReconcileReport
 from repo_manager.rollout.retirement import Retirement
 from repo_manager.rollout.setting_changes import SettingChanges
-from repo_manager.rollout.settings import AnalysisPlan, RolloutSettings, parse_weight
+from repo_manager.rollout.settings import AnalysisPlan, RolloutSettings
 from repo_manager.rollout.status import server_rows, status_document
 from repo_manager.state import RolloutState
 from repo_manager.timing import PhaseTimer
@@ -171,9 +172,22 @@ class RolloutManager:
 
     # -- traffic ----------------------------------------------------------------------------
 
-    def set_weight(self, model: str, percent: str | int, *, reason: str = "") -> RolloutState:
-        """Give the canary ``percent``; during an analysis a person takes over from it."""
-        weight = parse_weight(percent)
+    def set_weight(
+        self,
+        model: str,
+        percent: str | int,
+        *,
+        reason: str = "",
+        cohort: str | None = None,
+        others: str | int | None = None,
+    ) -> RolloutState:
+        """Give the canary ``percent``; during an analysis a person takes over from it.
+
+        With a ``cohort`` rule, ``percent`` is the canary's weight inside the cohort and
+        ``others`` (default 0) everyone else's; ``"-"`` clears the cohort; without one the
+        cohort stands and ``percent`` is the weight outside it (``rollout.cohorts``).
+        """
+        move = weight_move(percent, cohort, others)
         model = validate_model_name(model)
         with self.ledger.locked(model):
             state = self.guard.check(self.ledger.require(model, action="set the weight"))
@@ -181,8 +195,8 @@ class RolloutManager:
             if state.canary is None or state.stable is None:
                 raise IllegalTransitionError(f"cannot set the weight: {model} has no canary")
             self.fleet.check_reachable()  # like every other move: an unreachable fleet, exit 1
-            new = with_canary_at(state, weight, phase=Phase.PROGRESSING)
-            return self.ledger.record(state, new, action=f"set-weight {weight}%", reason=reason)
+            new = with_canary_at(state, move.outside, phase=Phase.PROGRESSING, cohort=move.cohort)
+            return self.ledger.record(state, new, action=move.action(new), reason=reason)
 
     def promote(self, model: str, *, reason: str = "") -> RolloutState:
         """Canary becomes stable at 100%; the old stable is drained, then unloaded."""
@@ -255,9 +269,16 @@ class RolloutManager:
             )
 
     def gate_canary(
-        self, model: str, golden: str | Path, gates: GoldenGates, *, weight: int
+        self,
+        model: str,
+        golden: str | Path,
+        gates: GoldenGates,
+        *,
+        weight: int,
+        cohort: str | None = None,
     ) -> ValidationReport:
-        """Judge a canary that has no traffic yet; pass: give it ``weight``; fail: roll back.
+        """Judge a canary that has no traffic yet; pass: give it ``weight`` (inside the
+        ``cohort`` rule, with one: ``set_weight``); fail: roll back.
 
         Raises GateFailedError (after the rollback: stable serves 100%) when a gate fails,
         GateUndecidedError (nothing moved: the canary keeps its weight) when the gates
@@ -276,7 +297,7 @@ class RolloutManager:
             ) from exc
         summary = "; ".join(g.describe() for g in report.gates)
         if report.passed:
-            self.set_weight(model, weight, reason=f"golden gates passed: {summary}")
+            self.set_weight(model, weight, reason=f"golden gates passed: {summary}", cohort=cohort)
             return report
         failures = "; ".join(g.describe() for g in report.failures())
         self.rollback(model, reason=f"golden gate failed: {failures}")

@@ -59,6 +59,8 @@ def status_document(
         "stable": state.stable,
         "canary": state.canary,
         "weights": state.weights,
+        # The canary's cohort: {"rule", "weight"} (the weight inside it), or null.
+        "cohort": state.cohort,
         "phase": state.phase.value,
         "versions": [{"version": v, "state": reported.get(v, missing)} for v in on_disk],
         "versions_model": versions_model_name(model),

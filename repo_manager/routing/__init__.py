@@ -1,6 +1,7 @@
 """The client-side ``Router`` and what it is made of, one job per module.
 
-``plan`` (where a request goes), ``table`` (following the manager's routing table),
+``plan`` (where a request goes; ``split`` and ``cohort`` are its rules, shared with the
+weighted public name), ``table`` (following the manager's routing table),
 ``servers`` (the Triton servers and one attempt across them), ``shadow`` (mirroring to the
 canary), ``detection`` (YOLO pre- and post-processing) and ``router`` (the front that wires
 them). Never imports ``export/``, torch or Ultralytics: a gRPC client installs light.

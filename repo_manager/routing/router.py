@@ -14,7 +14,7 @@ import logging
 import os
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,11 +24,11 @@ from tritonclient.utils import InferenceServerException
 
 from repo_manager.discovery import has_dns, resolve_urls
 from repo_manager.errors import InvalidInputError, RoutingError, TritonUnavailableError
-from repo_manager.metrics.router import RouterMetrics, VersionMetrics
+from repo_manager.metrics.router import IN, NO_COHORT, OUT, RouterMetrics, VersionMetrics
 from repo_manager.names import versions_model_name
 from repo_manager.repository import ModelRepository
 from repo_manager.routing.detection import Detections, Detector
-from repo_manager.routing.plan import Key, RoutePlan
+from repo_manager.routing.plan import Attributes, Key, RoutePlan
 from repo_manager.routing.servers import ClientFactory, Inputs, Outputs, ServerPool, shm_wanted
 from repo_manager.routing.shadow import ShadowMirror
 from repo_manager.routing.subscriber import check_watch_url
@@ -61,6 +61,8 @@ class RoutedResult:
     version: str
     #: True when the chosen version failed and the other version served the request.
     fallback: bool = False
+    #: True when the request's attributes put it in the canary's cohort.
+    inside: bool = False
 
     def as_numpy(self, name: str) -> np.ndarray | None:
         return self.result.as_numpy(name)
@@ -98,6 +100,7 @@ class Router:
         metrics: RouterMetrics | None = None,
         watch_url: str | None = None,
         fallback_interval: float | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         """
         Args:
@@ -139,6 +142,7 @@ class Router:
             fallback_interval: seconds between storage checks while the watch endpoint is
                 unreachable, jittered up to 25% longer (default: 30 on S3, where each is
                 a request; ``poll_interval`` for a folder, where it is a stat).
+            clock: epoch seconds now, for a cohort rule's hour window (tests move it).
         """
         urls = [url] if isinstance(url, str) else list(url)
         if not urls:
@@ -188,6 +192,7 @@ class Router:
             fallback_interval=fallback_interval,
             on_poll=self._servers.follow_dns if addresses else None,
             metrics=self.metrics,
+            clock=clock,
         )
         self._shadow = ShadowMirror(
             model, self._servers.send, queue_size=shadow_queue, metrics=self.metrics
@@ -247,9 +252,9 @@ class Router:
 
     # ---- inference -----------------------------------------------------------------------
 
-    def choose(self, key: Key | None = None) -> str:
-        """The version the next request with this key would be sent to."""
-        return self._table.plan.choose(key)
+    def choose(self, key: Key | None = None, attributes: Attributes | None = None) -> str:
+        """The version the next request with this key and attributes would be sent to."""
+        return self._table.plan.choose(key, attributes)
 
     def infer(
         self,
@@ -257,8 +262,9 @@ class Router:
         outputs: Outputs = None,
         key: Key | None = None,
         version: str | int | None = None,
+        attributes: Attributes | None = None,
     ) -> RoutedResult:
-        return self._infer(inputs, outputs, key, version, mirror=True)
+        return self._infer(inputs, outputs, key, version, attributes, mirror=True)
 
     def _infer(
         self,
@@ -266,12 +272,15 @@ class Router:
         outputs: Outputs,
         key: Key | None,
         version: str | int | None,
+        attributes: Attributes | None,
         *,
         mirror: bool,
     ) -> RoutedResult:
         """Run one request on the routed version; on failure retry once on the other one.
 
-        ``key`` makes the choice sticky; ``version`` pins it (no fallback then: a caller
+        ``attributes`` (``{"line": "3"}``) put the request in the canary's cohort when the
+        table's rule matches them (``RoutePlan.inside``); ``key`` makes the choice sticky
+        inside and outside the cohort alike; ``version`` pins it (no fallback then: a caller
         that names a version, e.g. a validation run, must see that version's failures).
         Any Triton error triggers the retry, a malformed request included (it then fails
         twice): telling "this version is broken" from "this input is bad" by status code is
@@ -284,12 +293,14 @@ class Router:
         if self._closed:
             raise RoutingError("Router is closed")
         plan = self._table.plan
+        inside = False
         if version is None:
-            chosen = plan.choose(key)
+            inside = plan.inside(attributes)
+            chosen = plan.pick(key, inside)
             alternative = plan.fallback.get(chosen)
         else:
             chosen, alternative = str(version), None
-        m = self._series(plan, chosen)
+        m = self._series(plan, chosen, inside)
         started = time.perf_counter()
         try:
             result = self._servers.send(chosen, inputs, outputs)
@@ -301,7 +312,7 @@ class Router:
                     f"model {self.model} version {chosen} failed: {exc}"
                     + ("" if version is not None else " (no other version to fall back to)")
                 ) from exc
-            return self._fall_back(plan, chosen, alternative, exc, inputs, outputs)
+            return self._fall_back(plan, chosen, alternative, exc, inputs, outputs, inside)
         except TritonUnavailableError:
             m.attempt_failed()
             m.request_failed()
@@ -309,11 +320,16 @@ class Router:
         m.served(time.perf_counter() - started)
         if mirror and self._shadow.share and version is None:
             self._shadow.maybe_mirror(plan, chosen, inputs, outputs, None)
-        return RoutedResult(result=result, version=chosen)
+        return RoutedResult(result=result, version=chosen, inside=inside)
 
-    def _series(self, plan: RoutePlan, version: str) -> VersionMetrics:
-        """The version's counters: the plan's (looked up once per table), else the store's."""
-        return plan.metrics.get(version) or self.metrics.version(self.model, version)
+    def _series(self, plan: RoutePlan, version: str, inside: bool = False) -> VersionMetrics:
+        """The version's counters inside or outside the cohort: the plan's (looked up once
+        per table), else the store's."""
+        found = (plan.inside_metrics if inside else plan.metrics).get(version)
+        if found is not None:
+            return found
+        label = (IN if inside else OUT) if plan.cohort is not None else NO_COHORT
+        return self.metrics.version(self.model, version, label)
 
     def _fall_back(
         self,
@@ -323,8 +339,9 @@ class Router:
         first: InferenceServerException,
         inputs: Inputs,
         outputs: Outputs,
+        inside: bool,
     ) -> RoutedResult:
-        m, alt = self._series(plan, chosen), self._series(plan, alternative)
+        m, alt = self._series(plan, chosen, inside), self._series(plan, alternative, inside)
         m.fell_back()
         logger.debug(
             "model %s version %s failed (%s); trying %s", self.model, chosen, first, alternative
@@ -347,7 +364,7 @@ class Router:
             m.request_failed()
             raise
         alt.served(time.perf_counter() - started, fallback=True)
-        return RoutedResult(result=result, version=alternative, fallback=True)
+        return RoutedResult(result=result, version=alternative, fallback=True, inside=inside)
 
     def set_shadow(self, share: float) -> None:
         """Mirror ``share`` (0..1) of stable's requests to the canary from now on.
@@ -368,10 +385,14 @@ class Router:
         max_det: int = 300,
         key: Key | None = None,
         version: str | int | None = None,
+        attributes: Attributes | None = None,
     ) -> Detections:
-        """Detect objects in one HxWx3 BGR uint8 image (as ``cv2.imread`` gives it)."""
+        """Detect objects in one HxWx3 BGR uint8 image (as ``cv2.imread`` gives it);
+        ``key``, ``version`` and ``attributes`` route it as ``infer`` does."""
         request = self._detector.request(image, conf=conf, iou=iou, max_det=max_det)
-        routed = self._infer(request.inputs, request.outputs, key, version, mirror=False)
+        routed = self._infer(
+            request.inputs, request.outputs, key, version, attributes, mirror=False
+        )
         found = request.decode(routed.result)
         if self._shadow.share and version is None and not routed.fallback:
             # Queued only now: the comparison needs the user's detections.
@@ -385,7 +406,7 @@ class Router:
         detections = request.detections(found, version=routed.version, fallback=routed.fallback)
         # What each version sees, for the live detection gates (a fast, error-free canary
         # that finds nothing passes every gate on errors and latency).
-        self._series(self._table.plan, routed.version).detected(
+        self._series(self._table.plan, routed.version, routed.inside).detected(
             len(detections), float(detections.scores.sum())
         )
         return detections

@@ -47,13 +47,16 @@ class TableWatcher:
         watch_retry: float = 10.0,
         on_poll: Callable[[], None] | None = None,
         metrics: RouterMetrics | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         """``on_poll`` runs every ``poll_interval`` in the polling thread (the Router
         follows a ``dns://`` fleet there); ``start`` begins following. ``watch_retry``:
-        most seconds between two attempts to reach an unreachable watch endpoint."""
+        most seconds between two attempts to reach an unreachable watch endpoint. ``clock``:
+        what a cohort rule's hour window reads (``RoutePlan.clock``)."""
         self.model = model
         self.metrics = metrics
-        self.plan = RoutePlan.build(model, None)
+        self.clock = clock
+        self.plan = RoutePlan.build(model, None, clock=clock)
         self._storage = storage
         self._key = state_key(model)
         self._poll_interval = poll_interval
@@ -124,7 +127,7 @@ class TableWatcher:
         with self._install_lock:
             if not table.newer_than(self.plan.table):
                 return False
-            self.plan = RoutePlan.build(self.model, table, self.metrics)
+            self.plan = RoutePlan.build(self.model, table, self.metrics, clock=self.clock)
         logger.info(
             "model %s routing generation %d: %s", self.model, table.generation, table.weights
         )

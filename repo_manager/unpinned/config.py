@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from importlib import resources
+from typing import Any
 
 from tritonclient.grpc.model_config_pb2 import ModelInstanceGroup
 
@@ -16,7 +17,7 @@ from repo_manager.modelconfig import (
     public_config_base,
 )
 from repo_manager.names import versions_model_name
-from repo_manager.state import RoutingTable
+from repo_manager.state import RoutingTable, cohort_document, cohort_words
 
 __all__ = [
     "MODES",
@@ -40,6 +41,7 @@ MODES = (STABLE, WEIGHTED)
 _FILES = {
     "model.py": ("repo_manager.unpinned", "backend/model.py"),
     "routing_split.py": ("repo_manager.routing", "split.py"),
+    "routing_cohort.py": ("repo_manager.routing", "cohort.py"),
 }
 #: Instances of the weighted model: each forwards a whole dynamic batch at once (async
 #: BLS), so two keep one batch's forwarding from waiting on the previous one's.
@@ -101,6 +103,8 @@ def _routing(table: RoutingTable, shadow: float) -> str:
     }
     if shadow and table.canary is not None:
         document["shadow"] = shadow
+    if table.cohort is not None and table.canary is not None:
+        document["cohort"] = table.cohort
     return json.dumps(document, sort_keys=True, separators=(",", ":"))
 
 
@@ -146,7 +150,8 @@ def unpinned_route(mode: str, table: RoutingTable, shadow: float = 0.0) -> str |
     if check_mode(mode) == STABLE:
         return table.stable
     shadow = shadow if table.canary is not None else 0.0
-    return _weighted_words(table.stable, table.canary, table.weights, shadow)
+    cohort = table.cohort if table.canary is not None else None
+    return _weighted_words(table.stable, table.canary, table.weights, shadow, cohort)
 
 
 def public_route(config: ModelConfig) -> str | None:
@@ -163,17 +168,26 @@ def public_route(config: ModelConfig) -> str | None:
         stable, canary = str(table["stable"]), table.get("canary")
         weights = {str(k): int(v) for k, v in table["weights"].items()}
         shadow = float(table.get("shadow", 0.0))
+        cohort = cohort_document(table.get("cohort"))
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
-    return _weighted_words(stable, None if canary is None else str(canary), weights, shadow)
+    canary = None if canary is None else str(canary)
+    return _weighted_words(stable, canary, weights, shadow, cohort)
 
 
-def _weighted_words(stable: str, canary: str | None, weights: dict[str, int], shadow: float) -> str:
+def _weighted_words(
+    stable: str,
+    canary: str | None,
+    weights: dict[str, int],
+    shadow: float,
+    cohort: dict[str, Any] | None = None,
+) -> str:
     order = [stable, *sorted((v for v in weights if v not in (stable, canary)), key=int)]
     if canary is not None and canary != stable:
         order.append(canary)
     words = f"{WEIGHTED} " + ",".join(f"{v}:{weights.get(v, 0)}" for v in order)
-    return f"{words} shadow {shadow:g}" if shadow else words
+    words = f"{words} shadow {shadow:g}" if shadow else words
+    return f"{words} {cohort_words(cohort)}" if cohort else words
 
 
 def describe(route: str | None) -> str:

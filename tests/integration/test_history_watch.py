@@ -30,6 +30,7 @@ FIELDS = {
     "stable",
     "canary",
     "weights",
+    "cohort",
     "public",
     "who",
     "reason",

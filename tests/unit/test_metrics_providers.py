@@ -42,20 +42,20 @@ def test_scrape_sums_one_models_series_by_version(http_server) -> None:  # type:
     assert names["max_latency_ratio[triton]"].value == pytest.approx(3.0)
 
 
+def vector_answer(result: list[dict[str, object]]) -> bytes:
+    """What Prometheus' ``/api/v1/query`` answers with an instant vector ``result``."""
+    data = {"resultType": "vector", "result": result}
+    return json.dumps({"status": "success", "data": data}).encode()
+
+
 def test_promql_provider_speaks_the_prometheus_query_api(http_server) -> None:  # type: ignore[no-untyped-def]
     address, seen, responses = http_server
-    responses["/api/v1/query"] = json.dumps(
-        {
-            "status": "success",
-            "data": {
-                "resultType": "vector",
-                "result": [
-                    {"metric": {"version": "1"}, "value": [1700000000.0, "50"]},
-                    {"metric": {"version": "2"}, "value": [1700000000.0, "5"]},
-                ],
-            },
-        }
-    ).encode()
+    responses["/api/v1/query"] = vector_answer(
+        [
+            {"metric": {"version": "1"}, "value": [1700000000.0, "50"]},
+            {"metric": {"version": "2"}, "value": [1700000000.0, "5"]},
+        ]
+    )
     snapshot = PromQLProvider(f"http://{address}").snapshot("m")
     assert snapshot["triton_success"] == {"1": 50.0, "2": 5.0}
     assert any(

@@ -1,17 +1,22 @@
 """Triton python-backend model of a weighted public name: each request that names no
 version is forwarded (BLS) to the versions model, pinned to the version it draws.
 
-Copied into the public name's ``1/`` folder with ``routing_split.py`` (the Router's own
-split rule, ``repo_manager/routing/split.py``) beside it; imports nothing of
-repo_manager, which a stock tritonserver image does not have.
+Copied into the public name's ``1/`` folder with ``routing_split.py`` and
+``routing_cohort.py`` (the Router's own split and cohort rules, ``repo_manager/routing/``)
+beside it; imports nothing of repo_manager, which a stock tritonserver image does not have.
 
 Config parameters (strings) it reads:
     versions_model   the Triton model holding the version folders (``yolov8s.versions``)
-    routing          the routing table, JSON: {"stable", "canary", "weights", "shadow"}
+    routing          the routing table, JSON: {"stable", "canary", "weights", "shadow",
+                     "cohort": {"rule", "weight"}}
 
 A request parameter ``key`` (tritonclient ``infer(..., parameters={"key": "cam-17"})``)
-makes the choice sticky: same key, same version, by the Router's rule. A canary request
-that fails is sent again to stable, and counted (``repo_manager_unpinned_retries_total``).
+makes the choice sticky: same key, same version, by the Router's rule. Every other request
+parameter is an attribute the cohort rule reads (``parameters={"key": "cam-17", "line":
+"3"}``): a request the rule matches goes to the canary at the cohort's weight, the others
+by ``weights``, as through the Router; the counters then carry ``cohort="in"``/``"out"``.
+A canary request that fails is sent again to stable, and counted
+(``repo_manager_unpinned_retries_total``).
 On an end-to-end output (``[B, K, 6]``: x1 y1 x2 y2 score class) it counts each answered
 image's boxes scoring at least ``_COUNT_CONF`` per version, under the Router's detection
 metric names, so the detection gates judge clients that call Triton directly too: a
@@ -43,7 +48,8 @@ from typing import Any
 import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import routing_split  # the file beside this one
+import routing_cohort  # the files beside this one
+import routing_split
 
 _random = random.random
 #: Mirrors running at once per instance; a slow canary makes the rest be dropped (counted).
@@ -93,6 +99,7 @@ class TritonPythonModel:
         self.mirrors: set[asyncio.Task[None]] = set()
         _, versions, thresholds = routing_split.layout(self.stable, self.canary, weights)
         self.versions, self.thresholds = tuple(versions), tuple(thresholds)
+        self._cohort(table.get("cohort"))
         self.input_names = [item["name"] for item in config["input"]]
         self.output_names = [item["name"] for item in config["output"]]
         labels = {"model": self.name}
@@ -104,17 +111,49 @@ class TritonPythonModel:
             kind=pb_utils.MetricFamily.COUNTER,
         )
         self.counters = {
-            (v, outcome): self.family.Metric(labels={**labels, "version": v, "outcome": outcome})
-            for v in self.versions + ((self.stable,) if self.stable not in self.versions else ())
+            (v, outcome, c): self.family.Metric(
+                labels={**labels, **self._labels(c), "version": v, "outcome": outcome}
+            )
+            for v in self._counted()
             for outcome in ("ok", "retried", "error")
+            for c in self.cohort_labels
         }
         self.shadow_counters: dict[str, Any] = {}
         if self.shadow:
             self._shadow_metrics(labels)
         dims = [int(d) for d in config["output"][0].get("dims", [])]
-        self.box_counters: dict[str, tuple[Any, ...]] = {}
+        self.box_counters: dict[tuple[str, str], tuple[Any, ...]] = {}
         if len(dims) == 2 and dims[-1] == 6:  # end-to-end: boxes can be counted here
             self._detection_metrics(labels)
+
+    def _cohort(self, cohort: dict[str, Any] | None) -> None:
+        """The cohort's rule, compiled once, and its layout (the canary at its weight)."""
+        self.cohort: Any = None
+        self.cohort_labels: tuple[str, ...] = ("",)
+        self.inside_versions, self.inside_thresholds = self.versions, self.thresholds
+        if not cohort or self.canary is None:
+            return
+        try:
+            self.cohort = routing_cohort.parse(str(cohort["rule"]))
+        except ValueError as exc:  # e.g. a time zone this server's tz database lacks
+            # As the Router does: nobody in the cohort, said in the log; the model serves.
+            pb_utils.Logger.log_warn(f"{self.name}: {exc}; nobody is in the cohort")
+            return
+        weight = int(cohort["weight"])
+        weights = {self.stable: 100 - weight, self.canary: weight}
+        _, inside, bounds = routing_split.layout(self.stable, self.canary, weights)
+        self.inside_versions, self.inside_thresholds = tuple(inside), tuple(bounds)
+        self.cohort_labels = ("in", "out")
+
+    def _counted(self) -> tuple[str, ...]:
+        """Versions with counters: every version with a share, and stable (retries)."""
+        versions = dict.fromkeys((*self.versions, *self.inside_versions, self.stable))
+        return tuple(versions)
+
+    @staticmethod
+    def _labels(cohort: str) -> dict[str, str]:
+        """The cohort label of a series (none without a rule: the series of before)."""
+        return {"cohort": cohort} if cohort else {}
 
     def _detection_metrics(self, labels: dict[str, str]) -> None:
         self.detection_families = tuple(
@@ -126,15 +165,16 @@ class TritonPythonModel:
             )
             for name in _DETECTIONS
         )
-        for version in self.versions + ((self.stable,) if self.stable not in self.versions else ()):
-            self.box_counters[version] = tuple(
-                family.Metric(labels={**labels, "version": version})
-                for family in self.detection_families
-            )
+        for version in self._counted():
+            for cohort in self.cohort_labels:
+                self.box_counters[(version, cohort)] = tuple(
+                    family.Metric(labels={**labels, **self._labels(cohort), "version": version})
+                    for family in self.detection_families
+                )
 
-    def _count_boxes(self, version: str, response: Any) -> None:
+    def _count_boxes(self, version: str, cohort: str, response: Any) -> None:
         """Add an answered batch's boxes to ``version``'s detection counters."""
-        counters = self.box_counters.get(version)
+        counters = self.box_counters.get((version, cohort))
         tensor = pb_utils.get_output_tensor_by_name(response, self.output_names[0])
         if counters is None or tensor is None or not tensor.is_cpu():
             return  # a GPU output stays on the GPU: not counted
@@ -175,12 +215,21 @@ class TritonPythonModel:
         self.shadow_counters["latency_sum"] = seconds.Metric(labels=labels)
         self.shadow_counters["latency_count"] = timed.Metric(labels=labels)
 
-    def _choose(self, request: Any) -> str:
-        if len(self.versions) == 1:
-            return self.versions[0]
-        key = json.loads(request.parameters() or "{}").get("key")
+    def _choose(self, request: Any) -> tuple[str, str]:
+        """The version a request draws, and its cohort label ("in", "out"; "" for none)."""
+        if self.cohort is None and len(self.versions) == 1:
+            return self.versions[0], ""
+        attributes = json.loads(request.parameters() or "{}")
+        key = attributes.pop("key", None)
+        versions, thresholds, cohort = self.versions, self.thresholds, ""
+        if self.cohort is not None:
+            cohort = "out"
+            if self.cohort.matches(attributes, time.time()):
+                versions, thresholds, cohort = self.inside_versions, self.inside_thresholds, "in"
+        if len(versions) == 1:
+            return versions[0], cohort
         at = _random() * 100.0 if key is None else routing_split.point(_key_bytes(key))
-        return routing_split.choose(self.versions, self.thresholds, at)
+        return routing_split.choose(versions, thresholds, at), cohort
 
     async def _forward(self, inputs: list[Any], version: str) -> Any:
         call = pb_utils.InferenceRequest(
@@ -193,7 +242,7 @@ class TritonPythonModel:
 
     async def _one(self, request: Any) -> Any:
         try:
-            version = self._choose(request)
+            version, cohort = self._choose(request)
         except ValueError as exc:
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc)))
         inputs = [pb_utils.get_input_tensor_by_name(request, n) for n in self.input_names]
@@ -201,19 +250,19 @@ class TritonPythonModel:
         response = await self._forward(inputs, version)
         outcome = "ok"
         if response.has_error() and version != self.stable:
-            self.counters[(version, "retried")].increment(1)
+            self.counters[(version, "retried", cohort)].increment(1)
             version, outcome = self.stable, "retried"
             response = await self._forward(inputs, version)
         if response.has_error():
-            self.counters[(version, "error")].increment(1)
+            self.counters[(version, "error", cohort)].increment(1)
             return pb_utils.InferenceResponse(
                 error=pb_utils.TritonError(
                     f"{self.target} version {version}: {response.error().message()}"
                 )
             )
-        self._count_boxes(version, response)
+        self._count_boxes(version, cohort, response)
         if outcome == "ok":
-            self.counters[(version, "ok")].increment(1)
+            self.counters[(version, "ok", cohort)].increment(1)
             if version == self.stable and self.shadow and _random() < self.shadow:
                 self._mirror(inputs)
         return pb_utils.InferenceResponse(output_tensors=response.output_tensors())
