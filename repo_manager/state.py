@@ -26,6 +26,7 @@ __all__ = [
     "load_routing_table",
     "load_state",
     "publish_journal_key",
+    "servers_of",
     "state_key",
 ]
 
@@ -73,6 +74,8 @@ class Transition:
     #: Structured figures behind the reason (an analysis step's readings, verdict and
     #: bounds, under ``"analysis"``); None when the reason says it all.
     details: dict[str, Any] | None = None
+    #: The canary's servers after this move (None: every server of the fleet).
+    servers: list[str] | None = None
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -115,6 +118,9 @@ class RoutingTable:
     canary: str | None
     weights: dict[str, int]
     generation: int
+    #: The servers (HOST:PORT) the canary is loaded on and may be sent to; None: every
+    #: server. Stable is served everywhere.
+    servers: tuple[str, ...] | None = None
 
     @classmethod
     def from_document(cls, document: dict[str, Any]) -> RoutingTable:
@@ -124,6 +130,7 @@ class RoutingTable:
             canary=document.get("canary"),
             weights={str(k): int(v) for k, v in document.get("weights", {}).items()},
             generation=int(document.get("generation", 0)),
+            servers=servers_of(document),
         )
 
     def to_document(self) -> dict[str, Any]:
@@ -167,6 +174,22 @@ class RolloutState:
     #: also sends to the canary in the background (``policy --shadow``): the Router's
     #: shadow, for clients that cannot use the Router.
     unpinned_shadow: float = 0.0
+    #: The servers (HOST:PORT, as the manager's fleet names them) the canary is limited
+    #: to (``--servers``/``--exclude``); None: every server. Cleared by promote and at the
+    #: end of a rollback; a rolling-back state keeps it (the retiring canary is only there).
+    servers: tuple[str, ...] | None = None
+
+    @property
+    def restricted(self) -> str | None:
+        """The version only ``servers`` may hold: the canary, or a canary being rolled
+        back; None when the rollout is not limited to some servers."""
+        if self.servers is None:
+            return None
+        return self.canary if self.canary is not None else self.retiring
+
+    def holds_restricted(self, url: str) -> bool:
+        """True when the server at ``url`` may hold the restricted version."""
+        return self.servers is None or url in self.servers
 
     @property
     def serving_versions(self) -> list[str]:
@@ -181,6 +204,7 @@ class RolloutState:
             canary=self.canary,
             weights=dict(self.weights),
             generation=self.generation,
+            servers=self.servers,
         )
 
     def to_json(self) -> bytes:
@@ -199,6 +223,7 @@ class RolloutState:
             "analysis": self.analysis,
             "unpinned": self.unpinned,
             "unpinned_shadow": self.unpinned_shadow,
+            "servers": None if self.servers is None else list(self.servers),
         }
         return (json.dumps(document, indent=1) + "\n").encode()
 
@@ -220,9 +245,16 @@ class RolloutState:
                 analysis=document.get("analysis"),
                 unpinned=str(document.get("unpinned", "stable")),
                 unpinned_shadow=float(document.get("unpinned_shadow", 0.0)),
+                servers=servers_of(document),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise StorageError(f"corrupt rollout state {source}: {exc}") from exc
+
+
+def servers_of(document: dict[str, Any]) -> tuple[str, ...] | None:
+    """A document's ``servers`` (a list of HOST:PORT, or null: every server)."""
+    servers = document.get("servers")
+    return None if servers is None else tuple(str(s) for s in servers)
 
 
 def load_state(storage: Storage, model: str) -> RolloutState | None:

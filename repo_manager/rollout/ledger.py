@@ -39,7 +39,15 @@ from repo_manager.storage import Storage
 if TYPE_CHECKING:
     from repo_manager.metrics import ManagerMetrics
 
-__all__ = ["Ledger", "with_canary_at"]
+__all__ = ["KEEP", "Keep", "Ledger", "with_canary_at"]
+
+
+class Keep:
+    """The type of ``KEEP``: a setting left as the state has it."""
+
+
+#: ``with_canary_at(..., servers=KEEP)``: the canary keeps the servers it has.
+KEEP = Keep()
 
 
 class Ledger:
@@ -141,6 +149,7 @@ class Ledger:
             kind=MOVE if phases else SETTING,
             who=recorded_by(),
             details=details,
+            servers=None if new.servers is None else list(new.servers),
         )
         # Older entries go to the archive first, so the state never names entries that
         # are nowhere (see history/archive.py).
@@ -220,10 +229,12 @@ def with_canary_at(
     phase: Phase,
     canary: str | None = None,
     analysis: dict[str, Any] | None = None,
+    servers: tuple[str, ...] | Keep | None = KEEP,
 ) -> RolloutState:
     """``state``'s stable beside its canary (or the new ``canary``) at ``weight`` percent.
 
     ``analysis`` is the analysis document in charge (None: nobody, e.g. a person set it).
+    ``servers``: the canary's servers (None: every server); by default ``state``'s.
     """
     canary = canary or state.canary
     assert state.stable is not None and canary is not None
@@ -237,4 +248,5 @@ def with_canary_at(
         analysis=analysis,
         unpinned=state.unpinned,
         unpinned_shadow=state.unpinned_shadow,
+        servers=state.servers if isinstance(servers, Keep) else servers,
     )

@@ -13,7 +13,7 @@ reconcile: steps, then one persist of the status).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,10 +39,11 @@ from repo_manager.rollout.approval import Approvals
 from repo_manager.rollout.guard import GuardSettings
 from repo_manager.rollout.health import HealthWatch
 from repo_manager.rollout.integrity_guard import IntegrityGuard, Tolerate
-from repo_manager.rollout.ledger import Ledger, with_canary_at
+from repo_manager.rollout.ledger import KEEP, Keep, Ledger, with_canary_at
 from repo_manager.rollout.publishing import Publisher, PublishRequest
 from repo_manager.rollout.reconciler import Reconciler, ReconcileReport
 from repo_manager.rollout.retirement import Retirement
+from repo_manager.rollout.server_moves import ServerMoves
 from repo_manager.rollout.setting_changes import SettingChanges
 from repo_manager.rollout.settings import AnalysisPlan, RolloutSettings, parse_weight
 from repo_manager.rollout.status import server_rows, status_document
@@ -93,6 +94,7 @@ class RolloutManager:
         self.guard = IntegrityGuard(self.applier, self.ledger, self.retirement)
         self.reconciler = Reconciler(self.publisher, self.retirement, self.guard)
         self.approvals = Approvals(self.ledger, rollback=self.retirement.rollback)
+        self.server_moves = ServerMoves(self.applier, self.ledger)
 
     def state(self, model: str) -> RolloutState | None:
         return self.ledger.load(model)
@@ -128,6 +130,7 @@ class RolloutManager:
         *,
         canary_weight: int | None = None,
         replace: bool = False,
+        servers: tuple[str, ...] | None = None,
     ) -> PublishRequest:
         """Refuse a publish before its (slow) export: names, weight, version, phase, a
         canary in progress (unless ``replace``), servers.
@@ -135,7 +138,9 @@ class RolloutManager:
         ``publish`` checks all of it again; this is for callers that export first.
         """
         self._guarded(model)
-        return self.publisher.check(model, version, canary_weight=canary_weight, replace=replace)
+        return self.publisher.check(
+            model, version, canary_weight=canary_weight, replace=replace, servers=servers
+        )
 
     def publish(
         self,
@@ -147,6 +152,7 @@ class RolloutManager:
         force: bool = False,
         timer: PhaseTimer | None = None,
         replace: bool = False,
+        servers: tuple[str, ...] | None = None,
     ) -> RolloutState:
         """Add the exported ``version`` staged at ``staged``; the first becomes stable, later
         ones the canary at ``canary_weight`` (default: the settings').
@@ -157,6 +163,7 @@ class RolloutManager:
         (upload, load + warm-up, routing table; the caller times its export with the same
         ``timer``) prints under ``--verbose``; the timings go into the history entry. A
         canary in progress is replaced only with ``replace`` (the history says which).
+        ``servers``: the only servers that load the canary (None: every server).
         """
         self._guarded(model)
         return self.publisher.publish(
@@ -167,12 +174,21 @@ class RolloutManager:
             force=force,
             timer=timer or PhaseTimer(progress=self.progress),
             replace=replace,
+            servers=servers,
         )
 
     # -- traffic ----------------------------------------------------------------------------
 
-    def set_weight(self, model: str, percent: str | int, *, reason: str = "") -> RolloutState:
-        """Give the canary ``percent``; during an analysis a person takes over from it."""
+    def set_weight(
+        self,
+        model: str,
+        percent: str | int,
+        *,
+        reason: str = "",
+        servers: tuple[str, ...] | Keep | None = KEEP,
+    ) -> RolloutState:
+        """Give the canary ``percent`` (and, given ``servers``, those servers: None for
+        every one; ``select_servers``); during an analysis a person takes over from it."""
         weight = parse_weight(percent)
         model = validate_model_name(model)
         with self.ledger.locked(model):
@@ -181,8 +197,15 @@ class RolloutManager:
             if state.canary is None or state.stable is None:
                 raise IllegalTransitionError(f"cannot set the weight: {model} has no canary")
             self.fleet.check_reachable()  # like every other move: an unreachable fleet, exit 1
-            new = with_canary_at(state, weight, phase=Phase.PROGRESSING)
-            return self.ledger.record(state, new, action=f"set-weight {weight}%", reason=reason)
+            new = with_canary_at(state, weight, phase=Phase.PROGRESSING, servers=servers)
+            action = f"set-weight {weight}%"
+            return self.server_moves.record(state, new, action=action, reason=reason)
+
+    def select_servers(
+        self, servers: Sequence[str] | None, exclude: Sequence[str] | None
+    ) -> tuple[str, ...] | None:
+        """The canary's servers that ``--servers``/``--exclude`` name (None: every one)."""
+        return self.server_moves.select(servers, exclude)
 
     def promote(self, model: str, *, reason: str = "") -> RolloutState:
         """Canary becomes stable at 100%; the old stable is drained, then unloaded."""

@@ -54,6 +54,9 @@ class RoutePlan:
     #: Where a request goes when its version fails: canary -> stable, stable -> canary.
     fallback: dict[str, str | None]
     metrics: dict[str, VersionMetrics] = field(default_factory=dict)
+    #: The only servers a version may be sent to (a canary limited to some servers);
+    #: a version not named here goes to any server.
+    where: dict[str, frozenset[str]] = field(default_factory=dict)
 
     @classmethod
     def build(
@@ -76,6 +79,9 @@ class RoutePlan:
             thresholds=tuple(thresholds),
             fallback=fallback,
             metrics={v: metrics.version(model, v) for v in order} if metrics else {},
+            where={}
+            if table.servers is None or canary is None or canary == stable
+            else {canary: frozenset(table.servers)},
         )
 
     def choose(self, key: Key | None = None) -> str:

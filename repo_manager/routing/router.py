@@ -14,8 +14,9 @@ import logging
 import os
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -61,6 +62,8 @@ class RoutedResult:
     version: str
     #: True when the chosen version failed and the other version served the request.
     fallback: bool = False
+    #: The server (HOST:PORT) that answered.
+    url: str | None = None
 
     def as_numpy(self, name: str) -> np.ndarray | None:
         return self.result.as_numpy(name)
@@ -74,6 +77,16 @@ def _shut_down(table: TableWatcher, shadow: ShadowMirror, servers: ServerPool) -
         shadow.close()
     finally:
         servers.close()
+
+
+def _where_held(table: TableWatcher, servers: ServerPool) -> Callable[..., Any]:
+    """One attempt on a version, only on the servers the plan in force says hold it (the
+    shadow's sender; no reference to the Router, which its finalizer must not keep)."""
+
+    def send(version: str, inputs: Inputs, outputs: Outputs) -> Any:
+        return servers.send(version, inputs, outputs, among=table.plan.where.get(version))
+
+    return send
 
 
 class Router:
@@ -190,7 +203,10 @@ class Router:
             metrics=self.metrics,
         )
         self._shadow = ShadowMirror(
-            model, self._servers.send, queue_size=shadow_queue, metrics=self.metrics
+            model,
+            _where_held(self._table, self._servers),
+            queue_size=shadow_queue,
+            metrics=self.metrics,
         )
         facts = ModelRepository(storage)  # each version's class names: its manifest's
         self._detector = Detector(
@@ -289,10 +305,14 @@ class Router:
             alternative = plan.fallback.get(chosen)
         else:
             chosen, alternative = str(version), None
+        among = plan.where.get(chosen) if plan.where else None
+        if among is not None and alternative is not None and not self._servers.reaches(among):
+            # A canary on none of the servers this Router reaches: stable answers.
+            chosen, alternative, among = alternative, None, None
         m = self._series(plan, chosen)
         started = time.perf_counter()
         try:
-            result = self._servers.send(chosen, inputs, outputs)
+            result = self._servers.send(chosen, inputs, outputs, among=among)
         except InferenceServerException as exc:
             m.attempt_failed()
             if alternative is None:
@@ -309,7 +329,7 @@ class Router:
         m.served(time.perf_counter() - started)
         if mirror and self._shadow.share and version is None:
             self._shadow.maybe_mirror(plan, chosen, inputs, outputs, None)
-        return RoutedResult(result=result, version=chosen)
+        return RoutedResult(result=result, version=chosen, url=self._servers.last_url())
 
     def _series(self, plan: RoutePlan, version: str) -> VersionMetrics:
         """The version's counters: the plan's (looked up once per table), else the store's."""
@@ -333,7 +353,11 @@ class Router:
         try:
             # On another server if there is one: the failure may be the server's.
             result = self._servers.send(
-                alternative, inputs, outputs, avoid=self._servers.last_url()
+                alternative,
+                inputs,
+                outputs,
+                avoid=self._servers.last_url(),
+                among=plan.where.get(alternative),
             )
         except InferenceServerException as exc:
             alt.attempt_failed()
@@ -347,7 +371,9 @@ class Router:
             m.request_failed()
             raise
         alt.served(time.perf_counter() - started, fallback=True)
-        return RoutedResult(result=result, version=alternative, fallback=True)
+        return RoutedResult(
+            result=result, version=alternative, fallback=True, url=self._servers.last_url()
+        )
 
     def set_shadow(self, share: float) -> None:
         """Mirror ``share`` (0..1) of stable's requests to the canary from now on.
