@@ -5,9 +5,12 @@ from __future__ import annotations
 import click
 
 from repo_manager.cli.app import Context, cli, require_repository
-from repo_manager.cli.options import drain_option, reason_option
+from repo_manager.cli.options import drain_option, reason_option, servers_options
 from repo_manager.errors import InvalidInputError
 from repo_manager.rollout import parse_policy, parse_weight
+from repo_manager.rollout.ledger import KEEP
+from repo_manager.rollout.server_moves import servers_words
+from repo_manager.server_selection import parse_names
 from repo_manager.state import RolloutState
 from repo_manager.unpinned import MODES, WEIGHTED
 
@@ -15,15 +18,23 @@ from repo_manager.unpinned import MODES, WEIGHTED
 @cli.command("set-weight", context_settings={"ignore_unknown_options": True})
 @click.argument("model")
 @click.argument("percent")
+@servers_options
 @reason_option
 @click.pass_obj
-def set_weight(obj: Context, model: str, percent: str, reason: str) -> None:
-    """Give the canary PERCENT of the traffic."""
+def set_weight(
+    obj: Context, model: str, percent: str, servers: str | None, exclude: str | None, reason: str
+) -> None:
+    """Give the canary PERCENT of the traffic (and, with --servers/--exclude, those servers:
+    it is loaded on servers it is added to before they get traffic)."""
     weight = parse_weight(percent)
+    names = parse_names(servers, "--servers"), parse_names(exclude, "--exclude")
     require_repository(obj)
-    state = obj.manager().set_weight(model, weight, reason=reason)
+    manager = obj.manager()
+    chosen = KEEP if names == (None, None) else manager.select_servers(*names)
+    state = manager.set_weight(model, weight, reason=reason, servers=chosen)
     click.echo(
         f"{model}: canary {state.canary} at {weight}%, stable {state.stable} at {100 - weight}%"
+        + ("" if state.servers is None else f"; canary {servers_words(state.servers)}")
     )
 
 

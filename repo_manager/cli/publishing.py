@@ -25,12 +25,15 @@ from repo_manager.cli.options import (
     export_options,
     json_option,
     serve_manager_metrics,
+    servers_options,
 )
 from repo_manager.cli.render import report_text
 from repo_manager.errors import GateFailedError, InvalidInputError, RepoManagerError
 from repo_manager.gates import GoldenGates, parse_gate_overrides
 from repo_manager.names import validate_model_name, validate_version
 from repo_manager.rollout import RolloutManager, parse_weight, resolve_weights
+from repo_manager.rollout.server_moves import servers_words
+from repo_manager.server_selection import parse_names
 from repo_manager.timing import PhaseTimer
 
 
@@ -69,6 +72,7 @@ from repo_manager.timing import PhaseTimer
     multiple=True,
     help="Golden gate bound NAME=VALUE (repeatable), e.g. max_map50_drop=0.02.",
 )
+@servers_options
 @click.option("--auto", is_flag=True, help="Then run the progressive analysis (as `rollout`).")
 @analysis_options
 @drain_option
@@ -85,6 +89,8 @@ def publish(
     replace: bool,
     golden: Path | None,
     gates: tuple[str, ...],
+    servers: str | None,
+    exclude: str | None,
     auto: bool,
     drain_seconds: float | None,
     **analysis: Any,
@@ -93,6 +99,7 @@ def publish(
     model = validate_model_name(model)
     version = validate_version(version)
     weight = parse_weight(canary_weight)
+    names = parse_names(servers, "--servers"), parse_names(exclude, "--exclude")
     golden_gates = parse_gate_overrides(GoldenGates(), gates)
     plan, provider = analysis_setup(analysis) if auto else (None, None)
     if golden is not None:
@@ -110,7 +117,10 @@ def publish(
     gated = golden is not None and manager.state(model) is not None
     first_weight = 0 if gated else weight
     # What can refuse the publish is refused before the export, which takes seconds to minutes.
-    request = manager.check_publish(model, version, canary_weight=first_weight, replace=replace)
+    chosen = None if names == (None, None) else manager.select_servers(*names)
+    request = manager.check_publish(
+        model, version, canary_weight=first_weight, replace=replace, servers=chosen
+    )
     timer = PhaseTimer(progress=obj.progress, label=f"publish {model} {version}")
     sweep_stale_staging()
     with interrupts_undone(model, version), staging_folder() as tmp:
@@ -125,6 +135,7 @@ def publish(
             force=force,
             timer=timer,
             replace=replace,
+            servers=chosen,
         )
     if request.replaces:
         click.echo(f"{model}: replaced {request.replaces} (unloaded)")
@@ -138,7 +149,8 @@ def publish(
             report = manager.gate_canary(model, golden, golden_gates, weight=weight)
         click.echo(report_text(report.to_dict()))
     obj.progress(f"publish {model} {version} timings: {timer.summary()}")
-    click.echo(f"{model} version {version} published as canary at {weight}%")
+    where = "" if state.servers is None else f", {servers_words(state.servers)}"
+    click.echo(f"{model} version {version} published as canary at {weight}%{where}")
     if plan is not None and provider is not None:
         run_analysis(obj, manager, model, plan, provider, analysis)
 

@@ -72,6 +72,8 @@ def status_document(
         "unpinned": state.unpinned,
         "unpinned_shadow": state.unpinned_shadow,
         "servers": server_rows(survey),
+        # The only servers that hold the canary and get its traffic (None: every one).
+        "canary_servers": None if state.servers is None else list(state.servers),
         # The snapshot is raw counters for the next step, no news to a reader.
         "analysis": analysis and analysis.to_json(snapshot=False),
         "last_transition": None
