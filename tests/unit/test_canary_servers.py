@@ -1,0 +1,279 @@
+"""A canary limited to some servers: the name matcher, the per-server desired versions and
+public names, the order of server moves, and the Router's per-version server choice.
+
+Pure bookkeeping with fake servers (what Triton does is proven in
+tests/integration/test_canary_servers.py against real tritonservers).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tritonclient.grpc.model_config_pb2 import ModelConfig
+from tritonclient.utils import InferenceServerException
+
+from repo_manager.errors import InvalidInputError
+from repo_manager.modelconfig import parse_config
+from repo_manager.names import CONFIG_FILE, versions_model_name
+from repo_manager.phases import Phase
+from repo_manager.repository import ModelRepository
+from repo_manager.rollout import RolloutManager, RolloutSettings
+from repo_manager.rollout.applier import table_at
+from repo_manager.server_selection import parse_names, select_servers
+from repo_manager.state import RolloutState, load_state, state_key
+from repo_manager.storage import LocalStorage
+from repo_manager.triton import TritonFleet, VersionState
+from repo_manager.unpinned import public_route
+from tests.unit.published import write_published
+from tests.unit.routing_fakes import MODEL, make_router
+
+FLEET = ["10.0.0.1:8001", "10.0.0.2:8001", "triton-0:8001", "triton-1:8001"]
+
+
+def resolver(host: str, port: int, **_: Any) -> list[tuple[Any, ...]]:
+    """``zone-a`` resolves to the first two addresses (a headless Service)."""
+    if host != "zone-a":
+        raise socket.gaierror(f"unknown host {host}")
+    return [(0, 0, 0, "", (a, port)) for a in ("10.0.0.1", "10.0.0.2")]
+
+
+# ---- the name matcher -------------------------------------------------------------------
+
+
+def test_names_match_host_port_host_a_dns_label_and_all() -> None:
+    def pick(servers: list[str] | None, exclude: list[str] | None = None) -> Any:
+        return select_servers(FLEET, servers, exclude, resolver=resolver)
+
+    assert pick(["triton-1:8001"]) == ("triton-1:8001",)
+    assert pick(["triton-1"]) == ("triton-1:8001",)
+    assert pick(["dns://zone-a:8001"]) == ("10.0.0.1:8001", "10.0.0.2:8001")
+    # Fleet order, whatever the order given; the whole fleet is no limit at all.
+    assert pick(["triton-1", "10.0.0.2:8001"]) == ("10.0.0.2:8001", "triton-1:8001")
+    assert pick(["all"]) is None and pick(None) is None
+    assert pick(None, ["dns://zone-a:8001"]) == ("triton-0:8001", "triton-1:8001")
+    assert pick(["all"], ["triton-0", "triton-1"]) == ("10.0.0.1:8001", "10.0.0.2:8001")
+
+
+def test_a_name_no_server_has_or_leaving_no_server_is_refused_in_one_line() -> None:
+    with pytest.raises(InvalidInputError, match=r"--servers triton-9: no server of the fleet"):
+        select_servers(FLEET, ["triton-0", "triton-9"], None)
+    with pytest.raises(InvalidInputError, match=r"--exclude all: no server"):
+        select_servers(FLEET, None, ["all"])
+    with pytest.raises(InvalidInputError, match="leave the canary no server"):
+        select_servers(FLEET, ["triton-0"], ["triton-0:8001"])
+    with pytest.raises(InvalidInputError, match="needs at least one server name"):
+        parse_names(" , ", "--servers")
+    assert parse_names("triton-0, triton-1", "--servers") == ["triton-0", "triton-1"]
+
+
+# ---- the manager on a fleet of fake servers ---------------------------------------------
+
+
+class FakeServer:
+    """What a server was asked, and what it holds as a result (no Triton behaviour
+    claimed beyond "a load of exactly these versions leaves exactly these loaded")."""
+
+    def __init__(self, url: str, log: list[tuple[Any, ...]], storage: LocalStorage) -> None:
+        self.url, self.log, self.storage = url, log, storage
+        self.held: list[str] = []
+        self.public: str | None = None
+
+    def check_reachable(self) -> None:
+        return None
+
+    def server_metadata(self) -> dict[str, str]:
+        return {"version": "2.51.0"}
+
+    def _weights(self) -> dict[str, int]:
+        state = load_state(self.storage, MODEL)
+        return dict(state.weights) if state else {}
+
+    def load(self, model: str, config: ModelConfig, versions: Sequence[str], **_: Any) -> None:
+        self.held = list(versions)
+        self.log.append(("load", self.url, list(versions), self._weights()))
+
+    def wait_versions(self, model: str, **_: Any) -> None:
+        return None
+
+    def public_route(self, name: str, *, index: object = None) -> str | None:
+        return self.public
+
+    def load_public(self, name: str, config: ModelConfig, **_: Any) -> None:
+        self.public = public_route(config)
+        self.log.append(("public", self.url, self.public, self._weights()))
+
+    def index(self) -> dict[str, object]:
+        return {}
+
+    def versions(self, model: str, *, index: object = None) -> tuple[VersionState, ...]:
+        return tuple(VersionState(version=v, state="READY") for v in self.held)
+
+    def close(self) -> None:
+        return None
+
+
+class Harness:
+    def __init__(self, root: Path, unpinned: str = "stable") -> None:
+        self.root = root
+        self.storage = LocalStorage(root)
+        write_published(root, MODEL, ["1", "2"])
+        state = RolloutState(
+            model=MODEL,
+            phase=Phase.PROGRESSING,
+            stable="1",
+            canary="2",
+            weights={"1": 90, "2": 10},
+            servers=("b:1",),
+            unpinned=unpinned,
+        )
+        self.storage.write_bytes_atomic(state_key(MODEL), state.to_json())
+        self.log: list[tuple[Any, ...]] = []
+        self.fleet = TritonFleet(["127.0.0.1:1"])
+        self.fleet.close()
+        self.servers = [FakeServer(u, self.log, self.storage) for u in ("a:1", "b:1")]
+        self.fleet.servers = self.servers  # type: ignore[assignment]
+        self.manager = RolloutManager(
+            ModelRepository(self.storage), self.fleet, settings=RolloutSettings(drain_seconds=0)
+        )
+
+    def state(self) -> RolloutState:
+        state = load_state(self.storage, MODEL)
+        assert state is not None
+        return state
+
+    def on_disk_versions(self) -> list[str]:
+        path = self.root / versions_model_name(MODEL) / CONFIG_FILE
+        config = parse_config(path.read_bytes(), source=str(path))
+        return [str(v) for v in config.version_policy.specific.versions]
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Harness:
+    return Harness(tmp_path)
+
+
+def test_only_the_canarys_servers_hold_it_and_the_on_disk_policy_never_names_it(
+    harness: Harness,
+) -> None:
+    state = harness.state()
+    applier = harness.manager.applier
+    assert applier.desired_versions(state, "a:1") == ["1"]
+    assert applier.desired_versions(state, "b:1") == ["1", "2"]
+    # Even a version policy that keeps every version keeps the canary off server a.
+    kept_all = RolloutState(**{**vars(state), "policy": {"all": True}})
+    assert applier.desired_versions(kept_all, "a:1") == ["1"]
+    applier.apply(state)
+    assert [s.held for s in harness.servers] == [["1"], ["1", "2"]]
+    assert harness.on_disk_versions() == ["1"]  # what a restarted server loads: not the canary
+
+
+def test_the_weighted_public_name_outside_the_canarys_servers_sends_all_to_stable(
+    tmp_path: Path,
+) -> None:
+    harness = Harness(tmp_path, unpinned="weighted")
+    state = harness.state()
+    harness.manager.applier.apply(state)
+    assert [s.public for s in harness.servers] == ["weighted 1:100", "weighted 1:90,2:10"]
+    on_disk = (tmp_path / MODEL / CONFIG_FILE).read_bytes()
+    routing = json.loads(parse_config(on_disk, source="public").parameters["routing"].string_value)
+    assert routing["canary"] is None and routing["weights"] == {"1": 100}
+    assert table_at(state, "b:1") == state.routing_table()
+
+
+def test_widening_loads_the_canary_before_the_table_sends_it_there_narrowing_after(
+    harness: Harness,
+) -> None:
+    harness.manager.applier.apply(harness.state())
+    harness.log.clear()
+    widened = harness.manager.set_weight(MODEL, 25, servers=None)
+    assert widened.servers is None and widened.history[-1].servers is None
+    # Loaded on a while the table still held 10% only on b; then the table moved.
+    assert harness.log == [
+        ("load", "a:1", ["1", "2"], {"1": 90, "2": 10}),
+        ("load", "b:1", ["1", "2"], {"1": 90, "2": 10}),
+    ]
+    harness.log.clear()
+    narrowed = harness.manager.set_weight(MODEL, 25, servers=("b:1",))
+    assert narrowed.history[-1].servers == ["b:1"]
+    assert ("load", "a:1", ["1"], {"1": 75, "2": 25}) in harness.log  # after the table
+    assert harness.on_disk_versions() == ["1"]
+
+
+def test_promote_loads_the_new_stable_everywhere_before_traffic_and_clears_the_limit(
+    harness: Harness,
+) -> None:
+    harness.manager.applier.apply(harness.state())
+    harness.log.clear()
+    done = harness.manager.promote(MODEL)
+    loads = [entry for entry in harness.log if entry[0] == "load"]
+    # First: 2 beside 1 on every server while the table is unchanged (2 only on b).
+    assert loads[:2] == [
+        ("load", "a:1", ["1", "2"], {"1": 90, "2": 10}),
+        ("load", "b:1", ["1", "2"], {"1": 90, "2": 10}),
+    ]
+    # The old stable is unloaded only once 2 took all traffic, everywhere.
+    assert loads[-2:] == [("load", "a:1", ["2"], {"2": 100}), ("load", "b:1", ["2"], {"2": 100})]
+    assert done.servers is None and done.stable == "2"
+    assert [t.servers for t in done.history[-2:]] == [None, None]
+
+
+def test_rollback_never_loads_the_canary_elsewhere_and_unloads_it_where_it_is(
+    harness: Harness,
+) -> None:
+    harness.manager.applier.apply(harness.state())
+    harness.log.clear()
+    done = harness.manager.rollback(MODEL)
+    assert not [e for e in harness.log if e[0] == "load" and e[1] == "a:1" and "2" in e[2]]
+    assert [s.held for s in harness.servers] == [["1"], ["1"]]
+    assert done.servers is None
+    assert [t.servers for t in done.history[-2:]] == [["b:1"], None]
+
+
+# ---- the Router -------------------------------------------------------------------------
+
+
+def limit_canary(repo: Path, servers: tuple[str, ...], weights: dict[str, int]) -> None:
+    state = RolloutState(
+        model=MODEL,
+        phase=Phase.PROGRESSING,
+        stable="1",
+        canary="2",
+        weights=weights,
+        generation=5,
+        servers=servers,
+    )
+    LocalStorage(repo).write_bytes_atomic(state_key(MODEL), state.to_json())
+
+
+def test_the_router_sends_the_canary_only_to_its_servers_and_stable_anywhere(
+    repo: Path,
+) -> None:
+    limit_canary(repo, ("b:1",), {"1": 50, "2": 50})
+    router, (a, b, c) = make_router(repo, ["a:1", "b:1", "c:1"])
+    with router:
+        results = [router.infer([]) for _ in range(300)]
+    assert "2" not in a.calls and "2" not in c.calls and b.calls.count("2") > 100
+    assert {r.url for r in results if r.version == "2"} == {"b:1"}
+    assert {r.url for r in results if r.version == "1"} == {"a:1", "b:1", "c:1"}
+
+
+def test_a_failed_canary_falls_back_to_stable_and_a_router_without_its_servers_uses_stable(
+    repo: Path,
+) -> None:
+    limit_canary(repo, ("b:1",), {"1": 0, "2": 100})
+    router, (a, b) = make_router(repo, ["a:1", "b:1"])
+    b.fail["2"] = InferenceServerException("broken", status="StatusCode.INTERNAL")
+    with router:
+        result = router.infer([])
+    # Stable answers on the other server (the failure may be the server's).
+    assert (result.version, result.fallback, result.url) == ("1", True, "a:1")
+    assert (a.calls, b.calls) == (["1"], ["2"])
+    other, (c,) = make_router(repo, ["c:1"])
+    with other:
+        assert [other.infer([]).version for _ in range(5)] == ["1"] * 5
+    assert c.calls == ["1"] * 5
