@@ -322,8 +322,11 @@ class Router:
                     + ("" if version is not None else " (no other version to fall back to)")
                 ) from exc
             return self._fall_back(plan, chosen, alternative, exc, inputs, outputs)
-        except TritonUnavailableError:
+        except TritonUnavailableError as exc:
             m.attempt_failed()
+            if among is not None and alternative is not None:
+                # Every server of a canary limited to some is down: the others serve stable.
+                return self._fall_back(plan, chosen, alternative, exc, inputs, outputs)
             m.request_failed()
             raise
         m.served(time.perf_counter() - started)
@@ -340,7 +343,7 @@ class Router:
         plan: RoutePlan,
         chosen: str,
         alternative: str,
-        first: InferenceServerException,
+        first: InferenceServerException | TritonUnavailableError,
         inputs: Inputs,
         outputs: Outputs,
     ) -> RoutedResult:
