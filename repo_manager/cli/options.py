@@ -165,7 +165,9 @@ def analysis_options(func: Any) -> Any:
                 default="10,25,50,100",
                 show_default=True,
                 help="Canary weights, one per passed interval; the last promotes. 'pause' "
-                "before a weight waits for `approve` (e.g. 10,25,pause,50,100).",
+                "before a weight waits for `approve` (e.g. 10,25,pause,50,100). Waves: "
+                "'servers=NAMES:WEIGHTS; servers=all:WEIGHTS' puts the canary on those "
+                "servers at those steps (e.g. 'servers=triton-1:10,25; servers=all:25,50,100').",
             ),
             click.option(
                 "--approve-before",

@@ -118,6 +118,10 @@ def publish(
     first_weight = 0 if gated else weight
     # What can refuse the publish is refused before the export, which takes seconds to minutes.
     chosen = None if names == (None, None) else manager.select_servers(*names)
+    if plan is not None:
+        manager.check_waves(plan)
+        if names == (None, None) and plan.servers:  # loaded where its first wave is
+            chosen = manager.select_servers(plan.servers[0], None)
     request = manager.check_publish(
         model, version, canary_weight=first_weight, replace=replace, servers=chosen
     )

@@ -93,8 +93,10 @@ class RolloutManager:
         self.settings_changes = SettingChanges(self.applier, self.ledger)
         self.guard = IntegrityGuard(self.applier, self.ledger, self.retirement)
         self.reconciler = Reconciler(self.publisher, self.retirement, self.guard)
-        self.approvals = Approvals(self.ledger, rollback=self.retirement.rollback)
         self.server_moves = ServerMoves(self.applier, self.ledger)
+        self.approvals = Approvals(
+            self.ledger, rollback=self.retirement.rollback, moves=self.server_moves
+        )
 
     def state(self, model: str) -> RolloutState | None:
         return self.ledger.load(model)
@@ -207,6 +209,11 @@ class RolloutManager:
         """The canary's servers that ``--servers``/``--exclude`` name (None: every one)."""
         return self.server_moves.select(servers, exclude)
 
+    def check_waves(self, plan: AnalysisPlan) -> None:
+        """Refuse, in one line and before anything moves, a wave naming no server."""
+        for names in dict.fromkeys(plan.servers):
+            self.server_moves.select(names, None)
+
     def promote(self, model: str, *, reason: str = "") -> RolloutState:
         """Canary becomes stable at 100%; the old stable is drained, then unloaded."""
         model = validate_model_name(model)
@@ -312,7 +319,8 @@ class RolloutManager:
 
     def start_analysis(self, model: str, plan: AnalysisPlan) -> RolloutState:
         """Put the analysis in charge of the canary at its first step (or resume it)."""
-        return analysis_step.start_analysis(self.ledger, model, plan)
+        self.check_waves(plan)
+        return analysis_step.start_analysis(self.ledger, model, plan, self.server_moves)
 
     def stop_analysis(self, model: str, reason: str) -> RolloutState | None:
         """Record why the analysis stopped; the canary keeps its weight (``rollout`` resumes)."""
@@ -328,6 +336,7 @@ class RolloutManager:
             provider,
             promote=self.retirement.promote,
             rollback=self._rolled_back_by_analysis,
+            moves=self.server_moves,
         )
 
     def _rolled_back_by_analysis(self, state: RolloutState, *, reason: str) -> RolloutState:
@@ -359,12 +368,20 @@ class RolloutManager:
             rollback=self._rolled_back_by_analysis,
             health=health,
             ready=self._ready_everywhere,
+            moves=self.server_moves,
         )
 
     def _ready_everywhere(self, model: str, version: str) -> bool:
-        """READY on every server that answers (one that does not is reconcile's matter)."""
+        """READY on every server that answers and should hold it (a canary limited to
+        some servers: those); one that does not answer is reconcile's matter."""
+        state = self.ledger.load(model)
         survey = self.fleet.survey(versions_model_name(model))
-        return all(version in s.ready for s in survey if s.error is None)
+        return all(
+            version in s.ready
+            for s in survey
+            if s.error is None
+            and (state is None or version != state.restricted or state.holds_restricted(s.url))
+        )
 
     # -- settings (no phase moves) ---------------------------------------------------------
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import Any
 
 from repo_manager.rollout.applier import FleetApplier
-from repo_manager.rollout.ledger import Ledger
+from repo_manager.rollout.ledger import KEEP, Keep, Ledger
+from repo_manager.rollout.settings import AnalysisPlan
 from repo_manager.server_selection import select_servers
 from repo_manager.state import RolloutState
 
@@ -48,20 +50,36 @@ class ServerMoves:
         one line for a name no server of the fleet has (``server_selection``)."""
         return select_servers(self.applier.fleet.urls, servers, exclude)
 
+    def at_step(self, plan: AnalysisPlan, step: int) -> tuple[str, ...] | Keep | None:
+        """The canary's servers at ``step`` of ``plan`` (its wave's names resolved now);
+        KEEP when the plan has no waves."""
+        names = plan.servers_at(step)
+        return KEEP if names is None else self.select(names, None)
+
     def record(
-        self, state: RolloutState, new: RolloutState, *, action: str, reason: str
+        self,
+        state: RolloutState,
+        new: RolloutState,
+        *,
+        action: str,
+        reason: str,
+        details: dict[str, Any] | None = None,
     ) -> RolloutState:
         """Record ``new`` (whose canary may sit on other servers than in ``state``): load
         it where it is added first, unload it where it left only after the drain."""
         if new.servers == state.servers:
-            return self.ledger.record(state, new, action=action, reason=reason)
+            return self.ledger.record(state, new, action=action, reason=reason, details=details)
         fleet = self.applier.fleet.urls
         wider = union(fleet, state.servers, new.servers)
         if wider != state.servers:
             self.applier.apply(replace(state, servers=wider))
         moved = f"canary {servers_words(new.servers)}"
         recorded = self.ledger.record(
-            state, new, action=action, reason=f"{reason}; {moved}" if reason else moved
+            state,
+            new,
+            action=action,
+            reason=f"{reason}; {moved}" if reason else moved,
+            details=details,
         )
         if new.servers != wider:
             self.applier.drain()
