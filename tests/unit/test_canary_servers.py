@@ -17,13 +17,14 @@ import pytest
 from tritonclient.grpc.model_config_pb2 import ModelConfig
 from tritonclient.utils import InferenceServerException
 
-from repo_manager.errors import InvalidInputError
+from repo_manager.errors import InvalidGateError, InvalidInputError
 from repo_manager.modelconfig import parse_config
 from repo_manager.names import CONFIG_FILE, versions_model_name
 from repo_manager.phases import Phase
 from repo_manager.repository import ModelRepository
 from repo_manager.rollout import RolloutManager, RolloutSettings
 from repo_manager.rollout.applier import table_at
+from repo_manager.rollout.settings import AnalysisPlan, parse_step_plan, parse_waves
 from repo_manager.server_selection import parse_names, select_servers
 from repo_manager.state import RolloutState, load_state, state_key
 from repo_manager.storage import LocalStorage
@@ -277,3 +278,34 @@ def test_a_failed_canary_falls_back_to_stable_and_a_router_without_its_servers_u
     with other:
         assert [other.infer([]).version for _ in range(5)] == ["1"] * 5
     assert c.calls == ["1"] * 5
+
+
+# ---- waves ------------------------------------------------------------------------------
+
+
+def test_waves_parse_into_steps_and_each_steps_server_names() -> None:
+    weights, waves = parse_waves("servers=triton-1:8001:10,25; servers=all:25,pause,50,100")
+    assert weights == "10,25,25,pause,50,100"
+    assert waves == (("triton-1:8001",),) * 2 + (("all",),) * 3
+    assert parse_waves("10,25,50,100") == ("10,25,50,100", ())
+    steps, _ = parse_step_plan(weights)
+    plan = AnalysisPlan(steps=steps, servers=waves)
+    assert AnalysisPlan.from_dict(plan.to_dict()) == plan
+    assert plan.servers_at(1) == ("triton-1:8001",) and plan.servers_at(5) is None
+    with pytest.raises(InvalidGateError, match="steps must increase"):
+        AnalysisPlan(steps=(10, 25, 25), servers=(("a",), ("a",), ("a",)))
+    with pytest.raises(InvalidGateError, match="a wave is servers="):
+        parse_waves("servers=:10,25")
+
+
+def test_an_analysis_starts_on_its_first_waves_servers_loaded_there_first(
+    harness: Harness,
+) -> None:
+    harness.manager.applier.apply(harness.state())
+    harness.log.clear()
+    plan = AnalysisPlan(steps=(10, 50), servers=(("all",), ("all",)))
+    with pytest.raises(InvalidInputError, match="no server of the fleet is c"):
+        harness.manager.start_analysis(MODEL, AnalysisPlan(steps=(10,), servers=(("c",),)))
+    started = harness.manager.start_analysis(MODEL, plan)
+    assert started.servers is None and started.phase is Phase.ANALYZING
+    assert harness.log[0] == ("load", "a:1", ["1", "2"], {"1": 90, "2": 10})
