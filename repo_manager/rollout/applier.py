@@ -133,6 +133,15 @@ class FleetApplier:
                 url: [v for v in self.desired_versions(state, url) if v in versions]
                 for url in self.fleet.urls
             }
+        on_disk = with_version_policy(config, self.shared_versions(state, versions))
+        limited = state.restricted is not None
+        if limited and on_disk != config:
+            # Before the loads: it never names the limited canary, and so is no newer than
+            # each server's last load of the model (an ensemble's load makes Triton poll
+            # the versions model and reload one whose files changed from the on-disk
+            # config, which would drop the canary where it is; reading of the retirement's
+            # finding, not measured for this case).
+            self.repository.write_config(state.model, on_disk)
         self.fleet.apply(
             versions_model_name(state.model),
             config,
@@ -141,8 +150,7 @@ class FleetApplier:
             timeout=deadline,
             only=only,
         )
-        on_disk = with_version_policy(config, self.shared_versions(state, versions))
-        if on_disk != config:
+        if not limited and on_disk != config:
             self.repository.write_config(state.model, on_disk)
         return self.point_public(state, config, only=only, timeout=deadline)
 
