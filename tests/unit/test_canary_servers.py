@@ -18,6 +18,7 @@ from tritonclient.grpc.model_config_pb2 import ModelConfig
 from tritonclient.utils import InferenceServerException
 
 from repo_manager.errors import InvalidGateError, InvalidInputError
+from repo_manager.history.plot_data import plot_data
 from repo_manager.modelconfig import parse_config
 from repo_manager.names import CONFIG_FILE, versions_model_name
 from repo_manager.phases import Phase
@@ -26,7 +27,7 @@ from repo_manager.rollout import RolloutManager, RolloutSettings
 from repo_manager.rollout.applier import table_at
 from repo_manager.rollout.settings import AnalysisPlan, parse_step_plan, parse_waves
 from repo_manager.server_selection import parse_names, select_servers
-from repo_manager.state import RolloutState, load_state, state_key
+from repo_manager.state import RolloutState, Transition, load_state, state_key
 from repo_manager.storage import LocalStorage
 from repo_manager.triton import TritonFleet, VersionState
 from repo_manager.unpinned import public_route
@@ -309,3 +310,28 @@ def test_an_analysis_starts_on_its_first_waves_servers_loaded_there_first(
     started = harness.manager.start_analysis(MODEL, plan)
     assert started.servers is None and started.phase is Phase.ANALYZING
     assert harness.log[0] == ("load", "a:1", ["1", "2"], {"1": 90, "2": 10})
+
+
+def test_the_plot_labels_each_move_of_the_canarys_servers() -> None:
+    def entry(minute: int, action: str, servers: list[str] | None) -> Transition:
+        return Transition(
+            at=f"2026-12-07T20:{minute:02d}:00.000+00:00",
+            action=action,
+            from_phase="progressing",
+            to_phase="progressing",
+            stable="1",
+            canary="2",
+            weights={"1": 90, "2": 10},
+            servers=servers,
+        )
+
+    entries = [
+        entry(0, "publish canary at 10%", ["b:1"]),
+        entry(1, "set-weight 10%", ["b:1"]),
+        entry(2, "set-weight 25%", None),
+    ]
+    assert plot_data(entries).actions == [
+        "publish canary at 10% (canary on b:1)",
+        "set-weight 10%",
+        "set-weight 25% (canary on every server)",
+    ]
