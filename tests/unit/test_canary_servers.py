@@ -26,10 +26,11 @@ from repo_manager.repository import ModelRepository
 from repo_manager.rollout import RolloutManager, RolloutSettings
 from repo_manager.rollout.applier import table_at
 from repo_manager.rollout.settings import AnalysisPlan, parse_step_plan, parse_waves
+from repo_manager.rollout.status import status_document
 from repo_manager.server_selection import parse_names, select_servers
 from repo_manager.state import RolloutState, Transition, load_state, state_key
 from repo_manager.storage import LocalStorage
-from repo_manager.triton import TritonFleet, VersionState
+from repo_manager.triton import ServerVersions, TritonFleet, VersionState
 from repo_manager.unpinned import public_route
 from tests.unit.published import write_published
 from tests.unit.routing_fakes import MODEL, make_router
@@ -335,3 +336,20 @@ def test_the_plot_labels_each_move_of_the_canarys_servers() -> None:
         "set-weight 10%",
         "set-weight 25% (canary on every server)",
     ]
+
+
+def test_status_reads_a_limited_canary_from_its_servers_and_names_them(harness: Harness) -> None:
+    state = harness.state()
+    survey = [
+        ServerVersions(url="a:1", versions=(VersionState(version="1", state="READY"),)),
+        ServerVersions(
+            url="b:1",
+            versions=tuple(VersionState(version=v, state="READY") for v in ("1", "2")),
+        ),
+    ]
+    document = status_document(state, survey, ["1", "2"])
+    assert document["versions"] == [
+        {"version": "1", "state": "READY"},
+        {"version": "2", "state": "READY"},
+    ]
+    assert document["canary_servers"] == ["b:1"]
