@@ -122,10 +122,10 @@ class FleetApplier:
         versions, refused = self._verified(state, config, versions)
         gone += refused
         count = len(only) if only is not None else len(self.fleet.servers)
-        limited = f" ({state.restricted} only on {', '.join(state.servers or ())})"
+        where = f" ({state.restricted} only on {', '.join(state.servers or ())})"
         self.progress(
             f"loading {state.model} versions {','.join(versions)} on {count} server(s)"
-            + (limited if state.restricted in versions else "")
+            + (where if state.restricted in versions else "")
         )
         per_server: PerServer = versions
         if state.restricted is not None:
