@@ -16,12 +16,14 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import tritonclient.grpc as grpcclient
 
 from repo_manager import Router
 from repo_manager.server import EmbeddedTriton, ServerPorts
+from repo_manager.transport import make_grpc_client
 from tests.eventually import eventually
 from tests.integration.conftest import CLI, CliResult, publish_args, run_cli
 from tests.integration.public_clients import (
@@ -94,6 +96,23 @@ def ready(url: str) -> set[str]:
     return {v for v, state in index(url).items() if state == "READY"}
 
 
+class Recorded:
+    """A real gRPC client that records (url, version) of every inference attempt the
+    Router makes through it, failed attempts included (``RoutedResult.url`` names only
+    the server that answered)."""
+
+    def __init__(self, url: str, attempts: list[tuple[str, str]]) -> None:
+        self.url, self.attempts = url, attempts
+        self.client = make_grpc_client(url, None)
+
+    def infer(self, model_name: str, inputs: Any, model_version: str = "", **kw: Any) -> Any:
+        self.attempts.append((self.url, model_version))
+        return self.client.infer(model_name, inputs, model_version=model_version, **kw)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+
 class IndexWatch:
     """Reads server 1's index every 0.2 s in the background: every version it ever listed."""
 
@@ -147,7 +166,13 @@ def test_a_canary_limited_to_server_2_never_reaches_server_1_and_promote_fails_n
 
         # The Router: canary requests only to server 2, stable to both.
         routed: list[tuple[str, str | None]] = []
-        with Router(MODEL, [one, two], fleet.repository, shared_memory=False) as router:
+        attempts: list[tuple[str, str]] = []
+        with Router(
+            MODEL,
+            [one, two],
+            fleet.repository,
+            client_factory=lambda url: Recorded(url, attempts),
+        ) as router:
 
             def send(i: int) -> str:
                 result = router.infer(request(images[i % 4]))
@@ -166,6 +191,7 @@ def test_a_canary_limited_to_server_2_never_reaches_server_1_and_promote_fails_n
                     lambda: sum(u == two for _, u in routed[-20:]) > 0, timeout=30, every=0.1
                 )
                 before_promote, failed_before = len(routed), list(traffic.failures)
+                tried = list(attempts)
                 assert "2" not in watch.seen and watch.reads > 5
                 fleet.cli("promote", MODEL)
                 assert eventually(lambda: len(routed) >= before_promote + 40, timeout=60, every=0.1)
@@ -174,7 +200,8 @@ def test_a_canary_limited_to_server_2_never_reaches_server_1_and_promote_fails_n
     assert failed_before == [], f"failed around server 2's restart: {failed_before[:5]}"
 
     limited = routed[:before_promote]
-    assert ("2", one) not in limited, "a Router request sent to server 1 named the canary"
+    assert (one, "2") not in tried, "a Router request sent to server 1 named the canary"
+    assert ("2", one) not in limited
     assert ("2", two) in limited and ("1", one) in limited and ("1", two) in limited
     assert ready(one) == {"2"} and ready(two) == {"2"}
     assert [v for v, _ in routed[-10:]] == ["2"] * 10
