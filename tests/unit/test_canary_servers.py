@@ -77,6 +77,23 @@ def test_a_name_no_server_has_or_leaving_no_server_is_refused_in_one_line() -> N
 # ---- the manager on a fleet of fake servers ---------------------------------------------
 
 
+def limit_canary(
+    repo: Path, servers: tuple[str, ...], weights: dict[str, int], *, unpinned: str = "stable"
+) -> None:
+    """Canary 2 beside stable 1 at ``weights``, only on ``servers``."""
+    state = RolloutState(
+        model=MODEL,
+        phase=Phase.PROGRESSING,
+        stable="1",
+        canary="2",
+        weights=weights,
+        generation=5,
+        servers=servers,
+        unpinned=unpinned,
+    )
+    LocalStorage(repo).write_bytes_atomic(state_key(MODEL), state.to_json())
+
+
 class FakeServer:
     """What a server was asked, and what it holds as a result (no Triton behaviour
     claimed beyond "a load of exactly these versions leaves exactly these loaded")."""
@@ -125,16 +142,7 @@ class Harness:
         self.root = root
         self.storage = LocalStorage(root)
         write_published(root, MODEL, ["1", "2"])
-        state = RolloutState(
-            model=MODEL,
-            phase=Phase.PROGRESSING,
-            stable="1",
-            canary="2",
-            weights={"1": 90, "2": 10},
-            servers=("b:1",),
-            unpinned=unpinned,
-        )
-        self.storage.write_bytes_atomic(state_key(MODEL), state.to_json())
+        limit_canary(root, ("b:1",), {"1": 90, "2": 10}, unpinned=unpinned)
         self.log: list[tuple[Any, ...]] = []
         self.fleet = TritonFleet(["127.0.0.1:1"])
         self.fleet.close()
@@ -238,19 +246,6 @@ def test_rollback_never_loads_the_canary_elsewhere_and_unloads_it_where_it_is(
 
 
 # ---- the Router -------------------------------------------------------------------------
-
-
-def limit_canary(repo: Path, servers: tuple[str, ...], weights: dict[str, int]) -> None:
-    state = RolloutState(
-        model=MODEL,
-        phase=Phase.PROGRESSING,
-        stable="1",
-        canary="2",
-        weights=weights,
-        generation=5,
-        servers=servers,
-    )
-    LocalStorage(repo).write_bytes_atomic(state_key(MODEL), state.to_json())
 
 
 def test_the_router_sends_the_canary_only_to_its_servers_and_stable_anywhere(
