@@ -158,6 +158,10 @@ def test_a_canary_limited_to_server_2_never_reaches_server_1_and_promote_fails_n
         # request that fails there and is retried on stable).
         routes = {row["url"]: row["public"] for row in status["servers"]}
         assert routes == {one: "weighted 1:100", two: "weighted 1:50,2:50"}
+        refused = fleet.cli(
+            "set-weight", MODEL, "60", "--exclude", two, "--servers", two, check=False
+        )
+        assert refused.code == 2 and "leave the canary no server" in refused.stderr
         stable, canary = Reference(fleet.repository, "1"), Reference(fleet.repository, "2")
         images = inputs(4, seed=11)
 
