@@ -59,7 +59,7 @@ class LocalFleet:
 
     def restart(self, index: int) -> None:
         old = self.servers[index]
-        old.kill()
+        old.stop()  # not killed: a killed server leaves its shared-memory regions behind
         self.servers[index] = EmbeddedTriton(
             self.repository, ports=old.ports, log_path=old.log_path
         )
