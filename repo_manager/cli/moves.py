@@ -30,7 +30,7 @@ def set_weight(
     names = parse_names(servers, "--servers"), parse_names(exclude, "--exclude")
     require_repository(obj)
     manager = obj.manager()
-    chosen = KEEP if names == (None, None) else manager.select_servers(*names)
+    chosen = KEEP if names == (None, None) else manager.server_moves.select(*names)
     state = manager.set_weight(model, weight, reason=reason, servers=chosen)
     click.echo(
         f"{model}: canary {state.canary} at {weight}%, stable {state.stable} at {100 - weight}%"

@@ -117,11 +117,11 @@ def publish(
     gated = golden is not None and manager.state(model) is not None
     first_weight = 0 if gated else weight
     # What can refuse the publish is refused before the export, which takes seconds to minutes.
-    chosen = None if names == (None, None) else manager.select_servers(*names)
+    chosen = None if names == (None, None) else manager.server_moves.select(*names)
     if plan is not None:
-        manager.check_waves(plan)
+        manager.server_moves.check_waves(plan)
         if names == (None, None) and plan.servers:  # loaded where its first wave is
-            chosen = manager.select_servers(plan.servers[0], None)
+            chosen = manager.server_moves.select(plan.servers[0], None)
     request = manager.check_publish(
         model, version, canary_weight=first_weight, replace=replace, servers=chosen
     )

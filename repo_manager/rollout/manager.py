@@ -13,7 +13,7 @@ reconcile: steps, then one persist of the status).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -190,7 +190,7 @@ class RolloutManager:
         servers: tuple[str, ...] | Keep | None = KEEP,
     ) -> RolloutState:
         """Give the canary ``percent`` (and, given ``servers``, those servers: None for
-        every one; ``select_servers``); during an analysis a person takes over from it."""
+        every one; ``server_moves.select``); during an analysis a person takes over from it."""
         weight = parse_weight(percent)
         model = validate_model_name(model)
         with self.ledger.locked(model):
@@ -202,17 +202,6 @@ class RolloutManager:
             new = with_canary_at(state, weight, phase=Phase.PROGRESSING, servers=servers)
             action = f"set-weight {weight}%"
             return self.server_moves.record(state, new, action=action, reason=reason)
-
-    def select_servers(
-        self, servers: Sequence[str] | None, exclude: Sequence[str] | None
-    ) -> tuple[str, ...] | None:
-        """The canary's servers that ``--servers``/``--exclude`` name (None: every one)."""
-        return self.server_moves.select(servers, exclude)
-
-    def check_waves(self, plan: AnalysisPlan) -> None:
-        """Refuse, in one line and before anything moves, a wave naming no server."""
-        for names in dict.fromkeys(plan.servers):
-            self.server_moves.select(names, None)
 
     def promote(self, model: str, *, reason: str = "") -> RolloutState:
         """Canary becomes stable at 100%; the old stable is drained, then unloaded."""
@@ -319,7 +308,7 @@ class RolloutManager:
 
     def start_analysis(self, model: str, plan: AnalysisPlan) -> RolloutState:
         """Put the analysis in charge of the canary at its first step (or resume it)."""
-        self.check_waves(plan)
+        self.server_moves.check_waves(plan)
         return analysis_step.start_analysis(self.ledger, model, plan, self.server_moves)
 
     def stop_analysis(self, model: str, reason: str) -> RolloutState | None:

@@ -50,6 +50,11 @@ class ServerMoves:
         one line for a name no server of the fleet has (``server_selection``)."""
         return select_servers(self.applier.fleet.urls, servers, exclude)
 
+    def check_waves(self, plan: AnalysisPlan) -> None:
+        """Refuse, in one line and before anything moves, a wave naming no server."""
+        for names in dict.fromkeys(plan.servers):
+            self.select(names, None)
+
     def at_step(self, plan: AnalysisPlan, step: int) -> tuple[str, ...] | Keep | None:
         """The canary's servers at ``step`` of ``plan`` (its wave's names resolved now);
         KEEP when the plan has no waves."""
