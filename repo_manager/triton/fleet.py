@@ -14,15 +14,19 @@ from repo_manager.unpinned.config import public_route
 __all__ = ["PerServer", "TritonFleet"]
 
 #: What each server must hold: one list for every server, or a list per url (a canary
-#: limited to some servers); a url missing from the mapping holds its first entry's list.
+#: limited to some servers); a url missing from the mapping holds what every listed
+#: server holds (never a version only some may have).
 PerServer = Sequence[str] | Mapping[str, Sequence[str]]
 
 
 def for_server(versions: PerServer, url: str) -> list[str]:
     """The versions the server at ``url`` must hold."""
-    if isinstance(versions, Mapping):
-        return list(versions[url]) if url in versions else list(next(iter(versions.values())))
-    return list(versions)
+    if not isinstance(versions, Mapping):
+        return list(versions)
+    if url in versions:
+        return list(versions[url])
+    lists = list(versions.values())
+    return [v for v in lists[0] if all(v in held for held in lists[1:])] if lists else []
 
 
 class TritonFleet:

@@ -31,6 +31,7 @@ from repo_manager.server_selection import parse_names, select_servers
 from repo_manager.state import RolloutState, Transition, load_state, state_key
 from repo_manager.storage import LocalStorage
 from repo_manager.triton import ServerVersions, TritonFleet, VersionState
+from repo_manager.triton.fleet import for_server
 from repo_manager.unpinned import public_route
 from tests.unit.published import write_published
 from tests.unit.routing_fakes import MODEL, make_router
@@ -348,3 +349,10 @@ def test_status_reads_a_limited_canary_from_its_servers_and_names_them(harness: 
         {"version": "2", "state": "READY"},
     ]
     assert document["canary_servers"] == ["b:1"]
+
+
+def test_a_server_missing_from_a_per_server_list_holds_only_what_every_server_holds() -> None:
+    per_server = {"a:1": ["1"], "b:1": ["1", "2"]}
+    assert for_server(per_server, "b:1") == ["1", "2"]
+    assert for_server(per_server, "c:1") == ["1"]
+    assert for_server(["1", "2"], "c:1") == ["1", "2"]
