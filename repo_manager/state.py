@@ -28,6 +28,7 @@ __all__ = [
     "load_routing_table",
     "load_state",
     "publish_journal_key",
+    "servers_of",
     "state_key",
 ]
 
@@ -91,6 +92,8 @@ class Transition:
     details: dict[str, Any] | None = None
     #: The canary's cohort after this move (``RoutingTable.cohort``); None: none.
     cohort: dict[str, Any] | None = None
+    #: The canary's servers after this move (None: every server of the fleet).
+    servers: list[str] | None = None
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -136,6 +139,9 @@ class RoutingTable:
     #: The canary's cohort (``routing/cohort.py``), ``{"rule": TEXT, "weight": W}``: requests
     #: the rule matches go to the canary at W percent, all others by ``weights``; None: none.
     cohort: dict[str, Any] | None = None
+    #: The servers (HOST:PORT) the canary is loaded on and may be sent to; None: every
+    #: server. Stable is served everywhere.
+    servers: tuple[str, ...] | None = None
 
     @classmethod
     def from_document(cls, document: dict[str, Any]) -> RoutingTable:
@@ -146,6 +152,7 @@ class RoutingTable:
             weights={str(k): int(v) for k, v in document.get("weights", {}).items()},
             generation=int(document.get("generation", 0)),
             cohort=cohort_document(document.get("cohort")),
+            servers=servers_of(document),
         )
 
     def to_document(self) -> dict[str, Any]:
@@ -191,6 +198,22 @@ class RolloutState:
     unpinned_shadow: float = 0.0
     #: The canary's cohort (``RoutingTable.cohort``); cleared at promote and rollback.
     cohort: dict[str, Any] | None = None
+    #: The servers (HOST:PORT, as the manager's fleet names them) the canary is limited
+    #: to (``--servers``/``--exclude``); None: every server. Cleared by promote and at the
+    #: end of a rollback; a rolling-back state keeps it (the retiring canary is only there).
+    servers: tuple[str, ...] | None = None
+
+    @property
+    def restricted(self) -> str | None:
+        """The version only ``servers`` may hold: the canary, or a canary being rolled
+        back; None when the rollout is not limited to some servers."""
+        if self.servers is None:
+            return None
+        return self.canary if self.canary is not None else self.retiring
+
+    def holds_restricted(self, url: str) -> bool:
+        """True when the server at ``url`` may hold the restricted version."""
+        return self.servers is None or url in self.servers
 
     @property
     def serving_versions(self) -> list[str]:
@@ -206,6 +229,7 @@ class RolloutState:
             weights=dict(self.weights),
             generation=self.generation,
             cohort=self.cohort,
+            servers=self.servers,
         )
 
     def to_json(self) -> bytes:
@@ -225,6 +249,7 @@ class RolloutState:
             "unpinned": self.unpinned,
             "unpinned_shadow": self.unpinned_shadow,
             "cohort": self.cohort,
+            "servers": None if self.servers is None else list(self.servers),
         }
         return (json.dumps(document, indent=1) + "\n").encode()
 
@@ -247,9 +272,16 @@ class RolloutState:
                 unpinned=str(document.get("unpinned", "stable")),
                 unpinned_shadow=float(document.get("unpinned_shadow", 0.0)),
                 cohort=cohort_document(document.get("cohort")),
+                servers=servers_of(document),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise StorageError(f"corrupt rollout state {source}: {exc}") from exc
+
+
+def servers_of(document: dict[str, Any]) -> tuple[str, ...] | None:
+    """A document's ``servers`` (a list of HOST:PORT, or null: every server)."""
+    servers = document.get("servers")
+    return None if servers is None else tuple(str(s) for s in servers)
 
 
 def load_state(storage: Storage, model: str) -> RolloutState | None:

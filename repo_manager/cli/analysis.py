@@ -22,16 +22,18 @@ from repo_manager.gates import LiveGates, parse_gate_overrides
 from repo_manager.names import validate_model_name
 from repo_manager.phases import Phase
 from repo_manager.rollout import AnalysisPlan, RolloutManager
-from repo_manager.rollout.settings import parse_step_plan
+from repo_manager.rollout.settings import parse_step_plan, parse_waves
 
 __all__ = ["analysis_hint", "analysis_setup", "run_analysis"]
 
 
 def analysis_setup(options: dict[str, Any]) -> tuple[AnalysisPlan, Any]:
     """Validate every analysis option before anything moves (bad input: exit 2)."""
-    steps, approve_before = parse_step_plan(options["steps"], options["approve_before"])
+    weights, waves = parse_waves(options["steps"])
+    steps, approve_before = parse_step_plan(weights, options["approve_before"])
     plan = AnalysisPlan(
         steps=steps,
+        servers=waves,
         approve_before=approve_before,
         threshold=options["threshold"],
         max_metrics_errors=options["max_metrics_errors"],

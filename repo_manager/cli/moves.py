@@ -5,10 +5,13 @@ from __future__ import annotations
 import click
 
 from repo_manager.cli.app import Context, cli, require_repository
-from repo_manager.cli.options import drain_option, reason_option
+from repo_manager.cli.options import drain_option, reason_option, servers_options
 from repo_manager.errors import InvalidInputError
 from repo_manager.rollout import parse_policy
 from repo_manager.rollout.cohorts import weight_move
+from repo_manager.rollout.ledger import KEEP
+from repo_manager.rollout.server_moves import servers_words
+from repo_manager.server_selection import parse_names
 from repo_manager.state import RolloutState, cohort_words
 from repo_manager.unpinned import MODES, WEIGHTED
 
@@ -31,19 +34,36 @@ from repo_manager.unpinned import MODES, WEIGHTED
     metavar="PERCENT",
     help="With --cohort RULE: the canary's weight for requests outside the cohort (0).",
 )
+@servers_options
 @reason_option
 @click.pass_obj
 def set_weight(
-    obj: Context, model: str, percent: str, cohort: str | None, others: str | None, reason: str
+    obj: Context,
+    model: str,
+    percent: str,
+    cohort: str | None,
+    others: str | None,
+    servers: str | None,
+    exclude: str | None,
+    reason: str,
 ) -> None:
-    """Give the canary PERCENT of the traffic (of the cohort's, with --cohort)."""
+    """Give the canary PERCENT of the traffic (of the cohort's, with --cohort; with
+    --servers/--exclude, those servers: it is loaded on servers it is added to before
+    they get traffic)."""
     weight_move(percent, cohort, others)  # bad input: one line before the repository
+    names = parse_names(servers, "--servers"), parse_names(exclude, "--exclude")
     require_repository(obj)
-    state = obj.manager().set_weight(model, percent, reason=reason, cohort=cohort, others=others)
+    manager = obj.manager()
+    chosen = KEEP if names == (None, None) else manager.server_moves.select(*names)
+    state = manager.set_weight(
+        model, percent, reason=reason, cohort=cohort, others=others, servers=chosen
+    )
     outside = state.weights.get(state.canary, 0) if state.canary else 0
     words = f"canary {state.canary} at {outside}%, stable {state.stable} at {100 - outside}%"
     if state.cohort is not None:
         words = f"canary {state.canary} {cohort_words(state.cohort)}, {outside}% of the others"
+    if state.servers is not None:
+        words += f"; canary {servers_words(state.servers)}"
     click.echo(f"{model}: {words}")
 
 

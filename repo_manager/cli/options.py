@@ -35,6 +35,7 @@ __all__ = [
     "serve_manager_metrics",
     "serve_manager_watch",
     "serve_metrics_options",
+    "servers_options",
     "stop_on_signals",
     "verdict_options",
 ]
@@ -47,6 +48,23 @@ def drain_option(func: Any) -> Any:
         type=click.FloatRange(0, 600),
         default=None,
         help="Wait between moving traffic and unloading [default: 1.5].",
+    )(func)
+
+
+def servers_options(func: Any) -> Any:
+    """``--servers`` / ``--exclude``: the only servers of the fleet that load the canary
+    (``repo_manager.server_selection`` names them)."""
+    func = click.option(
+        "--exclude",
+        default=None,
+        help="Keep the canary off these servers: NAME[,NAME...] (as --servers).",
+    )(func)
+    return click.option(
+        "--servers",
+        default=None,
+        help="Load the canary only on these servers of the fleet, and send it traffic only "
+        "there: NAME[,NAME...], each HOST:PORT, HOST (every server on it), a dns:// --url "
+        "(every address it resolves to), or all.",
     )(func)
 
 
@@ -147,7 +165,9 @@ def analysis_options(func: Any) -> Any:
                 default="10,25,50,100",
                 show_default=True,
                 help="Canary weights, one per passed interval; the last promotes. 'pause' "
-                "before a weight waits for `approve` (e.g. 10,25,pause,50,100).",
+                "before a weight waits for `approve` (e.g. 10,25,pause,50,100). Waves: "
+                "'servers=NAMES:WEIGHTS; servers=all:WEIGHTS' puts the canary on those "
+                "servers at those steps (e.g. 'servers=triton-1:10,25; servers=all:25,50,100').",
             ),
             click.option(
                 "--approve-before",

@@ -25,6 +25,7 @@ from repo_manager.cli.options import (
     export_options,
     json_option,
     serve_manager_metrics,
+    servers_options,
 )
 from repo_manager.cli.render import report_text
 from repo_manager.errors import GateFailedError, InvalidInputError, RepoManagerError
@@ -32,6 +33,8 @@ from repo_manager.gates import GoldenGates, parse_gate_overrides
 from repo_manager.names import validate_model_name, validate_version
 from repo_manager.rollout import RolloutManager, parse_weight, resolve_weights
 from repo_manager.rollout.cohorts import weight_move
+from repo_manager.rollout.server_moves import servers_words
+from repo_manager.server_selection import parse_names
 from repo_manager.state import cohort_words
 from repo_manager.timing import PhaseTimer
 
@@ -78,6 +81,7 @@ from repo_manager.timing import PhaseTimer
     multiple=True,
     help="Golden gate bound NAME=VALUE (repeatable), e.g. max_map50_drop=0.02.",
 )
+@servers_options
 @click.option("--auto", is_flag=True, help="Then run the progressive analysis (as `rollout`).")
 @analysis_options
 @drain_option
@@ -95,6 +99,8 @@ def publish(
     replace: bool,
     golden: Path | None,
     gates: tuple[str, ...],
+    servers: str | None,
+    exclude: str | None,
     auto: bool,
     drain_seconds: float | None,
     **analysis: Any,
@@ -107,6 +113,7 @@ def publish(
     weight = parse_weight(canary_weight)
     if cohort is not None:
         weight_move(weight, cohort, None)  # a bad rule: one line, before the export
+    names = parse_names(servers, "--servers"), parse_names(exclude, "--exclude")
     golden_gates = parse_gate_overrides(GoldenGates(), gates)
     plan, provider = analysis_setup(analysis) if auto else (None, None)
     if golden is not None:
@@ -131,7 +138,14 @@ def publish(
     # A gated canary gets no traffic before its gate, a cohort's none before its rule stands.
     first_weight = 0 if gated or cohort is not None else weight
     # What can refuse the publish is refused before the export, which takes seconds to minutes.
-    request = manager.check_publish(model, version, canary_weight=first_weight, replace=replace)
+    chosen = None if names == (None, None) else manager.server_moves.select(*names)
+    if plan is not None:
+        manager.server_moves.check_waves(plan)
+        if names == (None, None) and plan.servers:  # loaded where its first wave is
+            chosen = manager.server_moves.select(plan.servers[0], None)
+    request = manager.check_publish(
+        model, version, canary_weight=first_weight, replace=replace, servers=chosen
+    )
     timer = PhaseTimer(progress=obj.progress, label=f"publish {model} {version}")
     sweep_stale_staging()
     with interrupts_undone(model, version), staging_folder() as tmp:
@@ -146,6 +160,7 @@ def publish(
             force=force,
             timer=timer,
             replace=replace,
+            servers=chosen,
         )
     if request.replaces:
         click.echo(f"{model}: replaced {request.replaces} (unloaded)")
@@ -164,7 +179,8 @@ def publish(
     shown = f"at {weight}%"
     if cohort is not None:  # as the gate or set-weight left it
         shown = f"{cohort_words((manager.state(model) or state).cohort)}, 0% of the others"
-    click.echo(f"{model} version {version} published as canary {shown}")
+    where = "" if state.servers is None else f", {servers_words(state.servers)}"
+    click.echo(f"{model} version {version} published as canary {shown}{where}")
     if plan is not None and provider is not None:
         run_analysis(obj, manager, model, plan, provider, analysis)
 

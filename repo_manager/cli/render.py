@@ -35,13 +35,13 @@ def status_text(doc: dict[str, Any]) -> str:
     )
     lines += [f"  version {v['version']}: {v['state']}" for v in doc["versions"]]
     lines += [f"  REFUSED {what}: {why}" for what, why in doc.get("refused", {}).items()]
+    if doc.get("canary_servers") is not None:
+        lines.append(f"  canary servers: only {', '.join(doc['canary_servers'])}")
     for server in doc["servers"]:
         if server["error"]:
             lines.append(f"  server {server['url']}: {server['error']}")
         elif len(doc["servers"]) > 1:
-            held = ", ".join(f"v{v['version']} {v['state']}" for v in server["versions"])
-            answers = f"public -> v{server['public']}" if server["public"] else "public not loaded"
-            lines.append(f"  server {server['url']}: {held or 'no versions'}; {answers}")
+            lines.append(f"  server {_server_line(doc, server)}")
     analysis = doc.get("analysis")
     if analysis:
         plan = analysis["plan"]
@@ -124,6 +124,16 @@ def _cohort_line(cohort: dict[str, Any]) -> str:
     )
 
 
+def _server_line(doc: dict[str, Any], server: dict[str, Any]) -> str:
+    """``URL: v1 READY, v2 READY; public -> v1`` (+ `` [canary server]`` where the canary
+    is limited to some servers and this is one of them)."""
+    held = ", ".join(f"v{v['version']} {v['state']}" for v in server["versions"])
+    answers = f"public -> v{server['public']}" if server["public"] else "public not loaded"
+    limited = doc.get("canary_servers")
+    mark = " [canary server]" if limited is not None and server["url"] in limited else ""
+    return f"{server['url']}{mark}: {held or 'no versions'}; {answers}"
+
+
 def _weights(weights: dict[str, int]) -> str:
     return " ".join(f"v{v} {w}%" for v, w in weights.items()) or "-"
 
@@ -142,6 +152,8 @@ def history_text(entries: Sequence[dict[str, Any]]) -> str:
         )
         if e.get("cohort") and "cohort" not in e["action"]:
             lines.append(f"{'':21}{cohort_words(e['cohort'])}")
+        if e.get("servers") is not None:
+            lines.append(f"{'':21}canary servers: {', '.join(e['servers'])}")
         if e["reason"]:
             lines.append(f"{'':21}why: {e['reason']}")
     return "\n".join(lines)
@@ -211,6 +223,8 @@ def watch_text(
         f"canary {doc['canary'] or '-'}  generation {doc['generation']}  at {now} UTC",
         _steps_line(doc),
     ]
+    if doc.get("canary_servers") is not None:
+        lines.append(f"servers   canary only on {', '.join(doc['canary_servers'])}")
     lines += [f"weight    v{v:<4} {w:>3}% {_bar(w)}" for v, w in doc["weights"].items()]
     if doc.get("cohort"):
         lines.append(f"cohort    {_cohort_line(doc['cohort'])}")
@@ -233,9 +247,7 @@ def watch_text(
         if server["error"]:
             lines.append(f"server    {server['url']}: {server['error']}")
             continue
-        held = ", ".join(f"v{v['version']} {v['state']}" for v in server["versions"])
-        answers = f"public -> v{server['public']}" if server["public"] else "public not loaded"
-        lines.append(f"server    {server['url']}: {held or 'no versions'}; {answers}")
+        lines.append(f"server    {_server_line(doc, server)}")
     lines += _memory_lines(memory or {})
     if recent:
         lines.append("history")

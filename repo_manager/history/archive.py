@@ -121,4 +121,5 @@ def entry_document(entry: Transition) -> dict[str, Any]:
         "who": entry.who,
         "reason": entry.reason,
         "details": entry.details,
+        "servers": entry.servers,
     }

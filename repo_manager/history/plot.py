@@ -121,7 +121,7 @@ def _draw_weights(ax: Any, data: PlotData) -> None:
             gid="transition",
         )
         seen.add(kind)
-        if kind in ("publish", "promote", "rollback", "stopped", "fail"):
+        if kind in ("publish", "promote", "rollback", "stopped", "fail") or "(canary on" in action:
             text = action.removeprefix("analysis: ")
             if notes and when - notes[-1][0] <= close:  # one label for moves made together
                 text = f"{notes[-1][1]} / {text}"

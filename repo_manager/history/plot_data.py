@@ -41,6 +41,14 @@ def category(entry: Transition) -> str:
     return "manual"
 
 
+def _servers_moved(before: Transition | None, entry: Transition) -> str:
+    """`` (canary on a:8001)`` when ``entry`` put the canary on other servers than the
+    entry before it (a limit set, widened or narrowed; cleared: every server)."""
+    if entry.servers == (before.servers if before else None) or entry.canary is None:
+        return ""
+    return f" (canary on {', '.join(entry.servers) if entry.servers else 'every server'})"
+
+
 @dataclass(kw_only=True, frozen=True)
 class StepReading:
     """One judged analysis step, from the chosen source (None: no figure that step)."""
@@ -159,7 +167,10 @@ def plot_data(entries: Sequence[Transition]) -> PlotData:
         times=[_time(e.at) for e in entries],
         weights={v: _weights_of(v, entries) for v in versions},
         categories=[category(e) for e in entries],
-        actions=[e.action for e in entries],
+        actions=[
+            e.action + _servers_moved(entries[i - 1] if i else None, e)
+            for i, e in enumerate(entries)
+        ],
         source=source,
         steps=steps,
         cohort=[None if e.cohort is None else int(e.cohort["weight"]) for e in entries],

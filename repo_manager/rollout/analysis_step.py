@@ -21,11 +21,12 @@ from repo_manager.names import validate_model_name
 from repo_manager.phases import Phase, check_transition
 from repo_manager.resource_gates import resource_readings, with_resident_baseline
 from repo_manager.rollout.analysis_status import AnalysisStatus
-from repo_manager.rollout.ledger import Ledger, with_canary_at
+from repo_manager.rollout.ledger import KEEP, Ledger, with_canary_at
 from repo_manager.state import RolloutState
 
 if TYPE_CHECKING:
     from repo_manager.analysis import MetricsProvider
+    from repo_manager.rollout.server_moves import ServerMoves
     from repo_manager.rollout.settings import AnalysisPlan
 
 __all__ = [
@@ -241,8 +242,11 @@ def decide(
     )
 
 
-def start_analysis(ledger: Ledger, model: str, plan: AnalysisPlan) -> RolloutState:
-    """Put the analysis in charge of the canary at its first step (or resume it)."""
+def start_analysis(
+    ledger: Ledger, model: str, plan: AnalysisPlan, moves: ServerMoves | None = None
+) -> RolloutState:
+    """Put the analysis in charge of the canary at its first step (or resume it); with
+    ``moves``, on the servers of the plan's first wave (loaded there first)."""
     model = validate_model_name(model)
     with ledger.locked(model):
         state = ledger.require(model, action="start the analysis")
@@ -251,8 +255,14 @@ def start_analysis(ledger: Ledger, model: str, plan: AnalysisPlan) -> RolloutSta
         check_transition(state.phase, Phase.ANALYZING, action="start the analysis")
         weight = plan.steps[0]
         status = AnalysisStatus(plan=plan, since=time.time())
-        new = with_canary_at(state, weight, phase=Phase.ANALYZING, analysis=status.to_json())
-        return ledger.record(
+        new = with_canary_at(
+            state,
+            weight,
+            phase=Phase.ANALYZING,
+            analysis=status.to_json(),
+            servers=KEEP if moves is None else moves.at_step(plan, 0),
+        )
+        return (ledger.record if moves is None else moves.record)(
             state,
             new,
             action=f"analysis started at {weight}%",
@@ -268,8 +278,12 @@ def advance(
     promote: Finish,
     rollback: Finish,
     patience: float | None = None,
+    moves: ServerMoves | None = None,
 ) -> RolloutState:
     """One analysis step: read live figures, decide, record the decision and why.
+
+    With ``moves``, the canary is on the servers of the wave its step belongs to: a step
+    into a wider wave loads it on the new servers before any traffic goes there.
 
     Pass: next weight, or ``promote`` past the last step. Fail: one more failed check,
     ``rollback`` at the threshold. No data: nothing moves. Unreadable metrics: one more
@@ -303,10 +317,15 @@ def advance(
             at=now,
             baseline=None if state.cohort is None else baseline_words(state.cohort),
         )
+        at = step.status.step
         new = with_canary_at(
-            state, step.weight, phase=Phase.ANALYZING, analysis=step.status.to_json()
+            state,
+            step.weight,
+            phase=Phase.ANALYZING,
+            analysis=step.status.to_json(),
+            servers=KEEP if moves is None else moves.at_step(status.plan, at),
         )
-        new = ledger.record(
+        new = (ledger.record if moves is None else moves.record)(
             state, new, action=step.action, reason=step.reason, details=step.details
         )
         if step.then is Then.PROMOTE:

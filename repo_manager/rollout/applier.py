@@ -4,12 +4,20 @@ Every move of a rollout ends in ``FleetApplier.apply``: it loads exactly the des
 versions (the rollout's own plus those the version policy keeps) in the versions model,
 points the public name's alias at stable, and keeps the on-disk configs true for a Triton
 that restarts (after a restart only config.pbtxt counts).
+
+A canary limited to some servers (``RolloutState.servers``) is loaded only there: the
+desired versions are per server. The on-disk configs are what *every* server may hold and
+answer (a restarted server outside the set must not load the canary): the version policy
+without the canary, the weighted public name sending everything to stable. Servers in
+the set get the canary by the load's config override, and reconcile restores each
+server's own set after a restart.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 from repo_manager.errors import IntegrityError
 from repo_manager.integrity import Verifier
@@ -17,11 +25,12 @@ from repo_manager.modelconfig import ModelConfig, build_alias_config, with_versi
 from repo_manager.names import versions_model_name
 from repo_manager.repository import ModelRepository
 from repo_manager.rollout.settings import RolloutSettings, VersionPolicy
-from repo_manager.state import RolloutState
+from repo_manager.state import RolloutState, RoutingTable
 from repo_manager.triton import TritonFleet
+from repo_manager.triton.fleet import PerServer
 from repo_manager.unpinned import WEIGHTED, describe, public_config, unpinned_route, weighted_files
 
-__all__ = ["FleetApplier", "Progress", "alias_config", "desired_route"]
+__all__ = ["FleetApplier", "Progress", "alias_config", "desired_route", "table_at"]
 
 Progress = Callable[[str], None]
 
@@ -33,10 +42,21 @@ def alias_config(model: str, config: ModelConfig, stable: str) -> ModelConfig:
     )
 
 
-def desired_route(state: RolloutState) -> str | None:
-    """What the public name must do with unpinned requests in ``state`` (compared with
-    each server's ``ServerVersions.public``)."""
-    return unpinned_route(state.unpinned, state.routing_table(), state.unpinned_shadow)
+def table_at(state: RolloutState, url: str | None) -> RoutingTable:
+    """The routing table the weighted public name on the server at ``url`` follows: a
+    server outside the canary's set sends everything to stable (it does not hold the
+    canary). ``url`` None: the on-disk one, which any restarted server reads."""
+    table = state.routing_table()
+    if state.restricted is None or (url is not None and state.holds_restricted(url)):
+        return table
+    assert table.stable is not None
+    return replace(table, canary=None, weights={table.stable: 100})
+
+
+def desired_route(state: RolloutState, url: str | None = None) -> str | None:
+    """What the public name on the server at ``url`` must do with unpinned requests in
+    ``state`` (compared with each server's ``ServerVersions.public``)."""
+    return unpinned_route(state.unpinned, table_at(state, url), state.unpinned_shadow)
 
 
 class FleetApplier:
@@ -57,11 +77,26 @@ class FleetApplier:
         #: Checks every version before it is loaded; its digests last as long as the applier.
         self.verifier = Verifier(repository.storage, signing_key=repository.signing_key)
 
-    def desired_versions(self, state: RolloutState) -> list[str]:
-        """Versions Triton must hold: the rollout's own plus those the policy keeps."""
+    def desired_versions(self, state: RolloutState, url: str | None = None) -> list[str]:
+        """Versions Triton must hold: the rollout's own plus those the policy keeps; on the
+        server at ``url`` (None: on some server), never a canary limited to other servers,
+        even where the policy would keep it."""
         policy = VersionPolicy.from_document(state.policy)
         extra = policy.keeps(self.repository.versions(state.model)) if policy else []
-        return sorted(set(state.serving_versions) | set(extra), key=int)
+        versions = set(state.serving_versions) | set(extra)
+        if url is not None and not state.holds_restricted(url):
+            versions.discard(str(state.restricted))
+        return sorted(versions, key=int)
+
+    def shared_versions(self, state: RolloutState, versions: Sequence[str]) -> list[str]:
+        """Of ``versions``, those every server of the fleet may hold (the on-disk policy)."""
+        if state.restricted is None:
+            return list(versions)
+        return [
+            v
+            for v in versions
+            if all(v in self.desired_versions(state, url) for url in self.fleet.urls)
+        ]
 
     def apply(
         self,
@@ -87,17 +122,34 @@ class FleetApplier:
         versions, refused = self._verified(state, config, versions)
         gone += refused
         count = len(only) if only is not None else len(self.fleet.servers)
-        self.progress(f"loading {state.model} versions {','.join(versions)} on {count} server(s)")
+        where = f" ({state.restricted} only on {', '.join(state.servers or ())})"
+        self.progress(
+            f"loading {state.model} versions {','.join(versions)} on {count} server(s)"
+            + (where if state.restricted in versions else "")
+        )
+        per_server: PerServer = versions
+        if state.restricted is not None:
+            per_server = {
+                url: [v for v in self.desired_versions(state, url) if v in versions]
+                for url in self.fleet.urls
+            }
+        on_disk = with_version_policy(config, self.shared_versions(state, versions))
+        limited = state.restricted is not None
+        if limited and on_disk != config:
+            # Before the loads: a manager killed between loads and write then leaves no
+            # on-disk policy that names the canary (narrowing from every server). Measured:
+            # four re-points of the public name (ensemble and weighted) on server 2 kept
+            # its canary READY with this order and with the write after the loads.
+            self.repository.write_config(state.model, on_disk)
         self.fleet.apply(
             versions_model_name(state.model),
             config,
-            versions,
+            per_server,
             gone=gone,
             timeout=deadline,
             only=only,
         )
-        on_disk = with_version_policy(config, versions)
-        if on_disk != config:
+        if not limited and on_disk != config:
             self.repository.write_config(state.model, on_disk)
         return self.point_public(state, config, only=only, timeout=deadline)
 
@@ -135,19 +187,28 @@ class FleetApplier:
         where it moved. ``config`` is the versions model's (read when not given)."""
         assert state.stable is not None
         target = config if config is not None else self.repository.require_config(state.model)
-        public = public_config(
-            state.unpinned,
-            target=target,
-            table=state.routing_table(),
-            shadow=state.unpinned_shadow,
-            class_names=self.repository.class_names(state.model, state.stable),
-        )
+        names = self.repository.class_names(state.model, state.stable)
+
+        def public_at(url: str | None) -> ModelConfig:
+            return public_config(
+                state.unpinned,
+                target=target,
+                table=table_at(state, url),
+                shadow=state.unpinned_shadow,
+                class_names=names,
+            )
+
         files = weighted_files() if state.unpinned == WEIGHTED else None
-        self.repository.write_public(state.model, public, files)
+        self.repository.write_public(state.model, public_at(None), files)
         deadline = self.settings.ready_timeout if timeout is None else timeout
-        moved = self.fleet.point_public(state.model, public, timeout=deadline, only=only)
-        if moved:
+        per_server = public_at if state.restricted is not None else public_at(None)
+        moved = self.fleet.point_public(state.model, per_server, timeout=deadline, only=only)
+        if moved and state.servers is None:
             self.progress(f"public name {state.model} {describe(desired_route(state))}")
+        for url in moved if state.servers is not None else ():
+            self.progress(
+                f"public name {state.model} {describe(desired_route(state, url))} on {url}"
+            )
         return moved
 
     def drain(self) -> None:

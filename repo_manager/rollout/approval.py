@@ -19,7 +19,8 @@ from repo_manager.names import validate_model_name
 from repo_manager.phases import Phase
 from repo_manager.rollout.analysis_status import AnalysisStatus
 from repo_manager.rollout.analysis_step import Finish
-from repo_manager.rollout.ledger import Ledger, with_canary_at
+from repo_manager.rollout.ledger import KEEP, Ledger, with_canary_at
+from repo_manager.rollout.server_moves import ServerMoves
 from repo_manager.state import RolloutState
 
 __all__ = ["Approvals"]
@@ -29,9 +30,13 @@ class Approvals:
     """Decisions a person takes on a running analysis (``approve``, ``reject``, ``pause``,
     ``resume``)."""
 
-    def __init__(self, ledger: Ledger, *, rollback: Finish) -> None:
+    def __init__(
+        self, ledger: Ledger, *, rollback: Finish, moves: ServerMoves | None = None
+    ) -> None:
         self.ledger = ledger
         self.rollback = rollback
+        #: Puts the canary on the servers of the approved step's wave (None: no waves).
+        self.moves = moves
 
     def approve(self, model: str, *, reason: str = "") -> RolloutState:
         """Move the canary to the weight the analysis waits to reach."""
@@ -50,8 +55,14 @@ class Approvals:
                 waiting=None,
                 approved=(*status.approved, weight),
             )
-            new = with_canary_at(state, weight, phase=Phase.ANALYZING, analysis=moved.to_json())
-            return self.ledger.record(
+            new = with_canary_at(
+                state,
+                weight,
+                phase=Phase.ANALYZING,
+                analysis=moved.to_json(),
+                servers=KEEP if self.moves is None else self.moves.at_step(status.plan, moved.step),
+            )
+            return (self.ledger.record if self.moves is None else self.moves.record)(
                 state,
                 new,
                 action=f"analysis: approved, now {weight}%",

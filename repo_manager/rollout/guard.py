@@ -28,6 +28,7 @@ from repo_manager.rollout.analysis_status import AnalysisStatus
 from repo_manager.rollout.analysis_step import Finish, Then, advance, decide
 from repo_manager.rollout.health import HealthWatch
 from repo_manager.rollout.ledger import Ledger
+from repo_manager.rollout.server_moves import ServerMoves
 from repo_manager.rollout.settings import AnalysisPlan
 from repo_manager.state import RolloutState
 
@@ -82,6 +83,7 @@ def judge_canary(
     rollback: Finish,
     health: HealthWatch | None = None,
     ready: Callable[[str, str], bool] | None = None,
+    moves: ServerMoves | None = None,
 ) -> RolloutState | None:
     """What the long-running manager does for one model each pass: a health check of its
     canary (``health``: rolled back at once when it stopped answering; ``ready`` says
@@ -110,6 +112,7 @@ def judge_canary(
             promote=promote,
             rollback=rollback,
             patience=1.0 if plan.detached else TAKEOVER_PATIENCE,
+            moves=moves,
         )
         return None if after.generation == state.generation else after
     return guard(ledger, model, read, settings, rollback=rollback)

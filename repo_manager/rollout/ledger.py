@@ -152,6 +152,7 @@ class Ledger:
             who=recorded_by(),
             details=details,
             cohort=new.cohort,
+            servers=None if new.servers is None else list(new.servers),
         )
         # Older entries go to the archive first, so the state never names entries that
         # are nowhere (see history/archive.py).
@@ -232,6 +233,7 @@ def with_canary_at(
     canary: str | None = None,
     analysis: dict[str, Any] | None = None,
     cohort: dict[str, Any] | Keep | None = KEEP,
+    servers: tuple[str, ...] | Keep | None = KEEP,
 ) -> RolloutState:
     """``state``'s stable beside its canary (or the new ``canary``) at ``weight`` percent.
 
@@ -239,6 +241,7 @@ def with_canary_at(
     ``cohort``: the canary's cohort (``RoutingTable.cohort``); by default ``state``'s for
     its own canary (an analysis step moves the weight outside the cohort and keeps it),
     none for a new canary.
+    ``servers``: the canary's servers (None: every server); by default ``state``'s.
     """
     canary = canary or state.canary
     assert state.stable is not None and canary is not None
@@ -255,4 +258,5 @@ def with_canary_at(
         cohort=(state.cohort if canary == state.canary else None)
         if isinstance(cohort, Keep)
         else cohort,
+        servers=state.servers if isinstance(servers, Keep) else servers,
     )

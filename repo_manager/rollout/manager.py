@@ -40,10 +40,11 @@ from repo_manager.rollout.cohorts import weight_move
 from repo_manager.rollout.guard import GuardSettings
 from repo_manager.rollout.health import HealthWatch
 from repo_manager.rollout.integrity_guard import IntegrityGuard, Tolerate
-from repo_manager.rollout.ledger import Ledger, with_canary_at
+from repo_manager.rollout.ledger import KEEP, Keep, Ledger, with_canary_at
 from repo_manager.rollout.publishing import Publisher, PublishRequest
 from repo_manager.rollout.reconciler import Reconciler, ReconcileReport
 from repo_manager.rollout.retirement import Retirement
+from repo_manager.rollout.server_moves import ServerMoves
 from repo_manager.rollout.setting_changes import SettingChanges
 from repo_manager.rollout.settings import AnalysisPlan, RolloutSettings
 from repo_manager.rollout.status import server_rows, status_document
@@ -93,7 +94,10 @@ class RolloutManager:
         self.settings_changes = SettingChanges(self.applier, self.ledger)
         self.guard = IntegrityGuard(self.applier, self.ledger, self.retirement)
         self.reconciler = Reconciler(self.publisher, self.retirement, self.guard)
-        self.approvals = Approvals(self.ledger, rollback=self.retirement.rollback)
+        self.server_moves = ServerMoves(self.applier, self.ledger)
+        self.approvals = Approvals(
+            self.ledger, rollback=self.retirement.rollback, moves=self.server_moves
+        )
 
     def state(self, model: str) -> RolloutState | None:
         return self.ledger.load(model)
@@ -129,6 +133,7 @@ class RolloutManager:
         *,
         canary_weight: int | None = None,
         replace: bool = False,
+        servers: tuple[str, ...] | None = None,
     ) -> PublishRequest:
         """Refuse a publish before its (slow) export: names, weight, version, phase, a
         canary in progress (unless ``replace``), servers.
@@ -136,7 +141,9 @@ class RolloutManager:
         ``publish`` checks all of it again; this is for callers that export first.
         """
         self._guarded(model)
-        return self.publisher.check(model, version, canary_weight=canary_weight, replace=replace)
+        return self.publisher.check(
+            model, version, canary_weight=canary_weight, replace=replace, servers=servers
+        )
 
     def publish(
         self,
@@ -148,6 +155,7 @@ class RolloutManager:
         force: bool = False,
         timer: PhaseTimer | None = None,
         replace: bool = False,
+        servers: tuple[str, ...] | None = None,
     ) -> RolloutState:
         """Add the exported ``version`` staged at ``staged``; the first becomes stable, later
         ones the canary at ``canary_weight`` (default: the settings').
@@ -158,6 +166,7 @@ class RolloutManager:
         (upload, load + warm-up, routing table; the caller times its export with the same
         ``timer``) prints under ``--verbose``; the timings go into the history entry. A
         canary in progress is replaced only with ``replace`` (the history says which).
+        ``servers``: the only servers that load the canary (None: every server).
         """
         self._guarded(model)
         return self.publisher.publish(
@@ -168,6 +177,7 @@ class RolloutManager:
             force=force,
             timer=timer or PhaseTimer(progress=self.progress),
             replace=replace,
+            servers=servers,
         )
 
     # -- traffic ----------------------------------------------------------------------------
@@ -180,12 +190,15 @@ class RolloutManager:
         reason: str = "",
         cohort: str | None = None,
         others: str | int | None = None,
+        servers: tuple[str, ...] | Keep | None = KEEP,
     ) -> RolloutState:
         """Give the canary ``percent``; during an analysis a person takes over from it.
 
         With a ``cohort`` rule, ``percent`` is the canary's weight inside the cohort and
         ``others`` (default 0) everyone else's; ``"-"`` clears the cohort; without one the
         cohort stands and ``percent`` is the weight outside it (``rollout.cohorts``).
+        Given ``servers`` (None: every one; ``server_moves.select``), the canary moves to
+        those servers too.
         """
         move = weight_move(percent, cohort, others)
         model = validate_model_name(model)
@@ -195,8 +208,10 @@ class RolloutManager:
             if state.canary is None or state.stable is None:
                 raise IllegalTransitionError(f"cannot set the weight: {model} has no canary")
             self.fleet.check_reachable()  # like every other move: an unreachable fleet, exit 1
-            new = with_canary_at(state, move.outside, phase=Phase.PROGRESSING, cohort=move.cohort)
-            return self.ledger.record(state, new, action=move.action(new), reason=reason)
+            new = with_canary_at(
+                state, move.outside, phase=Phase.PROGRESSING, cohort=move.cohort, servers=servers
+            )
+            return self.server_moves.record(state, new, action=move.action(new), reason=reason)
 
     def promote(self, model: str, *, reason: str = "") -> RolloutState:
         """Canary becomes stable at 100%; the old stable is drained, then unloaded."""
@@ -310,7 +325,8 @@ class RolloutManager:
 
     def start_analysis(self, model: str, plan: AnalysisPlan) -> RolloutState:
         """Put the analysis in charge of the canary at its first step (or resume it)."""
-        return analysis_step.start_analysis(self.ledger, model, plan)
+        self.server_moves.check_waves(plan)
+        return analysis_step.start_analysis(self.ledger, model, plan, self.server_moves)
 
     def stop_analysis(self, model: str, reason: str) -> RolloutState | None:
         """Record why the analysis stopped; the canary keeps its weight (``rollout`` resumes)."""
@@ -326,6 +342,7 @@ class RolloutManager:
             provider,
             promote=self.retirement.promote,
             rollback=self._rolled_back_by_analysis,
+            moves=self.server_moves,
         )
 
     def _rolled_back_by_analysis(self, state: RolloutState, *, reason: str) -> RolloutState:
@@ -357,12 +374,20 @@ class RolloutManager:
             rollback=self._rolled_back_by_analysis,
             health=health,
             ready=self._ready_everywhere,
+            moves=self.server_moves,
         )
 
     def _ready_everywhere(self, model: str, version: str) -> bool:
-        """READY on every server that answers (one that does not is reconcile's matter)."""
+        """READY on every server that answers and should hold it (a canary limited to
+        some servers: those); one that does not answer is reconcile's matter."""
+        state = self.ledger.load(model)
         survey = self.fleet.survey(versions_model_name(model))
-        return all(version in s.ready for s in survey if s.error is None)
+        return all(
+            version in s.ready
+            for s in survey
+            if s.error is None
+            and (state is None or version != state.restricted or state.holds_restricted(s.url))
+        )
 
     # -- settings (no phase moves) ---------------------------------------------------------
 

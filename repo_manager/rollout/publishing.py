@@ -105,6 +105,8 @@ class PublishRequest:
     state: RolloutState | None
     #: The canary in progress that this publish replaces ("canary 8 at 30%"), if any.
     replaces: str | None = None
+    #: The only servers that load the canary (None: every server).
+    servers: tuple[str, ...] | None = None
 
 
 def replaced_canary(state: RolloutState | None, version: str, *, replace: bool) -> str | None:
@@ -149,7 +151,13 @@ class Publisher:
         self.progress = applier.progress
 
     def check(
-        self, model: str, version: str, *, canary_weight: int | None, replace: bool = False
+        self,
+        model: str,
+        version: str,
+        *,
+        canary_weight: int | None,
+        replace: bool = False,
+        servers: tuple[str, ...] | None = None,
     ) -> PublishRequest:
         """Everything that can refuse a publish before an export: names, weight, a new
         version number, the phase, a canary in progress, and servers that answer. A publish
@@ -166,9 +174,22 @@ class Publisher:
         target = Phase.INITIALIZED if state is None else Phase.PROGRESSING
         check_transition(state.phase if state else None, target, action=f"publish {version}")
         replaces = replaced_canary(state, version, replace=replace)
+        if servers is not None and state is None:
+            raise InvalidInputError(
+                f"cannot publish {version} with --servers: the first version of {model} "
+                "becomes stable, which every server serves"
+            )
+        unknown = [] if servers is None else sorted(set(servers) - set(self.fleet.urls))
+        if unknown:
+            raise InvalidInputError(f"servers {', '.join(unknown)} are not in the fleet")
         self.fleet.check_reachable()
         return PublishRequest(
-            model=model, version=version, weight=weight, state=state, replaces=replaces
+            model=model,
+            version=version,
+            weight=weight,
+            state=state,
+            replaces=replaces,
+            servers=servers,
         )
 
     def publish(
@@ -181,9 +202,12 @@ class Publisher:
         force: bool,
         timer: PhaseTimer,
         replace: bool = False,
+        servers: tuple[str, ...] | None = None,
     ) -> RolloutState:
         """Check the staged folder (backend, IO, TensorRT release), then add and load it."""
-        request = self.check(model, version, canary_weight=canary_weight, replace=replace)
+        request = self.check(
+            model, version, canary_weight=canary_weight, replace=replace, servers=servers
+        )
         config, manifest = read_staged(staged, request.model, request.version)
         self.repository.check_compatible(request.model, config)
         state = request.state
@@ -219,7 +243,13 @@ class Publisher:
                 model=model, phase=Phase.INITIALIZED, stable=version, weights={version: 100}
             )
         else:
-            new = with_canary_at(state, request.weight, phase=Phase.PROGRESSING, canary=version)
+            new = with_canary_at(
+                state,
+                request.weight,
+                phase=Phase.PROGRESSING,
+                canary=version,
+                servers=request.servers,
+            )
         note_published_after(staged / version, None if state is None else state.stable)
         previous_config = None if state is None else self.repository.require_config(model)
         creating = not self.repository.has_versions_model(model)

@@ -58,15 +58,18 @@ class Reconciler:
             self.retirement.finish(state, Phase.ROLLED_BACK, action="rolled back (reconcile)")
             report.actions.append("finished rollback")
         else:
-            desired = set(report.desired)
             survey = self.applier.fleet.survey(versions_model_name(name), alias=name)
             report.unreachable = [s.url for s in survey if s.error]
-            # Only servers that lack the desired versions, or whose public name answers
-            # from another version, are touched.
+            # Only servers that lack their desired versions (a canary limited to some
+            # servers: only there), or whose public name routes otherwise, are touched.
             stale = [
                 s.url
                 for s in survey
-                if not s.error and (s.ready != desired or s.public != desired_route(state))
+                if not s.error
+                and (
+                    s.ready != set(self.applier.desired_versions(state, s.url))
+                    or s.public != desired_route(state, s.url)
+                )
             ]
             if stale:
                 self.applier.apply(state, gone=[], only=stale)

@@ -5,6 +5,11 @@ Both send all traffic to the version kept and persist that (phase ``promoting`` 
 Routers get ``drain_seconds`` to follow, and only then is the retired version unloaded.
 A manager that dies in between leaves the transient phase, and ``reconcile`` calls
 ``finish`` again, which does the same.
+
+A canary limited to some servers: promote first loads it on every server (each load
+verified, stable kept) and only then sends it all traffic, so the new stable is READY
+everywhere before the old one is unloaded anywhere; a rollback keeps the limit while the
+canary drains (it is only there) and unloads it wherever it is. Both end with no limit.
 """
 
 from __future__ import annotations
@@ -74,6 +79,10 @@ class Retirement:
         if not ending.keeps_canary:
             keep, retire = retire, keep
         self.applier.fleet.check_reachable()
+        if ending.keeps_canary and state.servers is not None:
+            # Everywhere first, while Routers still send it only to its own servers.
+            self.applier.progress(f"loading {keep} on every server before it takes traffic")
+            self.applier.apply(replace(state, servers=None))
         moving = RolloutState(
             model=state.model,
             phase=ending.via,
@@ -84,6 +93,7 @@ class Retirement:
             analysis=state.analysis,
             unpinned=state.unpinned,
             unpinned_shadow=state.unpinned_shadow,
+            servers=None if ending.keeps_canary else state.servers,
         )
         moving = self.ledger.record(state, moving, action=ending.started, reason=reason)
         return self.finish(moving, ending.final, action=ending.done)

@@ -22,6 +22,7 @@ __all__ = [
     "check_weight",
     "parse_policy",
     "parse_steps",
+    "parse_waves",
     "parse_weight",
 ]
 
@@ -75,6 +76,10 @@ class AnalysisPlan:
     #: Weights of ``steps`` the canary reaches only once a person approves (``approve``):
     #: the analysis keeps judging at the step before, and waits. Default none.
     approve_before: tuple[int, ...] = ()
+    #: Waves: the canary's servers at each step, as names (``server_selection``: HOST,
+    #: HOST:PORT, dns://NAME:PORT, all), resolved against the fleet when the step is
+    #: taken; empty: the plan leaves the canary's servers as they are. Default none.
+    servers: tuple[tuple[str, ...], ...] = ()
 
     def __post_init__(self) -> None:
         if not 0.1 <= self.interval_s <= 86400:
@@ -86,7 +91,15 @@ class AnalysisPlan:
             raise InvalidGateError("the analysis needs at least one step")
         if any(not 0 <= s <= 100 for s in self.steps):
             raise InvalidGateError(f"invalid steps {shown}: each step must be 0..100")
-        if any(b <= a for a, b in itertools.pairwise(self.steps)):
+        if self.servers and len(self.servers) != len(self.steps):
+            raise InvalidGateError(
+                f"invalid waves: {len(self.servers)} server sets for steps {shown}"
+            )
+        waves = self.servers or ((),) * len(self.steps)
+        pairs = itertools.pairwise(zip(self.steps, waves, strict=True))
+        # A wave may widen the canary's servers at the weight it has (e.g. 25% on one
+        # server, then 25% on all): a step must raise the weight or change the servers.
+        if any(b < a or (b == a and s == t) for (a, s), (b, t) in pairs):
             raise InvalidGateError(f"invalid steps {shown}: steps must increase")
         unknown = [w for w in self.approve_before if w not in self.steps[1:]]
         if unknown:
@@ -110,7 +123,7 @@ class AnalysisPlan:
             "interval_s": self.interval_s,
             "detached": self.detached,
             "approve_before": list(self.approve_before),
-        }
+        } | ({"servers": [list(names) for names in self.servers]} if self.servers else {})
 
     @classmethod
     def from_dict(cls, document: dict[str, Any]) -> AnalysisPlan:
@@ -124,7 +137,13 @@ class AnalysisPlan:
             interval_s=float(document.get("interval_s", cls.interval_s)),
             detached=bool(document.get("detached", False)),
             approve_before=tuple(int(w) for w in document.get("approve_before", [])),
+            servers=tuple(tuple(str(n) for n in names) for names in document.get("servers", [])),
         )
+
+    def servers_at(self, step: int) -> tuple[str, ...] | None:
+        """The server names of the wave ``step`` belongs to; None when the plan has no
+        waves (or past its last step)."""
+        return self.servers[step] if self.servers and step < len(self.servers) else None
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -218,6 +237,35 @@ def parse_step_plan(text: str, approve_before: str = "") -> tuple[tuple[int, ...
     if pause:
         raise InvalidGateError(f"invalid --steps {text!r}: 'pause' must come before a step")
     return tuple(steps), tuple(sorted(set(gated)))
+
+
+#: How a wave of ``--steps`` names its servers: ``servers=NAMES:WEIGHTS``.
+WAVE_PREFIX = "servers="
+
+
+def parse_waves(text: str) -> tuple[str, tuple[tuple[str, ...], ...]]:
+    """``"servers=triton-0:10,25; servers=all:25,50,100"`` -> the steps alone
+    (``"10,25,25,50,100"``, for ``parse_step_plan``) and each step's server names; a
+    ``--steps`` without ``servers=`` has no waves (``()``). NAMES are split from WEIGHTS at
+    the last ``:`` (a name may be HOST:PORT); a wave without ``servers=`` keeps the
+    previous wave's servers (every server for the first)."""
+    if WAVE_PREFIX not in text:
+        return text, ()
+    weights: list[str] = []
+    servers: list[tuple[str, ...]] = []
+    names: tuple[str, ...] = ("all",)
+    for wave in (w.strip() for w in text.split(";") if w.strip()):
+        if wave.startswith(WAVE_PREFIX):
+            given, sep, wave = wave.removeprefix(WAVE_PREFIX).rpartition(":")
+            names = tuple(n.strip() for n in given.split(",") if n.strip())
+            if not sep or not names:
+                raise InvalidGateError(
+                    f"invalid --steps {text!r}: a wave is servers=NAME[,NAME...]:WEIGHTS"
+                )
+        items = [x.strip() for x in wave.split(",") if x.strip()]
+        weights += items
+        servers += [names] * sum(item.lower() != "pause" for item in items)
+    return ",".join(weights), tuple(servers)
 
 
 def parse_policy(*, latest: int | None, all_versions: bool, specific: str | None) -> dict[str, Any]:

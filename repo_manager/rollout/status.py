@@ -45,12 +45,20 @@ def status_document(
     why), as the integrity check found it; ``contract``: what its config states
     (``repo_manager.contract``).
 
-    Versions are listed as the first server that answers reports them; one that does not
-    hold a version on disk shows it UNLOADED (UNAVAILABLE when no server answered).
+    Versions are listed as the first server that answers reports them (a canary limited
+    to some servers: the first of those); one that does not hold a version on disk shows it
+    UNLOADED (UNAVAILABLE when no server answered).
     """
     model = state.model
     first = next((s for s in survey if s.error is None), survey[0])
     reported = {v.version: v.state for v in first.versions}
+    limited = state.restricted
+    if limited is not None:  # a canary on some servers: as the first of those reports it
+        reported.pop(limited, None)
+        holders = (s for s in survey if s.error is None and state.holds_restricted(s.url))
+        holder = next(holders, None)
+        if holder is not None:
+            reported |= {v.version: v.state for v in holder.versions if v.version == limited}
     missing = "UNAVAILABLE" if first.error else "UNLOADED"
     last = state.history[-1] if state.history else None
     analysis = None if state.analysis is None else AnalysisStatus.from_json(state.analysis)
@@ -74,6 +82,8 @@ def status_document(
         "unpinned": state.unpinned,
         "unpinned_shadow": state.unpinned_shadow,
         "servers": server_rows(survey),
+        # The only servers that hold the canary and get its traffic (None: every one).
+        "canary_servers": None if state.servers is None else list(state.servers),
         # The snapshot is raw counters for the next step, no news to a reader.
         "analysis": analysis and analysis.to_json(snapshot=False),
         "last_transition": None

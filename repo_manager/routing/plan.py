@@ -87,6 +87,9 @@ class RoutePlan:
     inside_metrics: dict[str, VersionMetrics] = field(default_factory=dict)
     #: Where a time-window cohort reads the time (tests put it inside or outside).
     clock: Callable[[], float] = time.time
+    #: The only servers a version may be sent to (a canary limited to some servers);
+    #: a version not named here goes to any server.
+    where: dict[str, frozenset[str]] = field(default_factory=dict)
 
     @classmethod
     def build(
@@ -140,6 +143,9 @@ class RoutePlan:
             inside_thresholds=inside_thresholds,
             inside_metrics=series(IN) if cohort is not None else {},
             clock=clock,
+            where={}
+            if table.servers is None or canary is None or canary == stable
+            else {canary: frozenset(table.servers)},
         )
 
     def inside(self, attributes: Attributes | None) -> bool:

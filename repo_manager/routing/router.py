@@ -16,6 +16,7 @@ import time
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -63,6 +64,8 @@ class RoutedResult:
     fallback: bool = False
     #: True when the request's attributes put it in the canary's cohort.
     inside: bool = False
+    #: The server (HOST:PORT) that answered.
+    url: str | None = None
 
     def as_numpy(self, name: str) -> np.ndarray | None:
         return self.result.as_numpy(name)
@@ -76,6 +79,16 @@ def _shut_down(table: TableWatcher, shadow: ShadowMirror, servers: ServerPool) -
         shadow.close()
     finally:
         servers.close()
+
+
+def _where_held(table: TableWatcher, servers: ServerPool) -> Callable[..., Any]:
+    """One attempt on a version, only on the servers the plan in force says hold it (the
+    shadow's sender; no reference to the Router, which its finalizer must not keep)."""
+
+    def send(version: str, inputs: Inputs, outputs: Outputs) -> Any:
+        return servers.send(version, inputs, outputs, among=table.plan.where.get(version))
+
+    return send
 
 
 class Router:
@@ -195,7 +208,10 @@ class Router:
             clock=clock,
         )
         self._shadow = ShadowMirror(
-            model, self._servers.send, queue_size=shadow_queue, metrics=self.metrics
+            model,
+            _where_held(self._table, self._servers),
+            queue_size=shadow_queue,
+            metrics=self.metrics,
         )
         facts = ModelRepository(storage)  # each version's class names: its manifest's
         self._detector = Detector(
@@ -300,10 +316,14 @@ class Router:
             alternative = plan.fallback.get(chosen)
         else:
             chosen, alternative = str(version), None
+        among = plan.where.get(chosen) if plan.where else None
+        if among is not None and alternative is not None and not self._servers.reaches(among):
+            # A canary on none of the servers this Router reaches: stable answers.
+            chosen, alternative, among = alternative, None, None
         m = self._series(plan, chosen, inside)
         started = time.perf_counter()
         try:
-            result = self._servers.send(chosen, inputs, outputs)
+            result = self._servers.send(chosen, inputs, outputs, among=among)
         except InferenceServerException as exc:
             m.attempt_failed()
             if alternative is None:
@@ -313,14 +333,19 @@ class Router:
                     + ("" if version is not None else " (no other version to fall back to)")
                 ) from exc
             return self._fall_back(plan, chosen, alternative, exc, inputs, outputs, inside)
-        except TritonUnavailableError:
+        except TritonUnavailableError as exc:
             m.attempt_failed()
+            if among is not None and alternative is not None:
+                # Every server of a canary limited to some is down: the others serve stable.
+                return self._fall_back(plan, chosen, alternative, exc, inputs, outputs, inside)
             m.request_failed()
             raise
         m.served(time.perf_counter() - started)
         if mirror and self._shadow.share and version is None:
             self._shadow.maybe_mirror(plan, chosen, inputs, outputs, None)
-        return RoutedResult(result=result, version=chosen, inside=inside)
+        return RoutedResult(
+            result=result, version=chosen, inside=inside, url=self._servers.last_url()
+        )
 
     def _series(self, plan: RoutePlan, version: str, inside: bool = False) -> VersionMetrics:
         """The version's counters inside or outside the cohort: the plan's (looked up once
@@ -336,7 +361,7 @@ class Router:
         plan: RoutePlan,
         chosen: str,
         alternative: str,
-        first: InferenceServerException,
+        first: InferenceServerException | TritonUnavailableError,
         inputs: Inputs,
         outputs: Outputs,
         inside: bool,
@@ -350,7 +375,11 @@ class Router:
         try:
             # On another server if there is one: the failure may be the server's.
             result = self._servers.send(
-                alternative, inputs, outputs, avoid=self._servers.last_url()
+                alternative,
+                inputs,
+                outputs,
+                avoid=self._servers.last_url(),
+                among=plan.where.get(alternative),
             )
         except InferenceServerException as exc:
             alt.attempt_failed()
@@ -364,7 +393,13 @@ class Router:
             m.request_failed()
             raise
         alt.served(time.perf_counter() - started, fallback=True)
-        return RoutedResult(result=result, version=alternative, fallback=True, inside=inside)
+        return RoutedResult(
+            result=result,
+            version=alternative,
+            fallback=True,
+            inside=inside,
+            url=self._servers.last_url(),
+        )
 
     def set_shadow(self, share: float) -> None:
         """Mirror ``share`` (0..1) of stable's requests to the canary from now on.

@@ -132,18 +132,27 @@ class ServerPool:
     # ---- one attempt -----------------------------------------------------------------------
 
     def send(
-        self, version: str, inputs: Inputs, outputs: Outputs, *, avoid: str | None = None
+        self,
+        version: str,
+        inputs: Inputs,
+        outputs: Outputs,
+        *,
+        avoid: str | None = None,
+        among: frozenset[str] | None = None,
     ) -> Any:
         """One attempt on ``version``, moving to the next server while one is unreachable,
         lacks the model or version (e.g. restarted and not yet reconciled), or misses the
         deadline (then out of rotation until a probe answers); ``avoid``: a server to try
-        only after the others (the one where the caller's last attempt failed).
+        only after the others (the one where the caller's last attempt failed); ``among``:
+        the only servers that hold ``version`` (a canary limited to some servers; None:
+        every one).
 
         Raises InferenceServerException for Triton's answers (the caller may fall back to
-        the other version) and TritonUnavailableError when no server could be reached.
+        the other version; also when no server of ``among`` is in the pool) and
+        TritonUnavailableError when no server could be reached.
         """
         single = self._single
-        if single is not None:
+        if single is not None and (among is None or single.url in among):
             self._last.url = single.url
             try:
                 channel = self._channel
@@ -160,7 +169,16 @@ class ServerPool:
         last: InferenceServerException | None = None
         answered: InferenceServerException | None = None
         late: InferenceServerException | None = None
-        for server in self.order(avoid):
+        servers = self.order(avoid)
+        if among is not None:
+            servers = [s for s in servers if s.url in among]
+            if not servers:
+                raise InferenceServerException(
+                    f"version {version} is only on {', '.join(sorted(among))}, none of "
+                    f"{', '.join(self.urls)}",
+                    status=_MISSING_ON_SERVER[1],
+                )
+        for server in servers:
             self._last.url = server.url
             try:
                 return self._infer(server, version, inputs, outputs)
@@ -184,6 +202,10 @@ class ServerPool:
         if late is not None:  # every server was late: the version may be what is slow
             raise late
         raise TritonUnavailableError(self._none_reachable(last)) from last
+
+    def reaches(self, among: frozenset[str]) -> bool:
+        """True when some server of the pool is one of ``among``."""
+        return not among.isdisjoint(self.urls)
 
     def last_url(self) -> str | None:
         """The server this thread's last attempt went to (a fallback avoids it)."""

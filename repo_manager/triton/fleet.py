@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from tritonclient.grpc import model_config_pb2
 
@@ -11,7 +11,22 @@ from repo_manager.transport import GrpcSecurity
 from repo_manager.triton.control import ServerVersions, TritonControl
 from repo_manager.unpinned.config import public_route
 
-__all__ = ["TritonFleet"]
+__all__ = ["PerServer", "TritonFleet"]
+
+#: What each server must hold: one list for every server, or a list per url (a canary
+#: limited to some servers); a url missing from the mapping holds what every listed
+#: server holds (never a version only some may have).
+PerServer = Sequence[str] | Mapping[str, Sequence[str]]
+
+
+def for_server(versions: PerServer, url: str) -> list[str]:
+    """The versions the server at ``url`` must hold."""
+    if not isinstance(versions, Mapping):
+        return list(versions)
+    if url in versions:
+        return list(versions[url])
+    lists = list(versions.values())
+    return [v for v in lists[0] if all(v in held for held in lists[1:])] if lists else []
 
 
 class TritonFleet:
@@ -79,30 +94,36 @@ class TritonFleet:
         self,
         model: str,
         config: model_config_pb2.ModelConfig,
-        versions: Sequence[str],
+        versions: PerServer,
         *,
         gone: Sequence[str] = (),
         timeout: float,
         only: Sequence[str] | None = None,
     ) -> None:
-        """Load ``versions`` everywhere and wait until they are READY and ``gone`` are not.
+        """Load ``versions`` (per server: ``PerServer``) and wait until they are READY and
+        ``gone`` are not; on each server, a version another server holds and this one must
+        not counts as gone there too (a canary limited to other servers).
 
         Every server is tried even when one fails, so that a rollback (an ``apply`` of the
         previous versions) reaches every server that answers; the error names them all.
         ``only`` limits the call to those urls (reconcile of a restarted server).
         """
         targets = self._targets(only)
+        wanted = {s.url: for_server(versions, s.url) for s in targets}
+        anywhere = {v for held in wanted.values() for v in held}
         failures: list[TritonError] = []
         loaded = []
         for server in targets:
             try:
-                server.load(model, config, versions, timeout=timeout)
+                server.load(model, config, wanted[server.url], timeout=timeout)
                 loaded.append(server)
             except TritonError as exc:
                 failures.append(exc)
         for server in loaded:
+            here = wanted[server.url]
+            elsewhere = sorted(anywhere - set(here), key=int)
             try:
-                server.wait_versions(model, ready=versions, gone=gone, timeout=timeout)
+                server.wait_versions(model, ready=here, gone=[*gone, *elsewhere], timeout=timeout)
             except TritonError as exc:
                 failures.append(exc)
         _raise_failures(failures, len(targets))
@@ -110,26 +131,27 @@ class TritonFleet:
     def point_public(
         self,
         name: str,
-        config: model_config_pb2.ModelConfig,
+        config: model_config_pb2.ModelConfig | Callable[[str], model_config_pb2.ModelConfig],
         *,
         timeout: float,
         only: Sequence[str] | None = None,
     ) -> list[str]:
-        """Make the public name ``name`` route unpinned requests as ``config`` does, everywhere.
+        """Make the public name ``name`` route unpinned requests as ``config`` does (or,
+        given a function of the url, as each server's own config does), everywhere.
 
         A server whose public name already routes so is left alone (a load call would
         re-create it for nothing). Returns the urls where it moved; like ``apply``, every
         server is tried and one error names each that failed.
         """
-        wanted = public_route(config)
         targets = self._targets(only)
         failures: list[TritonError] = []
         moved = []
         for server in targets:
             try:
-                if server.public_route(name) == wanted:
+                own = config(server.url) if callable(config) else config
+                if server.public_route(name) == public_route(own):
                     continue
-                server.load_public(name, config, timeout=timeout)
+                server.load_public(name, own, timeout=timeout)
                 server.wait_versions(name, ready=["1"], timeout=timeout)
                 moved.append(server.url)
             except TritonError as exc:

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from repo_manager.cli.render import reconcile_text, report_text, status_text, transition_text
+from repo_manager.cli.render import (
+    history_text,
+    reconcile_text,
+    report_text,
+    status_text,
+    transition_text,
+    watch_text,
+)
 from repo_manager.state import Transition
 
 
@@ -130,3 +137,30 @@ def test_transition_text_puts_the_reason_after_the_action() -> None:
         reason="unloaded 1",
     )
     assert transition_text(moved) == "t promoted: unloaded 1"
+
+
+def test_status_watch_and_history_show_the_canarys_servers() -> None:
+    servers = [
+        {"url": u, "error": None, "public": "2", "versions": [{"version": "2", "state": "READY"}]}
+        for u in ("a:8001", "b:8001")
+    ]
+    document = status_document(servers=servers, canary_servers=["b:8001"], generation=4)
+    text = status_text(document)
+    assert "  canary servers: only b:8001" in text
+    assert "  server b:8001 [canary server]: v2 READY; public -> v2" in text
+    assert "  server a:8001: v2 READY; public -> v2" in text
+    frame = watch_text(document, live=None, note="no source", seconds=None, recent=[], now="t")
+    assert "servers   canary only on b:8001" in frame
+    assert "server    b:8001 [canary server]: v2 READY; public -> v2" in frame
+    entry = {
+        "at": "2026-12-07T20:00:00.000+00:00",
+        "action": "set-weight 25%",
+        "kind": "move",
+        "from": "progressing",
+        "to": "progressing",
+        "weights": {"2": 75, "3": 25},
+        "who": "ops",
+        "reason": "",
+        "servers": ["b:8001"],
+    }
+    assert "canary servers: b:8001" in history_text([entry])
