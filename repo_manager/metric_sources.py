@@ -82,18 +82,29 @@ def in_cohort(version: str) -> str:
     return f"{version} in cohort"
 
 
+def _all_canary(cohort: Mapping[str, Any]) -> bool:
+    """A cohort that sends every request it matches to the canary: stable gets none of
+    them, so there is no baseline inside it."""
+    return int(cohort.get("weight", 100)) >= 100
+
+
 def judged_series(stable: str, canary: str, cohort: Mapping[str, Any] | None) -> tuple[str, str]:
     """The snapshot keys an analysis compares: the versions, or with a cohort their
-    requests from inside it (stable's from the cohort is the baseline)."""
+    requests from inside it (stable's from the cohort is the baseline). A cohort that is
+    all canary leaves stable none: its baseline is then stable's whole traffic (every
+    request from outside the cohort), said in ``baseline_words``, rather than no latency
+    or detection baseline at all."""
     if cohort is None:
         return stable, canary
-    return in_cohort(stable), in_cohort(canary)
+    return (stable if _all_canary(cohort) else in_cohort(stable)), in_cohort(canary)
 
 
 def baseline_words(cohort: Mapping[str, Any] | None) -> str:
     """What the canary is compared with, in the history's words."""
     if cohort is None:
         return "stable's traffic"
+    if _all_canary(cohort):
+        return f"stable outside cohort '{cohort['rule']}' (the cohort is all canary)"
     return f"stable inside cohort '{cohort['rule']}'"
 
 

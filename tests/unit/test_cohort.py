@@ -309,6 +309,12 @@ def test_with_a_cohort_the_canary_is_compared_with_stables_traffic_from_the_coho
     assert baseline_words(cohort) == "stable inside cohort 'line=3'"
 
 
+def test_a_cohort_that_is_all_canary_is_judged_against_stables_whole_traffic() -> None:
+    cohort = {"rule": "line=3", "weight": 100}
+    assert judged_series("1", "2", cohort) == ("1", in_cohort("2"))
+    assert baseline_words(cohort) == ("stable outside cohort 'line=3' (the cohort is all canary)")
+
+
 def test_promql_sums_router_series_by_version_and_cohort(http_server) -> None:  # type: ignore[no-untyped-def]
     address, seen, responses = http_server
     responses["/api/v1/query"] = vector_answer(
