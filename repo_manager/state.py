@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from repo_manager.errors import StorageError
@@ -94,6 +94,16 @@ class Transition:
     cohort: dict[str, Any] | None = None
     #: The canary's servers after this move (None: every server of the fleet).
     servers: list[str] | None = None
+
+    @classmethod
+    def from_document(cls, document: dict[str, Any]) -> Transition:
+        """An entry as written, keeping the fields this version knows: a newer manager's
+        entry (one more field, as ``cohort`` and ``servers`` were) must not make the whole
+        state unreadable here."""
+        return cls(**{k: v for k, v in document.items() if k in _TRANSITION_FIELDS})
+
+
+_TRANSITION_FIELDS = frozenset(f.name for f in fields(Transition))
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -266,7 +276,7 @@ class RolloutState:
                 retiring=document.get("retiring"),
                 policy=document.get("policy"),
                 generation=int(document.get("generation", 0)),
-                history=[Transition(**t) for t in document.get("history", [])],
+                history=[Transition.from_document(t) for t in document.get("history", [])],
                 archived=int(document.get("archived", 0)),
                 analysis=document.get("analysis"),
                 unpinned=str(document.get("unpinned", "stable")),

@@ -94,7 +94,7 @@ def read_history(storage: Storage, model: str, *, limit: int | None = None) -> l
     older: list[Transition] = []
     for number, line in enumerate(_archived_lines(storage, model, state.archived), 1):
         try:
-            older.append(Transition(**json.loads(line)))
+            older.append(Transition.from_document(json.loads(line)))
         except (ValueError, TypeError) as exc:
             raise StorageError(
                 f"corrupt history archive {storage.location}/{archive_key(model)} "

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,14 @@ def test_state_round_trips_through_storage(tmp_path: Path) -> None:
     assert load_state(storage, "m") == _state()
     table = load_routing_table(storage, "m")
     assert table is not None and table.weights == {"1": 90, "2": 10} and table.generation == 3
+
+
+def test_a_history_entry_with_a_field_of_a_newer_manager_still_reads(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    document = json.loads(_state().to_json())
+    document["history"][0]["zone"] = "a field this version does not know"
+    storage.write_bytes_atomic(state_key("m"), json.dumps(document).encode())
+    assert load_state(storage, "m") == _state()
 
 
 def test_state_lives_in_a_root_file_not_a_folder_triton_would_list() -> None:
