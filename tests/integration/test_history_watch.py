@@ -34,6 +34,7 @@ FIELDS = {
     "who",
     "reason",
     "details",
+    "servers",
 }
 
 
