@@ -238,13 +238,15 @@ def test_set_weight_widens_a_canary_to_every_server_and_narrows_it_back_without_
         client_traffic(lambda i: router.infer(request(images[i % 2])).version, 2) as traffic,
     ):
         assert eventually(lambda: len(attempts) >= 20, timeout=60, every=0.1)
+        assert (one, "2") not in attempts
         widened = fleet.cli("set-weight", model, "50", "--servers", "all")
         assert "only on" not in widened.stdout
-        assert ready(one, versions_model) == {"1", "2"}  # loaded before the table moved
+        # Loaded there before the table moved (the order: tests/unit/test_canary_servers.py).
+        assert ready(one, versions_model) == {"1", "2"}
         mark = len(attempts)
         assert eventually(lambda: (one, "2") in attempts[mark:], timeout=30, every=0.1)
         fleet.cli("set-weight", model, "50", "--servers", two)
-        assert ready(one, versions_model) == {"1"}  # unloaded after the drain
+        assert ready(one, versions_model) == {"1"}
         mark = len(attempts)
         assert eventually(lambda: len(attempts) >= mark + 20, timeout=30, every=0.1)
         assert (one, "2") not in attempts[mark:]
