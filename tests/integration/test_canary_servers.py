@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,13 +77,16 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFleet]:
         EmbeddedTriton(repository, ports=ServerPorts.free(), log_path=tmp_path / f"triton-{i}.log")
         for i in range(2)
     ]
-    with ExitStack() as stack:
+    running = LocalFleet(repository=repository, servers=servers)
+    try:
         for server in servers:
             server.start()
-            stack.callback(lambda s=server: s.stop())
         for server in servers:
             server.wait_ready(timeout=120)
-        yield LocalFleet(repository=repository, servers=servers)
+        yield running
+    finally:
+        for server in running.servers:  # the servers now: a restart replaced one
+            server.stop()
 
 
 def index(url: str, versions_model: str = VERSIONS) -> dict[str, str]:
