@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from repo_manager import Router
+from repo_manager.names import versions_model_name
 from repo_manager.server import EmbeddedTriton, ServerPorts
 from repo_manager.transport import make_grpc_client
 from tests.eventually import eventually
@@ -67,33 +67,38 @@ class LocalFleet:
         self.servers[index].wait_ready(timeout=120)
 
 
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[LocalFleet]:
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFleet]:
+    """Shared by the module's tests, each with models of its own."""
+    tmp_path = tmp_path_factory.mktemp("canary-servers")
     repository = tmp_path / "model_repository"
     repository.mkdir()
     servers = [
         EmbeddedTriton(repository, ports=ServerPorts.free(), log_path=tmp_path / f"triton-{i}.log")
         for i in range(2)
     ]
-    with ExitStack() as stack:
+    running = LocalFleet(repository=repository, servers=servers)
+    try:
         for server in servers:
             server.start()
-            stack.callback(lambda s=server: s.stop())
         for server in servers:
             server.wait_ready(timeout=120)
-        yield LocalFleet(repository=repository, servers=servers)
+        yield running
+    finally:
+        for server in running.servers:  # the servers now: a restart replaced one
+            server.stop()
 
 
-def index(url: str) -> dict[str, str]:
+def index(url: str, versions_model: str = VERSIONS) -> dict[str, str]:
     """Triton's repository index of the versions model on ``url``: version -> state (an
     unloaded version stays listed, UNAVAILABLE)."""
     with grpcclient.InferenceServerClient(url) as client:
         found = client.get_model_repository_index(as_json=True).get("models", [])
-    return {m["version"]: m.get("state", "") for m in found if m["name"] == VERSIONS}
+    return {m["version"]: m.get("state", "") for m in found if m["name"] == versions_model}
 
 
-def ready(url: str) -> set[str]:
-    return {v for v, state in index(url).items() if state == "READY"}
+def ready(url: str, versions_model: str = VERSIONS) -> set[str]:
+    return {v for v, state in index(url, versions_model).items() if state == "READY"}
 
 
 class Recorded:
@@ -215,3 +220,36 @@ def test_a_canary_limited_to_server_2_never_reaches_server_1_and_promote_fails_n
     assert [v for v, _ in routed[-10:]] == ["2"] * 10
     history = fleet.cli("history", MODEL).stdout
     assert f"canary servers: {two}" in history
+
+
+def test_set_weight_widens_a_canary_to_every_server_and_narrows_it_back_without_a_failure(
+    fleet: LocalFleet, trained_detector: Path, weights: Path
+) -> None:
+    one, two = fleet.urls
+    model = "widened"
+    versions_model = versions_model_name(model)
+    fleet.cli(*publish_args(model, "1", trained_detector), *RAW)
+    fleet.cli(*publish_args(model, "2", weights), "--canary-weight", "50", "--servers", two)
+    assert index(one, versions_model) == {"1": "READY"}
+    images = inputs(2, seed=5)
+    attempts: list[tuple[str, str]] = []
+    with (
+        Router(
+            model, [one, two], fleet.repository, client_factory=lambda u: Recorded(u, attempts)
+        ) as router,
+        client_traffic(lambda i: router.infer(request(images[i % 2])).version, 2) as traffic,
+    ):
+        assert eventually(lambda: len(attempts) >= 20, timeout=60, every=0.1)
+        assert (one, "2") not in attempts
+        widened = fleet.cli("set-weight", model, "50", "--servers", "all")
+        assert "only on" not in widened.stdout
+        # Loaded there before the table moved (the order: tests/unit/test_canary_servers.py).
+        assert ready(one, versions_model) == {"1", "2"}
+        mark = len(attempts)
+        assert eventually(lambda: (one, "2") in attempts[mark:], timeout=30, every=0.1)
+        fleet.cli("set-weight", model, "50", "--servers", two)
+        assert ready(one, versions_model) == {"1"}
+        mark = len(attempts)
+        assert eventually(lambda: len(attempts) >= mark + 20, timeout=30, every=0.1)
+        assert (one, "2") not in attempts[mark:]
+    assert traffic.failures == [], traffic.failures[:5]

@@ -35,6 +35,7 @@ FIELDS = {
     "who",
     "reason",
     "details",
+    "servers",
 }
 
 
