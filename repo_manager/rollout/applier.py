@@ -50,7 +50,7 @@ def table_at(state: RolloutState, url: str | None) -> RoutingTable:
     if state.restricted is None or (url is not None and state.holds_restricted(url)):
         return table
     assert table.stable is not None
-    return replace(table, canary=None, weights={table.stable: 100})
+    return replace(table, canary=None, weights={table.stable: 100}, cohort=None)
 
 
 def desired_route(state: RolloutState, url: str | None = None) -> str | None:

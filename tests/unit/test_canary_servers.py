@@ -197,6 +197,14 @@ def test_the_weighted_public_name_outside_the_canarys_servers_sends_all_to_stabl
     assert table_at(state, "b:1") == state.routing_table()
 
 
+def test_a_server_outside_the_canarys_servers_gets_no_cohort_either(tmp_path: Path) -> None:
+    state = Harness(tmp_path).state()
+    with_cohort = RolloutState(**{**vars(state), "cohort": {"rule": "line=3", "weight": 100}})
+    outside, inside = table_at(with_cohort, "a:1"), table_at(with_cohort, "b:1")
+    assert (outside.canary, outside.cohort) == (None, None)
+    assert inside.cohort == {"rule": "line=3", "weight": 100}
+
+
 def test_widening_loads_the_canary_before_the_table_sends_it_there_narrowing_after(
     harness: Harness,
 ) -> None:
