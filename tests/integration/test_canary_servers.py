@@ -2,7 +2,8 @@
 repository: server 1 never loads it, no Router request sent to server 1 names it, the
 weighted public name on server 1 answers every unpinned request from stable, reconcile
 restores each server's own versions after a restart, and promote leaves both servers on
-the new stable with no failed request under steady Router traffic.
+the new stable with no failed request under steady Router traffic; a cohort of a canary
+limited to server 2 is answered there and nowhere else.
 
 Stable is the trained tiny detector, the canary an untrained YOLOv8n: an answer equal to
 one version's own ``model.onnx`` proves which version computed it.
@@ -253,3 +254,33 @@ def test_set_weight_widens_a_canary_to_every_server_and_narrows_it_back_without_
         assert eventually(lambda: len(attempts) >= mark + 20, timeout=30, every=0.1)
         assert (one, "2") not in attempts[mark:]
     assert traffic.failures == [], traffic.failures[:5]
+
+
+def test_a_cohort_of_a_canary_limited_to_server_2_is_answered_only_there(
+    fleet: LocalFleet, trained_detector: Path, weights: Path
+) -> None:
+    """Both halves of the choice at once: who (``--cohort``) and where (``--servers``)."""
+    one, two = fleet.urls
+    model = "cohorted"
+    fleet.cli(*publish_args(model, "1", trained_detector), *RAW)
+    fleet.cli(*publish_args(model, "2", weights), "--servers", two, "--cohort", "line=3")
+    assert index(one, versions_model_name(model)) == {"1": "READY"}
+    image = inputs(1, seed=7)[0]
+    attempts: list[tuple[str, str]] = []
+    with Router(
+        model, [one, two], fleet.repository, client_factory=lambda u: Recorded(u, attempts)
+    ) as router:
+        routed = [
+            (line, router.infer(request(image), key=f"cam-{i}", attributes={"line": str(line)}))
+            for i in range(100)
+            for line in [i % 5 + 1]
+        ]
+    assert {(line, r.version) for line, r in routed} == {
+        (1, "1"),
+        (2, "1"),
+        (3, "2"),
+        (4, "1"),
+        (5, "1"),
+    }
+    assert all(r.url == two for line, r in routed if line == 3)
+    assert (one, "2") not in attempts
