@@ -3,7 +3,8 @@ repository: server 1 never loads it, no Router request sent to server 1 names it
 weighted public name on server 1 answers every unpinned request from stable, reconcile
 restores each server's own versions after a restart, and promote leaves both servers on
 the new stable with no failed request under steady Router traffic; a cohort of a canary
-limited to server 2 is answered there and nowhere else.
+limited to server 2 is answered there and nowhere else; a rollout in waves widens from
+server 2 to every server on live analysis and promotes.
 
 Stable is the trained tiny detector, the canary an untrained YOLOv8n: an answer equal to
 one version's own ``model.onnx`` proves which version computed it.
@@ -12,6 +13,7 @@ one version's own ``model.onnx`` proves which version computed it.
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,7 +28,14 @@ from repo_manager.names import versions_model_name
 from repo_manager.server import EmbeddedTriton, ServerPorts
 from repo_manager.transport import make_grpc_client
 from tests.eventually import eventually
-from tests.integration.conftest import CLI, CliResult, publish_args, run_cli
+from tests.integration.conftest import (
+    CLI,
+    CliResult,
+    judged_ahead_of_other_tests,
+    publish_args,
+    run_cli,
+    serving_router_metrics,
+)
 from tests.integration.public_clients import (
     MODEL,
     RAW,
@@ -284,3 +293,45 @@ def test_a_cohort_of_a_canary_limited_to_server_2_is_answered_only_there(
     }
     assert all(r.url == two for line, r in routed if line == 3)
     assert (one, "2") not in attempts
+
+
+def test_a_rollout_in_waves_widens_from_server_2_to_every_server_and_promotes(
+    fleet: LocalFleet, trained_detector: Path
+) -> None:
+    one, two = fleet.urls
+    model = "waves"
+    versions_model = versions_model_name(model)
+    fleet.cli(*publish_args(model, "1", trained_detector), *RAW)
+    fleet.cli(
+        *publish_args(model, "2", trained_detector), *RAW, "--canary-weight", "0", "--servers", two
+    )
+    assert index(one, versions_model) == {"1": "READY"}
+    images = inputs(2, seed=3)
+    attempts: list[tuple[str, str]] = []
+    with (
+        judged_ahead_of_other_tests(os.getpid(), *(s.pid for s in fleet.servers)),
+        serving_router_metrics() as metrics_url,
+        Router(
+            model, [one, two], fleet.repository, client_factory=lambda u: Recorded(u, attempts)
+        ) as router,
+        client_traffic(lambda i: router.infer(request(images[i % 2])).version, 2) as traffic,
+    ):
+        done = fleet.cli(
+            "rollout", model, "--steps", f"servers={two}:50; servers=all:50,100",
+            "--interval", "2s", "--threshold", "2", "--drain-seconds", "1",
+            "--metrics-url", metrics_url, check=False,
+        )  # fmt: skip
+    assert done.code == 0, done.stdout + done.stderr
+    assert traffic.failures == [], traffic.failures[:5]
+    entries = json.loads(fleet.cli("history", model, "--json").stdout)
+    moves = [(e["weights"].get("2"), e["servers"]) for e in entries if e["kind"] == "move"]
+    # The first wave left server 1 without the canary, the second widened to it, then promote.
+    assert (50, [two]) in moves and (100, None) in moves, moves
+    first_wave = moves.index((50, [two]))
+    widened = next(i for i, (w, servers) in enumerate(moves) if i > first_wave and servers is None)
+    assert moves[widened][0] == 50, moves
+    canary_on_one = [i for i, a in enumerate(attempts) if a == (one, "2")]
+    assert canary_on_one, "the second wave sent the canary to server 1"
+    # Before that, the first wave's canary traffic went to server 2 alone.
+    assert attempts[: canary_on_one[0]].count((two, "2")) >= 10, attempts[: canary_on_one[0]]
+    assert ready(one, versions_model) == {"2"} and ready(two, versions_model) == {"2"}
