@@ -165,6 +165,12 @@ def _steps_line(doc: dict[str, Any]) -> str:
         return "steps     none: the weights are set by hand (rollout puts an analysis in charge)"
     steps, at = analysis["plan"]["steps"], analysis["step"]
     marked = [f"[{w}%]" if i == at else f"{w}%" for i, w in enumerate(steps)]
+    waves = analysis["plan"].get("servers")
+    if waves:  # each wave's servers before its first step: "servers=triton-0: 10%"
+        marked = [
+            f"servers={','.join(waves[i])}: {m}" if i == 0 or waves[i] != waves[i - 1] else m
+            for i, m in enumerate(marked)
+        ]
     where = f"step {at + 1} of {len(steps)}" if at < len(steps) else "all passed"
     if doc["phase"] in ("rolling_back", "rolled_back"):
         where = f"rolled back at {where}"

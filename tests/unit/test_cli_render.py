@@ -164,3 +164,22 @@ def test_status_watch_and_history_show_the_canarys_servers() -> None:
         "servers": ["b:8001"],
     }
     assert "canary servers: b:8001" in history_text([entry])
+
+
+def test_status_watch_names_each_waves_servers_in_the_steps_line() -> None:
+    plan = {
+        "steps": [10, 25, 25, 100],
+        "servers": [["b"], ["b"], ["all"], ["all"]],
+        "threshold": 2,
+        "max_metrics_errors": 3,
+    }
+    analysis = {"plan": plan, "step": 2, "failed_checks": 0, "metrics_errors": 0}
+    frame = watch_text(
+        status_document(analysis=analysis, generation=5),
+        live=None,
+        note="-",
+        seconds=None,
+        recent=[],
+        now="t",
+    )
+    assert "steps     servers=b: 10% > 25% > servers=all: [25%] > 100%   (step 3 of 4)" in frame
