@@ -22,6 +22,7 @@ from repo_manager.repository import ModelRepository
 from repo_manager.rollout.ledger import Ledger
 from repo_manager.state import load_state
 from repo_manager.storage.s3 import S3Storage, _local_etag
+from tests.eventually import eventually
 from tests.integration.conftest import MotoServer
 from tests.unit.test_history import record_moves
 from tests.unit.test_s3_calls import answer_if_match
@@ -294,7 +295,11 @@ def test_a_holder_whose_lock_was_taken_over_stops_before_writing(
     with storage.lock("m.lock"):
         # Another manager judged this lock stale (this one stalled) and took it over.
         client.put_object(Bucket=storage.where.bucket, Key=key, Body=b"the other manager")
-        time.sleep(0.6)  # a renewal (every lease/4) finds the lock is not ours any more
+        # A renewal (every lease/4) finds the lock is not ours any more. Waited for, not
+        # slept: at load 9 in the suite no renewal had run 1.4 s later, and the write was
+        # refused for the age of the last renewal instead (right, but not this reason).
+        (lease,) = storage._leases()
+        assert eventually(lambda: "took it over" in (lease.lost() or ""), timeout=15, every=0.05)
         with pytest.raises(StorageError, match=r"lost lock m\.lock .*took it over"):
             storage.write_bytes_atomic("state.json", b"{}")
         with pytest.raises(StorageError, match="lost lock"):
