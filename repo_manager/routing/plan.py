@@ -55,12 +55,6 @@ def compile_cohort(rule: str) -> cohorts.Cohort:
         raise InvalidInputError(str(exc)) from None
 
 
-def _cohort_weights(table: RoutingTable, weight: int) -> dict[str, int]:
-    """Inside the cohort: stable ``100 - weight``, the canary ``weight``."""
-    assert table.stable is not None and table.canary is not None
-    return {table.stable: 100 - weight, table.canary: weight}
-
-
 @dataclass(kw_only=True, frozen=True, slots=True)
 class RoutePlan:
     """An immutable routing decision table built once per routing-table change.
@@ -125,8 +119,8 @@ class RoutePlan:
             except ValueError as exc:
                 logger.warning("routing table of %s: %s; nobody is in the cohort", model, exc)
         if cohort is not None and setting is not None:
-            weights = _cohort_weights(table, setting["weight"])
-            _, inside, inside_bounds = split.layout(stable, canary, weights)
+            assert stable is not None and canary is not None
+            inside, inside_bounds = split.cohort_layout(stable, canary, setting["weight"])
             inside_versions, inside_thresholds = tuple(inside), tuple(inside_bounds)
 
         def series(label: str) -> dict[str, VersionMetrics]:
@@ -156,21 +150,10 @@ class RoutePlan:
         return cohort.matches(attributes, self.clock() if cohort.timed else 0.0)
 
     def choose(self, key: Key | None = None, attributes: Attributes | None = None) -> str:
-        """One routing decision (well under a microsecond, with a cohort rule too: the
-        clock is read only for an hour window; ``bench/router_overhead.py``)."""
-        cohort = self.cohort
-        if cohort is not None and cohort.matches(attributes, self.clock() if cohort.timed else 0.0):
-            return self.pick(key, True)
-        # The draw of ``pick`` written out: the plain decision is the hot path, and the call
-        # to ``pick`` measured +60 to +190 ns on it (161 -> 221 ns without a key, 400 ->
-        # 590 ns with one; alternating runs against main on this machine, load 1.9).
-        versions = self.versions
-        if len(versions) == 1:
-            return versions[0]
-        if not versions:
-            raise RoutingError("no routing table: the model has no version to route to")
-        at = _random() * 100.0 if key is None else _point(key_bytes(key))
-        return _choose(versions, self.thresholds, at)
+        """One routing decision: ``pick`` once ``inside`` has answered, the two calls the
+        Router makes per request (``bench/router_overhead.py`` times this; under a
+        microsecond with a cohort rule too: the clock is read only for an hour window)."""
+        return self.pick(key, self.inside(attributes))
 
     def pick(self, key: Key | None = None, inside: bool = False) -> str:
         """The decision once ``inside`` (the cohort's answer, ``inside()``) is known."""

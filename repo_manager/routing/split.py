@@ -17,7 +17,7 @@ import bisect
 import zlib
 from collections.abc import Mapping, Sequence
 
-__all__ = ["choose", "layout", "point"]
+__all__ = ["choose", "cohort_layout", "layout", "point"]
 
 #: 53 mixed bits -> a float in [0, 100) with every value exactly representable.
 _KEY_SCALE = 100.0 / float(1 << 53)
@@ -64,6 +64,14 @@ def layout(
         cumulative += weight
         thresholds.append(cumulative * 100.0 / total)
     return order, [v for v, _ in shares], thresholds
+
+
+def cohort_layout(stable: str, canary: str, weight: int) -> tuple[list[str], list[float]]:
+    """``(versions, thresholds)`` inside a canary's cohort: ``layout`` at the cohort's
+    weight (stable ``100 - weight``, the canary ``weight``), so a sticky key holds the same
+    place of the range inside the cohort as outside it."""
+    _, versions, thresholds = layout(stable, canary, {stable: 100 - weight, canary: weight})
+    return versions, thresholds
 
 
 def choose(versions: Sequence[str], thresholds: Sequence[float], at: float) -> str:

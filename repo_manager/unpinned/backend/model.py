@@ -140,8 +140,7 @@ class TritonPythonModel:
             pb_utils.Logger.log_warn(f"{self.name}: {exc}; nobody is in the cohort")
             return
         weight = int(cohort["weight"])
-        weights = {self.stable: 100 - weight, self.canary: weight}
-        _, inside, bounds = routing_split.layout(self.stable, self.canary, weights)
+        inside, bounds = routing_split.cohort_layout(self.stable, self.canary, weight)
         self.inside_versions, self.inside_thresholds = tuple(inside), tuple(bounds)
         self.cohort_labels = ("in", "out")
 
