@@ -21,7 +21,7 @@ from repo_manager.names import validate_model_name
 from repo_manager.phases import Phase, check_transition
 from repo_manager.resource_gates import resource_readings, with_resident_baseline
 from repo_manager.rollout.analysis_status import AnalysisStatus
-from repo_manager.rollout.ledger import KEEP, Ledger, with_canary_at
+from repo_manager.rollout.ledger import Ledger, with_canary_at
 from repo_manager.state import RolloutState
 
 if TYPE_CHECKING:
@@ -243,10 +243,10 @@ def decide(
 
 
 def start_analysis(
-    ledger: Ledger, model: str, plan: AnalysisPlan, moves: ServerMoves | None = None
+    ledger: Ledger, model: str, plan: AnalysisPlan, moves: ServerMoves
 ) -> RolloutState:
-    """Put the analysis in charge of the canary at its first step (or resume it); with
-    ``moves``, on the servers of the plan's first wave (loaded there first)."""
+    """Put the analysis in charge of the canary at its first step (or resume it), on the
+    servers of the plan's first wave (``moves`` loads it there first)."""
     model = validate_model_name(model)
     with ledger.locked(model):
         state = ledger.require(model, action="start the analysis")
@@ -260,9 +260,9 @@ def start_analysis(
             weight,
             phase=Phase.ANALYZING,
             analysis=status.to_json(),
-            servers=KEEP if moves is None else moves.at_step(plan, 0),
+            servers=moves.at_step(plan, 0),
         )
-        return (ledger.record if moves is None else moves.record)(
+        return moves.record(
             state,
             new,
             action=f"analysis started at {weight}%",
@@ -277,13 +277,13 @@ def advance(
     *,
     promote: Finish,
     rollback: Finish,
+    moves: ServerMoves,
     patience: float | None = None,
-    moves: ServerMoves | None = None,
 ) -> RolloutState:
     """One analysis step: read live figures, decide, record the decision and why.
 
-    With ``moves``, the canary is on the servers of the wave its step belongs to: a step
-    into a wider wave loads it on the new servers before any traffic goes there.
+    The canary is on the servers of the wave its step belongs to (``moves``): a step into
+    a wider wave loads it on the new servers before any traffic goes there.
 
     Pass: next weight, or ``promote`` past the last step. Fail: one more failed check,
     ``rollback`` at the threshold. No data: nothing moves. Unreadable metrics: one more
@@ -323,11 +323,9 @@ def advance(
             step.weight,
             phase=Phase.ANALYZING,
             analysis=step.status.to_json(),
-            servers=KEEP if moves is None else moves.at_step(status.plan, at),
+            servers=moves.at_step(status.plan, at),
         )
-        new = (ledger.record if moves is None else moves.record)(
-            state, new, action=step.action, reason=step.reason, details=step.details
-        )
+        new = moves.record(state, new, action=step.action, reason=step.reason, details=step.details)
         if step.then is Then.PROMOTE:
             return promote(new, reason=step.why)
         if step.then is Then.ROLL_BACK:

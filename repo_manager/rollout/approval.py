@@ -19,7 +19,7 @@ from repo_manager.names import validate_model_name
 from repo_manager.phases import Phase
 from repo_manager.rollout.analysis_status import AnalysisStatus
 from repo_manager.rollout.analysis_step import Finish
-from repo_manager.rollout.ledger import KEEP, Ledger, with_canary_at
+from repo_manager.rollout.ledger import Ledger, with_canary_at
 from repo_manager.rollout.server_moves import ServerMoves
 from repo_manager.state import RolloutState
 
@@ -30,12 +30,10 @@ class Approvals:
     """Decisions a person takes on a running analysis (``approve``, ``reject``, ``pause``,
     ``resume``)."""
 
-    def __init__(
-        self, ledger: Ledger, *, rollback: Finish, moves: ServerMoves | None = None
-    ) -> None:
+    def __init__(self, ledger: Ledger, *, rollback: Finish, moves: ServerMoves) -> None:
         self.ledger = ledger
         self.rollback = rollback
-        #: Puts the canary on the servers of the approved step's wave (None: no waves).
+        #: Puts the canary on the servers of the approved step's wave.
         self.moves = moves
 
     def approve(self, model: str, *, reason: str = "") -> RolloutState:
@@ -60,9 +58,9 @@ class Approvals:
                 weight,
                 phase=Phase.ANALYZING,
                 analysis=moved.to_json(),
-                servers=KEEP if self.moves is None else self.moves.at_step(status.plan, moved.step),
+                servers=self.moves.at_step(status.plan, moved.step),
             )
-            return (self.ledger.record if self.moves is None else self.moves.record)(
+            return self.moves.record(
                 state,
                 new,
                 action=f"analysis: approved, now {weight}%",

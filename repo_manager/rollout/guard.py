@@ -81,9 +81,9 @@ def judge_canary(
     *,
     promote: Finish,
     rollback: Finish,
+    moves: ServerMoves,
     health: HealthWatch | None = None,
     ready: Callable[[str, str], bool] | None = None,
-    moves: ServerMoves | None = None,
 ) -> RolloutState | None:
     """What the long-running manager does for one model each pass: a health check of its
     canary (``health``: rolled back at once when it stopped answering; ``ready`` says
