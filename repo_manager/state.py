@@ -225,6 +225,11 @@ class RolloutState:
         """True when the server at ``url`` may hold the restricted version."""
         return self.servers is None or url in self.servers
 
+    def may_hold(self, version: str, url: str) -> bool:
+        """True when the server at ``url`` may hold ``version``: any but the restricted
+        version, and that one only on its servers."""
+        return version != self.restricted or self.holds_restricted(url)
+
     @property
     def serving_versions(self) -> list[str]:
         """Versions the rollout itself needs loaded (stable, canary, retiring)."""

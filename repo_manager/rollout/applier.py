@@ -83,20 +83,14 @@ class FleetApplier:
         even where the policy would keep it."""
         policy = VersionPolicy.from_document(state.policy)
         extra = policy.keeps(self.repository.versions(state.model)) if policy else []
-        versions = set(state.serving_versions) | set(extra)
-        if url is not None and not state.holds_restricted(url):
-            versions.discard(str(state.restricted))
-        return sorted(versions, key=int)
+        versions = sorted(set(state.serving_versions) | set(extra), key=int)
+        return versions if url is None else [v for v in versions if state.may_hold(v, url)]
 
     def shared_versions(self, state: RolloutState, versions: Sequence[str]) -> list[str]:
         """Of ``versions``, those every server of the fleet may hold (the on-disk policy)."""
         if state.restricted is None:
             return list(versions)
-        return [
-            v
-            for v in versions
-            if all(v in self.desired_versions(state, url) for url in self.fleet.urls)
-        ]
+        return [v for v in versions if all(state.may_hold(v, url) for url in self.fleet.urls)]
 
     def apply(
         self,
@@ -130,8 +124,7 @@ class FleetApplier:
         per_server: PerServer = versions
         if state.restricted is not None:
             per_server = {
-                url: [v for v in self.desired_versions(state, url) if v in versions]
-                for url in self.fleet.urls
+                url: [v for v in versions if state.may_hold(v, url)] for url in self.fleet.urls
             }
         on_disk = with_version_policy(config, self.shared_versions(state, versions))
         limited = state.restricted is not None

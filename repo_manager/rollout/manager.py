@@ -385,8 +385,7 @@ class RolloutManager:
         return all(
             version in s.ready
             for s in survey
-            if s.error is None
-            and (state is None or version != state.restricted or state.holds_restricted(s.url))
+            if s.error is None and (state is None or state.may_hold(version, s.url))
         )
 
     # -- settings (no phase moves) ---------------------------------------------------------

@@ -67,7 +67,7 @@ class Reconciler:
                 for s in survey
                 if not s.error
                 and (
-                    s.ready != set(self.applier.desired_versions(state, s.url))
+                    s.ready != {v for v in report.desired if state.may_hold(v, s.url)}
                     or s.public != desired_route(state, s.url)
                 )
             ]
