@@ -13,6 +13,7 @@ marked ``generations`` and run by ``make test-generations``.
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +29,7 @@ from export.tiny_detector import cached_detector
 from repo_manager import Router
 from repo_manager.names import versions_model_name
 from tests.eventually import eventually
-from tests.integration.conftest import Stack, running_stack
+from tests.integration.conftest import Stack, judged_ahead_of_other_tests, running_stack
 from tests.integration.detections import CONF, assert_same_detections
 from tests.integration.public_clients import Reference, matches
 from tests.integration.traffic import client_traffic
@@ -284,10 +285,11 @@ def test_a_canary_across_generations_and_one_that_adds_a_class(
         # The live analysis judges a canary of another generation as any other, from
         # Triton's per-version counters of the Router's and the public name's traffic (a
         # looser latency bound: the two nets differ, and the machine is shared).
-        judged = stack.cli(
-            "rollout", model, "--steps", "50,100", "--interval", "2s",
-            "--metrics-url", stack.server.metrics_url, "--live-gate", "max_latency_ratio=3",
-        )  # fmt: skip
+        with judged_ahead_of_other_tests(os.getpid(), stack.server.pid):
+            judged = stack.cli(
+                "rollout", model, "--steps", "50,100", "--interval", "2s",
+                "--metrics-url", stack.server.metrics_url, "--live-gate", "max_latency_ratio=3",
+            )  # fmt: skip
         assert "version 2 promoted by the analysis" in judged.stdout, judged.stdout
 
         stack.publish(model, "3", detectors["yolov10n"])

@@ -22,7 +22,7 @@ import pytest
 from repo_manager.links import LinkSigner
 from repo_manager.server import free_port
 from tests.eventually import eventually
-from tests.integration.conftest import CLI, IMGSZ, Stack
+from tests.integration.conftest import CLI, IMGSZ, Stack, judged_ahead_of_other_tests
 from tests.integration.test_gates import wrap_version
 from tests.integration.test_observability import stop
 from tests.webhook import receiver
@@ -129,6 +129,10 @@ def test_the_manager_rolls_back_bad_canaries_nobody_watches_and_drives_a_detache
 ) -> None:
     hook = ExitStack()
     url, events = hook.enter_context(receiver())
+    # Its gates judge live figures over 2 s intervals: the server, the manager and the
+    # traffic run ahead of the tests beside it (this test took 205 s in a CI run where it
+    # failed, against 98 s alone at load 3).
+    hook.enter_context(judged_ahead_of_other_tests(os.getpid(), stack.server.pid))
     # Every process of the test posts its decisions there: the CLI's moves and the manager's.
     monkeypatch.setenv("REPO_MANAGER_NOTIFY", url)
     # The manager reads the server's log for its post-mortems (as `serve --log-file` writes it).
@@ -217,10 +221,15 @@ def judged_everywhere(
             status = document.get("status", {}) if document.get("canary") == "5" else {}
             return float(status.get("read_at") or 0.0)
 
-        assert eventually(lambda: guard_read_at() > 0, timeout=60), "never guarded"
+        def what_happened() -> str:
+            actions = [f"{t['action']}: {t['reason'][:300]}" for t in state(stack)["history"]]
+            manager_log = (tmp_path / "manager.log").read_text(errors="replace")
+            return "\n".join(["history:", *actions[-6:], "manager:", manager_log[-3000:]])
+
+        assert eventually(lambda: guard_read_at() > 0, timeout=60), what_happened()
         first = guard_read_at()
         # Three more checks (passes write only the guard's progress, not the history).
-        assert eventually(lambda: guard_read_at() >= first + 3 * 2.0, timeout=60)
+        assert eventually(lambda: guard_read_at() >= first + 3 * 2.0, timeout=60), what_happened()
         doc = state(stack)
         assert doc["phase"] == "progressing" and doc["weights"] == {"1": 90, "5": 10}
         assert [t["action"] for t in doc["history"]][-1] == "guard: watching canary 5 at 10%"
