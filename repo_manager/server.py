@@ -31,7 +31,14 @@ from repo_manager.errors import RepoManagerError, TritonUnavailableError
 from repo_manager.shm_owners import backend_region_prefix, reclaim_dead_regions, unlink_regions
 from repo_manager.transport import restricted_flags
 
-__all__ = ["EmbeddedTriton", "ServerPorts", "connect_address", "find_tritonserver", "free_port"]
+__all__ = [
+    "EmbeddedTriton",
+    "ServerPorts",
+    "connect_address",
+    "find_tritonserver",
+    "free_port",
+    "free_ports",
+]
 
 _PR_SET_PDEATHSIG = 1
 
@@ -50,14 +57,27 @@ class ServerPorts:
 
     @classmethod
     def free(cls) -> ServerPorts:
-        return cls(http=free_port(), grpc=free_port(), metrics=free_port())
+        http, grpc, metrics = free_ports(3)
+        return cls(http=http, grpc=grpc, metrics=metrics)
 
 
 def free_port() -> int:
     """A TCP port on loopback nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` different TCP ports on loopback nobody listens on right now: each held
+    until all are chosen (two ports picked one after the other were once the same, and
+    tritonserver refused to start: "cannot listen to HTTP requests and GRPC requests at
+    the same address and port")."""
+    with contextlib.ExitStack() as held:
+        ports = []
+        for _ in range(count):
+            sock = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind(("127.0.0.1", 0))
+            ports.append(int(sock.getsockname()[1]))
+        return ports
 
 
 #: Wildcard binds (every address) and the loopback address that reaches them.

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from repo_manager.links import LinkSigner
-from repo_manager.server import free_port
+from repo_manager.server import free_ports
 from tests.eventually import eventually
 from tests.integration.conftest import CLI, IMGSZ, Stack, judged_ahead_of_other_tests
 from tests.integration.test_gates import wrap_version
@@ -158,7 +158,7 @@ def judged_everywhere(
     events: list[dict[str, Any]],
 ) -> None:
     stack.publish(MODEL, "1", trained_detector)
-    router_port = free_port()
+    router_port, manager_port = free_ports(2)
     where = ["--repository", str(stack.repository), "--url", stack.url]
     traffic = [
         *CLI,
@@ -168,7 +168,6 @@ def judged_everywhere(
         *("--rate", "30", "--threads", "3", "--imgsz", IMGSZ, "--images", str(golden_set)),
         *("--metrics-port", str(router_port)),
     ]
-    manager_port = free_port()
     key = tmp_path / "link-key"
     key.write_bytes(secrets.token_bytes(32))
     manager = [

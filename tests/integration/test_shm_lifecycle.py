@@ -233,8 +233,11 @@ def test_regions_of_a_client_killed_mid_traffic_are_reclaimed_by_the_next_router
     client = start_client(served, "traffic")
     os.killpg(client.pid, signal.SIGKILL)  # the client and its resource tracker
     client.communicate(timeout=30)
-    files, names = regions_of(client.pid, served.url)
-    assert files and names  # what a killed client leaves
+    # What a killed client leaves: its registrations in Triton, and its files in /dev/shm
+    # unless another process of this host reclaimed them first (every server start and
+    # shared-memory Router sweeps dead owners' files: in the parallel suite, another
+    # test's did, once, between the kill and this listing).
+    assert regions_of(client.pid, served.url)[1]
     with Router("m", served.url, served.repository, shared_memory=True) as router:
         router.infer(x_input())
         assert regions_of(client.pid, served.url) == (set(), set())
@@ -253,9 +256,13 @@ def test_leftover_regions_lists_what_a_killed_client_left_and_nothing_of_a_live_
         os.killpg(killed.pid, signal.SIGKILL)
         killed.communicate(timeout=30)
         files, names = regions_of(killed.pid, served.url)
-        assert left_by(killed.pid) == (
-            {f"/dev/shm/{n}" for n in files} | {f"{served.url}: {n}" for n in names}
-        )
+        listed = left_by(killed.pid)
+        # Its registrations exactly; its files as far as no other test's sweep (which
+        # reclaims dead owners' files on this host) removed them after the first listing.
+        assert names and {n for n in listed if not n.startswith("/dev/shm/")} == {
+            f"{served.url}: {n}" for n in names
+        }
+        assert {n for n in listed if n.startswith("/dev/shm/")} <= {f"/dev/shm/{n}" for n in files}
         assert all(regions_of(live.pid, served.url)) and left_by(live.pid) == set()
         with grpcclient.InferenceServerClient(served.url) as triton:
             reclaim_dead_regions(triton)

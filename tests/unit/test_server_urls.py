@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from repo_manager.server import EmbeddedTriton, ServerPorts, connect_address
+from repo_manager.server import EmbeddedTriton, ServerPorts, connect_address, free_ports
 
 
 @pytest.mark.parametrize(
@@ -35,3 +35,11 @@ def test_every_url_of_a_server_bound_to_a_concrete_address_names_it() -> None:
     assert server.metrics_url == "http://10.0.0.5:3/metrics"
     wildcard = EmbeddedTriton("/tmp/none", ports=ServerPorts(http=1, grpc=2, metrics=3), host="::")
     assert wildcard.grpc_url == "[::1]:2" and wildcard.metrics_url == "http://[::1]:3/metrics"
+
+
+def test_ports_chosen_together_are_all_different() -> None:
+    # Picked one after the other, each released at once, 500 ports held a duplicate in
+    # each of 50 tries here, and a server's HTTP and gRPC ports were once the same.
+    assert len(set(free_ports(500))) == 500
+    ports = ServerPorts.free()
+    assert len({ports.http, ports.grpc, ports.metrics}) == 3
