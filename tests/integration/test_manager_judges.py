@@ -32,9 +32,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 MODEL = "judged"
 INTERVAL = "2s"
 #: The canary's share of 30 requests/s over a 2 s interval is 6 requests: enough for these
-#: gates. Latency is not what these canaries get wrong, and an identical canary measured
-#: up to 2x slower than stable on this loaded machine: its bound is out of the way.
-GATES = ("--live-gate", "min_requests=5", "--live-gate", "max_latency_ratio=5")
+#: gates. Latency is not what these canaries get wrong, and over 6 requests one held up a
+#: second by the scheduler (load 13 in a CI run) makes an identical canary's mean 6x
+#: stable's: its bound is out of the way.
+GATES = ("--live-gate", "min_requests=5", "--live-gate", "max_latency_ratio=50")
 
 FAILS_EVERY_REQUEST = """
 
