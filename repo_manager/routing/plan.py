@@ -55,6 +55,11 @@ def compile_cohort(rule: str) -> cohorts.Cohort:
         raise InvalidInputError(str(exc)) from None
 
 
+def _label(cohort: cohorts.Cohort | None, inside: bool) -> str:
+    """The ``cohort`` label of a request's series: none without a rule, else in or out."""
+    return NO_COHORT if cohort is None else IN if inside else OUT
+
+
 @dataclass(kw_only=True, frozen=True, slots=True)
 class RoutePlan:
     """An immutable routing decision table built once per routing-table change.
@@ -118,12 +123,12 @@ class RoutePlan:
                 cohort = cohorts.parse(setting["rule"])
             except ValueError as exc:
                 logger.warning("routing table of %s: %s; nobody is in the cohort", model, exc)
-        if cohort is not None and setting is not None:
-            assert stable is not None and canary is not None
-            inside, inside_bounds = split.cohort_layout(stable, canary, setting["weight"])
-            inside_versions, inside_thresholds = tuple(inside), tuple(inside_bounds)
+            else:
+                inside, inside_bounds = split.cohort_layout(stable, canary, setting["weight"])
+                inside_versions, inside_thresholds = tuple(inside), tuple(inside_bounds)
 
-        def series(label: str) -> dict[str, VersionMetrics]:
+        def series(inside: bool) -> dict[str, VersionMetrics]:
+            label = _label(cohort, inside)
             return {v: metrics.version(model, v, label) for v in order} if metrics else {}
 
         return cls(
@@ -131,16 +136,20 @@ class RoutePlan:
             versions=tuple(versions),
             thresholds=tuple(thresholds),
             fallback=fallback,
-            metrics=series(NO_COHORT if cohort is None else OUT),
+            metrics=series(inside=False),
             cohort=cohort,
             inside_versions=inside_versions,
             inside_thresholds=inside_thresholds,
-            inside_metrics=series(IN) if cohort is not None else {},
+            inside_metrics=series(inside=True) if cohort is not None else {},
             clock=clock,
             where={}
             if table.servers is None or canary is None or canary == stable
             else {canary: frozenset(table.servers)},
         )
+
+    def label(self, inside: bool) -> str:
+        """The ``cohort`` label of a request's series (``inside`` the cohort or not)."""
+        return _label(self.cohort, inside)
 
     def inside(self, attributes: Attributes | None) -> bool:
         """True when a request with ``attributes`` is in the canary's cohort now."""

@@ -25,7 +25,7 @@ from tritonclient.utils import InferenceServerException
 
 from repo_manager.discovery import has_dns, resolve_urls
 from repo_manager.errors import InvalidInputError, RoutingError, TritonUnavailableError
-from repo_manager.metrics.router import IN, NO_COHORT, OUT, RouterMetrics, VersionMetrics
+from repo_manager.metrics.router import RouterMetrics, VersionMetrics
 from repo_manager.names import versions_model_name
 from repo_manager.repository import ModelRepository
 from repo_manager.routing.detection import Detections, Detector
@@ -353,8 +353,7 @@ class Router:
         found = (plan.inside_metrics if inside else plan.metrics).get(version)
         if found is not None:
             return found
-        label = (IN if inside else OUT) if plan.cohort is not None else NO_COHORT
-        return self.metrics.version(self.model, version, label)
+        return self.metrics.version(self.model, version, plan.label(inside))
 
     def _fall_back(
         self,
