@@ -235,11 +235,12 @@ def interrupts_undone(model: str, version: str) -> Iterator[None]:
     previous = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
-    except KeyboardInterrupt:
-        raise RepoManagerError(
-            f"publish {model} {version} interrupted; nothing of it was kept unless its "
-            "decision was recorded (see status)"
-        ) from None
+    except KeyboardInterrupt as exc:
+        # The publisher notes how its undo went, when the interrupt reached it.
+        outcome = "; ".join(getattr(exc, "__notes__", ())) or (
+            "nothing of it was kept unless its decision was recorded (see status)"
+        )
+        raise RepoManagerError(f"publish {model} {version} interrupted; {outcome}") from None
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)

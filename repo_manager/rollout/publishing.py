@@ -89,11 +89,6 @@ def note_published_after(version_dir: Path, stable: str | None) -> None:
     path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-#: Seconds the undo of a failed publish may take to put the servers back: the versions it
-#: loads were loaded already, so a longer wait means Triton is stuck on the model.
-RESTORE_TIMEOUT = 30.0
-
-
 @dataclass(kw_only=True, frozen=True)
 class PublishRequest:
     """A publish that passed the checks that need no export, and the state they saw."""
@@ -276,6 +271,10 @@ class Publisher:
             outcome = self._undo_unless_recorded(model, version, state, creating, previous_config)
             if isinstance(exc, RepoManagerError) and outcome is not None:
                 raise type(exc)(f"{exc}; {outcome}") from exc
+            # An interrupt carries how its undo went to the one line the CLI prints: an
+            # undo that did not finish once went unsaid and the line claimed nothing was
+            # kept, while the version's files stayed for reconcile.
+            exc.add_note(outcome or f"version {version} was recorded before the interrupt")
             raise
         self.ledger.end_publish(model)
         return done
@@ -329,6 +328,8 @@ class Publisher:
         except RepoManagerError as exc:
             self.progress(f"undo not finished: {exc}")
             return f"publish not undone yet ({exc}); run reconcile"
+        except KeyboardInterrupt:
+            return "publish not undone yet (its undo was interrupted too); run reconcile"
         return f"publish undone: {undone}"
 
     def _undo(
@@ -342,16 +343,22 @@ class Publisher:
     ) -> str:
         """Put servers and files back as they were before ``version`` was added.
 
-        The servers first, within ``RESTORE_TIMEOUT``: Triton finishes a load in flight
-        before it unloads, and a version's files must not go while Triton may be loading
-        them (a python stub starting on a vanished model.py hangs the model until Triton
-        restarts). Then the files, then the journal. Raises (the journal kept, so that
-        ``reconcile`` tries again) when Triton does not let go in time.
+        The servers first, within the deadline of a load: Triton finishes a load in flight
+        before it unloads, and that load may take as long as any load may (a TensorRT plan
+        of a large detector: tens of seconds; a fixed 30 s here was shorter than the load's
+        own deadline). A version's files must not go while Triton may be loading them (a
+        python stub starting on a vanished model.py hangs the model until Triton restarts).
+        Then the files, then the journal. Raises (the journal kept, so that ``reconcile``
+        tries again) when Triton does not let go in time; a second interrupt leaves the
+        rest to ``reconcile`` as well.
         """
-        self.progress(f"undoing the publish of {model} version {version}")
+        self.progress(
+            f"undoing the publish of {model} version {version} (Triton first finishes a load "
+            "in flight; interrupt again to leave the undo to reconcile)"
+        )
         if previous_config is not None:
             self.repository.write_config(model, previous_config)
-        timeout = min(RESTORE_TIMEOUT, self.applier.settings.ready_timeout)
+        timeout = self.applier.settings.ready_timeout
         if state is None:
             self.fleet.unload(model, versions_model_name(model), timeout=timeout)
         else:

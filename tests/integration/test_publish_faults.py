@@ -204,10 +204,14 @@ def test_a_publish_interrupted_during_its_load_is_undone_and_can_be_repeated(
     assert states.get("2") == "LOADING", f"version 2 was {states} when signalled:\n{said}"
     assert process.returncode != 0, said
     if signum != signal.SIGKILL:
-        # It undid itself: one line, no version, no staging folder, Triton as before.
-        assert rest.strip().splitlines()[-1].startswith("error: publish yolov8n 2 interrupted")
-        assert not (stack.repository / VERSIONS / "2").exists()
-        assert staging_folders(process.pid) == []
+        # It undid itself: one line, no version, no staging folder, Triton as before. (Once,
+        # in a fresh-clone run, the version stayed while the line said nothing was kept: the
+        # undo, then given 30 s to wait out the slow load in flight, had run out unsaid.)
+        assert rest.strip().splitlines()[-1].startswith(
+            "error: publish yolov8n 2 interrupted; publish undone: version 2 unloaded"
+        ), said
+        assert not (stack.repository / VERSIONS / "2").exists(), said
+        assert staging_folders(process.pid) == [], said
     else:
         # Killed: its version and journal are left until reconcile settles them (once
         # Triton finished the load the killed manager started).

@@ -14,6 +14,7 @@ from repo_manager.errors import (
     IncompatibleModelError,
     InvalidInputError,
     TritonError,
+    VersionNotReadyError,
 )
 from repo_manager.modelconfig import ModelConfig, alias_target, render_config
 from repo_manager.names import versions_model_name
@@ -38,6 +39,9 @@ class RecordingFleet:
         self.public: str | None = "1"
         self.servers = [object()]
         self.fail_next = False
+        #: Raised by the next applies, one each, before anything else (an interrupt, a
+        #: server that does not let go).
+        self.raise_next: list[BaseException] = []
 
     def check_reachable(self) -> None:
         return None
@@ -55,6 +59,8 @@ class RecordingFleet:
         timeout: float,
         only: Sequence[str] | None = None,
     ) -> None:
+        if self.raise_next:
+            raise self.raise_next.pop(0)
         if self.fail_next:
             self.fail_next = False
             raise TritonError("load refused")
@@ -187,6 +193,32 @@ def test_a_staged_folder_that_does_not_fit_is_refused_untouched(
         rollout.publish("m", "3", staged=staged)
     assert load_state(storage, "m") == before and fleet.calls == []
     assert not (tmp_path / "m.versions" / "3").exists()
+
+
+@pytest.mark.parametrize("undo", ["finished", "timed out", "interrupted too"])
+def test_an_interrupted_publish_says_how_its_undo_went(
+    manager: Harness, tmp_path: Path, undo: str
+) -> None:
+    rollout, fleet, storage = manager
+    rollout.promote("m")
+    before = load_state(storage, "m")
+    fleet.raise_next.append(KeyboardInterrupt())  # during the load
+    if undo == "timed out":
+        fleet.raise_next.append(VersionNotReadyError("version 3 LOADING after 300s"))
+    elif undo == "interrupted too":
+        fleet.raise_next.append(KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt) as interrupted:
+        rollout.publish("m", "3", staged=staged_version(tmp_path, "3"))
+    [note] = interrupted.value.__notes__
+    assert load_state(storage, "m") == before
+    kept = (tmp_path / "m.versions" / "3").exists()
+    if undo == "finished":
+        assert note.startswith("publish undone: version 3 unloaded and removed")
+        assert not kept and rollout.ledger.pending_publish("m") is None
+    else:
+        # The line must not claim that nothing was kept: the files and the journal stay.
+        assert note.startswith("publish not undone yet (") and note.endswith("; run reconcile")
+        assert kept and rollout.ledger.pending_publish("m") is not None
 
 
 def test_check_publish_refuses_before_any_export(manager: Harness) -> None:
