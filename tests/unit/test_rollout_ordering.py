@@ -38,9 +38,8 @@ class RecordingFleet:
         self.calls: list[Call] = []
         self.public: str | None = "1"
         self.servers = [object()]
-        self.fail_next = False
-        #: Raised by the next applies, one each, before anything else (an interrupt, a
-        #: server that does not let go).
+        #: Raised by the next applies, one each, before anything else (a refused load, an
+        #: interrupt, a server that does not let go).
         self.raise_next: list[BaseException] = []
 
     def check_reachable(self) -> None:
@@ -61,9 +60,6 @@ class RecordingFleet:
     ) -> None:
         if self.raise_next:
             raise self.raise_next.pop(0)
-        if self.fail_next:
-            self.fail_next = False
-            raise TritonError("load refused")
         assert model == versions_model_name(self.model)
         self.calls.append((list(versions), list(gone), self._weights()))
 
@@ -135,7 +131,7 @@ def test_set_weight_changes_only_the_table(manager: Harness) -> None:
 
 def test_a_failed_unload_leaves_a_transient_phase_that_reconcile_finishes(manager: Harness) -> None:
     rollout, fleet, storage = manager
-    fleet.fail_next = True
+    fleet.raise_next.append(TritonError("load refused"))
     with pytest.raises(TritonError):
         rollout.promote("m")
     stuck = load_state(storage, "m")
